@@ -1,0 +1,267 @@
+"""Audio front end: any common music file in, float32 mono at a fixed rate out.
+
+soundfile (libsndfile) reads wav, aiff, flac, mp3, ogg vorbis and opus with exact seeks; PyAV (FFmpeg)
+reads everything soundfile refuses (m4a AAC/ALAC, wma, mp4 audio, ogg-flac). soxr resamples. Only the
+requested span is decoded: both backends seek, so an excerpt of a long track costs a fraction of a full
+decode. Channels are averaged the same way for every backend, so the same song gives the same samples
+whatever container it comes in.
+
+Truncated files decode what they can: the samples before the damage are returned, and the error is
+raised only when nothing at all could be decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import AudioDecodeError
+
+SAMPLE_RATE = 22050
+WINDOW_SECONDS = 10.0  # length of one analysed excerpt (and of the training crops)
+EXCERPT_COUNT = 3  # excerpts analysed per track
+EDGE_FRACTION = 0.1  # share of the track skipped at each end (intros/outros are often silent)
+EDGE_MAX_SECONDS = 30.0
+MAX_DECODE_SECONDS = 2 * 3600  # refuse to hold more than this in memory (a 10-hour mix is not a song)
+# Decoding restarts this far before a seek target and drops the lead-in: MDCT codecs (mp3, aac, vorbis)
+# need the previous frame to rebuild the first one, so a cold start would corrupt the excerpt's head.
+PREROLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Span:
+    """A part of a track, in seconds; duration None means "to the end"."""
+
+    offset: float = 0.0
+    duration: float | None = None
+
+
+def plan_excerpts(
+    duration: float,
+    window: float = WINDOW_SECONDS,
+    count: int = EXCERPT_COUNT,
+) -> list[Span]:
+    """Which windows of a track of `duration` seconds are analysed.
+
+    Short tracks (up to one window) are analysed whole. Longer ones get up to `count`
+    non-overlapping windows, each centred in an equal share of the analysed region. That region is
+    the track minus EDGE_FRACTION of its length (at most EDGE_MAX_SECONDS) at each end, because
+    intros and outros are often silent or untypical, but the edges are only trimmed as far as still
+    leaves room for `count` windows: a 30 s preview is covered whole by three 10 s windows.
+    """
+    if duration <= window:
+        return [Span(0.0, max(duration, 0.0))]
+    edge = min(duration * EDGE_FRACTION, EDGE_MAX_SECONDS)
+    usable = max(duration - 2 * edge, min(duration, count * window))
+    lo = (duration - usable) / 2
+    n = max(1, min(count, int(usable // window)))
+    share = usable / n
+    return [Span(round(lo + i * share + (share - window) / 2, 3), window) for i in range(n)]
+
+
+def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, offset: float = 0.0,
+               duration: float | None = None) -> np.ndarray:
+    """Decode `duration` seconds from `offset` (all of it when None) as float32 mono at `sr`."""
+    return load_spans(path, [Span(offset, duration)], sr)[0]
+
+
+def load_excerpts(path: str | os.PathLike, sr: int = SAMPLE_RATE,
+                  window: float = WINDOW_SECONDS, count: int = EXCERPT_COUNT
+                  ) -> tuple[float, list[np.ndarray]]:
+    """The track's duration and its excerpts per `plan_excerpts`, opening the file once."""
+    with open_audio(path) as reader:
+        duration = reader.duration
+        spans = plan_excerpts(duration, window, count)
+        return duration, [_resample(reader.read(s), reader.samplerate, sr, reader.path) for s in spans]
+
+
+def load_spans(path: str | os.PathLike, spans: list[Span], sr: int = SAMPLE_RATE) -> list[np.ndarray]:
+    with open_audio(path) as reader:
+        return [_resample(reader.read(s), reader.samplerate, sr, reader.path) for s in spans]
+
+
+def probe_duration(path: str | os.PathLike) -> float:
+    with open_audio(path) as reader:
+        return reader.duration
+
+
+def open_audio(path: str | os.PathLike) -> "_Reader":
+    """A reader for the file: soundfile when it accepts the file, else PyAV."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise AudioDecodeError(path, f"cannot open: {e.strerror or e}") from None
+    if size == 0:
+        raise AudioDecodeError(path, "empty file")
+    try:
+        return _SoundfileReader(path)
+    except Exception:  # libsndfile refuses many valid files (m4a, wma...): PyAV decides
+        return _PyAVReader(path)
+
+
+def _resample(audio: np.ndarray, native_sr: int, sr: int, path: str) -> np.ndarray:
+    if audio.size == 0:
+        raise AudioDecodeError(path, "no audio samples in the requested part")
+    if native_sr != sr:
+        import soxr
+
+        audio = soxr.resample(audio, native_sr, sr, quality="HQ")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _check_length(path: str, seconds: float) -> None:
+    if seconds > MAX_DECODE_SECONDS:
+        raise AudioDecodeError(
+            path, f"{seconds / 3600:.1f} h of audio requested; the limit is {MAX_DECODE_SECONDS / 3600:.0f} h")
+
+
+class _Reader:
+    path: str
+    samplerate: int
+    duration: float
+
+    def read(self, span: Span) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _SoundfileReader(_Reader):
+    def __init__(self, path: str):
+        import soundfile
+
+        self.path = path
+        self._file = soundfile.SoundFile(path)
+        self.samplerate = self._file.samplerate
+        self.duration = self._file.frames / self.samplerate
+        if self._file.frames <= 0:
+            self._file.close()
+            raise ValueError("no frames")  # let PyAV judge files libsndfile sees as empty
+
+    def read(self, span: Span) -> np.ndarray:
+        start = max(0, int(round(span.offset * self.samplerate)))
+        if start >= self._file.frames:
+            return np.zeros(0, np.float32)
+        count = self._file.frames - start if span.duration is None else int(round(span.duration * self.samplerate))
+        _check_length(self.path, count / self.samplerate)
+        lead = min(start, int(PREROLL_SECONDS * self.samplerate))
+        try:
+            self._file.seek(start - lead)
+            data = self._file.read(count + lead, dtype="float32", always_2d=True)[lead:]
+        except Exception as e:  # damaged stream: PyAV decodes what it can
+            try:
+                with _PyAVReader(self.path) as fallback:
+                    return _to_rate(fallback.read(span), fallback.samplerate, self.samplerate)
+            except AudioDecodeError:
+                raise AudioDecodeError(self.path, f"decoding failed: {e}") from None
+        return data.mean(axis=1, dtype=np.float32)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _to_rate(audio: np.ndarray, native_sr: int, sr: int) -> np.ndarray:
+    if native_sr == sr or audio.size == 0:
+        return audio
+    import soxr
+
+    return soxr.resample(audio, native_sr, sr, quality="HQ").astype(np.float32)
+
+
+_SAMPLE_SCALE = {"s16": 2.0**15, "s16p": 2.0**15, "s32": 2.0**31, "s32p": 2.0**31,
+                 "u8": 2.0**7, "u8p": 2.0**7, "s64": 2.0**63, "s64p": 2.0**63}
+
+
+class _PyAVReader(_Reader):
+    def __init__(self, path: str):
+        import av
+
+        self.path = path
+        try:
+            self._container = av.open(path, metadata_errors="ignore")
+        except Exception as e:
+            raise AudioDecodeError(path, f"not a readable audio file ({_describe(e)})") from None
+        if not self._container.streams.audio:
+            self._container.close()
+            raise AudioDecodeError(path, "no audio stream")
+        self._stream = self._container.streams.audio[0]
+        self.samplerate = self._stream.codec_context.sample_rate or self._stream.rate
+        if not self.samplerate:
+            self._container.close()
+            raise AudioDecodeError(path, "unknown sample rate")
+        self.duration = self._probe_duration()
+
+    def _probe_duration(self) -> float:
+        if self._stream.duration is not None and self._stream.time_base:
+            return float(self._stream.duration * self._stream.time_base)
+        if self._container.duration is not None:
+            return self._container.duration / 1_000_000  # microseconds (av.time_base)
+        return 0.0
+
+    def read(self, span: Span) -> np.ndarray:
+        import av
+
+        sr = self.samplerate
+        first = int(round(span.offset * sr))
+        end = int(round(self.duration * sr)) if self.duration else None  # drops the encoder's tail padding
+        last = end if span.duration is None else first + int(round(span.duration * sr))
+        _check_length(self.path, ((last or self.duration * sr) - first) / sr)
+        seek_to = span.offset - PREROLL_SECONDS
+        if seek_to > 0:
+            self._container.seek(int(seek_to / self._stream.time_base), stream=self._stream)
+        else:
+            self._container.seek(0)
+        chunks, position = [], None
+        try:
+            for frame in self._container.decode(self._stream):
+                if position is None:  # later frames are counted: container timestamps can be coarse (ms)
+                    position = 0 if frame.pts is None else int(round(float(frame.pts * frame.time_base) * sr))
+                    if first < position <= first + sr:  # stream starts late (e.g. wma): keep the timeline
+                        chunks.append(np.zeros(position - first if last is None else min(position, last) - first,
+                                               np.float32))
+                samples = _frame_to_mono(frame)
+                lo, hi = max(first - position, 0), len(samples) if last is None else min(last - position, len(samples))
+                if hi > lo:
+                    chunks.append(samples[lo:hi])
+                position += len(samples)
+                if last is not None and position >= last:
+                    break
+                if sum(map(len, chunks)) > MAX_DECODE_SECONDS * sr:
+                    _check_length(self.path, MAX_DECODE_SECONDS + 1)
+        except av.FFmpegError as e:
+            if not chunks:  # nothing decodable; truncated files keep what came before the damage
+                raise AudioDecodeError(self.path, f"decoding failed ({_describe(e)})") from None
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _frame_to_mono(frame) -> np.ndarray:
+    array = frame.to_ndarray()
+    name = frame.format.name
+    channels = len(frame.layout.channels)
+    if not frame.format.is_planar:
+        array = array.reshape(-1, channels).T
+    array = array.astype(np.float32)
+    if name.startswith("u8"):
+        array -= 128.0
+    scale = _SAMPLE_SCALE.get(name)
+    if scale:
+        array /= scale
+    return array.mean(axis=0, dtype=np.float32)
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]

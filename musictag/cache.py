@@ -1,0 +1,90 @@
+"""Decode each training file and compute its log-mel once; later epochs and runs read the cache.
+
+Entries are float16 .npy files named by a hash of (path, size, mtime, feature config), so an edited
+file or a new feature config never reads stale features. Decoding runs in worker processes that never
+import torch; the log-mel is computed in the parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .audio import load_audio
+from .errors import AudioDecodeError
+from .features import FeatureConfig, LogMel
+
+MAX_TRAIN_SECONDS = 600.0  # longer training files are cut: 10 minutes is plenty of crops
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("musictag")) / "features"
+
+
+def cache_key(path: str, config: FeatureConfig) -> str:
+    stat = os.stat(path)
+    text = json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, config.to_dict()])
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _decode(job: tuple[str, int]) -> tuple[str, np.ndarray | None, str]:
+    path, sr = job
+    try:
+        return path, load_audio(path, sr, duration=None if MAX_TRAIN_SECONDS is None else MAX_TRAIN_SECONDS), ""
+    except AudioDecodeError as e:
+        return path, None, e.reason
+    except Exception as e:  # a decoder bug must not kill the whole cache build
+        return path, None, f"{type(e).__name__}: {e}"
+
+
+def cached_features(paths: list[str], config: FeatureConfig, cache_dir: Path | None = None,
+                    workers: int = 2, progress: Callable[[int, int], None] | None = None
+                    ) -> tuple[list[np.ndarray | None], dict[str, str]]:
+    """Log-mel (n_mels, frames) float16 per path, in order; None plus a reason for unreadable files."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    keys = [cache_key(p, config) for p in paths]
+    features: list[np.ndarray | None] = [None] * len(paths)
+    missing = []
+    for i, key in enumerate(keys):
+        entry = cache_dir / f"{key}.npy"
+        try:
+            features[i] = np.load(entry)
+        except (OSError, ValueError):
+            missing.append(i)
+    done, failures = len(paths) - len(missing), {}
+    if progress:
+        progress(done, len(paths))
+    logmel = LogMel(config)
+    jobs = [(paths[i], config.sample_rate) for i in missing]
+    index_of = {paths[i]: i for i in missing}
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, audio, reason in pool.map(_decode, jobs, chunksize=4):
+            i = index_of[path]
+            if audio is None:
+                failures[path] = reason
+            else:
+                with torch.inference_mode():
+                    mel = logmel(torch.from_numpy(audio)[None])[0].numpy().astype(np.float16)
+                _save_atomic(cache_dir / f"{keys[i]}.npy", mel)
+                features[i] = mel
+            done += 1
+            if progress:
+                progress(done, len(paths))
+    return features, failures
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)

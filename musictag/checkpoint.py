@@ -1,0 +1,144 @@
+"""One checkpoint file = everything needed to use a model: configs, labels, weights, statistics, history.
+
+Files are plain dicts of tensors and builtins, saved with torch.save and loaded with
+`torch.load(weights_only=True)`, so opening a checkpoint can never run code. The shipped model lives in
+the package (musictag/weights, from the repository's top-level weights/ folder) beside a .sha256 file
+that is checked on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError
+from .features import FeatureConfig
+from .model import CPResNet, ModelConfig
+
+FORMAT = "musictag-checkpoint"
+VERSION = 1
+SHIPPED_NAME = "musictag.pt"
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    feature_config: FeatureConfig
+    labels: dict[str, list[str]]  # head -> label names, in output order
+    state_dict: dict[str, torch.Tensor]
+    normalization: dict[str, float] = field(default_factory=lambda: {"mean": 0.0, "std": 1.0})
+    training: dict = field(default_factory=dict)  # data, recipe, metrics: free-form, builtins only
+    sha256: str = ""  # of the file it was loaded from
+
+    def build_model(self) -> CPResNet:
+        model = CPResNet(self.model_config)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError("<checkpoint>", f"weights do not fit the stored config: {str(e)[:300]}") from None
+        return model.eval()
+
+    @property
+    def model_id(self) -> str:
+        return self.sha256[:12] or "unsaved"
+
+
+def shipped_path() -> Path:
+    return Path(str(resources.files("musictag.weights").joinpath(SHIPPED_NAME)))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, half: bool = False) -> str:
+    """Write atomically (temp file + rename); returns the file's sha256."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in checkpoint.state_dict.items()}
+    payload = {
+        "format": FORMAT, "version": VERSION,
+        "model_config": checkpoint.model_config.to_dict(),
+        "feature_config": checkpoint.feature_config.to_dict(),
+        "labels": {head: list(names) for head, names in checkpoint.labels.items()},
+        "state_dict": state,
+        "normalization": dict(checkpoint.normalization),
+        "training": checkpoint.training,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    checkpoint.sha256 = file_sha256(path)
+    return checkpoint.sha256
+
+
+def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
+    """Load a checkpoint (the shipped one when path is None), with clear errors for bad files."""
+    path = Path(path) if path is not None else shipped_path()
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    sha = file_sha256(path)
+    expected = _expected_sha(path)
+    if expected and expected != sha:
+        raise CheckpointError(path, f"sha256 mismatch (file {sha[:12]}, expected {expected[:12]}): damaged install?")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(path, f"corrupt or truncated checkpoint ({type(e).__name__})") from None
+    checkpoint = _from_payload(payload, path)
+    checkpoint.sha256 = sha
+    return checkpoint
+
+
+def _expected_sha(path: Path) -> str | None:
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        return None
+    return sidecar.read_text().split()[0].strip().lower()
+
+
+def write_sha_sidecar(path: str | os.PathLike) -> str:
+    path = Path(path)
+    sha = file_sha256(path)
+    path.with_name(path.name + ".sha256").write_text(f"{sha}  {path.name}\n")
+    return sha
+
+
+def _from_payload(payload, path: Path) -> Checkpoint:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(path, "not a musictag checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(path, f"checkpoint format version {payload.get('version')} is not supported "
+                                    f"(this musictag reads version {VERSION})")
+    try:
+        checkpoint = Checkpoint(
+            model_config=ModelConfig.from_dict(payload["model_config"]),
+            feature_config=FeatureConfig.from_dict(payload["feature_config"]),
+            labels={head: list(names) for head, names in payload["labels"].items()},
+            state_dict=payload["state_dict"],
+            normalization=dict(payload.get("normalization", {"mean": 0.0, "std": 1.0})),
+            training=payload.get("training", {}),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(path, f"incompatible checkpoint contents ({type(e).__name__}: {e})") from None
+    for head, (_, n) in checkpoint.model_config.heads.items():
+        if len(checkpoint.labels.get(head, [])) != n:
+            raise CheckpointError(path, f"head {head!r} has {n} outputs but {len(checkpoint.labels.get(head, []))} labels")
+    return checkpoint

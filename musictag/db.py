@@ -1,0 +1,153 @@
+"""The scan database (SQLite, WAL): per file its stat, the model that scored it, every label score,
+what musictag wrote, and the values it replaced (for undo).
+
+Several processes may use one database: WAL lets readers run beside a writer and busy_timeout makes
+concurrent writers wait instead of failing. Commits are batched; every committed track survives a kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracks (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    duration REAL,
+    scores TEXT,            -- JSON {head: {label: probability}}
+    error TEXT,             -- last failure, NULL when scored
+    written TEXT,           -- JSON {field: [values]} musictag last wrote, NULL when not written
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS undo (
+    path TEXT PRIMARY KEY,
+    previous TEXT NOT NULL  -- JSON {field: [values]} as they were before musictag first touched them
+);
+"""
+
+
+def default_db_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("musictag")) / "musictag.sqlite3"
+
+
+@dataclass
+class Track:
+    path: str
+    size: int
+    mtime_ns: int
+    model: str
+    duration: float | None
+    scores: dict[str, dict[str, float]] | None
+    error: str | None
+    written: dict[str, list[str]] | None
+
+
+class Database:
+    def __init__(self, path: str | os.PathLike | None = None, commit_every: float = 2.0):
+        self.path = Path(path) if path else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=60000")
+        self._conn.executescript(SCHEMA)
+        self._commit_every = commit_every
+        self._in_transaction = False
+        self._last_commit = time.monotonic()
+
+    def close(self) -> None:
+        self.commit()
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _write(self, sql: str, args: tuple) -> None:
+        if not self._in_transaction:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._in_transaction = True
+        self._conn.execute(sql, args)
+        if time.monotonic() - self._last_commit > self._commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        if self._in_transaction:
+            self._conn.execute("COMMIT")
+            self._in_transaction = False
+        self._last_commit = time.monotonic()
+
+    def get(self, path: str) -> Track | None:
+        row = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
+                                 "FROM tracks WHERE path = ?", (path,)).fetchone()
+        return _track(row) if row else None
+
+    def stats_for(self, paths: list[str]) -> dict[str, tuple[int, int, str, bool, bool]]:
+        """path -> (size, mtime_ns, model, scored, written) for known paths, in one query per chunk."""
+        found = {}
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(f"SELECT path, size, mtime_ns, model, scores IS NOT NULL, "
+                                          f"written IS NOT NULL FROM tracks WHERE path IN ({marks})", chunk):
+                found[row[0]] = (row[1], row[2], row[3], bool(row[4]), bool(row[5]))
+        return found
+
+    def put_scores(self, path: str, size: int, mtime_ns: int, model: str, duration: float,
+                   scores: dict[str, dict[str, float]]) -> None:
+        self._write("INSERT INTO tracks (path, size, mtime_ns, model, duration, scores, error, written, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
+                    "mtime_ns=excluded.mtime_ns, model=excluded.model, duration=excluded.duration, "
+                    "scores=excluded.scores, error=NULL, written=NULL, updated=excluded.updated",
+                    (path, size, mtime_ns, model, duration, json.dumps(scores), time.time()))
+
+    def put_error(self, path: str, size: int, mtime_ns: int, model: str, error: str) -> None:
+        self._write("INSERT INTO tracks (path, size, mtime_ns, model, error, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                    "model=excluded.model, scores=NULL, error=excluded.error, updated=excluded.updated",
+                    (path, size, mtime_ns, model, error, time.time()))
+
+    def put_written(self, path: str, written: dict[str, list[str]] | None, size: int, mtime_ns: int) -> None:
+        """Record what was written and the file's new stat (a tag write changes both)."""
+        self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, updated = ? WHERE path = ?",
+                    (json.dumps(written) if written is not None else None, size, mtime_ns, time.time(), path))
+        self.commit()  # the file changed: its record must not lag behind
+
+    def previous_values(self, path: str) -> dict[str, list[str]]:
+        row = self._conn.execute("SELECT previous FROM undo WHERE path = ?", (path,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def remember_previous(self, path: str, previous: dict[str, list[str]]) -> None:
+        """Keep the values from before musictag first touched each field; later writes do not overwrite."""
+        merged = {**previous, **self.previous_values(path)}
+        self._write("INSERT INTO undo (path, previous) VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "previous = excluded.previous", (path, json.dumps(merged)))
+        self.commit()
+
+    def forget_previous(self, path: str) -> None:
+        self._write("DELETE FROM undo WHERE path = ?", (path,))
+        self.commit()
+
+    def undo_paths(self) -> list[str]:
+        return [row[0] for row in self._conn.execute("SELECT path FROM undo ORDER BY path")]
+
+    def tracks(self) -> list[Track]:
+        rows = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
+                                  "FROM tracks ORDER BY path")
+        return [_track(row) for row in rows]
+
+
+def _track(row) -> Track:
+    return Track(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] else None, row[6],
+                 json.loads(row[7]) if row[7] else None)

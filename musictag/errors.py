@@ -1,0 +1,34 @@
+"""Typed errors. Every error about a file carries its path, so a run can report one line per file."""
+
+from __future__ import annotations
+
+import os
+
+
+class MusictagError(Exception):
+    """Base class for errors musictag reports to the user."""
+
+
+class FileError(MusictagError):
+    """An error about one file; the message always starts with the path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class AudioDecodeError(FileError):
+    """The file could not be decoded as audio (empty, garbage, truncated to nothing, unsupported)."""
+
+
+class TagWriteError(FileError):
+    """Reading or writing the file's tags failed; the file is left as it was."""
+
+
+class CheckpointError(FileError):
+    """A model checkpoint is missing, corrupt, truncated or of an incompatible version."""
+
+
+class ManifestError(MusictagError):
+    """A training manifest or data folder is malformed."""

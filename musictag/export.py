@@ -1,0 +1,59 @@
+"""CSV export of the database. Tag text comes from users' files and is untrusted: a cell that a
+spreadsheet would run as a formula (starting with = + - @ tab or CR) is prefixed with a quote."""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import IO, Iterable
+
+from .db import Database, Track
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(cell: object) -> object:
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
+def _selected(tracks: Iterable[Track], paths: list[str] | None) -> Iterable[Track]:
+    if not paths:
+        yield from tracks
+        return
+    roots = [os.path.realpath(p).rstrip(os.sep) for p in paths]
+    for track in tracks:
+        if any(track.path == r or track.path.startswith(r + os.sep) for r in roots):
+            yield track
+
+
+def export_csv(db: Database, out: IO[str], long: bool = False, top_k: int = 3,
+               paths: list[str] | None = None) -> int:
+    """Write one row per track (wide) or per (track, label) (long); returns the rows written."""
+    writer = csv.writer(out)
+    tracks = list(_selected(db.tracks(), paths))
+    heads = sorted({head for t in tracks if t.scores for head in t.scores},
+                   key=lambda h: ("quadrant", "genre", "mood").index(h) if h in ("quadrant", "genre", "mood") else 9)
+    if long:
+        writer.writerow(["path", "head", "label", "score", "model"])
+    else:
+        writer.writerow(["path", "model", "status"] + [c for h in heads for c in (h, f"{h}_scores")] + ["written"])
+    rows = 0
+    for track in tracks:
+        if long:
+            for head, scores in (track.scores or {}).items():
+                for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+                    writer.writerow([neutralise(x) for x in (track.path, head, label, f"{score:.4f}", track.model)])
+                    rows += 1
+            continue
+        cells = [track.path, track.model, "failed: " + track.error if track.error else "scored"]
+        for head in heads:
+            scores = (track.scores or {}).get(head, {})
+            best = sorted(scores, key=lambda label: -scores[label])[:top_k]
+            cells += ["; ".join(best), "; ".join(f"{scores[label]:.3f}" for label in best)]
+        written = track.written or {}
+        cells.append(" | ".join(f"{k}={'; '.join(v)}" for k, v in written.items()))
+        writer.writerow([neutralise(c) for c in cells])
+        rows += 1
+    return rows

@@ -1,0 +1,76 @@
+"""Batched forward passes: audio windows in, per-label probabilities out, on CPU or CUDA."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint
+from .features import LogMel
+from .model import probabilities
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+def set_cpu_threads(threads: int | None = None) -> None:
+    """Give torch the cores the decode workers do not use (oversubscription slows both)."""
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1))
+    torch.set_num_threads(max(1, threads))
+
+
+class Tagger:
+    """A loaded model with its feature extractor, ready to score batches of equal-length windows."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
+        self.checkpoint = checkpoint
+        self.device = pick_device(device)
+        self.model = checkpoint.build_model().to(self.device)
+        self.logmel = LogMel(checkpoint.feature_config).to(self.device)
+        self.mean = float(checkpoint.normalization["mean"])
+        self.std = float(checkpoint.normalization["std"])
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.checkpoint.feature_config.sample_rate
+
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        return self.checkpoint.labels
+
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> normalised (batch, 1, n_mels, frames)."""
+        return ((self.logmel(audio) - self.mean) / self.std).unsqueeze(1)
+
+    @torch.inference_mode()
+    def predict(self, windows: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Probabilities per head, (len(windows), n_labels), for windows of any lengths."""
+        out = {head: np.zeros((len(windows), len(names)), np.float32) for head, names in self.labels.items()}
+        by_length: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            by_length.setdefault(len(w), []).append(i)
+        for indices in by_length.values():
+            batch = torch.from_numpy(np.stack([windows[i] for i in indices]))
+            for head, p in self._forward(batch).items():
+                out[head][indices] = p
+        return out
+
+    def _forward(self, audio: torch.Tensor) -> dict[str, np.ndarray]:
+        audio = audio.to(self.device, non_blocking=True)
+        x = self.features(audio)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = self.model(x)
+        else:
+            logits = self.model(x.contiguous(memory_format=torch.channels_last))
+        return {head: p.cpu().numpy() for head, p in probabilities(logits, self.checkpoint.model_config).items()}

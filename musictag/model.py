@@ -1,0 +1,245 @@
+"""CP-ResNet: the receptive-field regularized ResNet of Koutini et al. (arXiv 2007.13503).
+
+Pure: a config dataclass and the network, no file I/O. One shared trunk, one 1x1-conv head per label
+group (single-label heads are trained with softmax, multi-label heads with sigmoids).
+
+Layout (as in the authors' code): a 5x5 stride-2 stem, 3 stages x 4 basic residual blocks with
+width, 2*width, 4*width channels, 2x2 max-pooling after blocks 1, 2 and 4 of stage 1, and per head a
+1x1 conv + BN + global average pool. `rho` bounds the receptive field: counting the body's convs in
+order, the first is always 3x3, the second always 1x1, and conv number n (n >= 2) is 3x3 only when
+rho >= n - 1. Small rho therefore turns the deep convs into 1x1 and keeps the field small.
+
+Options from the other two papers and from the authors' variants:
+- frequency_aware: every block conv sees one extra input channel holding the mel-bin position (-1..1),
+  so a network with a small receptive field still knows where in the spectrum it is looking.
+- shake_shake: two parallel residual branches mixed by a random per-sample alpha forward and an
+  independent beta backward (Gastaldi 2017); 0.5/0.5 at eval.
+- activation "falu": a fractional adaptive linear unit (Zamora et al.) whose order is learned per channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEAD_KINDS = ("single", "multi")
+BLOCKS_PER_STAGE = 4
+POOL_AFTER_BLOCKS = (1, 2, 4)  # of stage 1
+
+
+@dataclass
+class ModelConfig:
+    rho: int = 7
+    width: int = 128
+    n_mels: int = 128
+    in_channels: int = 1
+    frequency_aware: bool = False
+    shake_shake: bool = False
+    activation: str = "relu"  # "relu" or "falu"
+    heads: dict[str, tuple[str, int]] = field(default_factory=lambda: {"tags": ("multi", 56)})
+
+    def __post_init__(self):
+        if self.activation not in ("relu", "falu"):
+            raise ValueError(f"activation must be 'relu' or 'falu', not {self.activation!r}")
+        self.heads = {name: (str(kind), int(n)) for name, (kind, n) in self.heads.items()}
+        for name, (kind, n) in self.heads.items():
+            if kind not in HEAD_KINDS or n < 1:
+                raise ValueError(f"head {name!r}: kind must be one of {HEAD_KINDS} with >= 1 outputs")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["heads"] = [[name, kind, n] for name, (kind, n) in self.heads.items()]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        data["heads"] = {name: (kind, n) for name, kind, n in data["heads"]}
+        return cls(**data)
+
+
+def kernel_size(rho: int, index: int) -> int:
+    """Kernel size of the body's conv number `index` (0-based, two per block, in forward order)."""
+    if index == 0:
+        return 3
+    if index == 1:
+        return 1
+    return 3 if rho >= index - 1 else 1
+
+
+def receptive_field(config: ModelConfig) -> int:
+    """Theoretical maximum receptive field of one trunk output, in input bins/frames (both axes)."""
+    field_size, jump = 5, 2  # stem: 5x5, stride 2
+    for stage in range(3):
+        for block in range(BLOCKS_PER_STAGE):
+            for conv in range(2):
+                k = kernel_size(config.rho, 2 * (stage * BLOCKS_PER_STAGE + block) + conv)
+                field_size += (k - 1) * jump
+            if stage == 0 and block + 1 in POOL_AFTER_BLOCKS:
+                field_size += jump  # 2x2 max-pool, stride 2
+                jump *= 2
+    return field_size
+
+
+class FALU(nn.Module):
+    """Fractional adaptive linear unit: the order-`a` fractional derivative of swish, per channel.
+
+    Base function g(x) = x * sigmoid(b x) (b a trainable scale; large b approaches ReLU). Its first
+    derivative is g'(x) = b g(x) + sigmoid(b x) (1 - b g(x)). Following the FALU paper's closed form,
+    the derivative of order a in [0, 1] is g + a (g' - g): exactly g at a = 0, exactly g' at a = 1, and
+    smooth (linear) in a between, so autograd trains the order like any weight. Orders are clamped to
+    [0, 1] in the forward pass.
+    """
+
+    def __init__(self, channels: int, order: float = 0.0, scale: float = 1.0):
+        super().__init__()
+        self.order = nn.Parameter(torch.full((channels,), float(order)))
+        self.scale = nn.Parameter(torch.full((channels,), float(scale)))
+
+    def _per_channel(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return p.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 else p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self._per_channel(self.order.clamp(0.0, 1.0), x)
+        b = self._per_channel(self.scale, x)
+        s = torch.sigmoid(b * x)
+        g = x * s
+        derivative = b * g + s * (1.0 - b * g)
+        return g + a * (derivative - g)
+
+
+def make_activation(kind: str, channels: int) -> nn.Module:
+    return FALU(channels) if kind == "falu" else nn.ReLU()
+
+
+class ShakeShake(torch.autograd.Function):
+    """Mix two branches with `alpha` forward and `beta` backward (independent per-sample draws)."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, alpha, beta):
+        ctx.save_for_backward(beta)
+        return alpha * x1 + (1 - alpha) * x2
+
+    @staticmethod
+    def backward(ctx, grad):
+        (beta,) = ctx.saved_tensors
+        return beta * grad, (1 - beta) * grad, None, None
+
+
+def shake_shake(x1: torch.Tensor, x2: torch.Tensor, training: bool) -> torch.Tensor:
+    if not training:
+        return 0.5 * (x1 + x2)
+    shape = (x1.shape[0],) + (1,) * (x1.dim() - 1)
+    alpha = torch.rand(shape, device=x1.device, dtype=x1.dtype)
+    beta = torch.rand(shape, device=x1.device, dtype=x1.dtype)
+    return ShakeShake.apply(x1, x2, alpha, beta)
+
+
+def with_frequency(x: torch.Tensor) -> torch.Tensor:
+    """Append a channel holding each row's mel-bin position, linear from -1 (lowest) to 1."""
+    b, _, h, w = x.shape
+    position = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    return torch.cat([x, position.view(1, 1, h, 1).expand(b, 1, h, w)], dim=1)
+
+
+class FrequencyAwareConv(nn.Conv2d):
+    """A conv (padding k // 3, as in the authors' code) that optionally sees the frequency channel."""
+
+    def __init__(self, cin: int, cout: int, k: int, frequency_aware: bool):
+        super().__init__(cin + int(frequency_aware), cout, k, padding=k // 3, bias=False)
+        self.frequency_aware = frequency_aware
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(with_frequency(x) if self.frequency_aware else x)
+
+
+class Branch(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k1: int, k2: int, config: ModelConfig):
+        super().__init__(
+            FrequencyAwareConv(cin, cout, k1, config.frequency_aware), nn.BatchNorm2d(cout),
+            make_activation(config.activation, cout),
+            FrequencyAwareConv(cout, cout, k2, config.frequency_aware), nn.BatchNorm2d(cout),
+        )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, k1: int, k2: int, config: ModelConfig):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            Branch(cin, cout, k1, k2, config) for _ in range(2 if config.shake_shake else 1))
+        self.shortcut = nn.Identity() if cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.activation = make_activation(config.activation, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.branches) == 2:
+            y = shake_shake(self.branches[0](x), self.branches[1](x), self.training)
+        else:
+            y = self.branches[0](x)
+        return self.activation(y + self.shortcut(x))
+
+
+class CPResNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, w, 5, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(w), make_activation(config.activation, w))
+        layers, cin, index = [], w, 0
+        for stage, cout in enumerate((w, 2 * w, 4 * w)):
+            for block in range(BLOCKS_PER_STAGE):
+                k1, k2 = kernel_size(config.rho, index), kernel_size(config.rho, index + 1)
+                layers.append(BasicBlock(cin, cout, k1, k2, config))
+                cin, index = cout, index + 2
+                if stage == 0 and block + 1 in POOL_AFTER_BLOCKS:
+                    layers.append(nn.MaxPool2d(2, 2))
+        self.body = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict({
+            name: nn.Sequential(nn.Conv2d(cin, n, 1, bias=False), nn.BatchNorm2d(n))
+            for name, (_, n) in config.heads.items()})
+        self.apply(_init_weights)
+
+    @property
+    def trunk_channels(self) -> int:
+        return 4 * self.config.width
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, channels, n_mels, frames) -> the shared feature map before the heads."""
+        return self.body(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.trunk(x)
+        return {name: head(features).mean(dim=(2, 3)) for name, head in self.heads.items()}
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def replace_heads(model: CPResNet, heads: dict[str, tuple[str, int]]) -> CPResNet:
+    """Give a trained trunk new, freshly initialised heads (for finetuning to a new vocabulary)."""
+    model.config.heads = dict(ModelConfig(heads=heads).heads)
+    model.heads = nn.ModuleDict({
+        name: nn.Sequential(nn.Conv2d(model.trunk_channels, n, 1, bias=False), nn.BatchNorm2d(n))
+        for name, (_, n) in model.config.heads.items()})
+    model.heads.apply(_init_weights)
+    return model
+
+
+def probabilities(logits: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Softmax for single-label heads, sigmoid for multi-label heads."""
+    return {name: (F.softmax(x.float(), dim=-1) if config.heads[name][0] == "single" else torch.sigmoid(x.float()))
+            for name, x in logits.items()}

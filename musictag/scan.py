@@ -1,0 +1,292 @@
+"""scan: walk a library, score every new or changed track, write tags, remember everything for undo.
+
+Decoding (only the excerpt plan's windows) runs in worker processes with a bounded number of tracks in
+flight, so memory stays flat however large the library; the parent batches windows through the model,
+averages each track's windows and writes its tags. Results are committed to the database as they come,
+so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from .audio import WINDOW_SECONDS, load_audio, load_excerpts
+from .db import Database
+from .errors import AudioDecodeError, MusictagError, TagWriteError
+from .manifest import AUDIO_EXTENSIONS
+from .tags import read_fields, write_fields
+
+MODES = ("merge", "replace", "skip-tagged")
+USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
+Progress = Callable[[str, dict], None]
+
+
+@dataclass
+class ScanOptions:
+    write: bool = True
+    dry_run: bool = False
+    threshold: float = 0.3
+    top_k: dict[str, int] = field(default_factory=lambda: {"genre": 2, "mood": 3})
+    default_top_k: int = 3
+    mode: str = "merge"
+    batch_size: int = 48  # windows per forward pass
+    workers: int = 0  # 0: one per CPU core
+    force: bool = False
+    whole_track: bool = False  # analyse every window of each track instead of the excerpt plan
+
+
+@dataclass
+class Change:
+    path: str
+    before: dict[str, list[str]]
+    after: dict[str, list[str]]
+
+
+@dataclass
+class ScanResult:
+    tagged: int = 0
+    scored: int = 0  # scored but not written (--no-write, --dry-run)
+    unchanged: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+
+def walk(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
+    """Audio files under the given paths: deterministic order, hidden entries skipped, symlinks
+    followed once (a link back up the tree is not entered again), each real file yielded once."""
+    seen_dirs, seen_files = set(), set()
+    for root in paths:
+        root = os.path.abspath(os.fspath(root))
+        if os.path.isfile(root):
+            real = os.path.realpath(root)
+            if real not in seen_files:
+                seen_files.add(real)
+                yield real
+            continue
+        for directory, dirs, files in os.walk(root, followlinks=True):
+            st = os.stat(directory)
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                dirs[:] = []
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
+                    continue
+                real = os.path.realpath(os.path.join(directory, name))
+                if real not in seen_files and os.path.isfile(real):
+                    seen_files.add(real)
+                    yield real
+
+
+def decode_track(job: tuple[str, int, bool]) -> tuple[str, float, list[np.ndarray] | None, str]:
+    """Worker: (path, duration, windows, error). Never raises: a bad file is an error string."""
+    path, sr, whole = job
+    try:
+        if whole:
+            audio = load_audio(path, sr)
+            n = int(WINDOW_SECONDS * sr)
+            windows = [audio[i:i + n] for i in range(0, max(len(audio) - n, 0) + 1, n)]
+            return path, len(audio) / sr, windows, ""
+        duration, windows = load_excerpts(path, sr)
+        return path, duration, windows, ""
+    except AudioDecodeError as e:
+        return path, 0.0, None, e.reason
+    except Exception as e:  # a decoder crash on one file must not end the run
+        return path, 0.0, None, f"{type(e).__name__}: {e}"
+
+
+def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -> Iterator:
+    """pool.map in order, but with at most `in_flight` jobs submitted: results never pile up."""
+    pending, jobs = deque(), iter(jobs)
+    for job in jobs:
+        pending.append(pool.submit(fn, job))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], options: ScanOptions
+                  ) -> dict[str, list[str]]:
+    """Per head: the argmax for single-label heads; for multi-label heads the labels scoring at least
+    the threshold, best first, at most top-k, and always the best one."""
+    chosen = {}
+    for head, label_scores in scores.items():
+        ranked = sorted(label_scores, key=lambda label: -label_scores[label])
+        if kinds.get(head) == "single":
+            chosen[head] = ranked[:1]
+            continue
+        k = options.top_k.get(head, options.default_top_k)
+        chosen[head] = ranked[:1] + [label for label in ranked[1:k] if label_scores[label] >= options.threshold]
+    return chosen
+
+
+class Scanner:
+    def __init__(self, tagger, db: Database, options: ScanOptions, progress: Progress | None = None):
+        self.tagger = tagger
+        self.db = db
+        self.options = options
+        self.progress = progress or (lambda event, data: None)
+        self.result = ScanResult()
+        self.model_id = tagger.checkpoint.model_id
+        self.kinds = {head: kind for head, (kind, _) in tagger.checkpoint.model_config.heads.items()}
+
+    def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
+        files = list(walk(paths))
+        self.progress("start", {"total": len(files)})
+        todo = self._triage(files)
+        self._score(todo)
+        self.db.commit()
+        return self.result
+
+    def _triage(self, files: list[str]) -> list[tuple[str, os.stat_result]]:
+        """Settle cached files at once (a re-scan is stat + one query); return those needing a decode."""
+        known = self.db.stats_for(files)
+        todo = []
+        for path in files:
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                self._fail(path, None, f"cannot stat: {e.strerror}")
+                continue
+            record = known.get(path)
+            fresh = (record is not None and record[:3] == (st.st_size, st.st_mtime_ns, self.model_id)
+                     and record[3] and not self.options.force)
+            if not fresh:
+                todo.append((path, st))
+            elif self.options.write and not self.options.dry_run and not record[4]:
+                self._write(path, self.db.get(path).scores)  # scored earlier without writing
+            else:
+                self.result.unchanged += 1
+                self._done(path, "unchanged")
+        return todo
+
+    def _score(self, todo: list[tuple[str, os.stat_result]]) -> None:
+        if not todo:
+            return
+        stats = dict(todo)
+        workers = self.options.workers or os.cpu_count() or 1
+        jobs = ((path, self.tagger.sample_rate, self.options.whole_track) for path, _ in todo)
+        batch: list[tuple[str, np.ndarray]] = []
+        waiting: dict[str, dict] = {}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for path, duration, windows, error in bounded_map(pool, decode_track, jobs, 4 * workers):
+                if windows is None:
+                    self._fail(path, stats[path], error)
+                    continue
+                waiting[path] = {"duration": duration, "n": len(windows), "probs": []}
+                batch.extend((path, w) for w in windows)
+                if len(batch) >= self.options.batch_size:
+                    self._predict(batch, waiting, stats)
+                    batch = []
+            self._predict(batch, waiting, stats)
+
+    def _predict(self, batch: list[tuple[str, np.ndarray]], waiting: dict, stats: dict) -> None:
+        if not batch:
+            return
+        probs = self.tagger.predict([w for _, w in batch])
+        for row, (path, _) in enumerate(batch):
+            waiting[path]["probs"].append({head: p[row] for head, p in probs.items()})
+        for path in [p for p, w in waiting.items() if len(w["probs"]) == w["n"]]:
+            entry = waiting.pop(path)
+            scores = {head: {label: round(float(np.mean([p[head][j] for p in entry["probs"]])), 5)
+                             for j, label in enumerate(names)}
+                      for head, names in self.tagger.labels.items()}
+            st = stats[path]
+            self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, entry["duration"], scores)
+            if self.options.write or self.options.dry_run:
+                self._write(path, scores)
+            else:
+                self.result.scored += 1
+                self._done(path, "scored")
+
+    def _write(self, path: str, scores: dict[str, dict[str, float]]) -> None:
+        try:
+            status = self._apply_tags(path, scores)
+        except MusictagError as e:
+            reason = e.reason if isinstance(e, TagWriteError) else str(e)
+            self.result.failed.append((path, reason))
+            self._done(path, "failed", reason)
+            return
+        self._done(path, status)
+
+    def _apply_tags(self, path: str, scores: dict[str, dict[str, float]]) -> str:
+        ours = choose_labels(scores, self.kinds, self.options)
+        ours["model"] = [f"musictag {self.model_id}"]
+        current = read_fields(path, list(ours))
+        if self.options.mode == "skip-tagged" and any(current.get(f) for f in USER_FIELDS):
+            self.result.skipped += 1
+            self._record_written(path, {}, dry=self.options.dry_run)
+            return "skipped"
+        new = {name: self._merged(path, name, current[name], labels) for name, labels in ours.items()}
+        changed = {name: values for name, values in new.items() if values != current[name]}
+        if not changed:
+            self.result.unchanged += 1
+            self._record_written(path, new, dry=self.options.dry_run)
+            return "unchanged"
+        if self.options.dry_run:
+            self.result.changes.append(Change(path, {n: current[n] for n in changed}, changed))
+            self.result.scored += 1
+            return "would change"
+        self.db.remember_previous(path, {name: current[name] for name in changed})
+        write_fields(path, changed)
+        self._record_written(path, new)
+        self.result.tagged += 1
+        return "tagged"
+
+    def _record_written(self, path: str, written: dict[str, list[str]], dry: bool = False) -> None:
+        if not dry:
+            st = os.stat(path)
+            self.db.put_written(path, written, st.st_size, st.st_mtime_ns)
+
+    def _merged(self, path: str, name: str, current: list[str], labels: list[str]) -> list[str]:
+        if self.options.mode != "merge" or name not in USER_FIELDS:
+            return labels
+        record = self.db.get(path)
+        ours_before = set((record.written or {}).get(name, [])) if record else set()
+        kept = [v for v in current if v not in ours_before]  # the user's values, not our stale ones
+        known = {v.casefold() for v in kept}
+        return kept + [label for label in labels if label.casefold() not in known]
+
+    def _fail(self, path: str, st: os.stat_result | None, reason: str) -> None:
+        if st is not None:
+            self.db.put_error(path, st.st_size, st.st_mtime_ns, self.model_id, reason)
+        self.result.failed.append((path, reason))
+        self._done(path, "failed", reason)
+
+    def _done(self, path: str, status: str, reason: str = "") -> None:
+        self.progress("file", {"path": path, "status": status, "reason": reason})
+
+
+def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | None = None) -> ScanResult:
+    """Restore the values musictag replaced or added, for the given files/folders or for all."""
+    progress = progress or (lambda event, data: None)
+    result = ScanResult()
+    targets = db.undo_paths()
+    if paths:
+        roots = [os.path.realpath(p) for p in paths]
+        targets = [t for t in targets if any(t == r or t.startswith(r.rstrip(os.sep) + os.sep) for r in roots)]
+    progress("start", {"total": len(targets)})
+    for path in targets:
+        try:
+            write_fields(path, db.previous_values(path))
+        except MusictagError as e:
+            result.failed.append((path, getattr(e, "reason", str(e))))
+            progress("file", {"path": path, "status": "failed", "reason": str(e)})
+            continue
+        db.forget_previous(path)
+        st = os.stat(path)
+        db.put_written(path, None, st.st_size, st.st_mtime_ns)
+        result.tagged += 1
+        progress("file", {"path": path, "status": "restored", "reason": ""})
+    db.commit()
+    return result

@@ -1,0 +1,222 @@
+"""Reading and writing tag fields, one declaration per field, one storage style per tag format.
+
+Every mutagen call goes through `_tag_errors`, which turns failures into TagWriteError carrying the
+path. Writes are atomic per file: the file is copied beside itself, the copy is tagged and read back,
+and only then renamed over the original. A failure at any point leaves the original untouched, and
+audio data is never re-encoded (mutagen rewrites tag blocks only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from .errors import TagWriteError
+
+Values = list[str]
+
+
+@dataclass(frozen=True)
+class Field:
+    """Where one logical field lives in each tag format."""
+
+    id3: str  # frame id, or "TXXX:DESC" for a user text frame
+    vorbis: str
+    mp4: str  # atom name, "----:mean:name" for freeform atoms
+    asf: str
+
+
+def custom_field(name: str) -> Field:
+    key = f"MUSICTAG_{name.upper()}"
+    return Field(id3=f"TXXX:{key}", vorbis=key, mp4=f"----:com.apple.iTunes:{key}", asf=f"MUSICTAG/{name.title()}")
+
+
+FIELDS: dict[str, Field] = {
+    "genre": Field(id3="TCON", vorbis="GENRE", mp4="\xa9gen", asf="WM/Genre"),
+    "mood": Field(id3="TMOO", vorbis="MOOD", mp4="----:com.apple.iTunes:MOOD", asf="WM/Mood"),
+    "quadrant": custom_field("quadrant"),
+    "model": custom_field("model"),
+}
+
+
+def field_for(name: str) -> Field:
+    return FIELDS.get(name) or custom_field(name)
+
+
+@contextlib.contextmanager
+def _tag_errors(path: str, action: str):
+    try:
+        yield
+    except TagWriteError:
+        raise
+    except Exception as e:  # mutagen raises many types (MutagenError, struct errors, OSError...)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TagWriteError(path, f"{action} failed: {reason}") from None
+
+
+class _Style:
+    """How one tag family stores a field's list of strings."""
+
+    family = ""
+
+    def get(self, tags, field: Field) -> Values:
+        raise NotImplementedError
+
+    def set(self, tags, field: Field, values: Values) -> None:
+        raise NotImplementedError
+
+    def delete(self, tags, field: Field) -> None:
+        raise NotImplementedError
+
+
+class _ID3Style(_Style):
+    family = "id3"
+
+    def get(self, tags, field):
+        frames = tags.getall(field.id3)
+        if not frames:
+            return []
+        if field.id3 == "TCON":
+            return [g for frame in frames for g in frame.genres]
+        return [str(t) for frame in frames for t in frame.text]
+
+    def set(self, tags, field, values):
+        from mutagen import id3
+
+        tags.delall(field.id3)
+        if field.id3.startswith("TXXX:"):
+            tags.add(id3.TXXX(encoding=3, desc=field.id3[5:], text=list(values)))
+        else:
+            tags.add(getattr(id3, field.id3)(encoding=3, text=list(values)))
+
+    def delete(self, tags, field):
+        tags.delall(field.id3)
+
+
+class _VorbisStyle(_Style):
+    family = "vorbis"
+
+    def get(self, tags, field):
+        return list(tags.get(field.vorbis, []))
+
+    def set(self, tags, field, values):
+        tags[field.vorbis] = list(values)
+
+    def delete(self, tags, field):
+        if field.vorbis in tags:
+            del tags[field.vorbis]
+
+
+class _MP4Style(_Style):
+    family = "mp4"
+
+    def get(self, tags, field):
+        values = tags.get(field.mp4, [])
+        return [v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else str(v) for v in values]
+
+    def set(self, tags, field, values):
+        if field.mp4.startswith("----"):
+            from mutagen.mp4 import AtomDataType, MP4FreeForm
+
+            tags[field.mp4] = [MP4FreeForm(v.encode("utf-8"), dataformat=AtomDataType.UTF8) for v in values]
+        else:
+            tags[field.mp4] = list(values)
+
+    def delete(self, tags, field):
+        if field.mp4 in tags:
+            del tags[field.mp4]
+
+
+class _ASFStyle(_Style):
+    family = "asf"
+
+    def get(self, tags, field):
+        return [str(v) for v in tags.get(field.asf, [])]
+
+    def set(self, tags, field, values):
+        tags[field.asf] = list(values)
+
+    def delete(self, tags, field):
+        if field.asf in tags:
+            del tags[field.asf]
+
+
+def _open(path: str):
+    """The mutagen file object and the style for its tags; tags are created when absent."""
+    import mutagen
+    from mutagen.asf import ASF
+    from mutagen.id3 import ID3
+    from mutagen.mp4 import MP4
+
+    audio = mutagen.File(path)
+    if audio is None:
+        raise TagWriteError(path, "tag format not recognised (no tags can be written to this file)")
+    if audio.tags is None:
+        audio.add_tags()
+    if isinstance(audio.tags, ID3):
+        return audio, _ID3Style()
+    if isinstance(audio, MP4):
+        return audio, _MP4Style()
+    if isinstance(audio, ASF):
+        return audio, _ASFStyle()
+    from mutagen._vorbis import VComment
+
+    if isinstance(audio.tags, VComment):
+        return audio, _VorbisStyle()
+    raise TagWriteError(path, f"writing {type(audio).__name__} tags is not supported")
+
+
+def read_fields(path: str | os.PathLike, names: list[str]) -> dict[str, Values]:
+    """Current values of the named fields ([] when absent)."""
+    path = os.fspath(path)
+    with _tag_errors(path, "reading tags"):
+        audio, style = _open(path)
+        return {name: style.get(audio.tags, field_for(name)) for name in names}
+
+
+def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> None:
+    """Set each named field to its values (None or [] deletes it), atomically for the whole file."""
+    path = os.path.realpath(os.fspath(path))  # tag the target of a symlink, keep the link
+    if not os.access(path, os.W_OK):
+        raise TagWriteError(path, "file is read-only")
+    directory = os.path.dirname(path)
+    with _tag_errors(path, "creating a temporary copy beside the file"):
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".musictag-tmp", dir=directory)
+        os.close(fd)
+    try:
+        with _tag_errors(path, "copying before writing tags"):
+            shutil.copy2(path, tmp)
+        with _tag_errors(path, "writing tags"):
+            audio, style = _open(tmp)
+            for name, new in values.items():
+                if new:
+                    style.set(audio.tags, field_for(name), new)
+                else:
+                    style.delete(audio.tags, field_for(name))
+            _save(audio, style)
+        _verify(tmp, path, values)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save(audio, style: _Style) -> None:
+    if style.family == "id3":
+        audio.save(v2_version=4)
+    else:
+        audio.save()
+
+
+def _verify(tmp: str, path: str, values: dict[str, Values | None]) -> None:
+    with _tag_errors(path, "verifying written tags"):
+        audio, style = _open(tmp)
+        for name, new in values.items():
+            got = style.get(audio.tags, field_for(name))
+            if got != list(new or []):
+                raise TagWriteError(path, f"verifying written tags failed: {name} reads back as {got!r}")
