@@ -34,7 +34,8 @@ def encode(path: str | os.PathLike, audio: np.ndarray, sr: int, bitrate: int | N
     if ext in SOUNDFILE_FORMATS:
         import soundfile
 
-        soundfile.write(path, np.clip(audio.T, -1, 1), sr, *SOUNDFILE_FORMATS[ext])
+        container_format, subtype = SOUNDFILE_FORMATS[ext]
+        soundfile.write(path, np.clip(audio.T, -1, 1), sr, format=container_format, subtype=subtype)
         return
     container_format, default_codec, sample_format = ENCODERS[ext]
     codec = codec or default_codec

@@ -1,0 +1,61 @@
+"""Shared fixtures: every audio file is generated here (no data ships with the tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from musictag.checkpoint import Checkpoint, save_checkpoint
+from musictag.codec import encode
+from musictag.features import FeatureConfig
+from musictag.model import CPResNet, ModelConfig
+
+# extension -> native rate used to write it (opus only exists at 48 kHz)
+FORMATS = {".mp3": 44100, ".flac": 44100, ".ogg": 44100, ".opus": 48000, ".wav": 44100, ".aiff": 44100,
+           ".m4a": 44100, ".mp4": 44100, ".wma": 44100, ".oga": 44100}
+TINY_FEATURES = FeatureConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32)
+TINY_LABELS = {"quadrant": ["Q1", "Q2", "Q3", "Q4"], "genre": ["Blues", "Jazz", "Pop/Rock", "Rap", "Vocal"],
+               "mood": ["calm", "happy", "sad", "tense", "warm", "wistful"]}
+
+
+def tone(seconds: float, sr: int, freq: float = 440.0, stereo: bool = True, seed: int = 0) -> np.ndarray:
+    """A tone plus a little noise, (channels, n) float32."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    left = 0.4 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(len(t))
+    if not stereo:
+        return left[None].astype(np.float32)
+    right = 0.3 * np.sin(2 * np.pi * freq * 1.5 * t) + 0.02 * rng.standard_normal(len(t))
+    return np.stack([left, right]).astype(np.float32)
+
+
+def write_track(path, seconds: float = 3.0, freq: float = 440.0, seed: int = 0):
+    ext = path.suffix.lower()
+    sr = FORMATS.get(ext, 44100)
+    codec = "alac" if path.name.endswith(".alac.m4a") else None
+    encode(path, tone(seconds, sr, freq, seed=seed), sr, codec=codec)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny randomly initialised 3-head model saved as a real checkpoint."""
+    torch_seed = 0
+    import torch
+
+    torch.manual_seed(torch_seed)
+    heads = {"quadrant": ("single", 4), "genre": ("multi", 5), "mood": ("multi", 6)}
+    config = ModelConfig(rho=3, width=8, n_mels=TINY_FEATURES.n_mels, heads=heads)
+    model = CPResNet(config).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(Checkpoint(config, TINY_FEATURES, TINY_LABELS, model.state_dict(),
+                               {"mean": -40.0, "std": 20.0}, {"data": "random init (tests)"}), path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path, monkeypatch):
+    """Database and caches never touch the real user dirs."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))

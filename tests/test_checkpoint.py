@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from musictag.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_sha_sidecar
+from musictag.errors import CheckpointError
+from musictag.features import FeatureConfig
+from musictag.model import CPResNet, ModelConfig
+
+
+def make(tmp_path, half=False):
+    config = ModelConfig(rho=3, width=8, n_mels=32, heads={"q": ("single", 2), "g": ("multi", 3)},
+                         activation="falu", frequency_aware=True)
+    model = CPResNet(config).eval()
+    ckpt = Checkpoint(config, FeatureConfig(n_mels=32), {"q": ["a", "b"], "g": ["x", "y", "z"]},
+                      model.state_dict(), {"mean": -30.0, "std": 12.0}, {"data": "synthetic", "metrics": {"f1": 0.5}})
+    path = tmp_path / "m.pt"
+    save_checkpoint(ckpt, path, half=half)
+    return model, path
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    model, path = make(tmp_path)
+    loaded = load_checkpoint(path)
+    assert loaded.labels == {"q": ["a", "b"], "g": ["x", "y", "z"]}
+    assert loaded.normalization == {"mean": -30.0, "std": 12.0}
+    assert loaded.training["metrics"] == {"f1": 0.5}
+    assert loaded.model_config == model.config and loaded.feature_config == FeatureConfig(n_mels=32)
+    x = torch.randn(2, 1, 32, 60)
+    a, b = model(x), loaded.build_model()(x)
+    for head in a:
+        assert torch.equal(a[head], b[head])
+
+
+def test_half_precision_file_is_close(tmp_path):
+    model, path = make(tmp_path, half=True)
+    x = torch.randn(2, 1, 32, 60)
+    out = load_checkpoint(path).build_model()(x)
+    assert torch.allclose(out["g"], model(x)["g"], rtol=2e-2, atol=0.05)  # fp16 weights: ~3 digits
+
+
+def test_truncated_and_garbage_files_give_clear_errors(tmp_path):
+    _, path = make(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=str(path.name)):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_incompatible_version_and_foreign_pickle(tmp_path):
+    path = tmp_path / "v99.pt"
+    torch.save({"format": "musictag-checkpoint", "version": 99}, path)
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(path)
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a musictag checkpoint"):
+        load_checkpoint(path)
+
+
+def test_sha_sidecar_is_checked(tmp_path):
+    _, path = make(tmp_path)
+    write_sha_sidecar(path)
+    assert load_checkpoint(path).sha256
+    path.with_name(path.name + ".sha256").write_text("0" * 64 + "  m.pt\n")
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(path)
+
+
+def test_shipped_model_loads_and_matches_its_sha():
+    from musictag.checkpoint import shipped_path
+
+    if not shipped_path().is_file():
+        pytest.skip("no shipped weights in this checkout")
+    checkpoint = load_checkpoint()
+    assert set(checkpoint.labels) == {"quadrant", "genre", "mood"}
+    assert checkpoint.labels["quadrant"] == ["Q1", "Q2", "Q3", "Q4"]

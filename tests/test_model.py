@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+
+from musictag.model import FALU, CPResNet, ModelConfig, count_parameters, receptive_field, shake_shake
+
+
+@pytest.mark.parametrize("rho,authors", [(5, 3.59e6), (7, 3.98e6), (9, 5.03e6)])
+def test_parameter_counts_match_the_authors_net(rho, authors):
+    config = ModelConfig(rho=rho, width=128, n_mels=256, heads={"tags": ("multi", 56)})
+    assert abs(count_parameters(CPResNet(config)) - authors) / authors < 0.02
+
+
+def test_receptive_field_by_hand():
+    # rho 0: stem 5 (jump 2); block1 conv 3x3 -> 9; pools after blocks 1, 2, 4 add 2, 4, 8 -> 23
+    assert receptive_field(ModelConfig(rho=0)) == 23
+    # rho 7: + 3x3 convs in stage-1 blocks 2-4 (jumps 4, 8, 8; 8, 16, 16... ) and stage-2 block 1 (jump 16)
+    # 5 +4 (b1) +2 (pool) +8+8 (b2) +4 (pool) +16+16 (b3) +16+16 (b4) +8 (pool) +32 (s2b1) = 135
+    assert receptive_field(ModelConfig(rho=7)) == 135
+    fields = [receptive_field(ModelConfig(rho=r)) for r in range(0, 16)]
+    assert all(b >= a for a, b in zip(fields, fields[1:])) and fields[-1] > fields[5]
+
+
+def test_output_changes_only_inside_receptive_field():
+    torch.manual_seed(0)
+    config = ModelConfig(rho=3, width=4, n_mels=64, heads={"t": ("multi", 2)})
+    model = CPResNet(config).eval()
+    field = receptive_field(config)  # 55
+    x = torch.randn(1, 1, 64, 240)
+    with torch.no_grad():
+        base = model.trunk(x)
+        # output column 0 covers input frames [0, field - 1 - padding]; the stem pads by 1
+        far = x.clone()
+        far[..., field + 8:] += 5.0  # well outside column 0's field
+        near = x.clone()
+        near[..., 2] += 5.0  # inside it
+        assert torch.allclose(model.trunk(far)[..., 0], base[..., 0], atol=1e-5)
+        assert not torch.allclose(model.trunk(near)[..., 0], base[..., 0], atol=1e-3)
+
+
+def test_any_length_input_and_heads():
+    config = ModelConfig(rho=5, width=8, n_mels=40, heads={"q": ("single", 4), "g": ("multi", 7)},
+                         frequency_aware=True, shake_shake=True, activation="falu")
+    model = CPResNet(config).eval()
+    for frames in (17, 100, 333):
+        out = model(torch.randn(2, 1, 40, frames))
+        assert out["q"].shape == (2, 4) and out["g"].shape == (2, 7)
+
+
+def test_frequency_aware_adds_one_channel_per_block_conv():
+    plain = CPResNet(ModelConfig(rho=5, width=8, n_mels=40))
+    aware = CPResNet(ModelConfig(rho=5, width=8, n_mels=40, frequency_aware=True))
+    assert count_parameters(aware) > count_parameters(plain)
+    conv = aware.body[0].branches[0][0]
+    assert conv.in_channels == 8 + 1
+
+
+def test_shake_shake_train_random_eval_deterministic():
+    torch.manual_seed(0)
+    config = ModelConfig(rho=3, width=4, n_mels=32, shake_shake=True, heads={"t": ("multi", 3)})
+    model = CPResNet(config)
+    x = torch.randn(4, 1, 32, 50)
+    model.train()
+    torch.manual_seed(1)
+    a = model(x)["t"]
+    torch.manual_seed(2)
+    b = model(x)["t"]
+    assert not torch.allclose(a, b)
+    model.eval()
+    assert torch.equal(model(x)["t"], model(x)["t"])
+
+
+def test_shake_shake_eval_is_half_half_and_gradients_reach_both_branches():
+    x1 = torch.randn(3, 2, 4, 4, requires_grad=True)
+    x2 = torch.randn(3, 2, 4, 4, requires_grad=True)
+    assert torch.allclose(shake_shake(x1, x2, training=False), 0.5 * (x1 + x2))
+    out = shake_shake(x1, x2, training=True)
+    out.sum().backward()
+    assert x1.grad.abs().sum() > 0 and x2.grad.abs().sum() > 0
+    # backward coefficients beta and 1 - beta sum to one per sample, independent of the forward alpha
+    assert torch.allclose(x1.grad + x2.grad, torch.ones_like(x1))
+
+
+def test_falu_endpoints_are_swish_and_its_derivative():
+    x = torch.linspace(-4, 4, 81)
+    falu = FALU(1, order=0.0, scale=1.5)
+    b = 1.5
+    s = torch.sigmoid(b * x)
+    swish = x * s
+    assert torch.allclose(falu(x.view(1, 1, -1)).flatten(), swish, atol=1e-6)
+    with torch.no_grad():
+        falu.order.fill_(1.0)
+    derivative = s + b * x * s * (1 - s)  # d/dx x sigmoid(bx), written out
+    assert torch.allclose(falu(x.view(1, 1, -1)).flatten(), derivative, atol=1e-6)
+    # and it is the true derivative: compare with autograd of swish
+    xs = x.clone().requires_grad_(True)
+    (xs * torch.sigmoid(b * xs)).sum().backward()
+    assert torch.allclose(xs.grad, derivative, atol=1e-6)
+
+
+def test_falu_is_smooth_in_the_order_and_the_order_learns():
+    x = torch.linspace(-3, 3, 31).view(1, 1, -1)
+    falu = FALU(1)
+    values = []
+    for a in torch.linspace(0, 1, 11):
+        with torch.no_grad():
+            falu.order.fill_(float(a))
+        values.append(falu(x))
+    steps = [(v2 - v1).abs().max().item() for v1, v2 in zip(values, values[1:])]
+    assert max(steps) < 0.2 and max(steps) - min(steps) < 1e-5  # evenly spaced: smooth, no jumps
+    with torch.no_grad():
+        falu.order.fill_(0.3)
+    falu(x).sum().backward()
+    assert falu.order.grad is not None and falu.order.grad.abs().item() > 0
+    assert falu.scale.grad.abs().item() > 0
+    assert not math.isnan(falu.order.grad.item())
