@@ -263,5 +263,6 @@ def _frame_to_mono(frame) -> np.ndarray:
 
 
 def _describe(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:200]
+    """The reason alone: FFmpeg errors repeat the file name, which the caller already reports."""
+    text = getattr(error, "strerror", None) or str(error).strip() or type(error).__name__
+    return str(text).splitlines()[0][:200]

@@ -84,8 +84,6 @@ def scan(
             bar = _bar(data["total"], quiet)
         elif event == "file":
             bar.update(1)
-            if data["status"] == "failed":
-                bar.write(f"failed: {data['path']}: {data['reason']}", file=sys.stderr)
 
     with Database(db) as database:
         try:

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
@@ -25,6 +26,10 @@ CREATE TABLE IF NOT EXISTS tracks (
     error TEXT,             -- last failure, NULL when scored
     written TEXT,           -- JSON {field: [values]} musictag last wrote, NULL when not written
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    model TEXT PRIMARY KEY,
+    heads TEXT NOT NULL     -- JSON {head: "single" | "multi"}
 );
 CREATE TABLE IF NOT EXISTS undo (
     path TEXT PRIMARY KEY,
@@ -124,6 +129,15 @@ class Database:
                     (json.dumps(written) if written is not None else None, size, mtime_ns, time.time(), path))
         self.commit()  # the file changed: its record must not lag behind
 
+    def put_model(self, model: str, heads: dict[str, str]) -> None:
+        self._write("INSERT OR REPLACE INTO models (model, heads) VALUES (?, ?)", (model, json.dumps(heads)))
+
+    def head_kinds(self) -> dict[str, str]:
+        kinds = {}
+        for (heads,) in self._conn.execute("SELECT heads FROM models"):
+            kinds.update(json.loads(heads))
+        return kinds
+
     def previous_values(self, path: str) -> dict[str, list[str]]:
         row = self._conn.execute("SELECT previous FROM undo WHERE path = ?", (path,)).fetchone()
         return json.loads(row[0]) if row else {}
@@ -142,10 +156,11 @@ class Database:
     def undo_paths(self) -> list[str]:
         return [row[0] for row in self._conn.execute("SELECT path FROM undo ORDER BY path")]
 
-    def tracks(self) -> list[Track]:
+    def tracks(self) -> Iterator[Track]:
         rows = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
                                   "FROM tracks ORDER BY path")
-        return [_track(row) for row in rows]
+        for row in rows:
+            yield _track(row)
 
 
 def _track(row) -> Track:

@@ -21,7 +21,7 @@ from .audio import load_audio
 from .codec import encode
 from .inference import Tagger
 from .manifest import Dataset, Example
-from .scan import bounded_map, decode_track
+from .scan import bounded_map, decode_track, quiet_worker
 from .train import encode_targets, head_metrics
 
 CODEC_BITRATES = (128_000, 64_000)
@@ -57,7 +57,8 @@ def predict_files(tagger: Tagger, paths: list[str], workers: int = 2, batch_size
         pending.clear()
 
     jobs = ((p, tagger.sample_rate, False) for p in paths)
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
+                             initializer=quiet_worker) as pool:
         for done, (path, _, windows, error) in enumerate(bounded_map(pool, decode_track, jobs, 4 * workers)):
             if windows is None:
                 failures.append(f"{path}: {error}")

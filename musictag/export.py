@@ -10,6 +10,8 @@ from typing import IO, Iterable
 from .db import Database, Track
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+HEAD_ORDER = ("quadrant", "genre", "mood")
+WRITTEN_COLUMNS = ("genre", "mood", "quadrant")  # the values now in the file, the user's included
 
 
 def neutralise(cell: object) -> object:
@@ -32,15 +34,15 @@ def export_csv(db: Database, out: IO[str], long: bool = False, top_k: int = 3,
                paths: list[str] | None = None) -> int:
     """Write one row per track (wide) or per (track, label) (long); returns the rows written."""
     writer = csv.writer(out)
-    tracks = list(_selected(db.tracks(), paths))
-    heads = sorted({head for t in tracks if t.scores for head in t.scores},
-                   key=lambda h: ("quadrant", "genre", "mood").index(h) if h in ("quadrant", "genre", "mood") else 9)
+    kinds = db.head_kinds()
+    heads = sorted(kinds, key=lambda h: (HEAD_ORDER.index(h) if h in HEAD_ORDER else len(HEAD_ORDER), h))
     if long:
         writer.writerow(["path", "head", "label", "score", "model"])
     else:
-        writer.writerow(["path", "model", "status"] + [c for h in heads for c in (h, f"{h}_scores")] + ["written"])
+        writer.writerow(["path", "model", "status"] + [c for h in heads for c in (h, f"{h}_scores")]
+                        + [f"written_{f}" for f in WRITTEN_COLUMNS])
     rows = 0
-    for track in tracks:
+    for track in _selected(db.tracks(), paths):
         if long:
             for head, scores in (track.scores or {}).items():
                 for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
@@ -50,10 +52,10 @@ def export_csv(db: Database, out: IO[str], long: bool = False, top_k: int = 3,
         cells = [track.path, track.model, "failed: " + track.error if track.error else "scored"]
         for head in heads:
             scores = (track.scores or {}).get(head, {})
-            best = sorted(scores, key=lambda label: -scores[label])[:top_k]
+            best = sorted(scores, key=lambda label: -scores[label])[:1 if kinds[head] == "single" else top_k]
             cells += ["; ".join(best), "; ".join(f"{scores[label]:.3f}" for label in best)]
         written = track.written or {}
-        cells.append(" | ".join(f"{k}={'; '.join(v)}" for k, v in written.items()))
+        cells += ["; ".join(written.get(f, [])) for f in WRITTEN_COLUMNS]
         writer.writerow([neutralise(c) for c in cells])
         rows += 1
     return rows

@@ -104,6 +104,13 @@ def decode_track(job: tuple[str, int, bool]) -> tuple[str, float, list[np.ndarra
         return path, 0.0, None, f"{type(e).__name__}: {e}"
 
 
+def quiet_worker() -> None:
+    """Decode workers: C decoders (mpg123) print notes on damaged files straight to fd 2, which would
+    tear the progress bar; every error reaches the parent as a string anyway."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+
+
 def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -> Iterator:
     """pool.map in order, but with at most `in_flight` jobs submitted: results never pile up."""
     pending, jobs = deque(), iter(jobs)
@@ -141,6 +148,7 @@ class Scanner:
         self.kinds = {head: kind for head, (kind, _) in tagger.checkpoint.model_config.heads.items()}
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
+        self.db.put_model(self.model_id, self.kinds)
         files = list(walk(paths))
         self.progress("start", {"total": len(files)})
         todo = self._triage(files)
@@ -178,7 +186,8 @@ class Scanner:
         jobs = ((path, self.tagger.sample_rate, self.options.whole_track) for path, _ in todo)
         batch: list[tuple[str, np.ndarray]] = []
         waiting: dict[str, dict] = {}
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                 initializer=quiet_worker) as pool:
             for path, duration, windows, error in bounded_map(pool, decode_track, jobs, 4 * workers):
                 if windows is None:
                     self._fail(path, stats[path], error)

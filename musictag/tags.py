@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 
@@ -180,7 +181,7 @@ def read_fields(path: str | os.PathLike, names: list[str]) -> dict[str, Values]:
 def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> None:
     """Set each named field to its values (None or [] deletes it), atomically for the whole file."""
     path = os.path.realpath(os.fspath(path))  # tag the target of a symlink, keep the link
-    if not os.access(path, os.W_OK):
+    if not _writable(path):
         raise TagWriteError(path, "file is read-only")
     directory = os.path.dirname(path)
     with _tag_errors(path, "creating a temporary copy beside the file"):
@@ -204,6 +205,15 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> N
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _writable(path: str) -> bool:
+    """A file marked read-only stays untouched even for root, who could write it anyway."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise TagWriteError(path, f"cannot open: {e.strerror}") from None
+    return os.access(path, os.W_OK) and bool(mode & stat.S_IWUSR)
 
 
 def _save(audio, style: _Style) -> None:

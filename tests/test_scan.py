@@ -1,0 +1,220 @@
+"""scan / export-csv / undo end to end through the CLI, on a generated library in every format."""
+
+import csv
+import io
+import os
+import shutil
+import stat
+
+import mutagen
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_track
+from musictag.audio import load_audio
+from musictag.cli import app
+from musictag.tags import read_fields, write_fields
+
+GOOD = ["a/one.mp3", "a/two.flac", "a/three.ogg", "b/four.opus", "b/five.m4a", "b/six.wma", "c/seven.wav",
+        "c/eight.aiff", "c/nine.oga", "c/ten.mp4", "c/Ünïcödé – ß.mp3", "c/UPPER.FLAC"]
+runner = CliRunner()
+
+
+def make_library(root):
+    for i, rel in enumerate(GOOD):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_track(path, seconds=2.0 + 0.5 * i, freq=220.0 * (1 + i % 5), seed=i)
+    (root / "a" / ".hidden.mp3").write_bytes((root / "a" / "one.mp3").read_bytes())
+    (root / "a" / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    return root
+
+
+@pytest.fixture
+def library(tmp_path):
+    return make_library(tmp_path / "music")
+
+
+def scan(args, model, db):
+    return runner.invoke(app, ["scan", *map(str, args), "--model", str(model), "--db", str(db), "--quiet",
+                               "--workers", "2"])
+
+
+def snapshot(root):
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_scan_tags_every_format_and_keeps_audio(library, tiny_checkpoint, tmp_path):
+    audio_before = {rel: load_audio(library / rel, 16000) for rel in GOOD}
+    result = scan([library], tiny_checkpoint, tmp_path / "db.sqlite")
+    assert result.exit_code == 0, result.output
+    assert f"tagged: {len(GOOD)}" in result.output and "failed: 0" in result.output
+    for rel in GOOD:
+        path = library / rel
+        values = read_fields(path, ["genre", "mood", "quadrant", "model"])
+        assert values["genre"] and values["mood"] and values["quadrant"][0] in {"Q1", "Q2", "Q3", "Q4"}
+        assert values["model"][0].startswith("musictag ")
+        assert mutagen.File(path) is not None
+        np.testing.assert_array_equal(load_audio(path, 16000), audio_before[rel])
+    hidden = mutagen.File(library / "a" / ".hidden.mp3")
+    assert hidden.tags is None or not hidden.tags.getall("TCON")  # hidden files are skipped
+
+
+def test_merge_keeps_user_genres_and_undo_restores_exactly(library, tiny_checkpoint, tmp_path):
+    db = tmp_path / "db.sqlite"
+    user = library / "a" / "two.flac"
+    write_fields(user, {"genre": ["Shoegaze", "Dream Pop"]})
+    mp3 = library / "a" / "one.mp3"
+    write_fields(mp3, {"genre": ["Krautrock"], "mood": ["hypnotic"]})
+    before = {rel: read_fields(library / rel, ["genre", "mood", "quadrant", "model"]) for rel in GOOD}
+    assert scan([library], tiny_checkpoint, db).exit_code == 0
+    genres = read_fields(user, ["genre"])["genre"]
+    assert genres[:2] == ["Shoegaze", "Dream Pop"] and len(genres) > 2
+    assert read_fields(mp3, ["mood"])["mood"][0] == "hypnotic"
+    result = runner.invoke(app, ["undo", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert f"restored: {len(GOOD)}" in result.output
+    for rel in GOOD:
+        assert read_fields(library / rel, ["genre", "mood", "quadrant", "model"]) == before[rel]
+
+
+def test_replace_mode_and_skip_tagged(library, tiny_checkpoint, tmp_path):
+    user = library / "a" / "two.flac"
+    write_fields(user, {"genre": ["Shoegaze"]})
+    args = ["scan", str(library), "--model", str(tiny_checkpoint), "--quiet"]
+    result = runner.invoke(app, args + ["--db", str(tmp_path / "1.db"), "--mode", "skip-tagged"])
+    assert result.exit_code == 0 and "skipped: 1" in result.output
+    assert read_fields(user, ["genre", "mood"]) == {"genre": ["Shoegaze"], "mood": []}
+    result = runner.invoke(app, args + ["--db", str(tmp_path / "2.db"), "--mode", "replace"])
+    assert result.exit_code == 0
+    assert "Shoegaze" not in read_fields(user, ["genre"])["genre"]
+
+
+def test_rescan_is_a_no_op(library, tiny_checkpoint, tmp_path):
+    db = tmp_path / "db.sqlite"
+    assert scan([library], tiny_checkpoint, db).exit_code == 0
+    files = snapshot(library)
+    result = scan([library], tiny_checkpoint, db)
+    assert result.exit_code == 0
+    assert "tagged: 0" in result.output and f"unchanged: {len(GOOD)}" in result.output
+    assert snapshot(library) == files
+
+
+def test_changed_file_is_rescanned(library, tiny_checkpoint, tmp_path):
+    db = tmp_path / "db.sqlite"
+    assert scan([library], tiny_checkpoint, db).exit_code == 0
+    write_track(library / "a" / "one.mp3", seconds=3.0, freq=1000.0)  # the user replaced the file
+    result = scan([library], tiny_checkpoint, db)
+    assert "tagged: 1" in result.output and f"unchanged: {len(GOOD) - 1}" in result.output
+
+
+def test_dry_run_writes_nothing(library, tiny_checkpoint, tmp_path):
+    files = snapshot(library)
+    result = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db",
+                                 str(tmp_path / "db"), "--dry-run", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert snapshot(library) == files
+    assert "genre: (none) -> " in result.output and f"would change: {len(GOOD)}" in result.output
+
+
+def test_broken_files_are_reported_and_good_files_still_tagged(library, tiny_checkpoint, tmp_path):
+    broken = library / "broken"
+    broken.mkdir()
+    (broken / "empty.mp3").write_bytes(b"")
+    (broken / "garbage.flac").write_bytes(os.urandom(5000))
+    (broken / "text.mp3").write_text("not music\n" * 100)
+    (broken / "text.ogg").write_text("not music either\n" * 100)
+    (broken / "truncated.m4a").write_bytes((library / "b" / "five.m4a").read_bytes()[:200])
+    readonly = library / "c" / "seven.wav"
+    os.chmod(readonly, stat.S_IREAD)
+    result = scan([library], tiny_checkpoint, tmp_path / "db.sqlite")
+    assert result.exit_code == 1
+    assert f"tagged: {len(GOOD) - 1}" in result.output and "failed: 6" in result.output
+    for name in ("empty.mp3", "garbage.flac", "text.mp3", "text.ogg", "truncated.m4a"):
+        lines = [line for line in result.output.splitlines() if line.startswith("failed:") and name in line]
+        assert len(lines) == 1, result.output
+    assert any("seven.wav" in line and "read-only" in line for line in result.output.splitlines())
+    assert read_fields(readonly, ["genre"]) == {"genre": []}
+    assert read_fields(library / "a" / "one.mp3", ["genre"])["genre"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_checkpoint, tmp_path):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.db import Database
+    from musictag.inference import Tagger
+    from musictag.scan import ScanOptions, Scanner
+
+    interrupted = make_library(tmp_path / "interrupted")
+    straight = tmp_path / "straight"
+    shutil.copytree(interrupted, straight)
+    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
+    done = []
+
+    def kill_after_five(event, data):
+        if event == "file":
+            done.append(data["path"])
+            if len(done) == 5:
+                raise KeyboardInterrupt
+
+    with Database(tmp_path / "i.db") as db, pytest.raises(KeyboardInterrupt):
+        Scanner(tagger, db, ScanOptions(workers=2), kill_after_five).run([interrupted])
+    with Database(tmp_path / "i.db") as db:
+        resumed = Scanner(tagger, db, ScanOptions(workers=2)).run([interrupted])
+        assert resumed.unchanged >= 4 and resumed.tagged + resumed.unchanged == len(GOOD)
+        interrupted_scores = {os.path.relpath(t.path, interrupted): t.scores for t in db.tracks()}
+    with Database(tmp_path / "s.db") as db:
+        Scanner(tagger, db, ScanOptions(workers=2)).run([straight])
+        straight_scores = {os.path.relpath(t.path, straight): t.scores for t in db.tracks()}
+    assert interrupted_scores == straight_scores
+    for rel in GOOD:
+        fields = ["genre", "mood", "quadrant", "model"]
+        assert read_fields(interrupted / rel, fields) == read_fields(straight / rel, fields)
+
+
+def test_export_csv_content_and_formula_neutralisation(library, tiny_checkpoint, tmp_path):
+    db = tmp_path / "db.sqlite"
+    write_fields(library / "a" / "one.mp3", {"genre": ['=HYPERLINK("http://evil","x")']})
+    assert scan([library], tiny_checkpoint, db).exit_code == 0
+    out = tmp_path / "out.csv"
+    result = runner.invoke(app, ["export-csv", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert len(rows) == len(GOOD)
+    assert {"path", "quadrant", "genre", "genre_scores", "mood", "written_genre"} <= set(rows[0])
+    evil = next(r for r in rows if r["path"].endswith("one.mp3"))
+    assert evil["written_genre"].startswith("'=HYPERLINK")
+    assert all(r["quadrant"] in {"Q1", "Q2", "Q3", "Q4"} for r in rows)
+    scores = [float(s) for s in rows[0]["genre_scores"].split("; ")]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    long = runner.invoke(app, ["export-csv", "--db", str(db), "--long"])
+    long_rows = list(csv.DictReader(io.StringIO(long.output)))
+    assert len(long_rows) == len(GOOD) * (4 + 5 + 6)
+
+
+def test_csv_option_of_scan(library, tiny_checkpoint, tmp_path):
+    out = tmp_path / "scan.csv"
+    result = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db",
+                                 str(tmp_path / "db"), "--no-write", "--csv", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"scored (not written): {len(GOOD)}" in result.output
+    assert len(list(csv.DictReader(open(out, encoding="utf-8")))) == len(GOOD)
+    assert read_fields(library / "a" / "one.mp3", ["genre"]) == {"genre": []}
+
+
+def test_walk_order_hidden_and_symlink_loops(library):
+    from musictag.scan import walk
+
+    os.symlink(library, library / "c" / "loop")  # a link back up the tree
+    os.symlink(library / "a" / "one.mp3", library / "b" / "alias.mp3")
+    files = list(walk([library]))
+    assert len(files) == len(GOOD) == len(set(files))
+    assert files == list(walk([library]))
+    assert not any("/." in f for f in files)
+
+
+def test_database_follows_xdg_data_home_and_info_prints_it(tiny_checkpoint, tmp_path):
+    result = runner.invoke(app, ["info", "--model", str(tiny_checkpoint)])
+    assert result.exit_code == 0
+    assert str(tmp_path / "xdg-data") in result.output
+    assert "quadrant (single-label, 4): Q1, Q2, Q3, Q4" in result.output

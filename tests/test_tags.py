@@ -1,0 +1,86 @@
+"""Tag fields per format: written values read back with mutagen directly, audio untouched, atomicity."""
+
+import os
+import stat
+
+import mutagen
+import numpy as np
+import pytest
+
+from conftest import write_track
+from musictag.audio import load_audio
+from musictag.errors import TagWriteError
+from musictag.tags import read_fields, write_fields
+
+TAGGABLE = [".mp3", ".flac", ".ogg", ".opus", ".oga", ".m4a", ".wma", ".wav", ".aiff"]
+
+
+def raw_values(path, ext):
+    """Genre and mood as stored, read with mutagen's own API for each format."""
+    f = mutagen.File(path)
+    tags = f.tags
+    if ext in (".mp3", ".wav", ".aiff"):
+        return tags.getall("TCON")[0].text, tags.getall("TMOO")[0].text, tags.getall("TXXX:MUSICTAG_QUADRANT")[0].text
+    if ext == ".m4a":
+        return tags["\xa9gen"], [v.decode() for v in tags["----:com.apple.iTunes:MOOD"]], \
+            [v.decode() for v in tags["----:com.apple.iTunes:MUSICTAG_QUADRANT"]]
+    if ext == ".wma":
+        return [str(v) for v in tags["WM/Genre"]], [str(v) for v in tags["WM/Mood"]], \
+            [str(v) for v in tags["MUSICTAG/Quadrant"]]
+    return tags["GENRE"], tags["MOOD"], tags["MUSICTAG_QUADRANT"]
+
+
+@pytest.mark.parametrize("ext", TAGGABLE)
+def test_fields_are_stored_in_each_formats_standard_place(tmp_path, ext):
+    path = write_track(tmp_path / f"t{ext}", seconds=2.0)
+    before = load_audio(path, 22050)
+    write_fields(path, {"genre": ["Jazz", "Blues"], "mood": ["calm", "warm"], "quadrant": ["Q4"]})
+    genre, mood, quadrant = raw_values(path, ext)
+    assert list(genre) == ["Jazz", "Blues"] and list(mood) == ["calm", "warm"] and list(quadrant) == ["Q4"]
+    assert read_fields(path, ["genre", "mood", "quadrant"]) == {
+        "genre": ["Jazz", "Blues"], "mood": ["calm", "warm"], "quadrant": ["Q4"]}
+    np.testing.assert_array_equal(load_audio(path, 22050), before)  # audio stream untouched
+    write_fields(path, {"mood": None})
+    assert read_fields(path, ["mood", "genre"]) == {"mood": [], "genre": ["Jazz", "Blues"]}
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".musictag-tmp")]
+
+
+def test_id3_is_version_2_4(tmp_path):
+    path = write_track(tmp_path / "t.mp3", seconds=1.0)
+    write_fields(path, {"genre": ["Rap"]})
+    assert mutagen.File(path).tags.version[:2] == (2, 4)
+
+
+def test_read_only_file_is_reported_and_untouched(tmp_path):
+    path = write_track(tmp_path / "ro.flac", seconds=1.0)
+    data = path.read_bytes()
+    os.chmod(path, stat.S_IREAD)
+    try:
+        with pytest.raises(TagWriteError, match="read-only"):
+            write_fields(path, {"genre": ["Jazz"]})
+        assert path.read_bytes() == data
+    finally:
+        os.chmod(path, stat.S_IREAD | stat.S_IWRITE)
+
+
+def test_failed_write_leaves_file_as_it_was(tmp_path, monkeypatch):
+    path = write_track(tmp_path / "t.flac", seconds=1.0)
+    write_fields(path, {"genre": ["Jazz"]})
+    data = path.read_bytes()
+
+    def broken_save(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mutagen.flac.FLAC, "save", broken_save)
+    with pytest.raises(TagWriteError, match="disk full"):
+        write_fields(path, {"genre": ["Rap"]})
+    assert path.read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == ["t.flac"]
+
+
+def test_non_audio_file_gives_typed_error(tmp_path):
+    path = tmp_path / "notes.mp3"
+    path.write_text("hello\n" * 10)
+    with pytest.raises(TagWriteError, match="notes.mp3"):
+        write_fields(path, {"genre": ["Jazz"]})
+    assert path.read_text() == "hello\n" * 10
