@@ -30,6 +30,7 @@ def tone(seconds: float, sr: int, freq: float = 440.0, stereo: bool = True, seed
 
 
 def write_track(path, seconds: float = 3.0, freq: float = 440.0, seed: int = 0):
+    path.parent.mkdir(parents=True, exist_ok=True)
     ext = path.suffix.lower()
     sr = FORMATS.get(ext, 44100)
     codec = "alac" if path.name.endswith(".alac.m4a") else None

@@ -1,0 +1,173 @@
+"""train / finetune / evaluate on a tiny generated data set (low tones vs high tones)."""
+
+import csv
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import write_track
+from musictag.checkpoint import load_checkpoint
+from musictag.cli import app
+from musictag.manifest import read_manifest, split_by_group
+from musictag.tags import read_fields, write_fields
+
+runner = CliRunner()
+FAST = {"model": {"width": 8, "rho": 3}, "features": {"sample_rate": 16000, "n_fft": 512, "hop_length": 256,
+                                                        "n_mels": 32},
+        "train": {"crop_seconds": 1.0, "batch_size": 8, "warmup_epochs": 0, "lr": 0.003, "mixup_alpha": 0.0,
+                  "swa_from": 0.5}}
+
+
+def make_dataset(root, n=24):
+    """Low tones are 'Q1' + calm, high tones 'Q2' + tense; every third clip is also 'warm'."""
+    rows = []
+    for i in range(n):
+        high = i % 2 == 1
+        rel = f"audio/clip{i:02d}.{['flac', 'mp3', 'ogg'][i % 3]}"
+        (root / "audio").mkdir(parents=True, exist_ok=True)
+        write_track(root / rel, seconds=2.0, freq=(1800.0 if high else 150.0) * (1 + 0.05 * (i % 4)), seed=i)
+        mood = ("tense" if high else "calm") + (";warm" if i % 3 == 0 else "")
+        rows.append({"path": rel, "artist": f"artist{i // 2}", "title": f"t{i}", "quadrant": "Q2" if high else "Q1",
+                     "mood": mood})
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    manifest = make_dataset(root)
+    config = root / "config.json"
+    config.write_text(json.dumps(FAST))
+    out = root / "model.pt"
+    result = runner.invoke(app, ["train", "--data", str(manifest), "--out", str(out), "--config", str(config),
+                                 "--epochs", "20", "--val-fraction", "0.25", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return manifest, config, out, result.output
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained):
+    manifest, _, out, output = trained
+    checkpoint = load_checkpoint(out)
+    history = checkpoint.training["history"]
+    assert len(history) == 20 and history[-1]["loss"] < history[0]["loss"]
+    assert checkpoint.model_config.heads == {"quadrant": ("single", 2), "mood": ("multi", 3)}
+    assert checkpoint.labels == {"quadrant": ["Q1", "Q2"], "mood": ["calm", "tense", "warm"]}
+    assert checkpoint.training["swa_epochs"] == 10
+    assert "\"epoch\": 20" in output and "final (SWA" in output
+    # validation clips are whole artists held out
+    val = set(checkpoint.training["val_paths"])
+    rows = list(csv.DictReader(open(manifest)))
+    val_artists = {r["artist"] for r in rows if r["path"] in val}
+    assert val and all(r["path"] in val for r in rows if r["artist"] in val_artists)
+
+
+def test_trained_model_separates_the_classes(trained, tmp_path):
+    manifest, _, out, _ = trained
+    predictions = tmp_path / "p.jsonl"
+    result = runner.invoke(app, ["evaluate", "--data", str(manifest), "--model", str(out), "--json",
+                                 "--predictions", str(predictions), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["examples"] == 24
+    assert report["metrics"]["quadrant"]["accuracy"] > 0.8
+    assert report["metrics"]["mood"]["roc_auc"] > 0.7
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(lines) == 24 and lines[0]["path"].startswith("audio/clip")
+    assert set(lines[0]["scores"]) == {"Q1", "Q2", "calm", "tense", "warm"}
+    assert abs(lines[0]["scores"]["Q1"] + lines[0]["scores"]["Q2"] - 1) < 1e-4
+
+
+def test_scan_can_use_a_trained_model(trained, tmp_path):
+    _, _, out, _ = trained
+    track = write_track(tmp_path / "lib" / "song.flac", seconds=2.0, freq=1800.0)
+    result = runner.invoke(app, ["scan", str(tmp_path / "lib"), "--model", str(out), "--db", str(tmp_path / "db"),
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert read_fields(track, ["quadrant"])["quadrant"] in (["Q1"], ["Q2"])
+    assert read_fields(track, ["mood"])["mood"]
+
+
+def test_resume_continues_where_training_stopped(trained, tmp_path):
+    manifest, config, _, _ = trained
+    out = tmp_path / "r.pt"
+    args = ["train", "--data", str(manifest), "--out", str(out), "--config", str(config), "--quiet"]
+    assert runner.invoke(app, args + ["--epochs", "2"]).exit_code == 0
+    result = runner.invoke(app, args + ["--epochs", "3", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "resuming after epoch 2" in result.output
+    history = load_checkpoint(out).training["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_finetune_from_a_library_with_genre_tags(trained, tmp_path):
+    _, _, out, _ = trained
+    lib = tmp_path / "lib"
+    for i in range(12):
+        high = i % 2 == 1
+        path = write_track(lib / f"song{i}.flac", seconds=2.0, freq=1800.0 if high else 150.0, seed=i)
+        write_fields(path, {"genre": ["Chiptune; Electro" if high else "drone"]})
+    write_track(lib / "untagged.flac", seconds=2.0)
+    new = tmp_path / "mine.pt"
+    result = runner.invoke(app, ["finetune", "--from", str(out), "--library", str(lib), "--field", "genre",
+                                 "--out", str(new), "--epochs", "3", "--min-count", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    checkpoint = load_checkpoint(new)
+    assert checkpoint.labels == {"genre": ["Chiptune", "Drone", "Electro"]}
+    assert checkpoint.training["finetuned_from"] == load_checkpoint(out).model_id
+    base = load_checkpoint(out).state_dict
+    moved = [k for k in base if k.startswith("body") and base[k].is_floating_point()
+             and not torch.equal(base[k].float(), checkpoint.state_dict[k].float())]
+    assert moved  # the trunk was unfrozen after the head-only epochs
+
+
+def test_folder_per_class_layout(tmp_path):
+    for label, freq in (("low", 150.0), ("high", 1800.0)):
+        for i in range(3):
+            write_track(tmp_path / "data" / label / f"{i}.wav", seconds=1.0, freq=freq)
+    dataset = read_manifest(tmp_path / "data")
+    assert dataset.heads == {"label": "single"} and dataset.vocab == {"label": ["high", "low"]}
+    assert len(dataset.examples) == 6
+
+
+def test_artist_split_keeps_artists_together(tmp_path):
+    manifest = make_dataset(tmp_path, n=12)
+    dataset = read_manifest(manifest)
+    train, val = split_by_group(dataset.examples, 0.3, seed=1)
+    assert {e.group for e in train}.isdisjoint({e.group for e in val}) and val and train
+
+
+@pytest.mark.parametrize("content,message", [
+    ("file,quadrant\na.mp3,Q1\n", "no 'path' column"),
+    ("path,quadrant\naudio/missing.mp3,Q1\n", "audio file not found"),
+    ("path,quadrant,mood\naudio/a.flac,Q1,\naudio/b.flac,Q2,\n", "label column 'mood' is empty"),
+    ("path,quadrant\naudio/a.flac,Q1\naudio/b.flac,Q1\n", "fewer than 2 labels"),
+])
+def test_manifest_mistakes_give_clear_messages(tmp_path, content, message):
+    for name in ("a", "b"):
+        write_track(tmp_path / "audio" / f"{name}.flac", seconds=1.0)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(content)
+    result = runner.invoke(app, ["train", "--data", str(manifest), "--out", str(tmp_path / "o.pt")])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_unreadable_audio_in_manifest_is_named(tmp_path):
+    for name in ("a", "b"):
+        write_track(tmp_path / "audio" / f"{name}.flac", seconds=1.0)
+    (tmp_path / "audio" / "bad.mp3").write_text("not audio")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,quadrant\naudio/a.flac,Q1\naudio/b.flac,Q2\naudio/bad.mp3,Q1\n")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(FAST))
+    result = runner.invoke(app, ["train", "--data", str(manifest), "--out", str(tmp_path / "o.pt"),
+                                 "--config", str(config), "--val-fraction", "0", "--quiet"])
+    assert result.exit_code == 2
+    assert "could not be decoded" in result.output and "bad.mp3" in result.output
