@@ -51,7 +51,12 @@ class Checkpoint:
 
 
 def shipped_path() -> Path:
-    return Path(str(resources.files("musictag.weights").joinpath(SHIPPED_NAME)))
+    """The model inside the installed package; in a source checkout, the top-level weights/ folder
+    beside the package (located from this file, never from the current directory)."""
+    try:
+        return Path(str(resources.files("musictag.weights").joinpath(SHIPPED_NAME)))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "weights" / SHIPPED_NAME
 
 
 def file_sha256(path: str | os.PathLike) -> str:
