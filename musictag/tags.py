@@ -97,18 +97,21 @@ class _ID3Style(_Style):
         tags.delall(field.id3)
 
 
-class _VorbisStyle(_Style):
-    family = "vorbis"
+class _MappingStyle(_Style):
+    """Tags that behave as a dict of lists of strings (Vorbis comments, ASF attributes)."""
+
+    def __init__(self, family: str):
+        self.family = family
 
     def get(self, tags, field):
-        return list(tags.get(field.vorbis, []))
+        return [str(v) for v in tags.get(getattr(field, self.family), [])]
 
     def set(self, tags, field, values):
-        tags[field.vorbis] = list(values)
+        tags[getattr(field, self.family)] = list(values)
 
     def delete(self, tags, field):
-        if field.vorbis in tags:
-            del tags[field.vorbis]
+        if getattr(field, self.family) in tags:
+            del tags[getattr(field, self.family)]
 
 
 class _MP4Style(_Style):
@@ -131,20 +134,6 @@ class _MP4Style(_Style):
             del tags[field.mp4]
 
 
-class _ASFStyle(_Style):
-    family = "asf"
-
-    def get(self, tags, field):
-        return [str(v) for v in tags.get(field.asf, [])]
-
-    def set(self, tags, field, values):
-        tags[field.asf] = list(values)
-
-    def delete(self, tags, field):
-        if field.asf in tags:
-            del tags[field.asf]
-
-
 def _open(path: str):
     """The mutagen file object and the style for its tags; tags are created when absent."""
     import mutagen
@@ -162,11 +151,11 @@ def _open(path: str):
     if isinstance(audio, MP4):
         return audio, _MP4Style()
     if isinstance(audio, ASF):
-        return audio, _ASFStyle()
+        return audio, _MappingStyle("asf")
     from mutagen._vorbis import VComment
 
     if isinstance(audio.tags, VComment):
-        return audio, _VorbisStyle()
+        return audio, _MappingStyle("vorbis")
     raise TagWriteError(path, f"writing {type(audio).__name__} tags is not supported")
 
 

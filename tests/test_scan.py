@@ -218,3 +218,22 @@ def test_database_follows_xdg_data_home_and_info_prints_it(tiny_checkpoint, tmp_
     assert result.exit_code == 0
     assert str(tmp_path / "xdg-data") in result.output
     assert "quadrant (single-label, 4): Q1, Q2, Q3, Q4" in result.output
+
+
+def test_concurrent_runs_share_one_database(library, tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "shared.sqlite"
+    cmd = [sys.executable, "-m", "musictag", "scan", str(library), "--model", str(tiny_checkpoint), "--db", str(db),
+           "--quiet", "--workers", "1"]
+    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    from musictag.db import Database
+
+    with Database(db) as database:
+        tracks = list(database.tracks())
+    assert len(tracks) == len(GOOD) and all(t.scores and t.written for t in tracks)
+    for rel in GOOD:
+        assert read_fields(library / rel, ["genre"])["genre"]
