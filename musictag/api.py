@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import platform
 from pathlib import Path
-
-import numpy as np
 
 from .cache import cached_features
 from .checkpoint import Checkpoint, load_checkpoint
@@ -60,6 +59,8 @@ def train(data: str | Path, out: str | Path, model_config: ModelConfig | None = 
     val_set = prepare(val_examples, dataset.heads, dataset.vocab, features, workers,
                       progress=progress) if val_examples else None
     norm = normalization_stats(train_set.features)
+    if val_examples and val is None:
+        write_manifest(val_examples, Path(str(out) + ".val.csv"))  # so the split can be evaluated later
     metadata = {"data": str(data), "split": "given" if val else f"{val_fraction:.0%} held out by artist",
                 "val_paths": [e.name for e in val_examples], "host": platform.machine()}
     return train_model(CPResNet(model_config), train_set, val_set, dataset.vocab, features, norm,
@@ -88,5 +89,12 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
                        resume=resume, metadata=metadata, progress=progress)
 
 
-def scores_matrix(examples: list[Example], head: str, kind: str, vocab: list[str]) -> np.ndarray:
-    return encode_targets(examples, {head: kind}, {head: vocab})[head]
+def write_manifest(examples: list[Example], path: Path) -> None:
+    """A manifest of the examples with absolute paths: the held-out split, ready for `evaluate`."""
+    groups = list(examples[0].labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "artist", *groups])
+        for e in examples:
+            writer.writerow([e.path, e.group, *[";".join(e.labels[g]) for g in groups]])

@@ -48,7 +48,7 @@ def robustness_table(robustness: dict) -> str:
 
 
 def write_model_card(model: Path, out: Path, evaluation: Path | None, ablations: list[Path],
-                     speed: Path | None) -> None:
+                     speed: Path | None, evaluation_title: str = "") -> None:
     checkpoint = load_checkpoint(model)
     t, c, f = checkpoint.training, checkpoint.model_config, checkpoint.feature_config
     lines = [f"# Model card: {model.name}", "",
@@ -73,8 +73,8 @@ def write_model_card(model: Path, out: Path, evaluation: Path | None, ablations:
               metrics_table(t.get("validation", {}))]
     if evaluation:
         report = json.loads(Path(evaluation).read_text())
-        lines += ["", f"## Evaluation: {evaluation.name} ({report.get('examples')} clips)", "",
-                  metrics_table(report["metrics"])]
+        lines += ["", f"## Evaluation: {evaluation_title or evaluation.name} ({report.get('examples')} clips)", "",
+                  metrics_table(report["metrics"], per_label=True)]
         if "robustness" in report:
             lines += ["", "## Robustness", "", robustness_table(report["robustness"])]
     if ablations:

@@ -66,6 +66,8 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained):
     rows = list(csv.DictReader(open(manifest)))
     val_artists = {r["artist"] for r in rows if r["path"] in val}
     assert val and all(r["path"] in val for r in rows if r["artist"] in val_artists)
+    held_out = read_manifest(str(out) + ".val.csv")
+    assert sorted(e.name for e in held_out.examples) == sorted(str((manifest.parent / p).resolve()) for p in val)
 
 
 def test_trained_model_separates_the_classes(trained, tmp_path):
