@@ -66,6 +66,8 @@ class Tagger:
         return out
 
     def _forward(self, audio: torch.Tensor) -> dict[str, np.ndarray]:
+        if self.device.type == "cuda":
+            audio = audio.pin_memory()  # lets the copy overlap with the previous batch's kernels
         audio = audio.to(self.device, non_blocking=True)
         x = self.features(audio)
         if self.device.type == "cuda":
