@@ -70,11 +70,24 @@ def test_sha_sidecar_is_checked(tmp_path):
         load_checkpoint(path)
 
 
-def test_shipped_model_loads_and_matches_its_sha():
+def test_shipped_model_is_installed_with_the_package_and_loads():
+    """The tests import the installed package: the weights must have travelled into it."""
+    from pathlib import Path
+
     from musictag.checkpoint import shipped_path
 
-    if not shipped_path().is_file():
-        pytest.skip("no shipped weights in this checkout")
+    if not (Path(__file__).resolve().parents[1] / "weights" / "musictag.pt").is_file():
+        pytest.skip("this checkout has no shipped weights")
+    assert shipped_path().is_file()
     checkpoint = load_checkpoint()
     assert set(checkpoint.labels) == {"quadrant", "genre", "mood"}
     assert checkpoint.labels["quadrant"] == ["Q1", "Q2", "Q3", "Q4"]
+    assert len(checkpoint.labels["genre"]) == 14 and len(checkpoint.labels["mood"]) == 62
+
+
+def test_cli_import_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, musictag.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
