@@ -114,7 +114,7 @@ class Database:
         self._write("INSERT INTO tracks (path, size, mtime_ns, model, duration, scores, error, written, updated) "
                     "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
                     "mtime_ns=excluded.mtime_ns, model=excluded.model, duration=excluded.duration, "
-                    "scores=excluded.scores, error=NULL, written=NULL, updated=excluded.updated",
+                    "scores=excluded.scores, error=NULL, updated=excluded.updated",  # written stays: it is what the file holds
                     (path, size, mtime_ns, model, duration, json.dumps(scores), time.time()))
 
     def put_error(self, path: str, size: int, mtime_ns: int, model: str, error: str) -> None:

@@ -261,7 +261,8 @@ class Scanner:
         if self.options.mode != "merge" or name not in USER_FIELDS:
             return labels
         record = self.db.get(path)
-        ours_before = set((record.written or {}).get(name, [])) if record else set()
+        written = set((record.written or {}).get(name, [])) if record else set()
+        ours_before = written - set(self.db.previous_values(path).get(name, []))
         kept = [v for v in current if v not in ours_before]  # the user's values, not our stale ones
         known = {v.casefold() for v in kept}
         return kept + [label for label in labels if label.casefold() not in known]

@@ -237,3 +237,16 @@ def test_concurrent_runs_share_one_database(library, tiny_checkpoint, tmp_path):
     assert len(tracks) == len(GOOD) and all(t.scores and t.written for t in tracks)
     for rel in GOOD:
         assert read_fields(library / rel, ["genre"])["genre"]
+
+
+def test_forced_rescan_replaces_our_old_labels_not_the_users(library, tiny_checkpoint, tmp_path):
+    db = tmp_path / "db.sqlite"
+    user = library / "a" / "two.flac"
+    write_fields(user, {"genre": ["Shoegaze"]})
+    assert scan([library], tiny_checkpoint, db).exit_code == 0
+    first = read_fields(user, ["genre"])["genre"]
+    result = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet",
+                                 "--force", "--top-k", "genre=1"])
+    assert result.exit_code == 0, result.output
+    after = read_fields(user, ["genre"])["genre"]
+    assert after[0] == "Shoegaze" and len(after) == 2 and after[1] == first[1]
