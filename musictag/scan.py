@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from . import __version__
 from .audio import WINDOW_SECONDS, load_audio, load_excerpts
 from .db import Database
 from .errors import AudioDecodeError, MusictagError, TagWriteError
@@ -230,7 +231,7 @@ class Scanner:
 
     def _apply_tags(self, path: str, scores: dict[str, dict[str, float]]) -> str:
         ours = choose_labels(scores, self.kinds, self.options)
-        ours["model"] = [f"musictag {self.model_id}"]
+        ours["model"] = [f"musictag {__version__} model {self.model_id}"]
         current = read_fields(path, list(ours))
         if self.options.mode == "skip-tagged" and any(current.get(f) for f in USER_FIELDS):
             self.result.skipped += 1
