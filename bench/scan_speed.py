@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,13 +71,18 @@ def build_library(build_dir: Path, tracks: int) -> Path:
     print(f"building {tracks} tracks from {'real music' if sources else 'generated audio'} in {library}")
     for i in range(tracks):
         ext = FORMATS[i % len(FORMATS)]
+        target = library / f"{i:04d}{ext}"
+        if target.exists():  # an interrupted build resumes
+            continue
         sr = 48000 if ext == ".opus" else 44100
         if sources:
             audio = load_audio(sources[i % len(sources)], sr)
             audio = np.stack([audio, audio])
         else:
             audio = synthetic_track(180 + 40 * (i % 5), sr, i)
-        encode(library / f"{i:04d}{ext}", audio, sr)
+        partial = target.with_name(".partial" + ext)
+        encode(partial, audio, sr)
+        partial.rename(target)
     return library
 
 

@@ -35,7 +35,10 @@ def encode(path: str | os.PathLike, audio: np.ndarray, sr: int, bitrate: int | N
         import soundfile
 
         container_format, subtype = SOUNDFILE_FORMATS[ext]
-        soundfile.write(path, np.clip(audio.T, -1, 1), sr, format=container_format, subtype=subtype)
+        data = np.ascontiguousarray(np.clip(audio.T, -1, 1))
+        with soundfile.SoundFile(path, "w", sr, audio.shape[0], subtype, format=container_format) as f:
+            for start in range(0, len(data), 1 << 14):  # libsndfile's vorbis writer crashes on huge blocks
+                f.write(data[start:start + (1 << 14)])
         return
     container_format, default_codec, sample_format = ENCODERS[ext]
     codec = codec or default_codec
