@@ -173,3 +173,27 @@ def test_unreadable_audio_in_manifest_is_named(tmp_path):
                                  "--config", str(config), "--val-fraction", "0", "--quiet"])
     assert result.exit_code == 2
     assert "could not be decoded" in result.output and "bad.mp3" in result.output
+
+
+def test_evaluate_robustness_probes(trained, tmp_path):
+    manifest, _, out, _ = trained
+    result = runner.invoke(app, ["evaluate", "--data", str(manifest), "--model", str(out), "--json",
+                                 "--robustness", "--quiet"])
+    assert result.exit_code == 0, result.output
+    robustness = json.loads(result.output[result.output.index("{"):])["robustness"]
+    assert set(robustness["codec"]) == {"128k", "64k"}
+    for probe in robustness["codec"].values():
+        assert set(probe["top_label_agreement"]) == {"quadrant", "mood"}
+        assert all(0.0 <= a <= 1.0 for a in probe["top_label_agreement"].values())
+    assert set(robustness["lowpass"]) == {"0.5", "0.25", "0.125"}
+
+
+def test_lowpass_2d_keeps_everything_at_full_radius_and_only_the_mean_at_zero():
+    from musictag.evaluate import lowpass_2d
+
+    x = torch.randn(2, 1, 16, 40)
+    assert torch.allclose(lowpass_2d(x, 1.5), x, atol=1e-5)
+    flat = lowpass_2d(x, 0.0)
+    assert torch.allclose(flat, x.mean(dim=(-2, -1), keepdim=True).expand_as(x), atol=1e-5)
+    smooth = lowpass_2d(x, 0.3)
+    assert smooth.diff(dim=-1).abs().mean() < x.diff(dim=-1).abs().mean()
