@@ -388,11 +388,12 @@ def model_card(
     ablations: Optional[List[Path]] = typer.Option(None, "--ablation", help="Other checkpoints to compare."),
     speed: Optional[Path] = typer.Option(None, "--speed", help="Text table from bench/model_speed.py."),
     evaluation_title: str = typer.Option("", help="What the evaluation measured (shown as its heading)."),
+    notes: Optional[Path] = typer.Option(None, "--notes", help="Markdown to include (recipe choices, caveats)."),
 ) -> None:
     """Write the model card (data, recipe, config, metrics, speed, sha256) for a checkpoint."""
     from .modelcard import write_model_card
 
-    write_model_card(model, out, evaluation, ablations or [], speed, evaluation_title)
+    write_model_card(model, out, evaluation, ablations or [], speed, evaluation_title, notes)
     typer.echo(f"wrote {out}")
 
 

@@ -48,7 +48,7 @@ def robustness_table(robustness: dict) -> str:
 
 
 def write_model_card(model: Path, out: Path, evaluation: Path | None, ablations: list[Path],
-                     speed: Path | None, evaluation_title: str = "") -> None:
+                     speed: Path | None, evaluation_title: str = "", notes: Path | None = None) -> None:
     checkpoint = load_checkpoint(model)
     t, c, f = checkpoint.training, checkpoint.model_config, checkpoint.feature_config
     lines = [f"# Model card: {model.name}", "",
@@ -70,7 +70,11 @@ def write_model_card(model: Path, out: Path, evaluation: Path | None, ablations:
     lines += ["", "## Recipe", "", "```json", json.dumps(t.get("recipe", {}), indent=1), "```",
               f"Stochastic weight averaging over {t.get('swa_epochs', '?')} epochs, BatchNorm statistics recomputed.",
               "", "## Validation metrics (own artist-disjoint split, excerpt windows averaged per clip)", "",
-              metrics_table(t.get("validation", {}))]
+              metrics_table(t["validation"]) if t.get("validation") else
+              "None held out: these weights saw every clip. See the evaluation below for the same recipe "
+              "trained without the validation artists."]
+    if notes:
+        lines += ["", Path(notes).read_text().rstrip()]
     if evaluation:
         report = json.loads(Path(evaluation).read_text())
         lines += ["", f"## Evaluation: {evaluation_title or evaluation.name} ({report.get('examples')} clips)", "",

@@ -36,4 +36,4 @@ PY
 python bench/model_speed.py --quick > "$RUNS/model_speed.txt"
 musictag model-card weights/musictag.pt --out weights/MODEL_CARD.md --evaluation "$RUNS/split.eval.json" \
   --evaluation-title "validation split, same recipe trained without those artists (runs/split.pt)" \
-  --speed "$RUNS/model_speed.txt" $(for f in "$RUNS"/rho*.pt; do printf -- '--ablation %s ' "$f"; done)
+  --speed "$RUNS/model_speed.txt" --notes scripts/model_card_notes.md $(for f in "$RUNS"/rho*.pt; do printf -- '--ablation %s ' "$f"; done)
