@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from . import __version__
-from .audio import WINDOW_SECONDS, load_audio, load_excerpts
+from .audio import EXCERPT_COUNT, WINDOW_SECONDS, load_audio, load_excerpts
 from .db import Database
 from .errors import AudioDecodeError, MusictagError, TagWriteError
 from .manifest import AUDIO_EXTENSIONS
@@ -41,6 +41,7 @@ class ScanOptions:
     workers: int = 0  # 0: one per CPU core
     force: bool = False
     whole_track: bool = False  # analyse every window of each track instead of the excerpt plan
+    excerpts: int = EXCERPT_COUNT  # windows per track in the excerpt plan
 
 
 @dataclass
@@ -88,16 +89,18 @@ def walk(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
                     yield real
 
 
-def decode_track(job: tuple[str, int, bool]) -> tuple[str, float, list[np.ndarray] | None, str]:
-    """Worker: (path, duration, windows, error). Never raises: a bad file is an error string."""
-    path, sr, whole = job
+def decode_track(job: tuple) -> tuple[str, float, list[np.ndarray] | None, str]:
+    """Worker: (path, sr, whole, [excerpts]) -> (path, duration, windows, error). Never raises: a bad
+    file is an error string."""
+    path, sr, whole, *rest = job
+    count = rest[0] if rest else EXCERPT_COUNT
     try:
         if whole:
             audio = load_audio(path, sr)
             n = int(WINDOW_SECONDS * sr)
             windows = [audio[i:i + n] for i in range(0, max(len(audio) - n, 0) + 1, n)]
             return path, len(audio) / sr, windows, ""
-        duration, windows = load_excerpts(path, sr)
+        duration, windows = load_excerpts(path, sr, count=count)
         return path, duration, windows, ""
     except AudioDecodeError as e:
         return path, 0.0, None, e.reason
@@ -184,7 +187,7 @@ class Scanner:
             return
         stats = dict(todo)
         workers = self.options.workers or os.cpu_count() or 1
-        jobs = ((path, self.tagger.sample_rate, self.options.whole_track) for path, _ in todo)
+        jobs = ((path, self.tagger.sample_rate, self.options.whole_track, self.options.excerpts) for path, _ in todo)
         batch: list[tuple[str, np.ndarray]] = []
         waiting: dict[str, dict] = {}
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
