@@ -194,7 +194,7 @@ def main() -> None:
                         help="scan this many hard-linked copies of the library, so that start-up "
                              "(torch import, model load: the cached re-scan time) does not dominate")
     parser.add_argument("--cached", type=int, default=10000, help="files in the cached re-scan test")
-    parser.add_argument("--excerpts", type=int, default=3)
+    parser.add_argument("--excerpts", type=int, default=5)
     args = parser.parse_args()
 
     from musictag.audio import probe_duration

@@ -58,7 +58,7 @@ def scan(
     model: Optional[Path] = MODEL_OPTION,
     force: bool = typer.Option(False, help="Recompute even files already scored with this model."),
     whole_track: bool = typer.Option(False, "--whole-track", help="Analyse whole tracks, not excerpts."),
-    excerpts: int = typer.Option(3, min=1, help="10-second excerpts analysed per track."),
+    excerpts: int = typer.Option(5, min=1, help="10-second excerpts analysed per track."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
