@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from .audio import plan_excerpts
 from .checkpoint import Checkpoint, save_checkpoint
 from .features import FeatureConfig
-from .manifest import Dataset, Example
+from .manifest import Example
 from .metrics import multi_label_report, single_label_report
-from .model import CPResNet, ModelConfig, count_parameters, probabilities
+from .model import CPResNet, count_parameters, probabilities
 
 Progress = Callable[[str, dict], None]  # (event, data): "step", "epoch", "message"
 
