@@ -39,7 +39,7 @@ def cache_key(path: str, config: FeatureConfig) -> str:
 def _decode(job: tuple[str, int]) -> tuple[str, np.ndarray | None, str]:
     path, sr = job
     try:
-        return path, load_audio(path, sr, duration=None if MAX_TRAIN_SECONDS is None else MAX_TRAIN_SECONDS), ""
+        return path, load_audio(path, sr, duration=MAX_TRAIN_SECONDS), ""
     except AudioDecodeError as e:
         return path, None, e.reason
     except Exception as e:  # a decoder bug must not kill the whole cache build
