@@ -86,7 +86,7 @@ def build_library(build_dir: Path, tracks: int) -> Path:
     return library
 
 
-def decode_floor(files: list[str], workers: int, sr: int, whole: bool = False) -> float:
+def decode_floor(files: list[str], workers: int, sr: int, whole: bool = False, excerpts: int = 5) -> float:
     """Seconds to decode exactly the excerpt windows (or whole tracks) of every file with the scan's
     worker setup; the pool is started before the clock, as scan's cost of starting it is small."""
     from musictag.scan import bounded_map, decode_track, quiet_worker
@@ -94,7 +94,7 @@ def decode_floor(files: list[str], workers: int, sr: int, whole: bool = False) -
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=quiet_worker) as pool:
         list(pool.map(int, range(workers)))  # spawn the workers
         start = time.perf_counter()
-        for _ in bounded_map(pool, decode_track, ((f, sr, whole) for f in files), 4 * workers):
+        for _ in bounded_map(pool, decode_track, ((f, sr, whole, excerpts) for f in files), 4 * workers):
             pass
         return time.perf_counter() - start
 
@@ -211,7 +211,7 @@ def main() -> None:
         hours = sum(probe_duration(f) for f in base_files) / 3600 * args.copies
         print(f"library: {args.copies} copies of {library} — {len(files)} tracks, {hours:.2f} h of audio; "
               f"workers={args.workers}, cores={os.cpu_count()}, excerpts={args.excerpts}")
-        floor = decode_floor(files, args.workers, sr)
+        floor = decode_floor(files, args.workers, sr, excerpts=args.excerpts)
         scan_s, rss, summary = run_scan(big, Path(tmp) / "s.db", args.model, args.workers, scan_args)
         rescan_s, _, _ = run_scan(big, Path(tmp) / "s.db", args.model, args.workers, scan_args)
         _, base_rss, _ = run_scan(library, Path(tmp) / "base.db", args.model, args.workers, scan_args)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .audio import load_audio
+from .audio import EXCERPT_COUNT, load_audio
 from .codec import encode
 from .inference import Tagger
 from .manifest import Dataset, Example
@@ -56,7 +56,7 @@ def predict_files(tagger: Tagger, paths: list[str], workers: int = 2, batch_size
                 out[head][r] = p[rows == r].mean(axis=0)
         pending.clear()
 
-    jobs = ((p, tagger.sample_rate, False) for p in paths)
+    jobs = ((p, tagger.sample_rate, False, EXCERPT_COUNT) for p in paths)
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
                              initializer=quiet_worker) as pool:
         for done, (path, _, windows, error) in enumerate(bounded_map(pool, decode_track, jobs, 4 * workers)):

@@ -89,11 +89,10 @@ def walk(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
                     yield real
 
 
-def decode_track(job: tuple) -> tuple[str, float, list[np.ndarray] | None, str]:
-    """Worker: (path, sr, whole, [excerpts]) -> (path, duration, windows, error). Never raises: a bad
+def decode_track(job: tuple[str, int, bool, int]) -> tuple[str, float, list[np.ndarray] | None, str]:
+    """Worker: (path, sr, whole, excerpts) -> (path, duration, windows, error). Never raises: a bad
     file is an error string."""
-    path, sr, whole, *rest = job
-    count = rest[0] if rest else EXCERPT_COUNT
+    path, sr, whole, count = job
     try:
         if whole:
             audio = load_audio(path, sr)
@@ -240,7 +239,11 @@ class Scanner:
             self.result.skipped += 1
             self._record_written(path, {}, dry=self.options.dry_run)
             return "skipped"
-        new = {name: self._merged(path, name, current[name], labels) for name, labels in ours.items()}
+        record = self.db.get(path)
+        written = (record.written or {}) if record else {}
+        previous = self.db.previous_values(path)
+        new = {name: self._merged(name, current[name], labels, written, previous)
+               for name, labels in ours.items()}
         changed = {name: values for name, values in new.items() if values != current[name]}
         if not changed:
             self.result.unchanged += 1
@@ -261,12 +264,11 @@ class Scanner:
             st = os.stat(path)
             self.db.put_written(path, written, st.st_size, st.st_mtime_ns)
 
-    def _merged(self, path: str, name: str, current: list[str], labels: list[str]) -> list[str]:
+    def _merged(self, name: str, current: list[str], labels: list[str], written: dict[str, list[str]],
+                previous: dict[str, list[str]]) -> list[str]:
         if self.options.mode != "merge" or name not in USER_FIELDS:
             return labels
-        record = self.db.get(path)
-        written = set((record.written or {}).get(name, [])) if record else set()
-        ours_before = written - set(self.db.previous_values(path).get(name, []))
+        ours_before = set(written.get(name, [])) - set(previous.get(name, []))
         kept = [v for v in current if v not in ours_before]  # the user's values, not our stale ones
         known = {v.casefold() for v in kept}
         return kept + [label for label in labels if label.casefold() not in known]
