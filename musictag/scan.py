@@ -1,9 +1,11 @@
 """scan: walk a library, score every new or changed track, write tags, remember everything for undo.
 
 Decoding (only the excerpt plan's windows) runs in worker processes with a bounded number of tracks in
-flight, so memory stays flat however large the library; the parent batches windows through the model,
-averages each track's windows and writes its tags. Results are committed to the database as they come,
-so an interrupted run resumes where it stopped.
+flight, so memory stays flat however large the library. On the CPU each worker also runs the model on
+its own track (one torch thread each): no audio crosses processes and the cores never fight. On a GPU the
+workers only decode and the parent batches their windows through the model. The parent averages each
+track's windows and writes its tags. Results are committed to the database as they come, so an
+interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ScanOptions:
     force: bool = False
     whole_track: bool = False  # analyse every window of each track instead of the excerpt plan
     excerpts: int = EXCERPT_COUNT  # windows per track in the excerpt plan
+    model_in_workers: bool | None = None  # None: on the CPU yes, on a GPU no (the parent batches)
 
 
 @dataclass
@@ -112,6 +115,38 @@ def quiet_worker() -> None:
     tear the progress bar; every error reaches the parent as a string anyway."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+
+
+_worker_model: dict = {}  # in workers that score their own tracks: "tagger" and "batch_size"
+
+
+def start_worker(checkpoint=None, batch_size: int = 48) -> None:
+    """Pool initializer: quiet stderr and, given a checkpoint, load the model with one torch thread
+    (one per worker: the workers already use every core)."""
+    quiet_worker()
+    if checkpoint is not None:
+        from .inference import Tagger, set_cpu_threads
+
+        set_cpu_threads(1)
+        _worker_model.update(tagger=Tagger(checkpoint, "cpu"), batch_size=batch_size)
+
+
+def analyse_track(job: tuple[str, int, bool, int]) -> tuple[str, float, object, str]:
+    """Worker: decode_track, then, where this worker holds the model, the track's mean probabilities
+    per head instead of its windows."""
+    path, duration, windows, error = decode_track(job)
+    if windows is None or not _worker_model:
+        return path, duration, windows, error
+    try:
+        return path, duration, track_scores(_worker_model["tagger"], windows, _worker_model["batch_size"]), ""
+    except Exception as e:  # e.g. out of memory on a huge whole-track job: this file fails, the run goes on
+        return path, 0.0, None, f"{type(e).__name__}: {e}"
+
+
+def track_scores(tagger, windows: list[np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Mean probabilities per head over a track's windows, in forward passes of at most batch_size."""
+    parts = [tagger.predict(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
+    return {head: np.concatenate([p[head] for p in parts]).mean(axis=0) for head in parts[0]}
 
 
 def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -> Iterator:
@@ -186,23 +221,30 @@ class Scanner:
             return
         stats = dict(todo)
         workers = self.options.workers or os.cpu_count() or 1
+        in_workers = self.options.model_in_workers
+        if in_workers is None:
+            in_workers = self.tagger.device.type == "cpu"
         jobs = ((path, self.tagger.sample_rate, self.options.whole_track, self.options.excerpts) for path, _ in todo)
         batch: list[tuple[str, np.ndarray]] = []
         waiting: dict[str, dict] = {}
+        init = (self.tagger.checkpoint if in_workers else None, self.options.batch_size)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=quiet_worker) as pool:
-            for path, duration, windows, error in bounded_map(pool, decode_track, jobs, 4 * workers):
-                if windows is None:
+                                 initializer=start_worker, initargs=init) as pool:
+            for path, duration, result, error in bounded_map(pool, analyse_track, jobs, 4 * workers):
+                if result is None:
                     self._fail(path, stats[path], error)
-                    continue
-                waiting[path] = {"duration": duration, "n": len(windows), "probs": []}
-                batch.extend((path, w) for w in windows)
-                if len(batch) >= self.options.batch_size:
-                    self._predict(batch, waiting, stats)
-                    batch = []
+                elif in_workers:
+                    self._finish(path, stats[path], duration, result)
+                else:
+                    waiting[path] = {"duration": duration, "n": len(result), "probs": []}
+                    batch.extend((path, w) for w in result)
+                    if len(batch) >= self.options.batch_size:
+                        self._predict(batch, waiting, stats)
+                        batch = []
             self._predict(batch, waiting, stats)
 
     def _predict(self, batch: list[tuple[str, np.ndarray]], waiting: dict, stats: dict) -> None:
+        """Parent-side scoring (GPU): one forward pass over windows of several tracks."""
         if not batch:
             return
         probs = self.tagger.predict([w for _, w in batch])
@@ -210,16 +252,18 @@ class Scanner:
             waiting[path]["probs"].append({head: p[row] for head, p in probs.items()})
         for path in [p for p, w in waiting.items() if len(w["probs"]) == w["n"]]:
             entry = waiting.pop(path)
-            scores = {head: {label: round(float(np.mean([p[head][j] for p in entry["probs"]])), 5)
-                             for j, label in enumerate(names)}
-                      for head, names in self.tagger.labels.items()}
-            st = stats[path]
-            self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, entry["duration"], scores)
-            if self.options.write or self.options.dry_run:
-                self._write(path, scores)
-            else:
-                self.result.scored += 1
-                self._done(path, "scored")
+            mean = {head: np.mean([p[head] for p in entry["probs"]], axis=0) for head in self.tagger.labels}
+            self._finish(path, stats[path], entry["duration"], mean)
+
+    def _finish(self, path: str, st: os.stat_result, duration: float, probs: dict[str, np.ndarray]) -> None:
+        scores = {head: {label: round(float(probs[head][j]), 5) for j, label in enumerate(names)}
+                  for head, names in self.tagger.labels.items()}
+        self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, duration, scores)
+        if self.options.write or self.options.dry_run:
+            self._write(path, scores)
+        else:
+            self.result.scored += 1
+            self._done(path, "scored")
 
     def _write(self, path: str, scores: dict[str, dict[str, float]]) -> None:
         try:

@@ -172,6 +172,40 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_checkpoint, tmp_path):
         assert read_fields(interrupted / rel, fields) == read_fields(straight / rel, fields)
 
 
+def test_scoring_in_workers_matches_scoring_in_the_parent(library, tiny_checkpoint, tmp_path):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.db import Database
+    from musictag.inference import Tagger
+    from musictag.scan import ScanOptions, Scanner
+
+    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
+    scores = {}
+    for in_workers in (True, False):
+        with Database(tmp_path / f"{in_workers}.db") as db:
+            options = ScanOptions(write=False, workers=2, model_in_workers=in_workers, batch_size=4)
+            result = Scanner(tagger, db, options).run([library])
+            assert result.scored == len(GOOD) and not result.failed
+            scores[in_workers] = {t.path: t.scores for t in db.tracks()}
+    assert scores[True].keys() == scores[False].keys()
+    for path, by_head in scores[True].items():
+        for head, labels in by_head.items():
+            assert labels == pytest.approx(scores[False][path][head], abs=2e-5), (path, head)
+
+
+def test_track_scores_averages_windows_across_forward_passes(tiny_checkpoint):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger
+    from musictag.scan import track_scores
+
+    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
+    rng = np.random.default_rng(0)
+    windows = [0.1 * rng.standard_normal(tagger.sample_rate).astype(np.float32) for _ in range(5)]
+    every = tagger.predict(windows)
+    chunked = track_scores(tagger, windows, batch_size=2)
+    for head, probs in every.items():
+        np.testing.assert_allclose(chunked[head], probs.mean(axis=0), atol=1e-6)
+
+
 def test_export_csv_content_and_formula_neutralisation(library, tiny_checkpoint, tmp_path):
     db = tmp_path / "db.sqlite"
     write_fields(library / "a" / "one.mp3", {"genre": ['=HYPERLINK("http://evil","x")']})
