@@ -4,18 +4,20 @@ memory does it hold? Also: a cached re-scan, and how often excerpt predictions a
     python bench/scan_speed.py [LIBRARY] [--tracks 40] [--workers 2] [--model PATH] [--copies 5]
 
 With no LIBRARY it builds one under --build-dir: full-length tracks in mp3, flac, ogg, opus and m4a,
-made from real music (Debian's warzone2100-music, fetched with `apt-get download`) when that works,
-else from generated audio. All figures come from this one run on this machine.
+made from real music (Debian's warzone2100-music and wesnoth-1.16-music, fetched with
+`apt-get download`) when that works, else from generated audio. All figures come from this one run on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -24,25 +26,28 @@ from pathlib import Path
 import numpy as np
 
 FORMATS = (".mp3", ".flac", ".ogg", ".opus", ".m4a")
+REAL_MUSIC_PACKAGES = ("warzone2100-music", "wesnoth-1.16-music")
 MUSICNN_CPU_S_PER_AUDIO_MIN = 0.6  # measured by the CEO, model loaded once, decoding with librosa extra
 
 
 def fetch_real_music(build_dir: Path) -> list[Path]:
-    target = build_dir / "deb"
-    target.mkdir(parents=True, exist_ok=True)
-    if not list(target.glob("*.deb")):
-        try:
-            subprocess.run(["apt-get", "download", "warzone2100-music"], cwd=target, check=True,
-                           capture_output=True, timeout=300)
-        except (OSError, subprocess.SubprocessError):
-            return []
-    extracted = target / "x"
-    if not extracted.exists():
-        debs = list(target.glob("*.deb"))
-        if not debs:
-            return []
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(extracted)], check=True)
-    return sorted(Path(p) for p in glob.glob(str(extracted / "**" / "*.opus"), recursive=True))
+    """Full-length tracks from Debian's free game-music packages, alternating between the packages."""
+    per_package = []
+    for package in REAL_MUSIC_PACKAGES:
+        target = build_dir / "deb" / package
+        target.mkdir(parents=True, exist_ok=True)
+        if not list(target.glob("*.deb")):
+            try:
+                subprocess.run(["apt-get", "download", package], cwd=target, check=True, capture_output=True,
+                               timeout=300)
+            except (OSError, subprocess.SubprocessError):
+                continue
+        extracted = target / "x"
+        if not extracted.exists():
+            subprocess.run(["dpkg-deb", "-x", str(next(target.glob("*.deb"))), str(extracted)], check=True)
+        per_package.append(sorted(p for p in extracted.rglob("*") if p.suffix in (".opus", ".ogg")))
+    mixed = [track for group in itertools.zip_longest(*per_package) for track in group if track]
+    return mixed
 
 
 def synthetic_track(seconds: float, sr: int, seed: int) -> np.ndarray:
@@ -99,47 +104,107 @@ def decode_floor(files: list[str], workers: int, sr: int, whole: bool = False, e
         return time.perf_counter() - start
 
 
-def run_scan(library: Path, db: Path, model: str | None, workers: int, extra: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB, largest process of the run) and output of a real `musictag scan`."""
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants, in MB (Linux /proc; pages shared between
+    the processes are counted in each, so this is an upper bound)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.split("/")[2]))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 2**20
+
+
+def run_scan(library: Path, db: Path, model: str | None, workers: int, extra: list[str]
+             ) -> tuple[float, float, float, str]:
+    """Wall seconds, peak RSS in MB (largest process; all of the run's processes together, sampled
+    every 0.2 s) and the last output line of a real `musictag scan`."""
     cmd = [sys.executable, "-m", "musictag", "scan", str(library), "--db", str(db), "--quiet",
            "--workers", str(workers), *extra] + (["--model", model] if model else [])
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak_sum = [0.0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak_sum[0] = max(peak_sum[0], tree_rss_mb(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, output.strip().splitlines()[-1] if output else ""
+    seconds = time.perf_counter() - start
+    sampler.join()
+    return seconds, usage.ru_maxrss / 1024, peak_sum[0], output.strip().splitlines()[-1] if output else ""
 
 
-def profile_scan(library: Path, model: str | None, workers: int, whole: bool = False, excerpts: int = 3):
-    """In-process scan with timers on model and database, for the breakdown and the quality guard."""
+def cpu_profile(files: list[str], model: str | None, excerpts: int) -> dict[str, float]:
+    """CPU-seconds per track of each stage of a worker's job, one thread, measured in this process."""
+    import torch
+
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger
+    from musictag.scan import decode_track
+
+    torch.set_num_threads(1)
+    tagger = Tagger(load_checkpoint(model), "cpu")
+    costs = dict.fromkeys(("decode", "log-mel", "network"), 0.0)
+    with torch.inference_mode():
+        for path in files:
+            t = time.process_time()
+            _, _, windows, _ = decode_track((path, tagger.sample_rate, False, excerpts))
+            costs["decode"] += time.process_time() - t
+            for group in {len(w): [v for v in windows if len(v) == len(w)] for w in windows or []}.values():
+                t = time.process_time()
+                x = tagger.features(torch.from_numpy(np.stack(group)))
+                costs["log-mel"] += time.process_time() - t
+                t = time.process_time()
+                tagger.model(x.contiguous(memory_format=torch.channels_last))
+                costs["network"] += time.process_time() - t
+    return {stage: seconds / len(files) for stage, seconds in costs.items()}
+
+
+def profile_scan(library: Path, model: str | None, workers: int, whole: bool = False, excerpts: int = 5):
+    """In-process scan with a timer on the database, for the breakdown and the quality guard."""
     from musictag import scan as scan_module
     from musictag.checkpoint import load_checkpoint
     from musictag.db import Database
-    from musictag.inference import Tagger, set_cpu_threads
+    from musictag.inference import Tagger
 
-    set_cpu_threads(max(1, (os.cpu_count() or 1) - workers // 2))
     tagger = Tagger(load_checkpoint(model), "cpu")
-    timers = {"model+features": 0.0, "database": 0.0}
+    timer = [0.0]
 
-    def timed(fn, key):
+    def timed(fn):
         def wrapper(*args, **kwargs):
             t = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                timers[key] += time.perf_counter() - t
+                timer[0] += time.perf_counter() - t
         return wrapper
 
-    tagger.predict = timed(tagger.predict, "model+features")
     with tempfile.TemporaryDirectory() as tmp, Database(Path(tmp) / "p.db") as db:
         for name in ("put_scores", "put_error", "stats_for", "put_model", "commit"):
-            setattr(db, name, timed(getattr(db, name), "database"))
+            setattr(db, name, timed(getattr(db, name)))
         options = scan_module.ScanOptions(write=False, workers=workers, whole_track=whole, excerpts=excerpts)
         start = time.perf_counter()
         scan_module.Scanner(tagger, db, options).run([library])
         total = time.perf_counter() - start
         scores = {t.path: t.scores for t in db.tracks()}
-    return total, timers, scores
+    return total, timer[0], scores
 
 
 def cached_rescan(library: Path, model: str | None, count: int, workers: int) -> float:
@@ -163,7 +228,7 @@ def cached_rescan(library: Path, model: str | None, count: int, workers: int) ->
             for path in sorted(big.rglob("*.*")):
                 st = os.stat(path)
                 db.put_scores(str(path), st.st_size, st.st_mtime_ns, model_id, 200.0, {"genre": {"x": 1.0}})
-        seconds, _, output = run_scan(big, db_path, model, workers, ["--no-write"])
+        seconds, _, _, output = run_scan(big, db_path, model, workers, ["--no-write"])
         assert f"unchanged: {count}" in output, output
         return seconds
 
@@ -212,9 +277,10 @@ def main() -> None:
         print(f"library: {args.copies} copies of {library} — {len(files)} tracks, {hours:.2f} h of audio; "
               f"workers={args.workers}, cores={os.cpu_count()}, excerpts={args.excerpts}")
         floor = decode_floor(files, args.workers, sr, excerpts=args.excerpts)
-        scan_s, rss, summary = run_scan(big, Path(tmp) / "s.db", args.model, args.workers, scan_args)
-        rescan_s, _, _ = run_scan(big, Path(tmp) / "s.db", args.model, args.workers, scan_args)
-        _, base_rss, _ = run_scan(library, Path(tmp) / "base.db", args.model, args.workers, scan_args)
+        scan_s, rss, rss_sum, summary = run_scan(big, Path(tmp) / "s.db", args.model, args.workers, scan_args)
+        rescan_s, _, _, _ = run_scan(big, Path(tmp) / "s.db", args.model, args.workers, scan_args)
+        _, base_rss, base_rss_sum, _ = run_scan(library, Path(tmp) / "base.db", args.model, args.workers,
+                                                scan_args)
     print(f"scan summary: {summary}")
     rows = [("decode floor (excerpt windows only)", floor), ("scan --no-write, fresh database", scan_s),
             ("re-scan, everything cached", rescan_s)]
@@ -231,17 +297,20 @@ def main() -> None:
     print(f"whole-track decode: {full_decode:.1f} s; musicnn estimate ({MUSICNN_CPU_S_PER_AUDIO_MIN} CPU-s per "
           f"audio minute + that decode): {musicnn_rate:.2f} tracks/s -> scan is "
           f"{len(files) / scan_s / musicnn_rate:.1f}x faster")
-    print(f"peak RSS (largest process): {base_rss:.0f} MB for {len(base_files)} tracks, {rss:.0f} MB for "
-          f"{len(files)} ({rss / base_rss:.2f}x)")
+    print(f"peak RSS, all processes of the scan: {base_rss_sum:.0f} MB for {len(base_files)} tracks, "
+          f"{rss_sum:.0f} MB for {len(files)} ({rss_sum / base_rss_sum:.2f}x); largest process: "
+          f"{base_rss:.0f} MB, {rss:.0f} MB")
 
-    total, timers, excerpt_scores = profile_scan(library, args.model, args.workers, excerpts=args.excerpts)
-    decode_share = max(total - sum(timers.values()), 0.0)
-    print(f"\nwhere the time goes (in-process scan, {total:.1f} s): " + ", ".join(
-        f"{k} {v / total:.0%}" for k, v in {**timers, "waiting on decode workers / other": decode_share}.items()))
+    costs = cpu_profile(base_files, args.model, args.excerpts)
+    total, database_s, excerpt_scores = profile_scan(library, args.model, args.workers, excerpts=args.excerpts)
+    costs["database (parent)"] = database_s / len(base_files)
+    print("\nwhere the CPU goes, per track (one thread): " + ", ".join(
+        f"{stage} {seconds * 1000:.0f} ms ({seconds / sum(costs.values()):.0%})" for stage, seconds in costs.items())
+        + f"; a perfectly packed scan would reach {costs['decode'] / sum(costs.values()):.0%} of the floor")
 
     _, _, whole_scores = profile_scan(library, args.model, args.workers, whole=True)
     heads = [h for h in ("genre", "mood", "quadrant") if any(h in (s or {}) for s in excerpt_scores.values())]
-    print("excerpt vs whole-track top-label agreement: " + ", ".join(
+    print(f"excerpt vs whole-track top-label agreement ({len(excerpt_scores)} tracks): " + ", ".join(
         f"{h} {agreement(excerpt_scores, whole_scores, h):.0%}" for h in heads))
 
     if args.cached:

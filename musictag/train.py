@@ -49,6 +49,7 @@ class TrainConfig:
     gain_db: float = 6.0
     pitch_shift_bins: int = 2
     lowpass_prob: float = 0.0  # chance of zeroing the top mel bins (codec-style band limit)
+    label_count_power: float = 0.0  # multi-label heads' mean BCE times n_labels**power (1: summed over labels)
     trunk_frozen_epochs: int = 0  # finetuning: train only the heads first ...
     trunk_lr_scale: float = 1.0  # ... then the trunk at this fraction of the rate
     seed: int = 0
@@ -147,13 +148,16 @@ def mixup(x: torch.Tensor, y: dict, alpha: float, rng: np.random.Generator):
     return x, y
 
 
-def loss_fn(logits: dict, targets: dict, heads: dict[str, str]) -> torch.Tensor:
+def loss_fn(logits: dict, targets: dict, heads: dict[str, str], label_count_power: float = 0.0) -> torch.Tensor:
+    """Cross-entropy per single-label head plus BCE per multi-label head. A mean over 62 mood labels
+    gives the shared trunk a far weaker signal than one 4-way cross-entropy; the power rebalances it."""
     total = 0.0
     for head, kind in heads.items():
         if kind == "single":
             total = total + torch.sum(-targets[head] * F.log_softmax(logits[head], dim=-1), dim=-1).mean()
         else:
-            total = total + F.binary_cross_entropy_with_logits(logits[head], targets[head])
+            weight = logits[head].shape[1] ** label_count_power
+            total = total + weight * F.binary_cross_entropy_with_logits(logits[head], targets[head])
     return total
 
 
@@ -299,7 +303,7 @@ def train_model(
                 continue  # BatchNorm needs two samples
             x, y = make_batch(train, batch, frames, norm, vocab_sizes, rng)
             x, y = mixup(augment(x, config, rng), y, config.mixup_alpha, rng)
-            loss = loss_fn(model(x), y, train.heads)
+            loss = loss_fn(model(x), y, train.heads, config.label_count_power)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -197,3 +197,17 @@ def test_lowpass_2d_keeps_everything_at_full_radius_and_only_the_mean_at_zero():
     assert torch.allclose(flat, x.mean(dim=(-2, -1), keepdim=True).expand_as(x), atol=1e-5)
     smooth = lowpass_2d(x, 0.3)
     assert smooth.diff(dim=-1).abs().mean() < x.diff(dim=-1).abs().mean()
+
+
+def test_label_count_power_weights_multi_label_heads():
+    from musictag.train import loss_fn
+
+    torch.manual_seed(0)
+    heads = {"quadrant": "single", "mood": "multi"}
+    logits = {"quadrant": torch.randn(4, 4), "mood": torch.randn(4, 10)}
+    targets = {"quadrant": torch.eye(4), "mood": (torch.rand(4, 10) < 0.3).float()}
+    ce = torch.nn.functional.cross_entropy(logits["quadrant"], torch.arange(4))
+    bce_sum = torch.nn.functional.binary_cross_entropy_with_logits(logits["mood"], targets["mood"],
+                                                                   reduction="sum") / 4
+    assert loss_fn(logits, targets, heads) == pytest.approx(float(ce + bce_sum / 10), rel=1e-5)
+    assert loss_fn(logits, targets, heads, label_count_power=1.0) == pytest.approx(float(ce + bce_sum), rel=1e-5)
