@@ -74,12 +74,12 @@ def load_excerpts(path: str | os.PathLike, sr: int = SAMPLE_RATE,
     with open_audio(path) as reader:
         duration = reader.duration
         spans = plan_excerpts(duration, window, count)
-        return duration, [_resample(reader.read(s), reader.samplerate, sr, reader.path) for s in spans]
+        return duration, [_at_rate(reader, s, sr) for s in spans]
 
 
 def load_spans(path: str | os.PathLike, spans: list[Span], sr: int = SAMPLE_RATE) -> list[np.ndarray]:
     with open_audio(path) as reader:
-        return [_resample(reader.read(s), reader.samplerate, sr, reader.path) for s in spans]
+        return [_at_rate(reader, s, sr) for s in spans]
 
 
 def probe_duration(path: str | os.PathLike) -> float:
@@ -102,14 +102,20 @@ def open_audio(path: str | os.PathLike) -> "_Reader":
         return _PyAVReader(path)
 
 
-def _resample(audio: np.ndarray, native_sr: int, sr: int, path: str) -> np.ndarray:
-    if audio.size == 0:
-        raise AudioDecodeError(path, "no audio samples in the requested part")
-    if native_sr != sr:
+def _resample(audio: np.ndarray, native_sr: int, sr: int) -> np.ndarray:
+    if native_sr != sr and audio.size:
         import soxr
 
         audio = soxr.resample(audio, native_sr, sr, quality="HQ")
     return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _at_rate(reader: "_Reader", span: Span, sr: int) -> np.ndarray:
+    """One span of a reader's audio at `sr`; an empty result is an error naming the file."""
+    audio = reader.read(span)
+    if audio.size == 0:
+        raise AudioDecodeError(reader.path, "no audio samples in the requested part")
+    return _resample(audio, reader.samplerate, sr)
 
 
 def _check_length(path: str, seconds: float) -> None:
@@ -161,21 +167,13 @@ class _SoundfileReader(_Reader):
         except Exception as e:  # damaged stream: PyAV decodes what it can
             try:
                 with _PyAVReader(self.path) as fallback:
-                    return _to_rate(fallback.read(span), fallback.samplerate, self.samplerate)
+                    return _resample(fallback.read(span), fallback.samplerate, self.samplerate)
             except AudioDecodeError:
                 raise AudioDecodeError(self.path, f"decoding failed: {e}") from None
         return data.mean(axis=1, dtype=np.float32)
 
     def close(self) -> None:
         self._file.close()
-
-
-def _to_rate(audio: np.ndarray, native_sr: int, sr: int) -> np.ndarray:
-    if native_sr == sr or audio.size == 0:
-        return audio
-    import soxr
-
-    return soxr.resample(audio, native_sr, sr, quality="HQ").astype(np.float32)
 
 
 _SAMPLE_SCALE = {"s16": 2.0**15, "s16p": 2.0**15, "s32": 2.0**31, "s32p": 2.0**31,

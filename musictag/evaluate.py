@@ -39,21 +39,25 @@ def lowpass_2d(x: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 def predict_files(tagger: Tagger, paths: list[str], workers: int = 2, batch_size: int = 48,
-                  progress: Progress | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Per-file mean probabilities per head, (len(paths), n_labels); rows of unreadable files are NaN."""
+                  progress: Progress | None = None, transforms: dict[str, Callable | None] | None = None
+                  ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    """Per-file mean probabilities per head, (len(paths), n_labels), for each named input transform
+    (default: one, "", untouched), from one decode of every file; rows of unreadable files are NaN."""
     progress = progress or (lambda event, data: None)
-    out = {head: np.full((len(paths), len(names)), np.nan, np.float32) for head, names in tagger.labels.items()}
+    transforms = transforms or {"": None}
+    out = {name: {head: np.full((len(paths), len(labels)), np.nan, np.float32)
+                  for head, labels in tagger.labels.items()} for name in transforms}
     failures, row_of = [], {p: i for i, p in enumerate(paths)}
     pending: list[tuple[int, np.ndarray]] = []
 
     def flush():
         if not pending:
             return
-        probs = tagger.predict([w for _, w in pending])
         rows = np.array([r for r, _ in pending])
-        for head, p in probs.items():
-            for r in np.unique(rows):
-                out[head][r] = p[rows == r].mean(axis=0)
+        for name, transform in transforms.items():
+            for head, p in tagger.predict([w for _, w in pending], transform).items():
+                for r in np.unique(rows):
+                    out[name][head][r] = p[rows == r].mean(axis=0)
         pending.clear()
 
     jobs = ((p, tagger.sample_rate, False, EXCERPT_COUNT) for p in paths)
@@ -76,7 +80,12 @@ def evaluate(tagger: Tagger, dataset: Dataset, workers: int = 2, robustness: boo
     heads = {h: tagger.checkpoint.model_config.heads[h][0] for h in dataset.vocab}
     targets = encode_targets(dataset.examples, heads, dataset.vocab)
     paths = [e.path for e in dataset.examples]
-    probs, failures = predict_files(tagger, paths, workers, progress=progress)
+    # the low-pass probe rides on the main pass: one decode, the network run once per radius
+    transforms = {"": None}
+    if robustness:
+        transforms.update({str(r): (lambda x, r=r: lowpass_2d(x, r)) for r in LOWPASS_RADII})
+    by_transform, failures = predict_files(tagger, paths, workers, progress=progress, transforms=transforms)
+    probs = by_transform.pop("")
     ok = ~np.isnan(next(iter(probs.values()))).any(axis=1)
     report = {"examples": int(ok.sum()), "failures": failures,
               "metrics": _metrics(probs, targets, heads, dataset.vocab, ok)}
@@ -84,7 +93,8 @@ def evaluate(tagger: Tagger, dataset: Dataset, workers: int = 2, robustness: boo
     if robustness:
         report["robustness"] = {
             "codec": _codec_probe(tagger, dataset, probs, targets, heads, workers, progress),
-            "lowpass": _lowpass_probe(tagger, dataset, targets, heads, ok, workers, progress),
+            "lowpass": {radius: _metrics(filtered, targets, heads, dataset.vocab, ok)
+                        for radius, filtered in by_transform.items()},
         }
     return report
 
@@ -117,22 +127,9 @@ def _codec_probe(tagger, dataset, probs, targets, heads, workers, progress) -> d
                 except Exception:
                     target = example.path + ".unreadable"  # scored as a failure below
                 paths.append(target)
-            coded, _ = predict_files(tagger, paths, workers, progress=progress)
+            coded = predict_files(tagger, paths, workers, progress=progress)[0][""]
             ok = ~np.isnan(next(iter(coded.values()))).any(axis=1) & ~np.isnan(next(iter(probs.values()))).any(axis=1)
             agreement = {h: float(np.mean(coded[h][ok].argmax(1) == probs[h][ok].argmax(1))) for h in heads}
             results[f"{bitrate // 1000}k"] = {"top_label_agreement": agreement,
                                               "metrics": _metrics(coded, targets, heads, dataset.vocab, ok)}
-    return results
-
-
-def _lowpass_probe(tagger, dataset, targets, heads, ok, workers, progress) -> dict:
-    results = {}
-    features = tagger.features
-    try:
-        for radius in LOWPASS_RADII:
-            tagger.features = lambda audio, r=radius: lowpass_2d(features(audio), r)
-            filtered, _ = predict_files(tagger, [e.path for e in dataset.examples], workers, progress=progress)
-            results[str(radius)] = _metrics(filtered, targets, heads, dataset.vocab, ok)
-    finally:
-        tagger.features = features
     return results

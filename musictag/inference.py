@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,23 +54,26 @@ class Tagger:
         return ((self.logmel(audio) - self.mean) / self.std).unsqueeze(1)
 
     @torch.inference_mode()
-    def predict(self, windows: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Probabilities per head, (len(windows), n_labels), for windows of any lengths."""
+    def predict(self, windows: list[np.ndarray], transform: Callable | None = None) -> dict[str, np.ndarray]:
+        """Probabilities per head, (len(windows), n_labels), for windows of any lengths; `transform`
+        (a probe's filter) is applied to the normalised log-mel before the network."""
         out = {head: np.zeros((len(windows), len(names)), np.float32) for head, names in self.labels.items()}
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
             by_length.setdefault(len(w), []).append(i)
         for indices in by_length.values():
             batch = torch.from_numpy(np.stack([windows[i] for i in indices]))
-            for head, p in self._forward(batch).items():
+            for head, p in self._forward(batch, transform).items():
                 out[head][indices] = p
         return out
 
-    def _forward(self, audio: torch.Tensor) -> dict[str, np.ndarray]:
+    def _forward(self, audio: torch.Tensor, transform: Callable | None = None) -> dict[str, np.ndarray]:
         if self.device.type == "cuda":
             audio = audio.pin_memory()  # lets the copy overlap with the previous batch's kernels
         audio = audio.to(self.device, non_blocking=True)
         x = self.features(audio)
+        if transform is not None:
+            x = transform(x)
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
                 logits = self.model(x)
