@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
+from .train import summary_score
 
 
 def _fmt(value) -> str:
@@ -82,15 +83,19 @@ def write_model_card(model: Path, out: Path, evaluation: Path | None, ablations:
         if "robustness" in report:
             lines += ["", "## Robustness", "", robustness_table(report["robustness"])]
     if ablations:
-        lines += ["", "## Ablations (same data, split and recipe; validation split)", "",
-                  "| checkpoint | rho | width | freq-aware | shake-shake | activation | params | quadrant | genre | mood |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "## Ablations (same data and split, the recipe otherwise the same; validation split)", "",
+                  "| checkpoint | rho | width | freq-aware | shake-shake | activation | params | epochs | "
+                  "label power | quadrant | genre | mood | score |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for path in ablations:
             a = load_checkpoint(path)
-            v, ac = a.training.get("validation", {}), a.model_config
+            v, ac, recipe = a.training.get("validation", {}), a.model_config, a.training.get("recipe", {})
             cells = [_headline(v[h]) if h in v else "n/a" for h in ("quadrant", "genre", "mood")]
             lines.append(f"| {path.name} | {ac.rho} | {ac.width} | {ac.frequency_aware} | {ac.shake_shake} | "
-                         f"{ac.activation} | {a.training.get('parameters', '?')} | " + " | ".join(cells) + " |")
+                         f"{ac.activation} | {a.training.get('parameters', '?')} | {recipe.get('epochs', '?')} | "
+                         f"{recipe.get('label_count_power', 0.0)} | " + " | ".join(cells)
+                         + f" | {summary_score(v):.3f} |")
+        lines += ["", "score: mean of quadrant macro-F1, genre PR-AUC and mood PR-AUC (fixed before the runs)."]
     if speed:
         lines += ["", "## Speed (bench/model_speed.py on the training machine)", "", "```",
                   Path(speed).read_text().rstrip(), "```"]

@@ -211,3 +211,26 @@ def test_label_count_power_weights_multi_label_heads():
                                                                    reduction="sum") / 4
     assert loss_fn(logits, targets, heads) == pytest.approx(float(ce + bce_sum / 10), rel=1e-5)
     assert loss_fn(logits, targets, heads, label_count_power=1.0) == pytest.approx(float(ce + bce_sum), rel=1e-5)
+
+
+def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
+    import hashlib
+
+    manifest, _, out, _ = trained
+    evaluation = tmp_path / "eval.json"
+    result = runner.invoke(app, ["evaluate", "--data", str(manifest), "--model", str(out), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    evaluation.write_text(result.output[result.output.index("{"):])
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Why\n\nBecause the split said so.\n")
+    card = tmp_path / "CARD.md"
+    result = runner.invoke(app, ["model-card", str(out), "--out", str(card), "--evaluation", str(evaluation),
+                                 "--ablation", str(out), "--notes", str(notes)])
+    assert result.exit_code == 0, result.output
+    text = card.read_text()
+    assert hashlib.sha256(out.read_bytes()).hexdigest() in text
+    assert "Because the split said so." in text and "## Evaluation" in text
+    checkpoint = load_checkpoint(out)
+    f1 = checkpoint.training["validation"]["quadrant"]["macro_f1"]
+    row = next(line for line in text.splitlines() if line.startswith(f"| {out.name} |"))
+    assert f"| 20 | 0.0 | F1 {f1:.3f} |" in row
