@@ -46,7 +46,7 @@ def main() -> None:
     torch.manual_seed(0)
     baseline = ModelConfig(rho=7, width=128, n_mels=256, heads=HEADS)
     grid = [baseline]
-    rhos, widths, mels = ((5, 7), (32,), (96,)) if args.quick else ((3, 5, 7, 9), (24, 32, 48, 64), (64, 96, 128))
+    rhos, widths, mels = ((5, 7, 9), (32,), (96,)) if args.quick else ((3, 5, 7, 9), (24, 32, 48, 64), (64, 96, 128))
     for rho, width, n_mels in itertools.product(rhos, widths, mels):
         grid.append(ModelConfig(rho=rho, width=width, n_mels=n_mels, heads=HEADS))
     for variant in ({"activation": "falu"}, {"shake_shake": True}, {"frequency_aware": True}):

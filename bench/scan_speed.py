@@ -135,18 +135,18 @@ def run_scan(library: Path, db: Path, model: str | None, workers: int, extra: li
            "--workers", str(workers), *extra] + (["--model", model] if model else [])
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_sum = [0.0]
+    peak_sum, finished = [0.0], threading.Event()
 
-    def sample() -> None:
-        while proc.poll() is None:
+    def sample() -> None:  # never polls the process: the wait4 below must be the one that reaps it
+        while not finished.wait(0.2):
             peak_sum[0] = max(peak_sum[0], tree_rss_mb(proc.pid))
-            time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
+    finished.set()
     sampler.join()
     return seconds, usage.ru_maxrss / 1024, peak_sum[0], output.strip().splitlines()[-1] if output else ""
 
