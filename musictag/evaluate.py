@@ -53,9 +53,9 @@ def predict_files(tagger: Tagger, paths: list[str], workers: int = 2, batch_size
     def flush():
         if not pending:
             return
-        rows = np.array([r for r, _ in pending])
+        rows, windows = np.array([r for r, _ in pending]), [w for _, w in pending]
         for name, transform in transforms.items():
-            for head, p in tagger.predict([w for _, w in pending], transform).items():
+            for head, p in tagger.predict(windows, transform).items():
                 for r in np.unique(rows):
                     out[name][head][r] = p[rows == r].mean(axis=0)
         pending.clear()
