@@ -34,8 +34,12 @@ def test_round_trip_gives_identical_outputs(tmp_path):
 def test_half_precision_file_is_close(tmp_path):
     model, path = make(tmp_path, half=True)
     x = torch.randn(2, 1, 32, 60)
-    out = load_checkpoint(path).build_model()(x)
-    assert torch.allclose(out["g"], model(x)["g"], rtol=2e-2, atol=0.05)  # fp16 weights: ~3 digits
+    out, ref = load_checkpoint(path).build_model()(x), model(x)
+    for head in ref:
+        # fp16 weights keep ~3 digits per weight; an untrained net's logits reach ~100, so the error
+        # is judged against the head's scale (worst seen over 200 seeds: 0.75%).
+        scale = ref[head].abs().max()
+        assert (out[head] - ref[head]).abs().max() <= 0.02 * scale
 
 
 def test_truncated_and_garbage_files_give_clear_errors(tmp_path):
