@@ -58,11 +58,13 @@ def scan(
     model: Optional[Path] = MODEL_OPTION,
     force: bool = typer.Option(False, help="Recompute even files already scored with this model."),
     whole_track: bool = typer.Option(False, "--whole-track", help="Analyse whole tracks, not excerpts."),
-    excerpts: int = typer.Option(5, min=1, help="10-second excerpts analysed per track."),
+    excerpts: Optional[int] = typer.Option(None, min=1, show_default=False,
+                                           help="10-second excerpts analysed per track (default 5)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Scan a music library: predict genres and moods and write them into the files' tags."""
+    from .audio import EXCERPT_COUNT
     from .scan import MODES, ScanOptions, Scanner
 
     if mode not in MODES:
@@ -73,7 +75,7 @@ def scan(
     per_head, default_k = _parse_top_k(top_k)
     options = ScanOptions(write=not no_write, dry_run=dry_run, threshold=threshold, top_k=per_head,
                           default_top_k=default_k, mode=mode, batch_size=batch_size, workers=workers,
-                          force=force, whole_track=whole_track, excerpts=excerpts)
+                          force=force, whole_track=whole_track, excerpts=excerpts or EXCERPT_COUNT)
     tagger = _load_tagger(model, device, workers)
     from .db import Database
 

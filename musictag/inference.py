@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -34,12 +35,18 @@ class Tagger:
     def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
         self.checkpoint = checkpoint
         self.device = pick_device(device)
-        self.model = checkpoint.build_model().to(self.device)
-        self.logmel = LogMel(checkpoint.feature_config).to(self.device)
         self.mean = float(checkpoint.normalization["mean"])
         self.std = float(checkpoint.normalization["std"])
-        if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+
+    # Built on first use: a CPU scan's parent only needs the labels (its workers hold the network).
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        model = self.checkpoint.build_model().to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.device.type == "cpu" else model
+
+    @cached_property
+    def logmel(self) -> LogMel:
+        return LogMel(self.checkpoint.feature_config).to(self.device)
 
     @property
     def sample_rate(self) -> int:

@@ -284,3 +284,18 @@ def test_forced_rescan_replaces_our_old_labels_not_the_users(library, tiny_check
     assert result.exit_code == 0, result.output
     after = read_fields(user, ["genre"])["genre"]
     assert after[0] == "Shoegaze" and len(after) == 2 and after[1] == first[1]
+
+
+def test_scan_help_is_light_and_states_the_real_excerpt_default():
+    """--help must not import torch (it stays instant), and its default must be the library's."""
+    import subprocess
+    import sys
+
+    from musictag.audio import EXCERPT_COUNT
+
+    code = ("import sys; from typer.testing import CliRunner; from musictag.cli import app; "
+            "out = CliRunner().invoke(app, ['scan', '--help'], terminal_width=200).output; "
+            "print('torch' in sys.modules); print(out)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False")
+    assert f"analysed per track (default {EXCERPT_COUNT})" in " ".join(out.replace("│", "").split())
