@@ -21,7 +21,7 @@ from .audio import EXCERPT_COUNT, load_audio
 from .codec import encode
 from .inference import Tagger
 from .manifest import Dataset, Example
-from .scan import bounded_map, decode_track, quiet_worker
+from .scan import WindowBatcher, bounded_map, decode_track, quiet_worker
 from .train import encode_targets, head_metrics
 
 CODEC_BITRATES = (128_000, 64_000)
@@ -47,31 +47,28 @@ def predict_files(tagger: Tagger, paths: list[str], workers: int = 2, batch_size
     transforms = transforms or {"": None}
     out = {name: {head: np.full((len(paths), len(labels)), np.nan, np.float32)
                   for head, labels in tagger.labels.items()} for name in transforms}
-    failures, row_of = [], {p: i for i, p in enumerate(paths)}
-    pending: list[tuple[int, np.ndarray]] = []
+    failures = []
 
-    def flush():
-        if not pending:
-            return
-        rows, windows = np.array([r for r, _ in pending]), [w for _, w in pending]
-        for name, transform in transforms.items():
-            for head, p in tagger.predict(windows, transform).items():
-                for r in np.unique(rows):
-                    out[name][head][r] = p[rows == r].mean(axis=0)
-        pending.clear()
+    def predict(windows: list[np.ndarray]) -> dict[tuple[str, str], np.ndarray]:
+        return {(name, head): p for name, transform in transforms.items()
+                for head, p in tagger.predict(windows, transform).items()}
 
+    def store(finished: list) -> None:
+        for row, means in finished:
+            for (name, head), mean in means.items():
+                out[name][head][row] = mean
+
+    batcher = WindowBatcher(predict, batch_size)
     jobs = ((p, tagger.sample_rate, False, EXCERPT_COUNT) for p in paths)
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
                              initializer=quiet_worker) as pool:
-        for done, (path, _, windows, error) in enumerate(bounded_map(pool, decode_track, jobs, 4 * workers)):
+        for row, (path, _, windows, error) in enumerate(bounded_map(pool, decode_track, jobs, 4 * workers)):
             if windows is None:
                 failures.append(f"{path}: {error}")
             else:
-                if len(pending) + len(windows) > batch_size:  # never split one file's windows
-                    flush()
-                pending.extend((row_of[path], w) for w in windows)
-            progress("file", {"done": done + 1, "total": len(paths)})
-        flush()
+                store(batcher.add(row, windows))  # results come in job order: the row is the index
+            progress("file", {"done": row + 1, "total": len(paths)})
+        store(batcher.flush())
     return out, failures
 
 

@@ -160,6 +160,56 @@ def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -
         yield pending.popleft().result()
 
 
+class WindowBatcher:
+    """Packs the windows of several tracks into forward passes of about `batch_size` windows (a GPU
+    needs big batches to stay busy) and hands each track back, with its mean output per key, as soon
+    as its last window is scored. `predict` maps a list of windows to {key: (windows, n) array}."""
+
+    def __init__(self, predict: Callable[[list[np.ndarray]], dict], batch_size: int):
+        self.predict = predict
+        self.batch_size = batch_size
+        self.windows: list[np.ndarray] = []
+        self.owners: list = []  # the track of each queued window
+        self.sums: dict = {}  # track -> {key: sum of its scored rows}
+        self.total: dict = {}  # track -> its number of windows
+        self.left: dict = {}  # track -> its windows not yet scored
+
+    def add(self, track, windows: list[np.ndarray]) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """Queue a track's windows (at least one); returns the tracks finished by the passes this ran."""
+        self.sums[track], self.total[track], self.left[track] = {}, len(windows), len(windows)
+        self.windows += windows
+        self.owners += [track] * len(windows)
+        finished = []
+        while len(self.windows) >= self.batch_size:
+            finished += self._pass()
+        return finished
+
+    def flush(self) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """Score everything still queued; returns the tracks finished."""
+        finished = []
+        while self.windows:
+            finished += self._pass()
+        return finished
+
+    def _pass(self) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """One forward pass over the first batch_size queued windows (a track may span passes)."""
+        n = self.batch_size
+        windows, owners = self.windows[:n], self.owners[:n]
+        self.windows, self.owners = self.windows[n:], self.owners[n:]
+        outputs = self.predict(windows)
+        for row, track in enumerate(owners):
+            sums = self.sums[track]
+            for key, values in outputs.items():
+                sums[key] = sums.get(key, 0) + values[row]
+            self.left[track] -= 1
+        return [(t, self._pop_mean(t)) for t in dict.fromkeys(owners) if self.left[t] == 0]
+
+    def _pop_mean(self, track) -> dict[str, np.ndarray]:
+        total, sums = self.total.pop(track), self.sums.pop(track)
+        del self.left[track]
+        return {key: values / total for key, values in sums.items()}
+
+
 def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], options: ScanOptions
                   ) -> dict[str, list[str]]:
     """Per head: the argmax for single-label heads; for multi-label heads the labels scoring at least
@@ -225,8 +275,7 @@ class Scanner:
         if in_workers is None:
             in_workers = self.tagger.device.type == "cpu"
         jobs = ((path, self.tagger.sample_rate, self.options.whole_track, self.options.excerpts) for path, _ in todo)
-        batch: list[tuple[str, np.ndarray]] = []
-        waiting: dict[str, dict] = {}
+        batcher = WindowBatcher(self.tagger.predict, self.options.batch_size)  # the parent's forward passes
         init = (self.tagger.checkpoint if in_workers else None, self.options.batch_size)
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                  initializer=start_worker, initargs=init) as pool:
@@ -236,24 +285,12 @@ class Scanner:
                 elif in_workers:
                     self._finish(path, stats[path], duration, result)
                 else:
-                    waiting[path] = {"duration": duration, "n": len(result), "probs": []}
-                    batch.extend((path, w) for w in result)
-                    if len(batch) >= self.options.batch_size:
-                        self._predict(batch, waiting, stats)
-                        batch = []
-            self._predict(batch, waiting, stats)
+                    self._finish_all(batcher.add((path, duration), result), stats)
+            self._finish_all(batcher.flush(), stats)
 
-    def _predict(self, batch: list[tuple[str, np.ndarray]], waiting: dict, stats: dict) -> None:
-        """Parent-side scoring (GPU): one forward pass over windows of several tracks."""
-        if not batch:
-            return
-        probs = self.tagger.predict([w for _, w in batch])
-        for row, (path, _) in enumerate(batch):
-            waiting[path]["probs"].append({head: p[row] for head, p in probs.items()})
-        for path in [p for p, w in waiting.items() if len(w["probs"]) == w["n"]]:
-            entry = waiting.pop(path)
-            mean = {head: np.mean([p[head] for p in entry["probs"]], axis=0) for head in self.tagger.labels}
-            self._finish(path, stats[path], entry["duration"], mean)
+    def _finish_all(self, finished: list, stats: dict) -> None:
+        for (path, duration), probs in finished:
+            self._finish(path, stats[path], duration, probs)
 
     def _finish(self, path: str, st: os.stat_result, duration: float, probs: dict[str, np.ndarray]) -> None:
         scores = {head: {label: round(float(probs[head][j]), 5) for j, label in enumerate(names)}

@@ -299,3 +299,27 @@ def test_scan_help_is_light_and_states_the_real_excerpt_default():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False")
     assert f"analysed per track (default {EXCERPT_COUNT})" in " ".join(out.replace("│", "").split())
+
+
+def test_window_batcher_packs_tracks_across_passes_and_averages_each_exactly():
+    from musictag.scan import WindowBatcher
+
+    passes = []
+
+    def predict(windows):
+        passes.append(len(windows))
+        return {"x": np.stack([w[:2] for w in windows])}
+
+    rng = np.random.default_rng(3)
+    tracks = {name: [rng.standard_normal(4).astype(np.float32) for _ in range(n)]
+              for name, n in [("a", 2), ("b", 7), ("c", 1), ("d", 3)]}
+    batcher = WindowBatcher(predict, batch_size=4)
+    finished = []
+    for name, windows in tracks.items():
+        finished += batcher.add(name, windows)
+    assert [t for t, _ in finished] == ["a", "b", "c"]  # "b" spans two passes, "d" waits for flush
+    finished += batcher.flush()
+    assert passes == [4, 4, 4, 1] and [t for t, _ in finished] == ["a", "b", "c", "d"]
+    for name, means in finished:
+        np.testing.assert_allclose(means["x"], np.mean([w[:2] for w in tracks[name]], axis=0), rtol=1e-6)
+    assert not batcher.sums and not batcher.left  # nothing kept for finished tracks
