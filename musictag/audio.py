@@ -31,6 +31,9 @@ MAX_DECODE_SECONDS = 2 * 3600  # refuse to hold more than this in memory (a 10-h
 # Decoding restarts this far before a seek target and drops the lead-in: MDCT codecs (mp3, aac, vorbis)
 # need the previous frame to rebuild the first one, so a cold start would corrupt the excerpt's head.
 PREROLL_SECONDS = 0.25
+# Formats FFmpeg decodes faster than libsndfile, with the same samples at the same positions: Opus, 1.75x
+# (bench library, 5 excerpts per track: 307 ms against 536 ms; samples within 0.002, no shift).
+PYAV_FIRST = frozenset({".opus"})
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def probe_duration(path: str | os.PathLike) -> float:
 
 
 def open_audio(path: str | os.PathLike) -> "_Reader":
-    """A reader for the file: soundfile when it accepts the file, else PyAV."""
+    """A reader for the file: soundfile when it accepts the file, else PyAV (PyAV first for PYAV_FIRST)."""
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
@@ -99,6 +102,11 @@ def open_audio(path: str | os.PathLike) -> "_Reader":
         raise AudioDecodeError(path, f"cannot open: {e.strerror or e}") from None
     if size == 0:
         raise AudioDecodeError(path, "empty file")
+    if os.path.splitext(path)[1].lower() in PYAV_FIRST:
+        try:
+            return _PyAVReader(path)
+        except AudioDecodeError:
+            pass  # libsndfile may still read it
     try:
         return _SoundfileReader(path)
     except Exception:  # libsndfile refuses many valid files (m4a, wma...): PyAV decides

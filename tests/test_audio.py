@@ -32,6 +32,18 @@ def test_opus_rate_is_what_the_decoder_reports(library):
         assert reader.samplerate == 48000
 
 
+def test_opus_through_ffmpeg_gives_libsndfile_samples_at_the_same_positions(library):
+    """Opus is decoded by PyAV first (faster); it must match libsndfile's decode, without a shift."""
+    from musictag.audio import _SoundfileReader
+
+    span = Span(2.0, 1.5)
+    with open_audio(library[".opus"]) as reader, _SoundfileReader(str(library[".opus"])) as reference:
+        assert type(reader) is not _SoundfileReader
+        ours, theirs = reader.read(span), reference.read(span)
+    assert len(ours) == len(theirs) == 72000
+    np.testing.assert_allclose(ours, theirs, atol=3e-3)
+
+
 @pytest.mark.parametrize("ext", ALL)
 def test_partial_read_equals_slice_of_full_decode(library, ext):
     path = library[ext]
