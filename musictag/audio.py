@@ -1,7 +1,8 @@
 """Audio front end: any common music file in, float32 mono at a fixed rate out.
 
-soundfile (libsndfile) reads wav, aiff, flac, mp3, ogg vorbis and opus with exact seeks; PyAV (FFmpeg)
-reads everything soundfile refuses (m4a AAC/ALAC, wma, mp4 audio, ogg-flac). soxr resamples. Only the
+soundfile (libsndfile) reads wav, aiff, flac, mp3 and ogg vorbis with exact seeks; PyAV (FFmpeg)
+reads opus (faster there, see PYAV_FIRST) and everything soundfile refuses (m4a AAC/ALAC, wma, mp4 audio,
+ogg-flac). soxr resamples. Only the
 requested span is decoded: both backends seek, so an excerpt of a long track costs a fraction of a full
 decode. Channels are averaged the same way for every backend, so the same song gives the same samples
 whatever container it comes in.
@@ -230,7 +231,7 @@ class _PyAVReader(_Reader):
             self._container.seek(int(seek_to / self._stream.time_base), stream=self._stream)
         else:
             self._container.seek(0)
-        chunks, position = [], None
+        chunks, position, kept = [], None, 0
         try:
             for frame in self._container.decode(self._stream):
                 if position is None:  # later frames are counted: container timestamps can be coarse (ms)
@@ -242,10 +243,11 @@ class _PyAVReader(_Reader):
                 lo, hi = max(first - position, 0), len(samples) if last is None else min(last - position, len(samples))
                 if hi > lo:
                     chunks.append(samples[lo:hi])
+                    kept += hi - lo
                 position += len(samples)
                 if last is not None and position >= last:
                     break
-                if sum(map(len, chunks)) > MAX_DECODE_SECONDS * sr:
+                if kept > MAX_DECODE_SECONDS * sr:
                     _check_length(self.path, MAX_DECODE_SECONDS + 1)
         except av.FFmpegError as e:
             if not chunks:  # nothing decodable; truncated files keep what came before the damage
