@@ -32,8 +32,8 @@ MAX_DECODE_SECONDS = 2 * 3600  # refuse to hold more than this in memory (a 10-h
 # Decoding restarts this far before a seek target and drops the lead-in: MDCT codecs (mp3, aac, vorbis)
 # need the previous frame to rebuild the first one, so a cold start would corrupt the excerpt's head.
 PREROLL_SECONDS = 0.25
-# Formats FFmpeg decodes faster than libsndfile, with the same samples at the same positions: Opus, 1.75x
-# (bench library, 5 excerpts per track: 307 ms against 536 ms; samples within 0.002, no shift).
+# Formats FFmpeg decodes faster than libsndfile, with the same samples at the same positions: Opus, 1.7-2x
+# (bench library, 5 excerpts per track: 250-307 ms against 526-536 ms; samples within 0.002, no shift).
 PYAV_FIRST = frozenset({".opus"})
 
 

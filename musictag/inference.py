@@ -87,4 +87,3 @@ class Tagger:
         else:
             logits = self.model(x.contiguous(memory_format=torch.channels_last))
         return {head: p.cpu().numpy() for head, p in probabilities(logits, self.checkpoint.model_config).items()}
-
