@@ -144,9 +144,11 @@ def analyse_track(job: tuple[str, int, bool, int]) -> tuple[str, float, object, 
 
 
 def track_scores(tagger, windows: list[np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """Mean probabilities per head over a track's windows, in forward passes of at most batch_size."""
-    parts = [tagger.predict(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
-    return {head: np.concatenate([p[head] for p in parts]).mean(axis=0) for head in parts[0]}
+    """Mean probabilities per head over a track's windows, in forward passes of at most batch_size
+    (the worker's own track through the same WindowBatcher as the parent's, so both average alike)."""
+    batcher = WindowBatcher(tagger.predict, batch_size)
+    (_, means), = batcher.add(None, windows) + batcher.flush()
+    return means
 
 
 def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -> Iterator:
