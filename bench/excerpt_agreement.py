@@ -11,17 +11,21 @@ the whole-track top label stays the same when the back-to-back windows start a f
 grid phase from hop to 10 s - hop). No excerpt plan can agree with the reference much more often than the
 reference agrees with itself.
 
+It also lists the most frequent misses (excerpt top label for whole-track top label) at the default
+excerpt count. For an independent second sample: python bench/real_music.py /tmp/held-out
+
     python bench/excerpt_agreement.py LIBRARY [--model PATH] [--counts 3 5 7 9] [--hop 1.0]
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 import numpy as np
 import torch
 
-from musictag.audio import WINDOW_SECONDS, load_audio, plan_excerpts
+from musictag.audio import EXCERPT_COUNT, WINDOW_SECONDS, load_audio, plan_excerpts
 from musictag.checkpoint import load_checkpoint
 from musictag.inference import Tagger
 from musictag.scan import walk
@@ -36,13 +40,16 @@ def grid_probabilities(tagger: Tagger, audio: np.ndarray, hop: float, batch: int
     return {head: np.concatenate([p[head] for p in parts]) for head in parts[0]}
 
 
-def plan_ranks(probs: np.ndarray, duration: float, counts: list[int], hop: float, step: int) -> dict[int, int]:
-    """Whole-track rank (1 = top) of the label each excerpt plan puts first, per excerpt count."""
+def plan_ranks(probs: np.ndarray, duration: float, counts: list[int], hop: float, step: int
+               ) -> dict[int, tuple[int, int, int]]:
+    """Per excerpt count: the whole-track rank (1 = top) of the label the excerpt plan puts first, that
+    label, and the whole track's top label."""
     order = list(np.argsort(-probs[::step].mean(axis=0)))
     ranks = {}
     for k in counts:
         rows = [min(int(round(s.offset / hop)), len(probs) - 1) for s in plan_excerpts(duration, count=k)]
-        ranks[k] = order.index(probs[rows].mean(axis=0).argmax()) + 1
+        top = int(probs[rows].mean(axis=0).argmax())
+        ranks[k] = (order.index(top) + 1, top, int(order[0]))
     return ranks
 
 
@@ -65,12 +72,16 @@ def main() -> None:
     heads, step = list(tagger.labels), int(round(WINDOW_SECONDS / args.hop))
     ranks = {(k, head): [] for k in args.counts for head in heads}
     stable = {head: [] for head in heads}
+    misses = {head: Counter() for head in heads}  # (excerpt top, whole-track top) where they differ
     files = list(walk([args.library]))
     for path in files:
         audio = load_audio(path, tagger.sample_rate)
         for head, probs in grid_probabilities(tagger, audio, args.hop).items():
-            for k, rank in plan_ranks(probs, len(audio) / tagger.sample_rate, args.counts, args.hop, step).items():
+            plans = plan_ranks(probs, len(audio) / tagger.sample_rate, args.counts, args.hop, step)
+            for k, (rank, top, whole_top) in plans.items():
                 ranks[k, head].append(rank)
+                if k == EXCERPT_COUNT and rank > 1:
+                    misses[head][tagger.labels[head][top], tagger.labels[head][whole_top]] += 1
             stable[head] += reference_stability(probs, step)
     print(f"{len(files)} tracks, model {tagger.checkpoint.model_id}; share of tracks whose excerpt-plan top label "
           f"is the whole-track top label (in brackets: within the whole-track top 2 / top 3)")
@@ -80,7 +91,11 @@ def main() -> None:
         print(f"{k:9d} " + " ".join(f"{np.mean(r == 1):.0%} ({np.mean(r <= 2):.0%}/{np.mean(r <= 3):.0%})".rjust(16)
                                    for r in cells))
     print(f"{'reference':>9} " + " ".join(f"{np.mean(stable[head]):16.0%}" for head in heads)
-          + "   <- whole-track top label kept when its windows start 1-9 s later")
+          + f"   <- whole-track top label kept when its windows start {args.hop:g}-{WINDOW_SECONDS - args.hop:g} s later")
+    for head in heads:
+        pairs = ", ".join(f"{a} for {b} ({n})" for (a, b), n in misses[head].most_common(5))
+        print(f"{head}: most frequent misses with {EXCERPT_COUNT} excerpts (excerpt top for whole-track top): "
+              f"{pairs or 'none'}")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,13 @@ memory does it hold? Also: a cached re-scan, and how often excerpt predictions a
 
 With no LIBRARY it builds one under --build-dir: full-length tracks in mp3, flac, ogg, opus and m4a,
 made from real music (Debian's warzone2100-music and wesnoth-1.16-music, fetched with
-`apt-get download`) when that works, else from generated audio. All figures come from this one run on this machine.
+`apt-get download` by real_music.py) when that works, else from generated audio. All figures come from this one run on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import itertools
 import os
 import subprocess
 import sys
@@ -25,29 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from real_music import SCAN_PACKAGES, fetch_tracks
+
 FORMATS = (".mp3", ".flac", ".ogg", ".opus", ".m4a")
-REAL_MUSIC_PACKAGES = ("warzone2100-music", "wesnoth-1.16-music")
 MUSICNN_CPU_S_PER_AUDIO_MIN = 0.6  # measured by the CEO, model loaded once, decoding with librosa extra
-
-
-def fetch_real_music(build_dir: Path) -> list[Path]:
-    """Full-length tracks from Debian's free game-music packages, alternating between the packages."""
-    per_package = []
-    for package in REAL_MUSIC_PACKAGES:
-        target = build_dir / "deb" / package
-        target.mkdir(parents=True, exist_ok=True)
-        if not list(target.glob("*.deb")):
-            try:
-                subprocess.run(["apt-get", "download", package], cwd=target, check=True, capture_output=True,
-                               timeout=300)
-            except (OSError, subprocess.SubprocessError):
-                continue
-        extracted = target / "x"
-        if not extracted.exists():
-            subprocess.run(["dpkg-deb", "-x", str(next(target.glob("*.deb"))), str(extracted)], check=True)
-        per_package.append(sorted(p for p in extracted.rglob("*") if p.suffix in (".opus", ".ogg")))
-    mixed = [track for group in itertools.zip_longest(*per_package) for track in group if track]
-    return mixed
 
 
 def synthetic_track(seconds: float, sr: int, seed: int) -> np.ndarray:
@@ -72,7 +52,7 @@ def build_library(build_dir: Path, tracks: int) -> Path:
     if library.exists() and len(list(library.rglob("*.*"))) >= tracks:
         return library
     library.mkdir(parents=True, exist_ok=True)
-    sources = fetch_real_music(build_dir)
+    sources = fetch_tracks(SCAN_PACKAGES, build_dir, min_seconds=0.0)
     print(f"building {tracks} tracks from {'real music' if sources else 'generated audio'} in {library}")
     for i in range(tracks):
         ext = FORMATS[i % len(FORMATS)]

@@ -1,0 +1,93 @@
+"""Real, freely licensed music for the benchmarks: Debian's game-music packages, fetched with
+`apt-get download` and unpacked without installing anything.
+
+Two sets that share no package: SCAN_PACKAGES build scan_speed's library; HELD_OUT_PACKAGES give an
+independent second sample for bench/excerpt_agreement.py, so a choice tuned on one set is checked on the
+other.
+
+    python bench/real_music.py OUT_DIR [--packages ufoai-music ...] [--min-seconds 90] [--per-package 40]
+
+links the distinct tracks (at least --min-seconds long, at most --per-package per package) into OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+SCAN_PACKAGES = ("warzone2100-music", "wesnoth-1.16-music")
+HELD_OUT_PACKAGES = ("ufoai-music", "nexuiz-music", "drascula-music", "singularity-music",
+                     "planetblupi-music-ogg", "hyperrogue-music", "asc-music")
+AUDIO_SUFFIXES = (".ogg", ".opus", ".mp3", ".flac")
+
+
+def fetch_package(package: str, build_dir: Path) -> list[Path]:
+    """The audio files of one package, downloaded and unpacked once under build_dir/deb/PACKAGE;
+    [] when apt cannot fetch it. Game data archives (.pk3, which are zip files) are unpacked too."""
+    target = build_dir / "deb" / package
+    target.mkdir(parents=True, exist_ok=True)
+    if not list(target.glob("*.deb")):
+        try:
+            subprocess.run(["apt-get", "download", package], cwd=target, check=True, capture_output=True,
+                           timeout=300)
+        except (OSError, subprocess.SubprocessError):
+            return []
+    extracted = target / "x"
+    if not extracted.exists():
+        subprocess.run(["dpkg-deb", "-x", str(next(target.glob("*.deb"))), str(extracted)], check=True)
+        for archive in list(extracted.rglob("*.pk3")):
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(archive.with_suffix(".pk3.d"),
+                             [m for m in z.namelist() if m.lower().endswith(AUDIO_SUFFIXES)])
+    return sorted(p for p in extracted.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def fetch_tracks(packages: tuple[str, ...], build_dir: Path, min_seconds: float = 90.0,
+                 per_package: int | None = None) -> list[Path]:
+    """Distinct full-length tracks (a duration seen before is a copy in another format or folder),
+    alternating between the packages."""
+    from musictag.audio import probe_duration
+    from musictag.errors import AudioDecodeError
+
+    seen, per = set(), []
+    for package in packages:
+        kept = []
+        for path in fetch_package(package, build_dir):
+            try:
+                seconds = round(probe_duration(path), 1)
+            except AudioDecodeError:
+                continue
+            if seconds >= min_seconds and seconds not in seen:
+                seen.add(seconds)
+                kept.append(path)
+        per.append(kept[:per_package])
+    return [track for group in itertools.zip_longest(*per) for track in group if track]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--packages", nargs="+", default=list(HELD_OUT_PACKAGES))
+    parser.add_argument("--build-dir", default=None, help="where packages are unpacked (default: OUT/..)")
+    parser.add_argument("--min-seconds", type=float, default=90.0)
+    parser.add_argument("--per-package", type=int, default=40)
+    args = parser.parse_args()
+    out = Path(args.out)
+    tracks = fetch_tracks(tuple(args.packages), Path(args.build_dir) if args.build_dir else out.parent,
+                          args.min_seconds, args.per_package)
+    if not tracks:
+        sys.exit("no tracks: apt-get download failed for every package")
+    out.mkdir(parents=True, exist_ok=True)
+    for i, track in enumerate(tracks):
+        link = out / f"{i:04d}{track.suffix.lower()}"
+        if not link.exists():
+            link.symlink_to(track.resolve())
+    print(f"{len(tracks)} tracks from {len(args.packages)} packages linked into {out}")
+
+
+if __name__ == "__main__":
+    main()
