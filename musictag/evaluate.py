@@ -50,8 +50,8 @@ def predict_files(tagger: Tagger, paths: list[str], workers: int = 2, batch_size
     failures = []
 
     def predict(windows: list[np.ndarray]) -> dict[tuple[str, str], np.ndarray]:
-        return {(name, head): p for name, transform in transforms.items()
-                for head, p in tagger.predict(windows, transform).items()}
+        return {(name, head): p for name, probs in tagger.predict_each(windows, transforms).items()
+                for head, p in probs.items()}
 
     def store(finished: list) -> None:
         for row, means in finished:
@@ -77,7 +77,7 @@ def evaluate(tagger: Tagger, dataset: Dataset, workers: int = 2, robustness: boo
     heads = {h: tagger.checkpoint.model_config.heads[h][0] for h in dataset.vocab}
     targets = encode_targets(dataset.examples, heads, dataset.vocab)
     paths = [e.path for e in dataset.examples]
-    # the low-pass probe rides on the main pass: one decode, the network run once per radius
+    # the low-pass probe rides on the main pass: one decode and one log-mel, the network run once per radius
     transforms = {"": None}
     if robustness:
         transforms.update({str(r): (lambda x, r=r: lowpass_2d(x, r)) for r in LOWPASS_RADII})

@@ -60,27 +60,34 @@ class Tagger:
         """(batch, samples) -> normalised (batch, 1, n_mels, frames)."""
         return ((self.logmel(audio) - self.mean) / self.std).unsqueeze(1)
 
-    @torch.inference_mode()
     def predict(self, windows: list[np.ndarray], transform: Callable | None = None) -> dict[str, np.ndarray]:
         """Probabilities per head, (len(windows), n_labels), for windows of any lengths; `transform`
         (a probe's filter) is applied to the normalised log-mel before the network."""
-        out = {head: np.zeros((len(windows), len(names)), np.float32) for head, names in self.labels.items()}
+        return self.predict_each(windows, {"": transform})[""]
+
+    @torch.inference_mode()
+    def predict_each(self, windows: list[np.ndarray], transforms: dict[str, Callable | None]
+                     ) -> dict[str, dict[str, np.ndarray]]:
+        """`predict` once per named transform, computing each window's log-mel only once (so a transform
+        must return a new tensor, not change its input)."""
+        out = {name: {head: np.zeros((len(windows), len(names)), np.float32) for head, names in self.labels.items()}
+               for name in transforms}
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
             by_length.setdefault(len(w), []).append(i)
         for indices in by_length.values():
-            batch = torch.from_numpy(np.stack([windows[i] for i in indices]))
-            for head, p in self._forward(batch, transform).items():
-                out[head][indices] = p
+            x = self._inputs(torch.from_numpy(np.stack([windows[i] for i in indices])))
+            for name, transform in transforms.items():
+                for head, p in self._network(x if transform is None else transform(x)).items():
+                    out[name][head][indices] = p
         return out
 
-    def _forward(self, audio: torch.Tensor, transform: Callable | None = None) -> dict[str, np.ndarray]:
+    def _inputs(self, audio: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             audio = audio.pin_memory()  # lets the copy overlap with the previous batch's kernels
-        audio = audio.to(self.device, non_blocking=True)
-        x = self.features(audio)
-        if transform is not None:
-            x = transform(x)
+        return self.features(audio.to(self.device, non_blocking=True))
+
+    def _network(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
                 logits = self.model(x)

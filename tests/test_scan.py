@@ -206,6 +206,23 @@ def test_track_scores_averages_windows_across_forward_passes(tiny_checkpoint):
         np.testing.assert_allclose(chunked[head], probs.mean(axis=0), atol=1e-6)
 
 
+def test_predict_each_matches_one_predict_per_transform(tiny_checkpoint):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger
+
+    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
+    rng = np.random.default_rng(1)
+    lengths = (tagger.sample_rate, tagger.sample_rate // 2, tagger.sample_rate)  # two length groups
+    windows = [0.1 * rng.standard_normal(n).astype(np.float32) for n in lengths]
+    transforms = {"": None, "flat": lambda x: x.mean(dim=-1, keepdim=True).expand_as(x), "loud": lambda x: x + 1.0}
+    each = tagger.predict_each(windows, transforms)
+    for name, transform in transforms.items():
+        alone = tagger.predict(windows, transform)
+        for head, probs in alone.items():
+            np.testing.assert_allclose(each[name][head], probs, atol=1e-6)
+    assert not np.allclose(each["flat"]["mood"], each[""]["mood"])
+
+
 def test_export_csv_content_and_formula_neutralisation(library, tiny_checkpoint, tmp_path):
     db = tmp_path / "db.sqlite"
     write_fields(library / "a" / "one.mp3", {"genre": ['=HYPERLINK("http://evil","x")']})
