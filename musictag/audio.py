@@ -159,7 +159,7 @@ class _SoundfileReader(_Reader):
         import soundfile
 
         self.path = path
-        self._file = soundfile.SoundFile(path)
+        self._file = soundfile.SoundFile(_os_path(path))
         self.samplerate = self._file.samplerate
         self.duration = self._file.frames / self.samplerate
         if self._file.frames <= 0:
@@ -186,6 +186,12 @@ class _SoundfileReader(_Reader):
 
     def close(self) -> None:
         self._file.close()
+
+
+def _os_path(path: str) -> str | bytes:
+    """The name as libsndfile should get it. On POSIX that is the bytes: soundfile cannot encode a name
+    that is not valid UTF-8 (Python holds such bytes as surrogates). Windows names are Unicode."""
+    return path if os.name == "nt" else os.fsencode(path)
 
 
 _SAMPLE_SCALE = {"s16": 2.0**15, "s16p": 2.0**15, "s32": 2.0**31, "s32p": 2.0**31,

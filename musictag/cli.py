@@ -103,10 +103,15 @@ def scan(
         if csv:
             from .export import export_csv
 
-            with open(csv, "w", newline="", encoding="utf-8") as f:
+            with _csv_file(csv) as f:
                 export_csv(database, f, paths=[str(p) for p in paths])
     _print_summary(result, dry_run)
     raise typer.Exit(1 if result.failed else 0)
+
+
+def _csv_file(path: Path):
+    """A CSV for writing. A file name that is not valid UTF-8 is written as its own bytes, as `ls` shows it."""
+    return open(path, "w", newline="", encoding="utf-8", errors="surrogateescape")
 
 
 def _load_tagger(model: Optional[Path], device: str, workers: int):
@@ -155,7 +160,7 @@ def export_csv_command(
         if out is None:
             export_csv(database, sys.stdout, long=long, top_k=top_k)
         else:
-            with open(out, "w", newline="", encoding="utf-8") as f:
+            with _csv_file(out) as f:
                 export_csv(database, f, long=long, top_k=top_k)
 
 
@@ -401,6 +406,10 @@ def model_card(
 
 
 def main() -> None:
+    # File names that are not valid UTF-8 reach us as surrogates: print their bytes as they are (as ls does),
+    # where a UTF-8 terminal's strict default would end the run in a traceback.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     app()
 
 

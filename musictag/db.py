@@ -38,6 +38,21 @@ CREATE TABLE IF NOT EXISTS undo (
 """
 
 
+def _key(path: str) -> str | bytes:
+    """A path as stored: text when it is valid Unicode, else its raw bytes (a BLOB). File names from
+    other systems are often not UTF-8 (Python carries their bytes as surrogates), and SQLite text must
+    be; every query goes through here, so a lookup finds what was stored."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _path(stored: str | bytes) -> str:
+    return os.fsdecode(stored) if isinstance(stored, bytes) else stored
+
+
 def default_db_path() -> Path:
     import platformdirs
 
@@ -95,18 +110,18 @@ class Database:
 
     def get(self, path: str) -> Track | None:
         row = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
-                                 "FROM tracks WHERE path = ?", (path,)).fetchone()
+                                 "FROM tracks WHERE path = ?", (_key(path),)).fetchone()
         return _track(row) if row else None
 
     def stats_for(self, paths: list[str]) -> dict[str, tuple[int, int, str, bool, bool]]:
         """path -> (size, mtime_ns, model, scored, written) for known paths, in one query per chunk."""
         found = {}
         for i in range(0, len(paths), 500):
-            chunk = paths[i:i + 500]
+            chunk = [_key(p) for p in paths[i:i + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self._conn.execute(f"SELECT path, size, mtime_ns, model, scores IS NOT NULL, "
                                           f"written IS NOT NULL FROM tracks WHERE path IN ({marks})", chunk):
-                found[row[0]] = (row[1], row[2], row[3], bool(row[4]), bool(row[5]))
+                found[_path(row[0])] = (row[1], row[2], row[3], bool(row[4]), bool(row[5]))
         return found
 
     def put_scores(self, path: str, size: int, mtime_ns: int, model: str, duration: float,
@@ -115,18 +130,18 @@ class Database:
                     "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
                     "mtime_ns=excluded.mtime_ns, model=excluded.model, duration=excluded.duration, "
                     "scores=excluded.scores, error=NULL, updated=excluded.updated",  # written stays: it is what the file holds
-                    (path, size, mtime_ns, model, duration, json.dumps(scores), time.time()))
+                    (_key(path), size, mtime_ns, model, duration, json.dumps(scores), time.time()))
 
     def put_error(self, path: str, size: int, mtime_ns: int, model: str, error: str) -> None:
         self._write("INSERT INTO tracks (path, size, mtime_ns, model, error, updated) VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
                     "model=excluded.model, scores=NULL, error=excluded.error, updated=excluded.updated",
-                    (path, size, mtime_ns, model, error, time.time()))
+                    (_key(path), size, mtime_ns, model, error, time.time()))
 
     def put_written(self, path: str, written: dict[str, list[str]] | None, size: int, mtime_ns: int) -> None:
         """Record what was written and the file's new stat (a tag write changes both)."""
         self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, updated = ? WHERE path = ?",
-                    (json.dumps(written) if written is not None else None, size, mtime_ns, time.time(), path))
+                    (json.dumps(written) if written is not None else None, size, mtime_ns, time.time(), _key(path)))
         self.commit()  # the file changed: its record must not lag behind
 
     def put_model(self, model: str, heads: dict[str, str]) -> None:
@@ -139,22 +154,22 @@ class Database:
         return kinds
 
     def previous_values(self, path: str) -> dict[str, list[str]]:
-        row = self._conn.execute("SELECT previous FROM undo WHERE path = ?", (path,)).fetchone()
+        row = self._conn.execute("SELECT previous FROM undo WHERE path = ?", (_key(path),)).fetchone()
         return json.loads(row[0]) if row else {}
 
     def remember_previous(self, path: str, previous: dict[str, list[str]]) -> None:
         """Keep the values from before musictag first touched each field; later writes do not overwrite."""
         merged = {**previous, **self.previous_values(path)}
         self._write("INSERT INTO undo (path, previous) VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET "
-                    "previous = excluded.previous", (path, json.dumps(merged)))
+                    "previous = excluded.previous", (_key(path), json.dumps(merged)))
         self.commit()
 
     def forget_previous(self, path: str) -> None:
-        self._write("DELETE FROM undo WHERE path = ?", (path,))
+        self._write("DELETE FROM undo WHERE path = ?", (_key(path),))
         self.commit()
 
     def undo_paths(self) -> list[str]:
-        return [row[0] for row in self._conn.execute("SELECT path FROM undo ORDER BY path")]
+        return [_path(row[0]) for row in self._conn.execute("SELECT path FROM undo ORDER BY path")]
 
     def tracks(self) -> Iterator[Track]:
         rows = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
@@ -164,5 +179,5 @@ class Database:
 
 
 def _track(row) -> Track:
-    return Track(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] else None, row[6],
+    return Track(_path(row[0]), row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] else None, row[6],
                  json.loads(row[7]) if row[7] else None)

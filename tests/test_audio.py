@@ -165,3 +165,18 @@ def test_huge_request_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(audio_module, "MAX_DECODE_SECONDS", 1.0)
     with pytest.raises(AudioDecodeError, match="limit"):
         load_audio(path, 22050)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows file names are always Unicode")
+def test_a_name_that_is_not_utf8_still_goes_to_libsndfile(tmp_path):
+    from musictag.audio import _SoundfileReader
+
+    write_track(tmp_path / "plain.flac", seconds=2.0, freq=440.0)
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.flac"
+    try:
+        os.rename(os.fsencode(tmp_path / "plain.flac"), raw)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    with open_audio(os.fsdecode(raw)) as reader:
+        assert isinstance(reader, _SoundfileReader)  # not the PyAV fallback
+        assert reader.duration == pytest.approx(2.0, abs=0.01)

@@ -229,6 +229,32 @@ def test_predict_each_matches_one_predict_per_transform(tiny_checkpoint):
     assert not np.allclose(each["flat"]["mood"], each[""]["mood"])
 
 
+@pytest.mark.skipif(os.name == "nt", reason="Windows file names are always Unicode")
+def test_file_names_that_are_not_utf8_are_scanned_exported_and_undone(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "lib"
+    write_track(folder / "plain.flac", seconds=3.0, freq=330.0, seed=3)
+    raw = os.fsencode(folder) + b"/caf\xe9.flac"  # Latin-1, as old Windows rips often are
+    try:
+        os.rename(os.fsencode(folder / "plain.flac"), raw)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    name, db = os.fsdecode(raw), tmp_path / "db.sqlite"
+    before = load_audio(name)
+
+    first = scan([folder], tiny_checkpoint, db)
+    assert first.exit_code == 0 and "tagged: 1" in first.output, first.output
+    assert read_fields(name, ["genre"])["genre"]
+    np.testing.assert_array_equal(load_audio(name), before)
+    again = scan([folder], tiny_checkpoint, db)
+    assert "unchanged: 1" in again.output and "failed: 0" in again.output, again.output
+
+    out = tmp_path / "out.csv"
+    assert runner.invoke(app, ["export-csv", "--db", str(db), "--out", str(out)]).exit_code == 0
+    assert raw in out.read_bytes()
+    assert runner.invoke(app, ["undo", "--db", str(db)]).exit_code == 0
+    assert read_fields(name, ["genre"])["genre"] == []
+
+
 def test_export_csv_content_and_formula_neutralisation(library, tiny_checkpoint, tmp_path):
     db = tmp_path / "db.sqlite"
     write_fields(library / "a" / "one.mp3", {"genre": ['=HYPERLINK("http://evil","x")']})
