@@ -136,12 +136,11 @@ class _MP4Style(_Style):
 
 def _open(path: str):
     """The mutagen file object and the style for its tags; tags are created when absent."""
-    import mutagen
     from mutagen.asf import ASF
     from mutagen.id3 import ID3
     from mutagen.mp4 import MP4
 
-    audio = mutagen.File(path)
+    audio = _mutagen_file(path)
     if audio is None:
         raise TagWriteError(path, "tag format not recognised (no tags can be written to this file)")
     if audio.tags is None:
@@ -157,6 +156,37 @@ def _open(path: str):
     if isinstance(audio.tags, VComment):
         return audio, _MappingStyle("vorbis")
     raise TagWriteError(path, f"writing {type(audio).__name__} tags is not supported")
+
+
+def _mutagen_file(path: str):
+    """mutagen's file object for `path`. mutagen weighs the extension above the content, so an Ogg Vorbis
+    file named .flac fails as "not a valid FLAC file"; then only the formats its bytes match are tried."""
+    import mutagen
+
+    try:
+        return mutagen.File(path)
+    except mutagen.MutagenError:
+        kinds = _kinds_matching_content(path)
+        if not kinds:
+            raise
+        return mutagen.File(path, options=kinds)
+
+
+def _kinds_matching_content(path: str) -> list:
+    from mutagen.aiff import AIFF
+    from mutagen.asf import ASF
+    from mutagen.flac import FLAC
+    from mutagen.mp3 import MP3
+    from mutagen.mp4 import MP4
+    from mutagen.oggflac import OggFLAC
+    from mutagen.oggopus import OggOpus
+    from mutagen.oggvorbis import OggVorbis
+    from mutagen.wave import WAVE
+
+    with open(path, "rb") as f:
+        header = f.read(128)
+        return [kind for kind in (MP3, FLAC, OggVorbis, OggOpus, OggFLAC, MP4, ASF, AIFF, WAVE)
+                if kind.score("", f, header) > 0]  # no name: the content alone decides
 
 
 def read_fields(path: str | os.PathLike, names: list[str]) -> dict[str, Values]:

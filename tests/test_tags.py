@@ -6,6 +6,10 @@ import stat
 import mutagen
 import numpy as np
 import pytest
+from mutagen.flac import FLAC
+from mutagen.mp3 import MP3
+from mutagen.mp4 import MP4
+from mutagen.oggvorbis import OggVorbis
 
 from conftest import write_track
 from musictag.audio import load_audio
@@ -15,9 +19,9 @@ from musictag.tags import read_fields, write_fields
 TAGGABLE = [".mp3", ".flac", ".ogg", ".opus", ".oga", ".m4a", ".wma", ".wav", ".aiff"]
 
 
-def raw_values(path, ext):
-    """Genre and mood as stored, read with mutagen's own API for each format."""
-    f = mutagen.File(path)
+def raw_values(path, ext, kind=None):
+    """Genre and mood as stored, read with mutagen's own API for each format (`kind`: its class)."""
+    f = mutagen.File(path, options=[kind] if kind else None)
     tags = f.tags
     if ext in (".mp3", ".wav", ".aiff"):
         return tags.getall("TCON")[0].text, tags.getall("TMOO")[0].text, tags.getall("TXXX:MUSICTAG_QUADRANT")[0].text
@@ -84,3 +88,16 @@ def test_non_audio_file_gives_typed_error(tmp_path):
     with pytest.raises(TagWriteError, match="notes.mp3"):
         write_fields(path, {"genre": ["Jazz"]})
     assert path.read_text() == "hello\n" * 10
+
+
+@pytest.mark.parametrize("real, named, kind", [(".ogg", ".flac", OggVorbis), (".flac", ".ogg", FLAC),
+                                               (".mp3", ".flac", MP3), (".m4a", ".mp3", MP4)])
+def test_a_file_with_the_wrong_extension_is_tagged_in_its_real_format(tmp_path, real, named, kind):
+    path = tmp_path / f"t{named}"
+    os.rename(write_track(tmp_path / f"source{real}", seconds=2.0), path)
+    before = load_audio(path, 22050)
+    write_fields(path, {"genre": ["Jazz"], "mood": ["calm"], "quadrant": ["Q4"]})
+    genre, mood, _ = raw_values(path, real, kind)
+    assert list(genre) == ["Jazz"] and list(mood) == ["calm"]
+    assert read_fields(path, ["genre", "mood"]) == {"genre": ["Jazz"], "mood": ["calm"]}
+    np.testing.assert_array_equal(load_audio(path, 22050), before)
