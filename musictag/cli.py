@@ -77,7 +77,6 @@ def scan(
                           default_top_k=default_k, mode=mode, batch_size=batch_size, workers=workers,
                           force=force, whole_track=whole_track, excerpts=excerpts or EXCERPT_COUNT)
     tagger = _load_tagger(model, device, workers)
-    from .db import Database
 
     bar = None
 
@@ -88,7 +87,7 @@ def scan(
         elif event == "file":
             bar.update(1)
 
-    with Database(db) as database:
+    with _database(db) as database:
         try:
             result = Scanner(tagger, database, options, progress).run(paths)
         except KeyboardInterrupt:
@@ -107,6 +106,16 @@ def scan(
                 export_csv(database, f, paths=[str(p) for p in paths])
     _print_summary(result, dry_run)
     raise typer.Exit(1 if result.failed else 0)
+
+
+def _database(path: Optional[Path]):
+    from .db import Database
+    from .errors import DatabaseError
+
+    try:
+        return Database(path)
+    except DatabaseError as e:
+        _fail(str(e))
 
 
 def _csv_file(path: Path):
@@ -153,10 +162,9 @@ def export_csv_command(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Export everything the database knows, one row per track (or per label with --long)."""
-    from .db import Database
     from .export import export_csv
 
-    with Database(db) as database:
+    with _database(db) as database:
         if out is None:
             export_csv(database, sys.stdout, long=long, top_k=top_k)
         else:
@@ -170,10 +178,9 @@ def undo(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Restore the exact tag values musictag replaced or added."""
-    from .db import Database
     from .scan import undo as undo_tags
 
-    with Database(db) as database:
+    with _database(db) as database:
         result = undo_tags(database, [str(p) for p in paths] if paths else None)
     typer.echo(f"restored: {result.tagged}, failed: {len(result.failed)}")
     for path, reason in result.failed:

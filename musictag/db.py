@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .errors import DatabaseError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
     path TEXT PRIMARY KEY,
@@ -74,12 +76,16 @@ class Track:
 class Database:
     def __init__(self, path: str | os.PathLike | None = None, commit_every: float = 2.0):
         self.path = Path(path) if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=60000")
-        self._conn.executescript(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=60000")
+            self._conn.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise DatabaseError(self.path, f"cannot open the scan database ({getattr(e, 'strerror', None) or e})"
+                                ) from None
         self._commit_every = commit_every
         self._in_transaction = False
         self._last_commit = time.monotonic()

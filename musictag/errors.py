@@ -30,5 +30,9 @@ class CheckpointError(FileError):
     """A model checkpoint is missing, corrupt, truncated or of an incompatible version."""
 
 
+class DatabaseError(FileError):
+    """The scan database cannot be created or opened (not a database, corrupt, no permission)."""
+
+
 class ManifestError(MusictagError):
     """A training manifest or data folder is malformed."""

@@ -255,6 +255,18 @@ def test_file_names_that_are_not_utf8_are_scanned_exported_and_undone(tiny_check
     assert read_fields(name, ["genre"])["genre"] == []
 
 
+def test_a_database_that_cannot_be_opened_is_one_clear_error(library, tiny_checkpoint, tmp_path):
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a database, just some bytes " * 40)
+    before = snapshot(library)
+    result = scan([library], tiny_checkpoint, garbage)
+    assert result.exit_code == 2 and f"error: {garbage}: cannot open the scan database" in result.output
+    assert isinstance(result.exception, SystemExit)  # a clean exit, not an escaped DatabaseError
+    assert snapshot(library) == before
+    result = runner.invoke(app, ["export-csv", "--db", str(garbage)])
+    assert result.exit_code == 2 and "cannot open the scan database" in result.output
+
+
 def test_export_csv_content_and_formula_neutralisation(library, tiny_checkpoint, tmp_path):
     db = tmp_path / "db.sqlite"
     write_fields(library / "a" / "one.mp3", {"genre": ['=HYPERLINK("http://evil","x")']})
