@@ -64,9 +64,15 @@ class ScanResult:
     changes: list[Change] = field(default_factory=list)
 
 
-def walk(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
+def walk(paths: Iterable[str | os.PathLike],
+         on_error: Callable[[str, str], None] | None = None) -> Iterator[str]:
     """Audio files under the given paths: deterministic order, hidden entries skipped, symlinks
-    followed once (a link back up the tree is not entered again), each real file yielded once."""
+    followed once (a link back up the tree is not entered again), each real file yielded once.
+    A folder that cannot be read goes to `on_error(path, reason)` rather than vanishing unnoticed."""
+    def folder_error(e: OSError) -> None:
+        if on_error:
+            on_error(e.filename, f"cannot read folder: {e.strerror}")
+
     seen_dirs, seen_files = set(), set()
     for root in paths:
         root = os.path.abspath(os.fspath(root))
@@ -76,7 +82,7 @@ def walk(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
                 seen_files.add(real)
                 yield real
             continue
-        for directory, dirs, files in os.walk(root, followlinks=True):
+        for directory, dirs, files in os.walk(root, onerror=folder_error, followlinks=True):
             st = os.stat(directory)
             if (st.st_dev, st.st_ino) in seen_dirs:
                 dirs[:] = []
@@ -239,8 +245,11 @@ class Scanner:
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
         self.db.put_model(self.model_id, self.kinds)
-        files = list(walk(paths))
-        self.progress("start", {"total": len(files)})
+        unreadable = []
+        files = list(walk(paths, on_error=lambda path, reason: unreadable.append((path, reason))))
+        self.progress("start", {"total": len(files) + len(unreadable)})
+        for path, reason in unreadable:
+            self._fail(path, None, reason)
         todo = self._triage(files)
         self._score(todo)
         self.db.commit()

@@ -267,6 +267,21 @@ def test_a_database_that_cannot_be_opened_is_one_clear_error(library, tiny_check
     assert result.exit_code == 2 and "cannot open the scan database" in result.output
 
 
+def test_an_unreadable_folder_is_reported_and_the_rest_is_scanned(library, tiny_checkpoint, tmp_path, monkeypatch):
+    locked, real_scandir = str(library / "b"), os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # as a folder without read permission behaves (root reads all)
+    result = scan([library], tiny_checkpoint, tmp_path / "db.sqlite")
+    assert result.exit_code == 1
+    assert f"failed: {locked}: cannot read folder: Permission denied" in result.output
+    assert f"tagged: {sum(not rel.startswith('b/') for rel in GOOD)}," in result.output
+
+
 def test_export_csv_content_and_formula_neutralisation(library, tiny_checkpoint, tmp_path):
     db = tmp_path / "db.sqlite"
     write_fields(library / "a" / "one.mp3", {"genre": ['=HYPERLINK("http://evil","x")']})
