@@ -77,11 +77,18 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, offset: float = 0
 def load_excerpts(path: str | os.PathLike, sr: int = SAMPLE_RATE,
                   window: float = WINDOW_SECONDS, count: int = EXCERPT_COUNT
                   ) -> tuple[float, list[np.ndarray]]:
-    """The track's duration and its excerpts per `plan_excerpts`, opening the file once."""
+    """The track's duration and its excerpts per `plan_excerpts`, opening the file once.
+
+    A file damaged part-way (a truncated download: its header still promises the full length) is
+    planned again on the audio that does decode, rather than failing on the excerpts past the damage."""
     with open_audio(path) as reader:
-        duration = reader.duration
-        spans = plan_excerpts(duration, window, count)
-        return duration, [_at_rate(reader, s, sr) for s in spans]
+        try:
+            return reader.duration, [_at_rate(reader, s, sr) for s in plan_excerpts(reader.duration, window, count)]
+        except AudioDecodeError:
+            audio = _at_rate(reader, Span(), sr)  # everything before the damage; raises when that is nothing
+    duration = len(audio) / sr
+    starts = [int(round(s.offset * sr)) for s in plan_excerpts(duration, window, count)]
+    return duration, [audio[start:start + int(round(window * sr))] for start in starts]
 
 
 def load_spans(path: str | os.PathLike, spans: list[Span], sr: int = SAMPLE_RATE) -> list[np.ndarray]:

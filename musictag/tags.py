@@ -248,4 +248,5 @@ def _verify(tmp: str, path: str, values: dict[str, Values | None]) -> None:
         for name, new in values.items():
             got = style.get(audio.tags, field_for(name))
             if got != list(new or []):
-                raise TagWriteError(path, f"verifying written tags failed: {name} reads back as {got!r}")
+                raise TagWriteError(path, f"tags not written: the tagged copy read {name} back as {got!r} "
+                                          "(file left as it was)")

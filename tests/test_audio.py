@@ -146,6 +146,20 @@ def test_truncated_mp3_decodes_what_it_can(tmp_path):
     assert 2.0 < len(audio) / 22050 < 4.0
 
 
+@pytest.mark.parametrize("ext", [".mp3", ".flac"])
+def test_a_truncated_track_is_excerpted_from_the_part_that_decodes(tmp_path, ext):
+    path = write_track(tmp_path / f"whole{ext}", seconds=45.0, freq=330.0)
+    whole = load_audio(path, 22050)
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the header still promises 45 s
+    duration, windows = load_excerpts(cut, 22050)
+    assert 15.0 < duration < 30.0
+    assert len(windows) == 2 and all(len(w) == 10 * 22050 for w in windows)
+    for span, w in zip(plan_excerpts(duration), windows):  # the surviving half's audio, where the plan puts it
+        start = int(round(span.offset * 22050))
+        np.testing.assert_allclose(w, whole[start:start + len(w)], atol=0.02)
+
+
 def test_truncated_m4a_fails_cleanly_or_decodes_partially(tmp_path):
     path = write_track(tmp_path / "whole.m4a", seconds=6.0)
     cut = tmp_path / "cut.m4a"
