@@ -208,7 +208,9 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> N
         os.close(fd)
     try:
         with _tag_errors(path, "copying before writing tags"):
+            original = os.stat(path)
             shutil.copy2(path, tmp)
+            _keep_owner(tmp, original)
         with _tag_errors(path, "writing tags"):
             audio, style = _open(tmp)
             for name, new in values.items():
@@ -218,12 +220,31 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> N
                     style.delete(audio.tags, field_for(name))
             _save(audio, style)
         _verify(tmp, path, values)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _tag_errors(path, "replacing the file with its tagged copy"):
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            _check_unchanged(path, original)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _keep_owner(tmp: str, original: os.stat_result) -> None:
+    """The tagged copy replaces the file, so it must have the file's owner: a scan run as root (or by a
+    group member) would otherwise hand the user's music to someone else."""
+    if not hasattr(os, "chown"):
+        return  # Windows: a replaced file has no POSIX owner to lose
+    copy = os.stat(tmp)
+    if (copy.st_uid, copy.st_gid) != (original.st_uid, original.st_gid):
+        os.chown(tmp, original.st_uid, original.st_gid)  # PermissionError: not done, the file stays as it is
+
+
+def _check_unchanged(path: str, original: os.stat_result) -> None:
+    """Another program may have saved the file since it was copied; replacing it would undo that."""
+    now = os.stat(path)
+    if (now.st_size, now.st_mtime_ns, now.st_ino) != (original.st_size, original.st_mtime_ns, original.st_ino):
+        raise TagWriteError(path, "the file changed while its tags were being written; left as it is")
 
 
 def _writable(path: str) -> bool:

@@ -101,3 +101,31 @@ def test_a_file_with_the_wrong_extension_is_tagged_in_its_real_format(tmp_path, 
     assert list(genre) == ["Jazz"] and list(mood) == ["calm"]
     assert read_fields(path, ["genre", "mood"]) == {"genre": ["Jazz"], "mood": ["calm"]}
     np.testing.assert_array_equal(load_audio(path, 22050), before)
+
+
+def test_a_file_saved_by_another_program_during_the_write_is_not_overwritten(tmp_path, monkeypatch):
+    import musictag.tags
+
+    path = write_track(tmp_path / "t.flac", seconds=1.0)
+    verify = musictag.tags._verify
+
+    def verify_while_another_program_saves(tmp, original, values):
+        verify(tmp, original, values)
+        mutagen_file = mutagen.File(original)
+        mutagen_file["GENRE"] = ["Set by the user's tag editor"]
+        mutagen_file.save()
+
+    monkeypatch.setattr(musictag.tags, "_verify", verify_while_another_program_saves)
+    with pytest.raises(TagWriteError, match="changed while its tags were being written"):
+        write_fields(path, {"genre": ["Jazz"]})
+    assert read_fields(path, ["genre"])["genre"] == ["Set by the user's tag editor"]
+    assert sorted(os.listdir(tmp_path)) == ["t.flac"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root can give files away")
+def test_the_tagged_file_keeps_its_owner_when_root_writes_it(tmp_path):
+    path = write_track(tmp_path / "t.mp3", seconds=1.0)
+    os.chown(path, 4321, 4322)
+    write_fields(path, {"genre": ["Jazz"]})
+    assert (path.stat().st_uid, path.stat().st_gid) == (4321, 4322)
+    assert read_fields(path, ["genre"])["genre"] == ["Jazz"]
