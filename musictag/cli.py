@@ -177,12 +177,13 @@ def undo(
     paths: Optional[List[Path]] = typer.Argument(None, help="Files or folders (default: everything)."),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
-    """Restore the exact tag values musictag replaced or added."""
+    """Restore the exact tag values musictag replaced or added (fields you changed since stay yours)."""
     from .scan import undo as undo_tags
 
     with _database(db) as database:
         result = undo_tags(database, [str(p) for p in paths] if paths else None)
-    typer.echo(f"restored: {result.tagged}, failed: {len(result.failed)}")
+    typer.echo(f"restored: {result.tagged}, left as changed since musictag wrote them: {result.skipped}, "
+               f"failed: {len(result.failed)}")
     for path, reason in result.failed:
         typer.echo(f"failed: {path}: {reason}", err=True)
     raise typer.Exit(1 if result.failed else 0)

@@ -386,7 +386,9 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
     progress("start", {"total": len(targets)})
     for path in targets:
         try:
-            write_fields(path, db.previous_values(path))
+            restore = _still_ours(db, path)
+            if restore:
+                write_fields(path, restore)
         except MusictagError as e:
             result.failed.append((path, getattr(e, "reason", str(e))))
             progress("file", {"path": path, "status": "failed", "reason": str(e)})
@@ -394,7 +396,21 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
         db.forget_previous(path)
         st = os.stat(path)
         db.put_written(path, None, st.st_size, st.st_mtime_ns)
-        result.tagged += 1
-        progress("file", {"path": path, "status": "restored", "reason": ""})
+        if restore:
+            result.tagged += 1
+        else:
+            result.skipped += 1
+        progress("file", {"path": path, "status": "restored" if restore else "kept (changed since)", "reason": ""})
     db.commit()
     return result
+
+
+def _still_ours(db: Database, path: str) -> dict[str, list[str]]:
+    """The previous values of the fields that still hold what musictag wrote. A field changed since
+    (the user edited it in another program) keeps the user's values: undo takes back only our work."""
+    previous = db.previous_values(path)
+    record = db.get(path)
+    written = (record.written or {}) if record else {}
+    current = read_fields(path, list(previous))
+    return {name: values for name, values in previous.items()
+            if name in written and current[name] == written[name]}

@@ -79,6 +79,22 @@ def test_merge_keeps_user_genres_and_undo_restores_exactly(library, tiny_checkpo
         assert read_fields(library / rel, ["genre", "mood", "quadrant", "model"]) == before[rel]
 
 
+def test_undo_keeps_what_the_user_changed_after_the_scan(library, tiny_checkpoint, tmp_path):
+    db = tmp_path / "db.sqlite"
+    partly, wholly = library / "a" / "two.flac", library / "a" / "one.mp3"
+    before = {p: read_fields(p, ["genre", "mood", "quadrant", "model"]) for p in (partly, wholly)}
+    assert scan([library], tiny_checkpoint, db).exit_code == 0
+    write_fields(partly, {"mood": ["my own mood"]})  # edited in another tag editor after the scan
+    mine = {"genre": ["Mine"], "mood": ["mine"], "quadrant": ["Q1"], "model": ["none"]}
+    write_fields(wholly, mine)
+    result = runner.invoke(app, ["undo", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert f"restored: {len(GOOD) - 1}, left as changed since musictag wrote them: 1," in result.output
+    assert read_fields(partly, ["mood"]) == {"mood": ["my own mood"]}
+    assert read_fields(partly, ["genre", "quadrant", "model"]) == {k: v for k, v in before[partly].items() if k != "mood"}
+    assert read_fields(wholly, list(mine)) == mine
+
+
 def test_replace_mode_and_skip_tagged(library, tiny_checkpoint, tmp_path):
     user = library / "a" / "two.flac"
     write_fields(user, {"genre": ["Shoegaze"]})
