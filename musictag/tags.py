@@ -242,8 +242,8 @@ def _keep_owner(tmp: str, original: os.stat_result) -> None:
 
 def _check_unchanged(path: str, original: os.stat_result) -> None:
     """Another program may have saved the file since it was copied; replacing it would undo that."""
-    now = os.stat(path)
-    if (now.st_size, now.st_mtime_ns, now.st_ino) != (original.st_size, original.st_mtime_ns, original.st_ino):
+    now = os.stat(path)  # not st_ino: some network mounts do not keep inode numbers stable
+    if (now.st_size, now.st_mtime_ns) != (original.st_size, original.st_mtime_ns):
         raise TagWriteError(path, "the file changed while its tags were being written; left as it is")
 
 
