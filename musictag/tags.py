@@ -210,7 +210,7 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> N
         with _tag_errors(path, "copying before writing tags"):
             original = os.stat(path)
             shutil.copy2(path, tmp)
-            _keep_owner(tmp, original)
+            _keep_owner(path, tmp, original)
         with _tag_errors(path, "writing tags"):
             audio, style = _open(tmp)
             for name, new in values.items():
@@ -230,14 +230,18 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> N
             os.unlink(tmp)
 
 
-def _keep_owner(tmp: str, original: os.stat_result) -> None:
+def _keep_owner(path: str, tmp: str, original: os.stat_result) -> None:
     """The tagged copy replaces the file, so it must have the file's owner: a scan run as root (or by a
     group member) would otherwise hand the user's music to someone else."""
     if not hasattr(os, "chown"):
         return  # Windows: a replaced file has no POSIX owner to lose
     copy = os.stat(tmp)
     if (copy.st_uid, copy.st_gid) != (original.st_uid, original.st_gid):
-        os.chown(tmp, original.st_uid, original.st_gid)  # PermissionError: not done, the file stays as it is
+        try:
+            os.chown(tmp, original.st_uid, original.st_gid)
+        except PermissionError:
+            raise TagWriteError(path, "cannot give the tagged copy the file's owner and group; left as it is"
+                                ) from None
 
 
 def _check_unchanged(path: str, original: os.stat_result) -> None:
