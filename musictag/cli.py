@@ -3,7 +3,9 @@ commands, so `musictag --help` is instant."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -87,7 +89,7 @@ def scan(
         elif event == "file":
             bar.update(1)
 
-    with _database(db) as database:
+    with _database(db) as database, _terminate_as_interrupt():
         try:
             result = Scanner(tagger, database, options, progress).run(paths)
         except KeyboardInterrupt:
@@ -106,6 +108,20 @@ def scan(
                 export_csv(database, f, paths=[str(p) for p in paths])
     _print_summary(result, dry_run)
     raise typer.Exit(1 if result.failed else 0)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (systemd stopping a job, `kill`, a timeout) ends a scan the way Ctrl-C does: the pending
+    tag write is finished or undone, the database committed, and the run can be resumed."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _database(path: Optional[Path]):

@@ -188,6 +188,31 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_checkpoint, tmp_path):
         assert read_fields(interrupted / rel, fields) == read_fields(straight / rel, fields)
 
 
+@pytest.mark.skipif(not hasattr(os, "kill") or os.name == "nt", reason="POSIX signals")
+def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoint, tmp_path, monkeypatch):
+    import signal
+
+    from musictag.scan import Scanner
+
+    db, done, done_file = tmp_path / "db.sqlite", [], Scanner._done
+
+    def terminated_after_three(self, path, status, reason=""):
+        done_file(self, path, status, reason)
+        done.append(path)
+        if len(done) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as systemd or `kill` would
+
+    monkeypatch.setattr(Scanner, "_done", terminated_after_three)
+    result = scan([library], tiny_checkpoint, db)
+    assert result.exit_code == 130 and "interrupted: everything finished so far is saved" in result.output
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the scan's handler is gone with it
+    assert not [p for p in library.rglob("*") if p.name.endswith(".musictag-tmp")]
+    monkeypatch.undo()
+    resumed = scan([library], tiny_checkpoint, db)
+    assert resumed.exit_code == 0 and "unchanged: 3," in resumed.output
+    assert f"tagged: {len(GOOD) - 3}," in resumed.output
+
+
 def test_scoring_in_workers_matches_scoring_in_the_parent(library, tiny_checkpoint, tmp_path):
     from musictag.checkpoint import load_checkpoint
     from musictag.db import Database
