@@ -26,6 +26,10 @@ class TagWriteError(FileError):
     """Reading or writing the file's tags failed; the file is left as it was."""
 
 
+class FileChangedError(TagWriteError):
+    """Another program saved the file while its tags were being written; it keeps that program's version."""
+
+
 class CheckpointError(FileError):
     """A model checkpoint is missing, corrupt, truncated or of an incompatible version."""
 

@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .audio import EXCERPT_COUNT, WINDOW_SECONDS, load_audio, load_excerpts
 from .db import Database
-from .errors import AudioDecodeError, MusictagError, TagWriteError
+from .errors import AudioDecodeError, FileChangedError, MusictagError, TagWriteError
 from .manifest import AUDIO_EXTENSIONS
 from .tags import read_fields, write_fields
 
@@ -315,13 +315,23 @@ class Scanner:
 
     def _write(self, path: str, scores: dict[str, dict[str, float]]) -> None:
         try:
-            status = self._apply_tags(path, scores)
+            status = self._apply_tags_as_it_is_now(path, scores)
         except MusictagError as e:
             reason = e.reason if isinstance(e, TagWriteError) else str(e)
             self.result.failed.append((path, reason))
             self._done(path, "failed", reason)
             return
         self._done(path, status)
+
+    def _apply_tags_as_it_is_now(self, path: str, scores: dict[str, dict[str, float]], attempts: int = 3) -> str:
+        """_apply_tags, decided again when another program (a tag editor, a second scan) saved the file
+        while it was being tagged: merging with what the file holds now keeps that program's values."""
+        for _ in range(attempts - 1):
+            try:
+                return self._apply_tags(path, scores)
+            except FileChangedError:
+                continue
+        return self._apply_tags(path, scores)  # still changing under us: reported as a failed file
 
     def _apply_tags(self, path: str, scores: dict[str, dict[str, float]]) -> str:
         ours = choose_labels(scores, self.kinds, self.options)

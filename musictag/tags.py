@@ -15,7 +15,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from .errors import TagWriteError
+from .errors import FileChangedError, TagWriteError
 
 Values = list[str]
 
@@ -248,7 +248,7 @@ def _check_unchanged(path: str, original: os.stat_result) -> None:
     """Another program may have saved the file since it was copied; replacing it would undo that."""
     now = os.stat(path)  # not st_ino: some network mounts do not keep inode numbers stable
     if (now.st_size, now.st_mtime_ns) != (original.st_size, original.st_mtime_ns):
-        raise TagWriteError(path, "the file changed while its tags were being written; left as it is")
+        raise FileChangedError(path, "the file changed while its tags were being written; left as it is")
 
 
 def _writable(path: str) -> bool:

@@ -95,6 +95,24 @@ def test_undo_keeps_what_the_user_changed_after_the_scan(library, tiny_checkpoin
     assert read_fields(wholly, list(mine)) == mine
 
 
+def test_a_tag_editor_saving_during_the_scan_keeps_its_values(library, tiny_checkpoint, tmp_path, monkeypatch):
+    import musictag.tags
+
+    target, verify, saved = library / "a" / "two.flac", musictag.tags._verify, []
+
+    def verify_while_the_user_saves(tmp, original, values):
+        verify(tmp, original, values)
+        if original == str(target) and not saved:  # once, between our copy and our rename
+            saved.append(original)
+            write_fields(original, {"genre": ["Saved by the editor"]})
+
+    monkeypatch.setattr(musictag.tags, "_verify", verify_while_the_user_saves)
+    result = scan([library], tiny_checkpoint, tmp_path / "db.sqlite")
+    assert result.exit_code == 0 and saved, result.output
+    genres = read_fields(target, ["genre"])["genre"]
+    assert genres[0] == "Saved by the editor" and len(genres) > 1  # merged with ours, decided again
+
+
 def test_replace_mode_and_skip_tagged(library, tiny_checkpoint, tmp_path):
     user = library / "a" / "two.flac"
     write_fields(user, {"genre": ["Shoegaze"]})
