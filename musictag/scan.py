@@ -24,7 +24,7 @@ from .audio import EXCERPT_COUNT, WINDOW_SECONDS, load_audio, load_excerpts
 from .db import Database
 from .errors import AudioDecodeError, FileChangedError, MusictagError, TagWriteError
 from .manifest import AUDIO_EXTENSIONS
-from .tags import read_fields, write_fields
+from .tags import file_state, read_fields, write_fields
 
 MODES = ("merge", "replace", "skip-tagged")
 USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
@@ -336,6 +336,7 @@ class Scanner:
     def _apply_tags(self, path: str, scores: dict[str, dict[str, float]]) -> str:
         ours = choose_labels(scores, self.kinds, self.options)
         ours["model"] = [f"musictag {__version__} model {self.model_id}"]
+        read_at = file_state(path)
         current = read_fields(path, list(ours))
         if self.options.mode == "skip-tagged" and any(current.get(f) for f in USER_FIELDS):
             self.result.skipped += 1
@@ -356,7 +357,7 @@ class Scanner:
             self.result.scored += 1
             return "would change"
         self.db.remember_previous(path, {name: current[name] for name in changed})
-        write_fields(path, changed)
+        write_fields(path, changed, read_at)
         self._record_written(path, new)
         self.result.tagged += 1
         return "tagged"
@@ -396,9 +397,10 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
     progress("start", {"total": len(targets)})
     for path in targets:
         try:
+            read_at = file_state(path)
             restore = _still_ours(db, path)
             if restore:
-                write_fields(path, restore)
+                write_fields(path, restore, read_at)
         except MusictagError as e:
             result.failed.append((path, getattr(e, "reason", str(e))))
             progress("file", {"path": path, "status": "failed", "reason": str(e)})

@@ -197,8 +197,11 @@ def read_fields(path: str | os.PathLike, names: list[str]) -> dict[str, Values]:
         return {name: style.get(audio.tags, field_for(name)) for name in names}
 
 
-def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> None:
-    """Set each named field to its values (None or [] deletes it), atomically for the whole file."""
+def write_fields(path: str | os.PathLike, values: dict[str, Values | None],
+                 read_at: os.stat_result | None = None) -> None:
+    """Set each named field to its values (None or [] deletes it), atomically for the whole file.
+    `read_at`: the file's stat when the caller read the tags these values were decided from; a save by
+    another program since then is a FileChangedError (default: since the copy made here)."""
     path = os.path.realpath(os.fspath(path))  # tag the target of a symlink, keep the link
     if not _writable(path):
         raise TagWriteError(path, "file is read-only")
@@ -223,7 +226,7 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None]) -> N
         with _tag_errors(path, "replacing the file with its tagged copy"):
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            _check_unchanged(path, original)
+            _check_unchanged(path, read_at or original)
             os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -251,13 +254,17 @@ def _check_unchanged(path: str, original: os.stat_result) -> None:
         raise FileChangedError(path, "the file changed while its tags were being written; left as it is")
 
 
-def _writable(path: str) -> bool:
-    """A file marked read-only stays untouched even for root, who could write it anyway."""
+def file_state(path: str) -> os.stat_result:
+    """The file's stat, as a TagWriteError when it is gone: pass it to write_fields as `read_at`."""
     try:
-        mode = os.stat(path).st_mode
+        return os.stat(path)
     except OSError as e:
         raise TagWriteError(path, f"cannot open: {e.strerror}") from None
-    return os.access(path, os.W_OK) and bool(mode & stat.S_IWUSR)
+
+
+def _writable(path: str) -> bool:
+    """A file marked read-only stays untouched even for root, who could write it anyway."""
+    return os.access(path, os.W_OK) and bool(file_state(path).st_mode & stat.S_IWUSR)
 
 
 def _save(audio, style: _Style) -> None:
