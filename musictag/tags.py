@@ -203,7 +203,8 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None],
     `read_at`: the file's stat when the caller read the tags these values were decided from; a save by
     another program since then is a FileChangedError (default: since the copy made here)."""
     path = os.path.realpath(os.fspath(path))  # tag the target of a symlink, keep the link
-    if not _writable(path):
+    original = file_state(path)
+    if not _writable(path, original):
         raise TagWriteError(path, "file is read-only")
     directory = os.path.dirname(path)
     with _tag_errors(path, "creating a temporary copy beside the file"):
@@ -211,7 +212,6 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None],
         os.close(fd)
     try:
         with _tag_errors(path, "copying before writing tags"):
-            original = os.stat(path)
             shutil.copy2(path, tmp)
             _keep_owner(path, tmp, original)
         with _tag_errors(path, "writing tags"):
@@ -262,9 +262,9 @@ def file_state(path: str) -> os.stat_result:
         raise TagWriteError(path, f"cannot open: {e.strerror}") from None
 
 
-def _writable(path: str) -> bool:
+def _writable(path: str, state: os.stat_result) -> bool:
     """A file marked read-only stays untouched even for root, who could write it anyway."""
-    return os.access(path, os.W_OK) and bool(file_state(path).st_mode & stat.S_IWUSR)
+    return os.access(path, os.W_OK) and bool(state.st_mode & stat.S_IWUSR)
 
 
 def _save(audio, style: _Style) -> None:
