@@ -1,0 +1,92 @@
+"""The baseline the shipped model must beat: musicnn's embeddings (MSD and MTT penultimate layers,
+averaged over each clip's 3 s patches) plus a logistic regression per head, fitted on the training artists
+of the 4Q split and scored on the held-out artists: the same split `musictag train --val-fraction 0.2`
+makes (musictag.manifest.split_by_group, seed 0).
+
+    python bench/teacher_probe.py --data ../shared/data/4q/manifest.csv --teacher-cache CACHE \
+        [--student-eval EVAL.json] [--json OUT.json]
+
+Needs the teacher's outputs for the clips (scripts/teacher_targets.py). With --student-eval (the JSON of
+`musictag evaluate --json` on the validation manifest), prints the two side by side with the difference.
+The probe's L2 strength is picked on the same validation split, which flatters the baseline, not us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from musictag.distill import fit_probe, load_teacher, one_hot_targets
+from musictag.manifest import read_manifest, split_by_group
+from musictag.metrics import head_metrics
+
+L2_GRID = (1e-3, 1e-2, 1e-1)
+HEADLINES = (("quadrant", "macro_f1"), ("genre", "roc_auc"), ("genre", "pr_auc"), ("mood", "roc_auc"),
+             ("mood", "pr_auc"))
+
+
+def clip_embeddings(examples, cache: str) -> np.ndarray:
+    rows = []
+    for e in examples:
+        teacher = load_teacher(e.path, cache)
+        if teacher is None:
+            sys.exit(f"{e.path}: no teacher outputs in {cache} (run scripts/teacher_targets.py)")
+        rows.append(teacher.embeddings.mean(axis=0))
+    return np.stack(rows)
+
+
+def probe_report(data: str, cache: str, val_fraction: float = 0.2, seed: int = 0) -> dict:
+    dataset = read_manifest(data, min_count=30)
+    train, val = split_by_group(dataset.examples, val_fraction, seed)
+    x_train, x_val = clip_embeddings(train, cache), clip_embeddings(val, cache)
+    best = {}
+    for l2 in L2_GRID:
+        probs = {}
+        for head, kind in dataset.heads.items():
+            y = one_hot_targets([e.labels[head] for e in train], dataset.vocab[head], kind)
+            keep = ~np.isnan(y).any(axis=1)
+            probs[head] = fit_probe(x_train[keep], y[keep], kind, l2).predict(x_val)
+        targets = {h: _truth([e.labels[h] for e in val], dataset.vocab[h], kind)
+                   for h, kind in dataset.heads.items()}
+        report = head_metrics(probs, targets, dataset.heads, dataset.vocab)
+        score = np.mean([report[h][m] for h, m in HEADLINES])
+        if not best or score > best["score"]:
+            best = {"score": float(score), "l2": l2, "metrics": report, "train": len(train), "val": len(val)}
+    return best
+
+
+def _truth(labels, vocabulary, kind):
+    hot = one_hot_targets(labels, vocabulary, kind)
+    if kind == "single":
+        return np.where(np.isnan(hot).any(axis=1), -1, np.nan_to_num(hot).argmax(axis=1))
+    return hot
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--teacher-cache", required=True)
+    parser.add_argument("--student-eval", help="musictag evaluate --json output on the validation manifest")
+    parser.add_argument("--json", help="write the probe's report here")
+    args = parser.parse_args()
+    probe = probe_report(args.data, args.teacher_cache)
+    student = json.load(open(args.student_eval))["metrics"] if args.student_eval else None
+    print(f"musicnn embedding + logistic regression (L2 {probe['l2']}), {probe['train']} training clips, "
+          f"{probe['val']} validation clips (held-out artists)")
+    print(f"{'head':10} {'metric':9} {'probe':>7}" + (f" {'student':>8} {'diff':>7}" if student else ""))
+    for head, metric in HEADLINES:
+        line = f"{head:10} {metric:9} {probe['metrics'][head][metric]:7.3f}"
+        if student:
+            value = student[head][metric]
+            line += f" {value:8.3f} {value - probe['metrics'][head][metric]:+7.3f}"
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: v for k, v in probe.items()}, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Distillation data: what the teacher (musicnn, run by scripts/teacher_targets.py in its own venv) said
+about each 3 s patch of a file, turned into training targets for the student.
+
+- Labelled clips (the 4Q manifest) get their own labels plus the clip-mean teacher taggrams as soft
+  targets for the `msd` and `mtt` heads.
+- Unlabelled tracks (Debian game music) are cut into segments of SEGMENT_PATCHES teacher patches; each
+  segment gets the mean teacher taggrams over its patches, and pseudo-labels for the 4Q heads from a
+  linear probe fitted on the teacher's embeddings of the labelled training clips (weighted lower than
+  real labels).
+
+Targets are (examples, labels) float arrays; a row the example has no target for is NaN and its weight 0,
+so one batch can mix labelled clips and unlabelled segments. The probe is a logistic regression in torch
+(no scikit-learn in musictag); bench/teacher_probe.py uses the same one as the baseline to beat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TEACHER_HEADS = ("msd", "mtt")
+TEACHER_VERSION = "musicnn-0.1.0"
+SEGMENT_PATCHES = 2  # 2 x 2.99 s: a segment just longer than one 5 s training crop
+PSEUDO_WEIGHT = 0.5  # pseudo-labels count half as much as real labels
+
+
+def teacher_key(path: str) -> str:
+    """Cache name of a file's teacher outputs (scripts/teacher_targets.py writes the same)."""
+    stat = os.stat(path)
+    text = json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, TEACHER_VERSION])
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+@dataclass
+class TeacherOutput:
+    """Per-patch teacher outputs of one file: probabilities and embeddings, (patches, n)."""
+
+    probs: dict[str, np.ndarray]  # "msd", "mtt"
+    embeddings: np.ndarray  # msd and mtt penultimate layers side by side, (patches, 400)
+    patch_seconds: float
+
+    @property
+    def patches(self) -> int:
+        return len(self.embeddings)
+
+    def mean(self, lo: int = 0, hi: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Mean probabilities and embedding over patches [lo, hi)."""
+        part = slice(lo, hi)
+        return ({h: p[part].mean(axis=0) for h, p in self.probs.items()}, self.embeddings[part].mean(axis=0))
+
+
+def load_teacher(path: str, cache_dir: str | os.PathLike) -> TeacherOutput | None:
+    """The cached teacher outputs of `path`, or None when the teacher has not analysed it."""
+    entry = Path(cache_dir) / f"{teacher_key(path)}.npz"
+    try:
+        with np.load(entry) as z:
+            return TeacherOutput({h: z[h].astype(np.float32) for h in TEACHER_HEADS},
+                                 np.concatenate([z[f"{h}_emb"] for h in TEACHER_HEADS], axis=1).astype(np.float32),
+                                 float(z["patch_seconds"]))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+@dataclass
+class Segment:
+    """A stretch of an unlabelled track's log-mel with the teacher's view of it."""
+
+    frames: slice
+    probs: dict[str, np.ndarray]
+    embedding: np.ndarray
+
+
+def segments(teacher: TeacherOutput, n_frames: int, frames_per_second: float,
+             patches: int = SEGMENT_PATCHES) -> list[Segment]:
+    """Consecutive segments of `patches` teacher patches that the track's log-mel covers whole."""
+    out = []
+    for lo in range(0, teacher.patches - patches + 1, patches):
+        start = int(round(lo * teacher.patch_seconds * frames_per_second))
+        stop = int(round((lo + patches) * teacher.patch_seconds * frames_per_second))
+        if stop > n_frames:
+            break
+        probs, embedding = teacher.mean(lo, lo + patches)
+        out.append(Segment(slice(start, stop), probs, embedding))
+    return out
+
+
+@dataclass
+class LinearProbe:
+    """Logistic regression on standardised inputs: softmax for a single-label head, sigmoids otherwise."""
+
+    weight: np.ndarray  # (d, k)
+    bias: np.ndarray  # (k,)
+    mean: np.ndarray
+    std: np.ndarray
+    kind: str
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        logits = ((x - self.mean) / self.std) @ self.weight + self.bias
+        if self.kind == "single":
+            logits = logits - logits.max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            return e / e.sum(axis=1, keepdims=True)
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, kind: str, l2: float = 1e-2, steps: int = 200) -> LinearProbe:
+    """Fit by L-BFGS with an L2 penalty on the weights; y is (n, k): one-hot rows for "single"."""
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.float32))
+    w = torch.zeros(x.shape[1], y.shape[1], requires_grad=True)
+    b = torch.zeros(y.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        logits = xt @ w + b
+        if kind == "single":
+            loss = -(yt * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        else:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt)
+        loss = loss + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return LinearProbe(w.detach().numpy(), b.detach().numpy(), mean, std, kind)
+
+
+def one_hot_targets(labels: list[list[str]], vocabulary: list[str], kind: str) -> np.ndarray:
+    """(n, k) float targets; a single-label row whose label is unknown is all NaN (no target)."""
+    index = {label: i for i, label in enumerate(vocabulary)}
+    out = np.zeros((len(labels), len(vocabulary)), np.float32)
+    for row, values in enumerate(labels):
+        known = [index[v] for v in values if v in index]
+        if kind == "single" and len(known) != 1:
+            out[row] = np.nan
+        out[row, known] = 1.0
+    return out
+
+
+@dataclass
+class DistillSet:
+    """Features and targets of a training (or validation) set that mixes labelled and unlabelled audio."""
+
+    features: list[np.ndarray]  # (n_mels, frames) float16; segments are views of their track's log-mel
+    targets: dict[str, np.ndarray]  # head -> (n, k) float32, NaN rows where the example has no target
+    weights: dict[str, np.ndarray]  # head -> (n,) float32 loss weight per example
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def labelled_set(features: list[np.ndarray], labels: dict[str, list[list[str]]], heads: dict[str, str],
+                 vocab: dict[str, list[str]], teachers: list[TeacherOutput | None], names: list[str]) -> DistillSet:
+    """Labelled clips: their labels, plus clip-mean teacher taggrams where the teacher analysed them."""
+    n = len(features)
+    targets = {h: one_hot_targets(labels[h], vocab[h], kind) for h, kind in heads.items()}
+    weights = {h: np.where(np.isnan(t).any(axis=1), 0.0, 1.0).astype(np.float32) for h, t in targets.items()}
+    for head in TEACHER_HEADS:
+        t = np.full((n, next(x for x in teachers if x is not None).probs[head].shape[1]), np.nan, np.float32)
+        for i, teacher in enumerate(teachers):
+            if teacher is not None:
+                t[i] = teacher.probs[head].mean(axis=0)
+        targets[head], weights[head] = t, (~np.isnan(t).any(axis=1)).astype(np.float32)
+    return DistillSet(list(features), targets, weights, list(names))
+
+
+def unlabelled_set(tracks: list[tuple[str, np.ndarray, TeacherOutput]], frames_per_second: float,
+                   probes: dict[str, LinearProbe], pseudo_weight: float = PSEUDO_WEIGHT) -> DistillSet:
+    """Unlabelled tracks cut into segments: teacher taggrams as targets for the teacher heads, the
+    probes' predictions from the teacher embedding as pseudo-labels for the labelled heads."""
+    features, names, probs, embeddings = [], [], {h: [] for h in TEACHER_HEADS}, []
+    for name, mel, teacher in tracks:
+        for k, seg in enumerate(segments(teacher, mel.shape[1], frames_per_second)):
+            features.append(mel[:, seg.frames])
+            names.append(f"{name}#{k}")
+            embeddings.append(seg.embedding)
+            for h in TEACHER_HEADS:
+                probs[h].append(seg.probs[h])
+    n = len(features)
+    targets = {h: np.stack(p).astype(np.float32) for h, p in probs.items()}
+    weights = {h: np.ones(n, np.float32) for h in TEACHER_HEADS}
+    x = np.stack(embeddings)
+    for head, probe in probes.items():
+        targets[head] = probe.predict(x).astype(np.float32)
+        weights[head] = np.full(n, pseudo_weight, np.float32)
+    return DistillSet(features, targets, weights, names)
+
+
+def concat(a: DistillSet, b: DistillSet) -> DistillSet:
+    """Both sets in one; a head only one of them has gets NaN targets and weight 0 in the other."""
+    heads = list(dict.fromkeys([*a.targets, *b.targets]))
+    targets, weights = {}, {}
+    for h in heads:
+        width = (a.targets.get(h) if h in a.targets else b.targets[h]).shape[1]
+        parts = [s.targets.get(h, np.full((len(s), width), np.nan, np.float32)) for s in (a, b)]
+        targets[h] = np.concatenate(parts)
+        weights[h] = np.concatenate([s.weights.get(h, np.zeros(len(s), np.float32)) for s in (a, b)])
+    return DistillSet(a.features + b.features, targets, weights, a.names + b.names)

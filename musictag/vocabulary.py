@@ -1,0 +1,228 @@
+"""What scan writes: a vocabulary of genres and moods people use, each scored from the model heads that
+carry it, each written only above a threshold chosen on validation for a stated precision.
+
+A term is one value a field can hold ("Jazz", "calm"). Its score is the mean of its sources' probabilities
+("genre:Jazz" from the 4Q AllMusic head, "msd:jazz" from the head distilled from musicnn's Last.fm tags);
+`judged_by` names the AllMusic labels (of the head `truth_head`) that make it right on labelled data, so
+thresholds can be chosen and the written tags scored. A checkpoint stores its vocabulary with the chosen
+thresholds (`to_dict`); scan reads it back (`from_dict`), so thresholds always travel with their weights.
+
+Pure: no I/O, no torch. Probabilities come in as {head: {label: p}} (one track, as the database stores
+them) or {head: array (tracks, labels)} (evaluation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+PRECISION_TARGET = 0.8  # thresholds are the lowest score at which validation precision reaches this
+MIN_POSITIVES = 3  # a term with fewer validation positives keeps its prior threshold
+PRIOR_THRESHOLD = 0.5  # terms nobody could calibrate (teacher-only tags: instruments, voice)
+TOP_K = {"genre": 2, "mood": 2, "quadrant": 1, "instrument": 3, "voice": 1}  # most values written per field
+OPT_IN_FIELDS = ("instrument", "voice")  # scored and stored always; written only when asked
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str  # the value written into the field
+    sources: tuple[str, ...]  # "head:label" whose probabilities are averaged
+    judged_by: tuple[str, ...] = ()  # labels of the truth head that make this term right
+    threshold: float = PRIOR_THRESHOLD
+
+
+@dataclass(frozen=True)
+class FieldVocabulary:
+    name: str  # the tag field (tags.FIELDS)
+    terms: tuple[Term, ...]
+    truth_head: str = ""  # the labelled head its terms are judged against ("" : none, thresholds are priors)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "truth_head": self.truth_head,
+                "terms": [{**asdict(t), "sources": list(t.sources), "judged_by": list(t.judged_by)}
+                          for t in self.terms]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FieldVocabulary":
+        terms = tuple(Term(t["name"], tuple(t["sources"]), tuple(t.get("judged_by", ())),
+                           float(t.get("threshold", PRIOR_THRESHOLD))) for t in data["terms"])
+        return cls(data["name"], terms, data.get("truth_head", ""))
+
+
+def _terms(rows: list[tuple[str, str, str]], truth_head: str) -> tuple[Term, ...]:
+    """(name, sources separated by spaces, judged_by separated by |) rows into Terms."""
+    return tuple(Term(name, tuple(sources.split()), tuple(j for j in judged.split("|") if j))
+                 for name, sources, judged in rows)
+
+
+# Genres a listener recognises, each from the heads that carry it, judged against AllMusic's genres.
+# Source labels use "_" for spaces inside a label ("msd:classic_rock" is the tag "classic rock").
+GENRES = _terms([
+    ("Rock", "genre:Pop/Rock msd:rock", "Pop/Rock"),
+    ("Pop", "genre:Pop/Rock msd:pop", "Pop/Rock"),
+    ("Metal", "genre:Pop/Rock msd:metal mtt:metal", "Pop/Rock"),
+    ("Electronic", "genre:Electronic msd:electronic", "Electronic"),
+    ("Hip-Hop", "genre:Rap msd:Hip-Hop", "Rap"),
+    ("Jazz", "genre:Jazz msd:jazz", "Jazz"),
+    ("Blues", "genre:Blues msd:blues", "Blues"),
+    ("Classical", "mtt:classical", "Classical"),
+    ("Country", "genre:Country msd:country", "Country"),
+    ("Folk", "genre:Folk msd:folk", "Folk"),
+    ("R&B/Soul", "genre:R&B msd:soul msd:rnb", "R&B"),
+    ("Reggae", "genre:Reggae", "Reggae"),
+    ("Latin", "genre:Latin", "Latin"),
+    ("Ambient/New Age", "genre:New_Age msd:ambient mtt:new_age", "New Age"),
+    ("Soundtrack", "genre:Stage_&_Screen", "Stage & Screen"),
+    ("World", "genre:International", "International"),
+    ("Vocal", "genre:Vocal", "Vocal"),
+], "genre")
+
+# AllMusic's 62 most frequent 4Q moods in ten groups of near-synonyms; the first word names the group.
+_MOOD_GROUPS = {
+    "calm": "calm peaceful soothing relaxed quiet soft gentle delicate lazy",
+    "sad": "sad gloomy bleak somber weary brooding anguished distraught negative",
+    "angry": "angry hostile harsh fierce bitter volatile uncompromising rebellious outrageous reckless",
+    "tense": "tense nervous anxious jittery ominous menacing",
+    "happy": "happy cheerful joyous fun light innocent sparkling",
+    "energetic": "energetic exciting lively fiery",
+    "dreamy": "dreamy atmospheric ethereal hypnotic lush",
+    "sensual": "sensual sexy spicy greasy",
+    "spiritual": "spiritual reverent",
+    "elegant": "elegant refined reserved restrained cerebral organic",
+}
+MOODS = tuple(Term(name, tuple(f"mood:{m}" for m in members.split()), tuple(members.split()))
+              for name, members in _MOOD_GROUPS.items())
+
+QUADRANTS = tuple(Term(q, (f"quadrant:{q}",), (q,)) for q in ("Q1", "Q2", "Q3", "Q4"))
+
+INSTRUMENTS = _terms([(name, f"mtt:{name}", "") for name in (
+    "piano", "guitar", "strings", "violin", "cello", "drums", "synth", "flute", "harp", "harpsichord",
+    "sitar", "choir")], "")
+VOICES = _terms([
+    ("instrumental", "msd:instrumental mtt:no_vocals", ""),
+    ("female vocals", "msd:female_vocalists mtt:female_vocal", ""),
+    ("male vocals", "msd:male_vocalists mtt:male_vocal", ""),
+], "")
+
+DEFAULT_FIELDS = (FieldVocabulary("genre", GENRES, "genre"), FieldVocabulary("mood", MOODS, "mood"),
+                  FieldVocabulary("quadrant", QUADRANTS, "quadrant"),
+                  FieldVocabulary("instrument", INSTRUMENTS), FieldVocabulary("voice", VOICES))
+
+
+def _source(source: str) -> tuple[str, str]:
+    head, label = source.split(":", 1)
+    return head, label.replace("_", " ")
+
+
+def available(fields: tuple[FieldVocabulary, ...], labels: dict[str, list[str]]) -> tuple[FieldVocabulary, ...]:
+    """The vocabulary a model with these heads can score: sources it lacks are dropped, terms left with
+    none are dropped, fields left with no terms are dropped."""
+    kept = []
+    for f in fields:
+        terms = []
+        for term in f.terms:
+            sources = tuple(s for s in term.sources if _source(s)[1] in labels.get(_source(s)[0], ()))
+            if sources:
+                terms.append(replace(term, sources=sources))
+        if terms:
+            kept.append(replace(f, terms=tuple(terms)))
+    return tuple(kept)
+
+
+def track_term_scores(f: FieldVocabulary, scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One track's score per term, from its stored head scores."""
+    out = {}
+    for term in f.terms:
+        values = [scores.get(h, {}).get(label) for h, label in map(_source, term.sources)]
+        values = [v for v in values if v is not None]
+        if values:
+            out[term.name] = float(np.mean(values))
+    return out
+
+
+def term_matrix(f: FieldVocabulary, probs: dict[str, np.ndarray], labels: dict[str, list[str]]) -> np.ndarray:
+    """(tracks, terms) scores from per-head probability arrays."""
+    columns = []
+    for term in f.terms:
+        parts = [probs[h][:, labels[h].index(label)] for h, label in map(_source, term.sources)]
+        columns.append(np.mean(parts, axis=0))
+    return np.stack(columns, axis=1)
+
+
+def truth_matrix(f: FieldVocabulary, truth: list[list[str]]) -> np.ndarray:
+    """(tracks, terms) booleans: does the track carry any label that makes the term right."""
+    return np.array([[bool(set(term.judged_by) & set(labels)) for term in f.terms] for labels in truth], bool)
+
+
+def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None = None,
+           threshold: float | None = None) -> list[str]:
+    """The terms worth writing, best first: at or above their threshold (or the one given), at most
+    top_k. Nothing when nothing is confident: the field is then left as it is."""
+    k = TOP_K.get(f.name, 1) if top_k is None else top_k
+    passing = [t.name for t in f.terms if t.name in term_scores
+               and term_scores[t.name] >= (t.threshold if threshold is None else threshold)]
+    return sorted(passing, key=lambda name: -term_scores[name])[:k]
+
+
+def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float = PRECISION_TARGET,
+              min_positives: int = MIN_POSITIVES) -> FieldVocabulary:
+    """Per term, the lowest threshold at which the validation precision of "score >= threshold" reaches
+    `precision` (the terms' own columns of `scores` and `truth`, (tracks, terms)). A term that reaches it
+    nowhere gets a threshold above its highest score (never written); one with too few positives keeps
+    its prior."""
+    terms = []
+    for j, term in enumerate(f.terms):
+        if truth[:, j].sum() < min_positives:
+            terms.append(term)
+            continue
+        terms.append(replace(term, threshold=precision_threshold(scores[:, j], truth[:, j], precision)))
+    return replace(f, terms=tuple(terms))
+
+
+def precision_threshold(scores: np.ndarray, truth: np.ndarray, precision: float) -> float:
+    order = np.argsort(-scores, kind="stable")
+    hits = np.cumsum(truth[order])
+    reached = np.nonzero(hits / np.arange(1, len(order) + 1) >= precision)[0]
+    if len(reached) == 0:
+        return float(min(1.0, scores.max() + 1e-6)) if len(scores) else 1.0
+    # the largest cut-off that still holds the precision, at a score boundary
+    return float(scores[order[reached[-1]]])
+
+
+@dataclass
+class FieldQuality:
+    precision: float  # share of written terms that are right
+    coverage: float  # share of tracks that get at least one term
+    first_precision: float  # share of tracks' first written term that is right
+    written: int = 0
+    tracks: int = 0
+    per_term: dict[str, dict] = field(default_factory=dict)
+
+
+def written_quality(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, top_k: int | None = None
+                    ) -> FieldQuality:
+    """How right the terms `choose` writes are, judged against `truth` (tracks, terms)."""
+    names = [t.name for t in f.terms]
+    right = written = first_right = covered = 0
+    per_term = {name: {"written": 0, "right": 0} for name in names}
+    for row in range(len(scores)):
+        chosen = choose(f, dict(zip(names, scores[row].tolist())), top_k)
+        hits = [bool(truth[row, names.index(name)]) for name in chosen]
+        right, written = right + sum(hits), written + len(hits)
+        covered += bool(chosen)
+        first_right += bool(hits and hits[0])
+        for name, hit in zip(chosen, hits):
+            per_term[name]["written"] += 1
+            per_term[name]["right"] += hit
+    n = max(len(scores), 1)
+    return FieldQuality(right / written if written else float("nan"), covered / n,
+                        first_right / covered if covered else float("nan"), written, len(scores), per_term)
+
+
+def vocabulary_to_dict(fields: tuple[FieldVocabulary, ...]) -> list[dict]:
+    return [f.to_dict() for f in fields]
+
+
+def vocabulary_from_dict(data: list[dict]) -> tuple[FieldVocabulary, ...]:
+    return tuple(FieldVocabulary.from_dict(d) for d in data)

@@ -1,0 +1,94 @@
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_track
+
+from musictag.distill import (DistillSet, LinearProbe, TeacherOutput, concat, fit_probe, labelled_set,
+                              load_teacher, one_hot_targets, segments, teacher_key, unlabelled_set)
+
+ROOT = Path(__file__).resolve().parent.parent
+TEACHER_PYTHON = Path(os.environ.get("MUSICTAG_TEACHER_PYTHON", ROOT / ".teacher-venv" / "bin" / "python"))
+
+
+def teacher(patches: int, seed: int = 0) -> TeacherOutput:
+    rng = np.random.default_rng(seed)
+    return TeacherOutput({"msd": rng.random((patches, 50), np.float32), "mtt": rng.random((patches, 50), np.float32)},
+                         rng.normal(size=(patches, 400)).astype(np.float32), 2.992)
+
+
+def test_segments_cover_whole_teacher_patches_inside_the_log_mel():
+    t = teacher(7)
+    fps = 22050 / 512
+    segs = segments(t, n_frames=int(20 * fps), frames_per_second=fps, patches=2)
+    # 7 patches make 3 segments of 2, but 20 s of log-mel holds only the first 3 (up to 17.95 s)
+    assert len(segs) == 3
+    assert segs[1].frames == slice(round(2 * 2.992 * fps), round(4 * 2.992 * fps))
+    np.testing.assert_allclose(segs[1].probs["msd"], t.probs["msd"][2:4].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(segs[2].embedding, t.embeddings[4:6].mean(axis=0), rtol=1e-5)
+
+
+def test_probe_learns_a_separable_problem():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 5))
+    single = one_hot_targets([["a"] if v > 0 else ["b"] for v in x[:, 0]], ["a", "b"], "single")
+    probs = fit_probe(x, single, "single").predict(x)
+    assert np.mean(probs.argmax(axis=1) == (x[:, 0] <= 0)) > 0.95
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    multi = np.stack([x[:, 1] > 0, x[:, 2] > 0], axis=1).astype(np.float32)
+    assert np.mean((fit_probe(x, multi, "multi").predict(x) > 0.5) == multi) > 0.95
+
+
+def test_unknown_single_labels_have_no_target():
+    t = one_hot_targets([["Q1"], ["Q9"], []], ["Q1", "Q2"], "single")
+    assert t[0].tolist() == [1.0, 0.0] and np.isnan(t[1]).all() and np.isnan(t[2]).all()
+    assert one_hot_targets([["x", "y"], []], ["x", "y", "z"], "multi").tolist() == [[1, 1, 0], [0, 0, 0]]
+
+
+def test_labelled_and_unlabelled_sets_mix_with_weights_and_missing_targets():
+    mel = np.zeros((8, 300), np.float16)
+    clips = labelled_set([mel, mel], {"quadrant": [["Q1"], ["Q2"]]}, {"quadrant": "single"},
+                         {"quadrant": ["Q1", "Q2"]}, [teacher(3), None], ["a.mp3", "b.mp3"])
+    assert clips.weights["msd"].tolist() == [1.0, 0.0] and np.isnan(clips.targets["msd"][1]).all()
+    probe = LinearProbe(np.zeros((400, 2)), np.array([0.0, 1.0]), np.zeros(400), np.ones(400), "single")
+    songs = unlabelled_set([("song", np.zeros((8, 600), np.float16), teacher(4))], 22050 / 512,
+                           {"quadrant": probe}, pseudo_weight=0.5)
+    assert len(songs) == 2 and songs.names == ["song#0", "song#1"]
+    np.testing.assert_allclose(songs.targets["quadrant"][0], [0.2689, 0.7311], atol=1e-4)
+    both = concat(clips, songs)
+    assert len(both) == 4 and both.weights["quadrant"].tolist() == [1.0, 1.0, 0.5, 0.5]
+    assert both.weights["msd"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert isinstance(both, DistillSet)
+
+
+def _teacher_script():
+    spec = importlib.util.spec_from_file_location("teacher_targets", ROOT / "scripts" / "teacher_targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_cache_names_agree_between_the_script_and_musictag(tmp_path):
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"x")
+    assert _teacher_script().teacher_key(str(audio)) == teacher_key(str(audio))
+
+
+@pytest.mark.skipif(not TEACHER_PYTHON.is_file(),
+                    reason=f"the teacher venv (TensorFlow + musicnn) is not installed at {TEACHER_PYTHON}: "
+                           "scripts/teacher_env.sh makes it; musictag itself never needs it")
+def test_teacher_step_caches_both_taggrams_and_embeddings(tmp_path):
+    clip = write_track(tmp_path / "clip.wav", seconds=10.0)
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"{clip}\n")
+    subprocess.run([str(TEACHER_PYTHON), str(ROOT / "scripts" / "teacher_targets.py"), "--list", str(listing),
+                    "--out", str(tmp_path / "cache")], check=True, capture_output=True, timeout=600)
+    out = load_teacher(str(clip), tmp_path / "cache")
+    assert out is not None and out.patches == 3  # 10 s hold three whole 2.99 s patches
+    assert out.probs["msd"].shape == (3, 50) and out.embeddings.shape == (3, 400)
+    assert ((out.probs["mtt"] >= 0) & (out.probs["mtt"] <= 1)).all()
+    assert not np.allclose(out.embeddings[0], out.embeddings[1])  # musicnn's extractor would repeat patch 0

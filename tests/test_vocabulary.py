@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from musictag.vocabulary import (DEFAULT_FIELDS, MOODS, FieldVocabulary, Term, available, calibrate, choose,
+                                 precision_threshold, term_matrix, track_term_scores, truth_matrix,
+                                 vocabulary_from_dict, vocabulary_to_dict, written_quality)
+
+GENRE = FieldVocabulary("genre", (Term("Jazz", ("genre:Jazz", "msd:jazz"), ("Jazz",), 0.5),
+                                  Term("Rock", ("genre:Pop/Rock", "msd:rock"), ("Pop/Rock",), 0.6),
+                                  Term("Soundtrack", ("genre:Stage_&_Screen",), ("Stage & Screen",), 0.4)),
+                        "genre")
+
+
+def test_mood_groups_name_each_allmusic_mood_once():
+    members = [m for term in MOODS for m in term.judged_by]
+    assert len(members) == len(set(members)) == 62
+    assert all(term.name in term.judged_by for term in MOODS)  # each group is named by one of its words
+
+
+def test_available_drops_sources_and_terms_the_model_lacks():
+    labels = {"genre": ["Jazz", "Stage & Screen"], "msd": ["jazz"]}
+    (genre,) = available((GENRE,), labels)
+    assert [t.name for t in genre.terms] == ["Jazz", "Soundtrack"]
+    assert genre.terms[0].sources == ("genre:Jazz", "msd:jazz")
+    assert available((GENRE,), {"mood": ["calm"]}) == ()
+
+
+def test_term_scores_average_sources_for_one_track_and_for_arrays():
+    scores = {"genre": {"Jazz": 0.9, "Pop/Rock": 0.2, "Stage & Screen": 0.1}, "msd": {"jazz": 0.5, "rock": 0.4}}
+    assert track_term_scores(GENRE, scores) == pytest.approx({"Jazz": 0.7, "Rock": 0.3, "Soundtrack": 0.1})
+    labels = {"genre": ["Jazz", "Pop/Rock", "Stage & Screen"], "msd": ["jazz", "rock"]}
+    probs = {"genre": np.array([[0.9, 0.2, 0.1]]), "msd": np.array([[0.5, 0.4]])}
+    np.testing.assert_allclose(term_matrix(GENRE, probs, labels), [[0.7, 0.3, 0.1]])
+
+
+def test_choose_writes_only_confident_terms_best_first_and_nothing_when_none_is():
+    assert choose(GENRE, {"Jazz": 0.9, "Rock": 0.65, "Soundtrack": 0.45}, top_k=2) == ["Jazz", "Rock"]
+    assert choose(GENRE, {"Jazz": 0.45, "Rock": 0.55, "Soundtrack": 0.39}) == []
+    # a single threshold given by the user replaces the calibrated ones
+    assert choose(GENRE, {"Jazz": 0.45, "Rock": 0.55, "Soundtrack": 0.3}, threshold=0.4) == ["Rock", "Jazz"]
+
+
+def test_precision_threshold_is_the_lowest_cut_that_holds_the_precision():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    truth = np.array([1, 1, 0, 1, 0, 0], bool)
+    assert precision_threshold(scores, truth, 0.75) == 0.6  # top 4: 3 right
+    assert precision_threshold(scores, truth, 1.0) == 0.8
+    # never reached: a threshold above every score, so the term is never written
+    assert precision_threshold(scores, np.zeros(6, bool), 0.5) > 0.9
+
+
+def test_calibrate_keeps_the_prior_for_terms_with_too_few_positives():
+    scores = np.array([[0.9, 0.9, 0.1], [0.8, 0.2, 0.2], [0.3, 0.7, 0.3], [0.2, 0.6, 0.9]])
+    truth = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1]], bool)
+    out = calibrate(GENRE, scores, truth, precision=0.75, min_positives=2)
+    # Rock holds 0.75 only with all four tracks; Soundtrack has 1 positive and keeps its prior
+    assert [t.threshold for t in out.terms] == [0.8, 0.2, 0.4]
+
+
+def test_written_quality_counts_precision_coverage_and_first_term():
+    scores = np.array([[0.9, 0.7, 0.1], [0.2, 0.1, 0.1], [0.6, 0.1, 0.5]])
+    truth = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1]], bool)
+    q = written_quality(GENRE, scores, truth, top_k=2)
+    # track 0 gets Jazz (right) and Rock (wrong); track 1 nothing; track 2 Jazz (wrong), Soundtrack (right)
+    assert (q.written, q.precision, q.coverage, q.first_precision) == (4, 0.5, pytest.approx(2 / 3), 0.5)
+    assert q.per_term["Rock"] == {"written": 1, "right": 0}
+
+
+def test_truth_matrix_and_round_trip_through_a_checkpoint_dict():
+    truth = truth_matrix(GENRE, [["Jazz", "Blues"], ["Pop/Rock"], []])
+    assert truth.tolist() == [[True, False, False], [False, True, False], [False, False, False]]
+    assert vocabulary_from_dict(vocabulary_to_dict(DEFAULT_FIELDS)) == DEFAULT_FIELDS
