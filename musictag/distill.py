@@ -205,3 +205,20 @@ def concat(a: DistillSet, b: DistillSet) -> DistillSet:
         targets[h] = np.concatenate(parts)
         weights[h] = np.concatenate([s.weights.get(h, np.zeros(len(s), np.float32)) for s in (a, b)])
     return DistillSet(a.features + b.features, targets, weights, a.names + b.names)
+
+
+PROBE_L2 = 1e-2  # bench/teacher_probe.py's grid picks this on the 4Q split for every head but one
+
+
+def fit_pseudo_labellers(teachers: list[TeacherOutput | None], labels: dict[str, list[list[str]]],
+                         heads: dict[str, str], vocab: dict[str, list[str]], l2: float = PROBE_L2
+                         ) -> dict[str, LinearProbe]:
+    """One probe per labelled head, on the clip-mean teacher embeddings of the clips the teacher heard."""
+    heard = [i for i, t in enumerate(teachers) if t is not None]
+    x = np.stack([teachers[i].embeddings.mean(axis=0) for i in heard])
+    probes = {}
+    for head, kind in heads.items():
+        y = one_hot_targets([labels[head][i] for i in heard], vocab[head], kind)
+        keep = ~np.isnan(y).any(axis=1)
+        probes[head] = fit_probe(x[keep], y[keep], kind, l2)
+    return probes
