@@ -28,7 +28,7 @@ import torch
 from musictag.audio import EXCERPT_COUNT, WINDOW_SECONDS, load_audio, plan_excerpts
 from musictag.checkpoint import load_checkpoint
 from musictag.inference import Tagger
-from musictag.scan import walk
+from musictag.library import walk
 
 
 def grid_probabilities(tagger: Tagger, audio: np.ndarray, hop: float, batch: int = 32) -> dict[str, np.ndarray]:

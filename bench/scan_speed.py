@@ -18,8 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +72,12 @@ def build_library(build_dir: Path, tracks: int) -> Path:
 def decode_floor(files: list[str], workers: int, sr: int, whole: bool = False, excerpts: int = 5) -> float:
     """Seconds to decode exactly the excerpt windows (or whole tracks) of every file with the scan's
     worker setup; the pool is started before the clock, as scan's cost of starting it is small."""
-    from musictag.scan import bounded_map, decode_track, quiet_worker
+    from musictag.pipeline import Job, bounded_map, decode_track, worker_pool
 
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=quiet_worker) as pool:
+    with worker_pool(workers) as pool:
         list(pool.map(int, range(workers)))  # spawn the workers
         start = time.perf_counter()
-        for _ in bounded_map(pool, decode_track, ((f, sr, whole, excerpts) for f in files), 4 * workers):
+        for _ in bounded_map(pool, decode_track, (Job(f, sr, whole, excerpts) for f in files), 4 * workers):
             pass
         return time.perf_counter() - start
 
@@ -137,7 +135,7 @@ def cpu_profile(files: list[str], model: str | None, excerpts: int) -> dict[str,
 
     from musictag.checkpoint import load_checkpoint
     from musictag.inference import Tagger
-    from musictag.scan import decode_track
+    from musictag.pipeline import Job, decode_track
 
     torch.set_num_threads(1)
     tagger = Tagger(load_checkpoint(model), "cpu")
@@ -145,7 +143,7 @@ def cpu_profile(files: list[str], model: str | None, excerpts: int) -> dict[str,
     with torch.inference_mode():
         for path in files:
             t = time.process_time()
-            _, _, windows, _ = decode_track((path, tagger.sample_rate, False, excerpts))
+            windows = decode_track(Job(path, tagger.sample_rate, False, excerpts)).windows
             costs["decode"] += time.process_time() - t
             for group in {len(w): [v for v in windows if len(v) == len(w)] for w in windows or []}.values():
                 t = time.process_time()
@@ -203,7 +201,7 @@ def cached_rescan(library: Path, model: str | None, count: int, workers: int) ->
             os.link(src, folder / f"{i:05d}{src.suffix}")
         db_path = Path(tmp) / "cached.db"
         with Database(db_path) as db:
-            heads = {h: k for h, (k, _) in load_checkpoint(model).model_config.heads.items()}
+            heads = load_checkpoint(model).model_config.kinds
             db.put_model(model_id, heads)
             for path in sorted(big.rglob("*.*")):
                 st = os.stat(path)
@@ -244,7 +242,7 @@ def main() -> None:
 
     from musictag.audio import probe_duration
     from musictag.checkpoint import load_checkpoint
-    from musictag.scan import walk
+    from musictag.library import walk
 
     library = Path(args.library) if args.library else build_library(Path(args.build_dir), args.tracks)
     base_files = list(walk([library]))

@@ -1,25 +1,95 @@
-"""Library API under the CLI: train, finetune, evaluate, scan. No printing; progress via callbacks."""
+"""Library API under the CLI: scan, undo, export, train, finetune, evaluate and model cards, with every
+recipe and default they use. No printing; progress via callbacks.
+
+scan, undo and export never need torch, so the modules built on it are imported in the functions that
+use them: `musictag undo` and `musictag export-csv` start without loading it.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
-from .cache import cached_features
-from .checkpoint import Checkpoint, load_checkpoint
+from .db import Database, default_db_path
+from .defaults import DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, VAL_FRACTION
 from .errors import ManifestError
-from .features import FeatureConfig
-from .manifest import Dataset, Example, read_manifest, split_by_group
-from .model import CPResNet, ModelConfig, replace_heads
-from .train import Prepared, Progress, TrainConfig, encode_targets, normalization_stats, train_model
+from .export import export_csv
+from .manifest import Dataset, Example, encode_targets, read_manifest, split_by_group, with_vocabulary
+from .progress import Progress, no_progress
+from .scan import MODES, ScanOptions, ScanResult, Scanner, undo
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .features import FeatureConfig
+    from .inference import Tagger
+    from .model import ModelConfig
+    from .train import Prepared, TrainConfig
+
+__all__ = ["MODES", "Database", "ScanOptions", "default_db_path", "export_csv", "undo"]  # re-exported for the CLI
+
+# `musictag train` without a config file: the shipped model's narrow trunk and 96 mel bins, not the
+# paper's 128 channels and 128 bins that ModelConfig and FeatureConfig default to
+TRAIN_MODEL_DEFAULTS = {"width": 32}
+TRAIN_FEATURE_DEFAULTS = {"n_mels": 96}
+
+
+def load_tagger(model: str | Path | None = None, device: str = "auto", workers: int = 0) -> "Tagger":
+    """The model (the shipped one when None) ready to score. On the CPU torch gets the cores the
+    decode workers leave free (`workers` 0: one per core)."""
+    from .checkpoint import load_checkpoint
+    from .inference import Tagger, set_cpu_threads
+
+    tagger = Tagger(load_checkpoint(model), device)
+    if tagger.device.type == "cpu":
+        cores = os.cpu_count() or 1
+        set_cpu_threads(max(1, cores - (workers or cores) // 2))
+    return tagger
+
+
+def load_model(model: str | Path | None = None) -> "Checkpoint":
+    """The checkpoint at `model`, the shipped one when None."""
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(model)
+
+
+def locations(model: str | Path | None = None, db: str | Path | None = None) -> dict[str, Path]:
+    """Where the model, the scan database and the training feature cache are."""
+    from .cache import default_cache_dir
+    from .checkpoint import shipped_path
+
+    return {"model": Path(model or shipped_path()), "database": Path(db or default_db_path()),
+            "feature cache": default_cache_dir()}
+
+
+def scan_options(top_k: dict[str, int] | None = None, every_head_top_k: int | None = None,
+                 **settings) -> ScanOptions:
+    """ScanOptions with `top_k` overriding the per-head defaults, or `every_head_top_k` replacing them."""
+    options = ScanOptions(**{k: v for k, v in settings.items() if v is not None})
+    if every_head_top_k is not None:
+        options.top_k, options.default_top_k = {}, every_head_top_k
+    options.top_k.update(top_k or {})
+    return options
+
+
+def scan(tagger: "Tagger", db: Database, paths: Iterable[str | os.PathLike], options: ScanOptions | None = None,
+         progress: Progress | None = None) -> ScanResult:
+    """Score and tag every audio file under `paths` (see scan.Scanner)."""
+    return Scanner(tagger, db, options or ScanOptions(), progress).run(paths)
 
 
 def prepare(examples: list[Example], heads: dict[str, str], vocab: dict[str, list[str]],
-            features: FeatureConfig, workers: int = 2, skip_unreadable: bool = False,
-            progress: Progress | None = None) -> Prepared:
+            features: "FeatureConfig", workers: int = DECODE_WORKERS, skip_unreadable: bool = False,
+            progress: Progress | None = None) -> "Prepared":
     """Decode and cache every example's log-mel; unreadable files are an error unless skipped."""
-    progress = progress or (lambda event, data: None)
+    from .cache import cached_features
+    from .train import Prepared
+
+    progress = progress or no_progress
     mels, failures = cached_features([e.path for e in examples], features, workers=workers,
                                      progress=lambda done, total: progress("cache", {"done": done, "total": total}))
     if failures and not skip_unreadable:
@@ -42,51 +112,134 @@ def split(dataset: Dataset, val: str | Path | None, val_fraction: float, seed: i
     return split_by_group(dataset.examples, val_fraction, seed)
 
 
-def train(data: str | Path, out: str | Path, model_config: ModelConfig | None = None,
-          features: FeatureConfig | None = None, config: TrainConfig | None = None,
-          val: str | Path | None = None, val_fraction: float = 0.2, min_count: int = 1,
+def training_configs(config_file: str | Path | None = None, epochs: int | None = None, seed: int | None = None,
+                     n_mels: int | None = None, **model_options
+                     ) -> tuple["ModelConfig", "FeatureConfig", "TrainConfig"]:
+    """`musictag train`'s configs: a JSON file's 'model', 'features' and 'train' sections over the
+    recipe defaults, then the options given (None: not given)."""
+    from .features import FeatureConfig
+    from .model import ModelConfig
+    from .train import TrainConfig
+
+    sections = json.loads(Path(config_file).read_text()) if config_file else {}
+    model = {**TRAIN_MODEL_DEFAULTS, **{k: v for k, v in sections.get("model", {}).items() if k != "heads"}}
+    model.update({k: v for k, v in model_options.items() if v is not None})
+    features = {**TRAIN_FEATURE_DEFAULTS, **sections.get("features", {})}
+    if n_mels:
+        features["n_mels"] = n_mels
+    train_section = dict(sections.get("train", {}))
+    if epochs:
+        train_section["epochs"] = epochs
+    if seed is not None:
+        train_section["seed"] = seed
+    return ModelConfig(**model), FeatureConfig(**features), TrainConfig.from_dict(train_section)
+
+
+def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" = None,
+          features: "FeatureConfig | None" = None, config: "TrainConfig | None" = None,
+          val: str | Path | None = None, val_fraction: float = VAL_FRACTION, min_count: int = 1,
           ignore: tuple[str, ...] = (), single: tuple[str, ...] = (), resume: bool = False,
-          workers: int = 2, progress: Progress | None = None) -> tuple[Checkpoint, dict]:
+          workers: int = DECODE_WORKERS, progress: Progress | None = None) -> tuple["Checkpoint", dict]:
     """Train a model from scratch on a manifest or folder-per-class data set."""
+    from .features import FeatureConfig
+    from .model import CPResNet, ModelConfig
+    from .train import TrainConfig, TrainData, normalization_stats, train_model
+
     config = config or TrainConfig()
     features = features or FeatureConfig()
     dataset = read_manifest(data, ignore=ignore, single=single, min_count=min_count)
     train_examples, val_examples = split(dataset, val, val_fraction, config.seed)
-    heads = {g: (kind, len(dataset.vocab[g])) for g, kind in dataset.heads.items()}
     base = model_config or ModelConfig()
-    model_config = ModelConfig(**{**base.__dict__, "heads": heads, "n_mels": features.n_mels})
-    train_set = prepare(train_examples, dataset.heads, dataset.vocab, features, workers, progress=progress)
-    val_set = prepare(val_examples, dataset.heads, dataset.vocab, features, workers,
-                      progress=progress) if val_examples else None
+    model_config = ModelConfig(**{**base.__dict__, "heads": dataset.head_shapes(), "n_mels": features.n_mels})
+    train_set, val_set = _prepare_split(dataset, train_examples, val_examples, features, workers, False, progress)
     norm = normalization_stats(train_set.features)
     if val_examples and val is None:
         write_manifest(val_examples, Path(str(out) + ".val.csv"))  # so the split can be evaluated later
     metadata = {"data": str(data), "split": "given" if val else f"{val_fraction:.0%} held out by artist",
                 "val_paths": [e.name for e in val_examples], "host": platform.machine()}
-    return train_model(CPResNet(model_config), train_set, val_set, dataset.vocab, features, norm,
+    return train_model(CPResNet(model_config), TrainData(train_set, val_set, dataset.vocab, features, norm),
                        config, Path(out), resume=resume, metadata=metadata, progress=progress)
 
 
-def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config: TrainConfig | None = None,
-             val_fraction: float = 0.2, resume: bool = False, workers: int = 2,
-             progress: Progress | None = None) -> tuple[Checkpoint, dict]:
+def finetune_config(epochs: int = FINETUNE_EPOCHS) -> "TrainConfig":
+    """The finetuning recipe: a quarter of the epochs on the new heads alone, then the trunk at a tenth
+    of the rate."""
+    from .train import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=1e-3, trunk_frozen_epochs=max(1, epochs // 4), trunk_lr_scale=0.1,
+                       warmup_epochs=1)
+
+
+def finetune_dataset(data: str | Path | None = None, library: str | Path | None = None,
+                     fields: Iterable[str] = ("genre",), min_count: int = FINETUNE_MIN_COUNT) -> Dataset:
+    """What to finetune on: a manifest or data folder, or a library's own tags (exactly one of them)."""
+    if (data is None) == (library is None):
+        raise ManifestError("give exactly one of --data or --library")
+    if library is not None:
+        from .library_labels import library_dataset
+
+        return library_dataset(library, list(fields), min_count)
+    return read_manifest(data, min_count=min_count)
+
+
+def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config: "TrainConfig | None" = None,
+             val_fraction: float = VAL_FRACTION, resume: bool = False, workers: int = DECODE_WORKERS,
+             progress: Progress | None = None) -> tuple["Checkpoint", dict]:
     """Adapt a trained model to a new vocabulary: new heads, trunk frozen first, then a lower rate."""
+    from .checkpoint import load_checkpoint
+    from .model import replace_heads
+    from .train import TrainData, train_model
+
     base = load_checkpoint(start)
-    config = config or TrainConfig(epochs=20, lr=1e-3, trunk_frozen_epochs=5, trunk_lr_scale=0.1,
-                                   warmup_epochs=1)
+    config = config or finetune_config()
     model = base.build_model()
-    heads = {g: (kind, len(dataset.vocab[g])) for g, kind in dataset.heads.items()}
-    replace_heads(model, heads)
+    replace_heads(model, dataset.head_shapes())
     train_examples, val_examples = split(dataset, None, val_fraction, config.seed)
     features = base.feature_config
-    train_set = prepare(train_examples, dataset.heads, dataset.vocab, features, workers, True, progress)
-    val_set = prepare(val_examples, dataset.heads, dataset.vocab, features, workers, True,
-                      progress) if val_examples else None
+    train_set, val_set = _prepare_split(dataset, train_examples, val_examples, features, workers, True, progress)
     norm = (base.normalization["mean"], base.normalization["std"])  # the trunk was trained on these
     metadata = {"finetuned_from": base.model_id, "base_training_data": base.training.get("data", ""),
                 "val_paths": [e.name for e in val_examples]}
-    return train_model(model, train_set, val_set, dataset.vocab, features, norm, config, Path(out),
+    return train_model(model, TrainData(train_set, val_set, dataset.vocab, features, norm), config, Path(out),
                        resume=resume, metadata=metadata, progress=progress)
+
+
+def _prepare_split(dataset: Dataset, train_examples: list[Example], val_examples: list[Example],
+                   features: "FeatureConfig", workers: int, skip_unreadable: bool, progress: Progress | None
+                   ) -> tuple["Prepared", "Prepared | None"]:
+    """Both sides of a split, cached; no validation set when nothing is held out."""
+    def prepared(examples: list[Example]) -> "Prepared":
+        return prepare(examples, dataset.heads, dataset.vocab, features, workers, skip_unreadable, progress)
+
+    return prepared(train_examples), prepared(val_examples) if val_examples else None
+
+
+def evaluate(tagger: "Tagger", data: str | Path, workers: int = DECODE_WORKERS, robustness: bool = False,
+             progress: Progress | None = None) -> dict:
+    """Score the model on a labelled manifest: metrics per head, per-clip predictions, failures."""
+    from .evaluate import evaluate as evaluate_dataset
+
+    dataset = with_vocabulary(read_manifest(data, min_count=1), tagger.labels, tagger.checkpoint.model_config.kinds)
+    if not dataset.vocab:
+        raise ManifestError(f"none of the model's heads ({', '.join(tagger.labels)}) is a column of {data}")
+    return evaluate_dataset(tagger, dataset, workers, robustness, progress)
+
+
+def evaluation_tables(report: dict) -> str:
+    """An evaluation report as Markdown: the metrics with per-label tables, then the robustness probes."""
+    from .modelcard import metrics_table, robustness_table
+
+    tables = [metrics_table(report["metrics"], per_label=True)]
+    if "robustness" in report:
+        tables.append(robustness_table(report["robustness"]))
+    return "\n".join(tables)
+
+
+def write_model_card(*args, **kwargs) -> None:
+    """See modelcard.write_model_card."""
+    from .modelcard import write_model_card as write
+
+    write(*args, **kwargs)
 
 
 def write_manifest(examples: list[Example], path: Path) -> None:
@@ -98,3 +251,4 @@ def write_manifest(examples: list[Example], path: Path) -> None:
         writer.writerow(["path", "artist", *groups])
         for e in examples:
             writer.writerow([e.path, e.group, *[";".join(e.labels[g]) for g in groups]])
+

@@ -18,14 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .defaults import EXCERPT_COUNT, SAMPLE_RATE, WINDOW_SECONDS
 from .errors import AudioDecodeError
 
-SAMPLE_RATE = 22050
-WINDOW_SECONDS = 10.0  # length of one analysed excerpt (and of the training crops)
-# excerpts per track; bench/excerpt_agreement.py on 60 real tracks / 101 held-out ones: the top genre
-# of a whole-track analysis is kept for 93% / 84% of tracks with 3 excerpts, 98% / 91% with 5; the top
-# mood (62 close labels) for 83% / 76% with 5 and needs about 17 to reach 90% (3.4x the decoding)
-EXCERPT_COUNT = 5
 EDGE_FRACTION = 0.1  # share of the track skipped at each end (intros/outros are often silent)
 EDGE_MAX_SECONDS = 30.0
 MAX_DECODE_SECONDS = 2 * 3600  # refuse to hold more than this in memory (a 10-hour mix is not a song)
@@ -71,7 +66,8 @@ def plan_excerpts(
 def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE, offset: float = 0.0,
                duration: float | None = None) -> np.ndarray:
     """Decode `duration` seconds from `offset` (all of it when None) as float32 mono at `sr`."""
-    return load_spans(path, [Span(offset, duration)], sr)[0]
+    with open_audio(path) as reader:
+        return _at_rate(reader, Span(offset, duration), sr)
 
 
 def load_excerpts(path: str | os.PathLike, sr: int = SAMPLE_RATE,
@@ -91,9 +87,10 @@ def load_excerpts(path: str | os.PathLike, sr: int = SAMPLE_RATE,
     return duration, [audio[start:start + int(round(window * sr))] for start in starts]
 
 
-def load_spans(path: str | os.PathLike, spans: list[Span], sr: int = SAMPLE_RATE) -> list[np.ndarray]:
-    with open_audio(path) as reader:
-        return [_at_rate(reader, s, sr) for s in spans]
+def decode_failure(e: Exception) -> str:
+    """Why a decode worker could not decode its file, as one line. Workers catch every exception: a
+    decoder crash on one file must not end the run, and the file's reason goes back to the parent."""
+    return e.reason if isinstance(e, AudioDecodeError) else f"{type(e).__name__}: {e}"
 
 
 def probe_duration(path: str | os.PathLike) -> float:

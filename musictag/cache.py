@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .audio import load_audio
-from .errors import AudioDecodeError
+from .audio import decode_failure, load_audio
+from .defaults import DECODE_WORKERS
 from .features import FeatureConfig, LogMel
 
 MAX_TRAIN_SECONDS = 600.0  # longer training files are cut: 10 minutes is plenty of crops
@@ -40,14 +40,12 @@ def _decode(job: tuple[str, int]) -> tuple[str, np.ndarray | None, str]:
     path, sr = job
     try:
         return path, load_audio(path, sr, duration=MAX_TRAIN_SECONDS), ""
-    except AudioDecodeError as e:
-        return path, None, e.reason
-    except Exception as e:  # a decoder bug must not kill the whole cache build
-        return path, None, f"{type(e).__name__}: {e}"
+    except Exception as e:
+        return path, None, decode_failure(e)
 
 
 def cached_features(paths: list[str], config: FeatureConfig, cache_dir: Path | None = None,
-                    workers: int = 2, progress: Callable[[int, int], None] | None = None
+                    workers: int = DECODE_WORKERS, progress: Callable[[int, int], None] | None = None
                     ) -> tuple[list[np.ndarray | None], dict[str, str]]:
     """Log-mel (n_mels, frames) float16 per path, in order; None plus a reason for unreadable files."""
     cache_dir = Path(cache_dir or default_cache_dir())

@@ -12,6 +12,9 @@ from typing import List, Optional
 
 import typer
 
+from .defaults import (BATCH_SIZE, DECODE_WORKERS, EXCERPT_COUNT, EXPORT_TOP_K, FINETUNE_EPOCHS,
+                       FINETUNE_MIN_COUNT, THRESHOLD, TOP_K, VAL_FRACTION)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tag a music library with genres and moods predicted by a CP-ResNet.")
 
@@ -24,19 +27,17 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _parse_top_k(text: str) -> tuple[dict[str, int], int]:
-    """"3" -> every head 3; "genre=2,mood=4" -> per head (others keep the default)."""
-    per_head, default = {"genre": 2, "mood": 3}, 3
-    if not text:
-        return per_head, default
+def _parse_top_k(text: str) -> tuple[dict[str, int], int | None]:
+    """"3" -> ({}, 3): every head 3; "genre=2,mood=4" -> ({...}, None): those heads (others keep the default)."""
     if text.isdigit():
         return {}, int(text)
-    for part in text.split(","):
+    per_head = {}
+    for part in filter(None, text.split(",")):
         head, _, n = part.partition("=")
         if not n.strip().isdigit():
             _fail(f"--top-k: expected N or HEAD=N[,HEAD=N], got {text!r}")
         per_head[head.strip()] = int(n)
-    return per_head, default
+    return per_head, None
 
 
 def _bar(total: int, quiet: bool, unit: str = "file"):
@@ -51,33 +52,33 @@ def scan(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write no tags."),
     no_write: bool = typer.Option(False, "--no-write", help="Predict and store scores only."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the results as CSV."),
-    threshold: float = typer.Option(0.3, help="Minimum score for a multi-label tag after the first."),
-    top_k: str = typer.Option("", "--top-k", help="Tags per head: N, or HEAD=N,... (default genre=2,mood=3)."),
+    threshold: float = typer.Option(THRESHOLD, help="Minimum score for a multi-label tag after the first."),
+    top_k: str = typer.Option("", "--top-k", help="Tags per head: N, or HEAD=N,... (default "
+                              + ",".join(f"{head}={k}" for head, k in TOP_K.items()) + ")."),
     mode: str = typer.Option("merge", help="merge (keep existing genres/moods), replace, or skip-tagged."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(48, help="Windows per forward pass."),
+    batch_size: int = typer.Option(BATCH_SIZE, help="Windows per forward pass."),
     workers: int = typer.Option(0, help="Decode processes (0: one per CPU core)."),
     model: Optional[Path] = MODEL_OPTION,
     force: bool = typer.Option(False, help="Recompute even files already scored with this model."),
     whole_track: bool = typer.Option(False, "--whole-track", help="Analyse whole tracks, not excerpts."),
     excerpts: Optional[int] = typer.Option(None, min=1, show_default=False,
-                                           help="10-second excerpts analysed per track (default 5)."),
+                                           help=f"10-second excerpts analysed per track (default {EXCERPT_COUNT})."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Scan a music library: predict genres and moods and write them into the files' tags."""
-    from .audio import EXCERPT_COUNT
-    from .scan import MODES, ScanOptions, Scanner
+    from . import api
 
-    if mode not in MODES:
-        _fail(f"--mode must be one of {', '.join(MODES)}")
+    if mode not in api.MODES:
+        _fail(f"--mode must be one of {', '.join(api.MODES)}")
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         _fail(f"no such file or folder: {', '.join(missing)}")
-    per_head, default_k = _parse_top_k(top_k)
-    options = ScanOptions(write=not no_write, dry_run=dry_run, threshold=threshold, top_k=per_head,
-                          default_top_k=default_k, mode=mode, batch_size=batch_size, workers=workers,
-                          force=force, whole_track=whole_track, excerpts=excerpts or EXCERPT_COUNT)
+    per_head, every_head = _parse_top_k(top_k)
+    options = api.scan_options(per_head, every_head, write=not no_write, dry_run=dry_run, threshold=threshold,
+                               mode=mode, batch_size=batch_size, workers=workers, force=force,
+                               whole_track=whole_track, excerpts=excerpts)
     tagger = _load_tagger(model, device, workers)
 
     bar = None
@@ -91,7 +92,7 @@ def scan(
 
     with _database(db) as database, _terminate_as_interrupt():
         try:
-            result = Scanner(tagger, database, options, progress).run(paths)
+            result = api.scan(tagger, database, paths, options, progress)
         except KeyboardInterrupt:
             database.commit()
             if bar:
@@ -102,10 +103,8 @@ def scan(
         if bar:
             bar.close()
         if csv:
-            from .export import export_csv
-
             with _csv_file(csv) as f:
-                export_csv(database, f, paths=[str(p) for p in paths])
+                api.export_csv(database, f, paths=[str(p) for p in paths])
     _print_summary(result, dry_run)
     raise typer.Exit(1 if result.failed else 0)
 
@@ -125,11 +124,11 @@ def _terminate_as_interrupt():
 
 
 def _database(path: Optional[Path]):
-    from .db import Database
+    from . import api
     from .errors import DatabaseError
 
     try:
-        return Database(path)
+        return api.Database(path)
     except DatabaseError as e:
         _fail(str(e))
 
@@ -140,21 +139,13 @@ def _csv_file(path: Path):
 
 
 def _load_tagger(model: Optional[Path], device: str, workers: int):
-    import os
-
-    from .checkpoint import load_checkpoint
+    from . import api
     from .errors import CheckpointError
-    from .inference import Tagger, set_cpu_threads
 
     try:
-        checkpoint = load_checkpoint(model)
-        tagger = Tagger(checkpoint, device)
+        return api.load_tagger(model, device, workers)
     except (CheckpointError, RuntimeError) as e:
         _fail(str(e))
-    if tagger.device.type == "cpu":
-        cores = os.cpu_count() or 1
-        set_cpu_threads(max(1, cores - (workers or cores) // 2))
-    return tagger
 
 
 def _print_summary(result, dry_run: bool) -> None:
@@ -174,18 +165,18 @@ def _print_summary(result, dry_run: bool) -> None:
 def export_csv_command(
     out: Optional[Path] = typer.Option(None, "--out", help="CSV file (default: standard output)."),
     long: bool = typer.Option(False, "--long", help="One row per (track, label) with every score."),
-    top_k: int = typer.Option(3, help="Top labels per head in the wide format."),
+    top_k: int = typer.Option(EXPORT_TOP_K, help="Top labels per head in the wide format."),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Export everything the database knows, one row per track (or per label with --long)."""
-    from .export import export_csv
+    from . import api
 
     with _database(db) as database:
         if out is None:
-            export_csv(database, sys.stdout, long=long, top_k=top_k)
+            api.export_csv(database, sys.stdout, long=long, top_k=top_k)
         else:
             with _csv_file(out) as f:
-                export_csv(database, f, long=long, top_k=top_k)
+                api.export_csv(database, f, long=long, top_k=top_k)
 
 
 @app.command()
@@ -194,10 +185,10 @@ def undo(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Restore the exact tag values musictag replaced or added (fields you changed since stay yours)."""
-    from .scan import undo as undo_tags
+    from . import api
 
     with _database(db) as database:
-        result = undo_tags(database, [str(p) for p in paths] if paths else None)
+        result = api.undo(database, [str(p) for p in paths] if paths else None)
     typer.echo(f"restored: {result.tagged}, left as changed since musictag wrote them: {result.skipped}, "
                f"failed: {len(result.failed)}")
     for path, reason in result.failed:
@@ -208,15 +199,14 @@ def undo(
 @app.command()
 def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -> None:
     """Show where the model, database and caches are, and what the model predicts."""
-    from .cache import default_cache_dir
-    from .checkpoint import load_checkpoint, shipped_path
-    from .db import default_db_path
+    from . import __version__, api
     from .errors import CheckpointError
 
-    typer.echo(f"musictag {__import__('musictag').__version__}")
-    typer.echo(f"model: {model or shipped_path()}")
+    where = api.locations(model, db)
+    typer.echo(f"musictag {__version__}")
+    typer.echo(f"model: {where['model']}")
     try:
-        checkpoint = load_checkpoint(model)
+        checkpoint = api.load_model(model)
         typer.echo(f"  sha256: {checkpoint.sha256}")
         c = checkpoint.model_config
         typer.echo(f"  CP-ResNet rho={c.rho} width={c.width} n_mels={c.n_mels} activation={c.activation} "
@@ -225,8 +215,8 @@ def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -
             typer.echo(f"  {head} ({c.heads[head][0]}-label, {len(names)}): {', '.join(names)}")
     except CheckpointError as e:
         typer.echo(f"  unusable: {e}")
-    typer.echo(f"database: {db or default_db_path()}")
-    typer.echo(f"feature cache (training): {default_cache_dir()}")
+    typer.echo(f"database: {where['database']}")
+    typer.echo(f"feature cache (training): {where['feature cache']}")
 
 
 def _train_progress(quiet: bool = False):
@@ -271,7 +261,7 @@ def train(
     data: Path = typer.Option(..., "--data", help="Manifest CSV or a folder-per-class data folder."),
     out: Path = typer.Option(..., "--out", help="Checkpoint to write."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation manifest (default: hold out by artist)."),
-    val_fraction: float = typer.Option(0.2, help="Share held out for validation when --val is not given."),
+    val_fraction: float = typer.Option(VAL_FRACTION, help="Share held out for validation when --val is not given."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON with 'model', 'features', 'train' sections."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (overrides the config)."),
     rho: Optional[int] = typer.Option(None, help="Receptive-field parameter."),
@@ -284,7 +274,7 @@ def train(
     ignore: str = typer.Option("", help="Comma-separated columns to leave out."),
     single: str = typer.Option("", help="Comma-separated columns to train as single-label."),
     seed: Optional[int] = typer.Option(None),
-    workers: int = typer.Option(2, help="Decode processes for the feature cache."),
+    workers: int = typer.Option(DECODE_WORKERS, help="Decode processes for the feature cache."),
     resume: bool = typer.Option(False, help="Continue from OUT.state."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -292,8 +282,9 @@ def train(
     from . import api
     from .errors import ManifestError
 
-    model_config, features, train_config = _configs(config, epochs, rho, width, n_mels, activation,
-                                                    frequency_aware, shake_shake, seed)
+    model_config, features, train_config = api.training_configs(
+        config, epochs=epochs, seed=seed, n_mels=n_mels, rho=rho, width=width, activation=activation,
+        frequency_aware=frequency_aware, shake_shake=shake_shake)
     try:
         checkpoint, _ = api.train(data, out, model_config, features, train_config, val=val,
                                   val_fraction=val_fraction, min_count=min_count, ignore=_split_list(ignore),
@@ -304,30 +295,6 @@ def train(
     typer.echo(f"wrote {out} (sha256 {checkpoint.sha256[:12]})")
 
 
-def _configs(config, epochs, rho, width, n_mels, activation, frequency_aware, shake_shake, seed):
-    from .features import FeatureConfig
-    from .model import ModelConfig
-    from .train import TrainConfig
-
-    sections = json.loads(config.read_text()) if config else {}
-    model = {k: v for k, v in sections.get("model", {}).items() if k != "heads"}
-    for key, value in dict(rho=rho, width=width, activation=activation, frequency_aware=frequency_aware,
-                           shake_shake=shake_shake).items():
-        if value is not None:
-            model[key] = value
-    model.setdefault("width", 32)
-    features = dict(sections.get("features", {}))
-    features.setdefault("n_mels", 96)
-    if n_mels:
-        features["n_mels"] = n_mels
-    train_section = dict(sections.get("train", {}))
-    if epochs:
-        train_section["epochs"] = epochs
-    if seed is not None:
-        train_section["seed"] = seed
-    return ModelConfig(**model), FeatureConfig(**features), TrainConfig.from_dict(train_section)
-
-
 @app.command()
 def finetune(
     start: Optional[Path] = typer.Option(None, "--from", help="Model to start from (default: shipped)."),
@@ -335,33 +302,21 @@ def finetune(
     data: Optional[Path] = typer.Option(None, "--data", help="Manifest CSV or folder per class."),
     library: Optional[Path] = typer.Option(None, "--library", help="Use a library's own tags as labels."),
     field: str = typer.Option("genre", "--field", help="With --library: tag fields to learn, e.g. genre,mood."),
-    min_count: int = typer.Option(5, help="Drop labels with fewer tracks."),
-    epochs: int = typer.Option(20),
-    val_fraction: float = typer.Option(0.2),
-    workers: int = typer.Option(2),
+    min_count: int = typer.Option(FINETUNE_MIN_COUNT, help="Drop labels with fewer tracks."),
+    epochs: int = typer.Option(FINETUNE_EPOCHS),
+    val_fraction: float = typer.Option(VAL_FRACTION),
+    workers: int = typer.Option(DECODE_WORKERS),
     resume: bool = typer.Option(False),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Adapt a trained model to new labels: a manifest, or a library's own tags."""
     from . import api
     from .errors import ManifestError
-    from .train import TrainConfig
 
-    if (data is None) == (library is None):
-        _fail("give exactly one of --data or --library")
     try:
-        if library is not None:
-            from .library_labels import library_dataset
-
-            dataset = library_dataset(library, list(_split_list(field)), min_count)
-        else:
-            from .manifest import read_manifest
-
-            dataset = read_manifest(data, min_count=min_count)
-        config = TrainConfig(epochs=epochs, lr=1e-3, trunk_frozen_epochs=max(1, epochs // 4),
-                             trunk_lr_scale=0.1, warmup_epochs=1)
-        checkpoint, _ = api.finetune(start, out, dataset, config, val_fraction, resume, workers,
-                                     _train_progress(quiet))
+        dataset = api.finetune_dataset(data, library, _split_list(field), min_count)
+        checkpoint, _ = api.finetune(start, out, dataset, api.finetune_config(epochs), val_fraction, resume,
+                                     workers, _train_progress(quiet))
     except ManifestError as e:
         _fail(str(e))
     typer.echo(f"wrote {out} (sha256 {checkpoint.sha256[:12]}); tag with: musictag scan --model {out} PATH")
@@ -375,24 +330,18 @@ def evaluate(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write per-clip scores as JSONL."),
     robustness: bool = typer.Option(False, "--robustness", help="Add codec and low-pass probes."),
     device: str = typer.Option("auto"),
-    workers: int = typer.Option(2),
+    workers: int = typer.Option(DECODE_WORKERS),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a model on labelled data: accuracy/macro-F1 and macro ROC-AUC/PR-AUC per head."""
+    from . import api
     from .errors import ManifestError
-    from .evaluate import evaluate as run_evaluation
-    from .manifest import read_manifest, with_vocabulary
 
     tagger = _load_tagger(model, device, workers)
     try:
-        dataset = read_manifest(data, min_count=1)
+        report = api.evaluate(tagger, data, workers, robustness, _train_progress(quiet))
     except ManifestError as e:
         _fail(str(e))
-    kinds = {h: k for h, (k, _) in tagger.checkpoint.model_config.heads.items()}
-    dataset = with_vocabulary(dataset, tagger.labels, kinds)
-    if not dataset.vocab:
-        _fail(f"none of the model's heads ({', '.join(tagger.labels)}) is a column of {data}")
-    report = run_evaluation(tagger, dataset, workers, robustness, _train_progress(quiet))
     if predictions:
         with open(predictions, "w", encoding="utf-8") as f:
             for row in report["predictions"]:
@@ -401,13 +350,7 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        from .modelcard import metrics_table
-
-        typer.echo(metrics_table(report["metrics"], per_label=True))
-        if robustness:
-            from .modelcard import robustness_table
-
-            typer.echo(robustness_table(report["robustness"]))
+        typer.echo(api.evaluation_tables(report))
     for failure in report["failures"]:
         typer.echo(f"failed: {failure}", err=True)
 
@@ -423,9 +366,9 @@ def model_card(
     notes: Optional[Path] = typer.Option(None, "--notes", help="Markdown to include (recipe choices, caveats)."),
 ) -> None:
     """Write the model card (data, recipe, config, metrics, speed, sha256) for a checkpoint."""
-    from .modelcard import write_model_card
+    from . import api
 
-    write_model_card(model, out, evaluation, ablations or [], speed, evaluation_title, notes)
+    api.write_model_card(model, out, evaluation, ablations or [], speed, evaluation_title, notes)
     typer.echo(f"wrote {out}")
 
 

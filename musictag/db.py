@@ -13,7 +13,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from .errors import DatabaseError
 
@@ -59,6 +59,16 @@ def default_db_path() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("musictag")) / "musictag.sqlite3"
+
+
+class Known(NamedTuple):
+    """What the database knows of a file before it is decoded (see `Database.stats_for`)."""
+
+    size: int
+    mtime_ns: int
+    model: str
+    scored: bool
+    written: bool
 
 
 @dataclass
@@ -119,15 +129,15 @@ class Database:
                                  "FROM tracks WHERE path = ?", (_key(path),)).fetchone()
         return _track(row) if row else None
 
-    def stats_for(self, paths: list[str]) -> dict[str, tuple[int, int, str, bool, bool]]:
-        """path -> (size, mtime_ns, model, scored, written) for known paths, in one query per chunk."""
+    def stats_for(self, paths: list[str]) -> dict[str, Known]:
+        """path -> what is known of it, for known paths, in one query per chunk."""
         found = {}
         for i in range(0, len(paths), 500):
             chunk = [_key(p) for p in paths[i:i + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self._conn.execute(f"SELECT path, size, mtime_ns, model, scores IS NOT NULL, "
                                           f"written IS NOT NULL FROM tracks WHERE path IN ({marks})", chunk):
-                found[_path(row[0])] = (row[1], row[2], row[3], bool(row[4]), bool(row[5]))
+                found[_path(row[0])] = Known(row[1], row[2], row[3], bool(row[4]), bool(row[5]))
         return found
 
     def put_scores(self, path: str, size: int, mtime_ns: int, model: str, duration: float,

@@ -22,8 +22,12 @@ class AudioDecodeError(FileError):
     """The file could not be decoded as audio (empty, garbage, truncated to nothing, unsupported)."""
 
 
+class TagReadError(FileError):
+    """The file's tags could not be read (not a tag format mutagen knows, damaged tags)."""
+
+
 class TagWriteError(FileError):
-    """Reading or writing the file's tags failed; the file is left as it was."""
+    """Writing the file's tags failed; the file is left as it was."""
 
 
 class FileChangedError(TagWriteError):

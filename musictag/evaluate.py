@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .audio import EXCERPT_COUNT, load_audio
+from .audio import load_audio
 from .codec import encode
+from .defaults import BATCH_SIZE, DECODE_WORKERS
 from .inference import Tagger
-from .manifest import Dataset, Example
-from .scan import WindowBatcher, bounded_map, decode_track, quiet_worker
-from .train import encode_targets, head_metrics
+from .manifest import Dataset, Example, encode_targets
+from .metrics import head_metrics
+from .pipeline import Job, WindowBatcher, bounded_map, decode_track, worker_pool
+from .progress import Progress, no_progress
 
 CODEC_BITRATES = (128_000, 64_000)
 LOWPASS_RADII = (0.5, 0.25, 0.125)  # fraction of the highest 2-D spatial frequency kept
-Progress = Callable[[str, dict], None]
 
 
 def lowpass_2d(x: torch.Tensor, radius: float) -> torch.Tensor:
@@ -38,12 +37,12 @@ def lowpass_2d(x: torch.Tensor, radius: float) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.fft2(x) * keep).real
 
 
-def predict_files(tagger: Tagger, paths: list[str], workers: int = 2, batch_size: int = 48,
+def predict_files(tagger: Tagger, paths: list[str], workers: int = DECODE_WORKERS, batch_size: int = BATCH_SIZE,
                   progress: Progress | None = None, transforms: dict[str, Callable | None] | None = None
                   ) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """Per-file mean probabilities per head, (len(paths), n_labels), for each named input transform
     (default: one, "", untouched), from one decode of every file; rows of unreadable files are NaN."""
-    progress = progress or (lambda event, data: None)
+    progress = progress or no_progress
     transforms = transforms or {"": None}
     out = {name: {head: np.full((len(paths), len(labels)), np.nan, np.float32)
                   for head, labels in tagger.labels.items()} for name in transforms}
@@ -59,22 +58,24 @@ def predict_files(tagger: Tagger, paths: list[str], workers: int = 2, batch_size
                 out[name][head][row] = mean
 
     batcher = WindowBatcher(predict, batch_size)
-    jobs = ((p, tagger.sample_rate, False, EXCERPT_COUNT) for p in paths)
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn"),
-                             initializer=quiet_worker) as pool:
-        for row, (path, _, windows, error) in enumerate(bounded_map(pool, decode_track, jobs, 4 * workers)):
-            if windows is None:
-                failures.append(f"{path}: {error}")
+    jobs = (Job(p, tagger.sample_rate) for p in paths)
+    with worker_pool(max(1, workers)) as pool:
+        for row, track in enumerate(bounded_map(pool, decode_track, jobs, 4 * workers)):
+            if track.windows is None:
+                failures.append(f"{track.path}: {track.error}")
             else:
-                store(batcher.add(row, windows))  # results come in job order: the row is the index
+                store(batcher.add(row, track.windows))  # results come in job order: the row is the index
             progress("file", {"done": row + 1, "total": len(paths)})
         store(batcher.flush())
     return out, failures
 
 
-def evaluate(tagger: Tagger, dataset: Dataset, workers: int = 2, robustness: bool = False,
+def evaluate(tagger: Tagger, dataset: Dataset, workers: int = DECODE_WORKERS, robustness: bool = False,
              progress: Progress | None = None) -> dict:
-    heads = {h: tagger.checkpoint.model_config.heads[h][0] for h in dataset.vocab}
+    """The metrics per head on `dataset` (already in the model's vocabulary), per-clip predictions,
+    failures, and with `robustness` the codec and low-pass probes."""
+    kinds = tagger.checkpoint.model_config.kinds
+    heads = {h: kinds[h] for h in dataset.vocab}
     targets = encode_targets(dataset.examples, heads, dataset.vocab)
     paths = [e.path for e in dataset.examples]
     # the low-pass probe rides on the main pass: one decode and one log-mel, the network run once per radius

@@ -4,10 +4,11 @@ spreadsheet would run as a formula (starting with = + - @ tab or CR) is prefixed
 from __future__ import annotations
 
 import csv
-import os
 from typing import IO, Iterable
 
 from .db import Database, Track
+from .defaults import EXPORT_TOP_K
+from .library import within
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 HEAD_ORDER = ("quadrant", "genre", "mood")
@@ -22,15 +23,12 @@ def neutralise(cell: object) -> object:
 
 def _selected(tracks: Iterable[Track], paths: list[str] | None) -> Iterable[Track]:
     if not paths:
-        yield from tracks
-        return
-    roots = [os.path.realpath(p).rstrip(os.sep) for p in paths]
-    for track in tracks:
-        if any(track.path == r or track.path.startswith(r + os.sep) for r in roots):
-            yield track
+        return tracks
+    inside = within(paths)
+    return (track for track in tracks if inside(track.path))
 
 
-def export_csv(db: Database, out: IO[str], long: bool = False, top_k: int = 3,
+def export_csv(db: Database, out: IO[str], long: bool = False, top_k: int = EXPORT_TOP_K,
                paths: list[str] | None = None) -> int:
     """Write one row per track (wide) or per (track, label) (long); returns the rows written."""
     writer = csv.writer(out)

@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .defaults import SAMPLE_RATE
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    sample_rate: int = 22050
+    sample_rate: int = SAMPLE_RATE
     n_fft: int = 2048
     hop_length: int = 512
     n_mels: int = 128

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from typing import Callable
 
@@ -22,10 +21,8 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def set_cpu_threads(threads: int | None = None) -> None:
+def set_cpu_threads(threads: int) -> None:
     """Give torch the cores the decode workers do not use (oversubscription slows both)."""
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1))
     torch.set_num_threads(max(1, threads))
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 
-from .errors import ManifestError, TagWriteError
+from .defaults import FINETUNE_MIN_COUNT
+from .errors import ManifestError, TagReadError
+from .library import walk
 from .manifest import Dataset, Example, build_vocabulary
+from .tags import read_fields
 
 SEPARATORS = re.compile(r"\s*[;,|]\s*")  # "Rock; Pop", "Rock, Pop", "Rock | Pop" ("Pop/Rock", "Drum & Bass" are one genre)
 
@@ -23,18 +26,15 @@ def normalise_values(values: list[str]) -> list[str]:
     return out
 
 
-def library_dataset(root, fields: list[str], min_count: int = 5) -> Dataset:
+def library_dataset(root, fields: list[str], min_count: int = FINETUNE_MIN_COUNT) -> Dataset:
     """Every audio file under root with its normalised tag values per field as labels."""
-    from .scan import walk
-    from .tags import read_fields
-
     if not fields:
         raise ManifestError("--field: name at least one tag field (genre, mood)")
     examples, canonical = [], {}
     for path in walk([root]):
         try:
             values = read_fields(path, fields)
-        except TagWriteError:
+        except TagReadError:
             continue  # unreadable tags: the file is just not a training example
         labels = {}
         for f in fields:

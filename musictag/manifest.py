@@ -13,10 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ManifestError
+import numpy as np
 
-AUDIO_EXTENSIONS = {".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".wav", ".aif",
-                    ".aiff", ".wma"}
+from .errors import ManifestError
+from .library import AUDIO_EXTENSIONS
+
 METADATA_COLUMNS = ("artist", "title", "album", "id")
 
 
@@ -34,13 +35,17 @@ class Dataset:
     heads: dict[str, str] = field(default_factory=dict)  # group -> "single" | "multi"
     vocab: dict[str, list[str]] = field(default_factory=dict)  # group -> labels in output order
 
+    def head_shapes(self) -> dict[str, tuple[str, int]]:
+        """The model heads this data set trains: group -> (kind, number of labels)."""
+        return {g: (kind, len(self.vocab[g])) for g, kind in self.heads.items()}
+
 
 def split_values(cell: str) -> list[str]:
     return [v.strip() for v in (cell or "").split(";") if v.strip()]
 
 
 def read_manifest(path: str | Path, ignore: tuple[str, ...] = (), single: tuple[str, ...] = (),
-                  min_count: int = 1, check_files: bool = True) -> Dataset:
+                  min_count: int = 1) -> Dataset:
     """Read a manifest CSV, or a folder-per-class directory, into a Dataset with its vocabulary."""
     path = Path(path)
     if path.is_dir():
@@ -62,7 +67,7 @@ def read_manifest(path: str | Path, ignore: tuple[str, ...] = (), single: tuple[
         if not name:
             raise ManifestError(f"{path}:{line}: empty path")
         audio = (path.parent / name).resolve()
-        if check_files and not audio.is_file():
+        if not audio.is_file():
             raise ManifestError(f"{path}:{line}: audio file not found: {audio}")
         labels = {g: split_values(row.get(g, "")) for g in groups}
         examples.append(Example(str(audio), name, labels, (row.get("artist") or "").strip()))
@@ -126,3 +131,22 @@ def split_by_group(examples: list[Example], fraction: float, seed: int = 0
     train = [e for e in examples if (e.group or e.path) not in held]
     val = [e for e in examples if (e.group or e.path) in held]
     return train, val
+
+
+def encode_targets(examples: list[Example], heads: dict[str, str], vocab: dict[str, list[str]]
+                   ) -> dict[str, np.ndarray]:
+    """Training targets per head: single-label heads the label's index (-1: not in the vocabulary),
+    multi-label heads a 0/1 row per example."""
+    targets = {}
+    for head, kind in heads.items():
+        index = {label: i for i, label in enumerate(vocab[head])}
+        if kind == "single":
+            targets[head] = np.array([index.get((e.labels[head] or [""])[0], -1) for e in examples], np.int64)
+        else:
+            hot = np.zeros((len(examples), len(vocab[head])), np.float32)
+            for row, e in enumerate(examples):
+                for label in e.labels[head]:
+                    if label in index:
+                        hot[row, index[label]] = 1.0
+            targets[head] = hot
+    return targets

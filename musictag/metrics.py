@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -77,3 +79,25 @@ def multi_label_report(y_true: np.ndarray, probs: np.ndarray, labels: list[str])
     return {"roc_auc": float(np.mean([v["roc_auc"] for v in per_label.values()])),
             "pr_auc": float(np.mean([v["pr_auc"] for v in per_label.values()])),
             "labels_scored": len(per_label), "per_label": per_label}
+
+
+def head_metrics(probs: dict[str, np.ndarray], targets: dict[str, np.ndarray], heads: dict[str, str],
+                 vocab: dict[str, list[str]]) -> dict[str, dict]:
+    """The report of every head with probabilities: single-label heads on the rows with a known label."""
+    report = {}
+    for head, kind in heads.items():
+        if head not in probs:
+            continue
+        if kind == "single":
+            keep = targets[head] >= 0
+            report[head] = single_label_report(targets[head][keep], probs[head][keep])
+        else:
+            report[head] = multi_label_report(targets[head], probs[head], vocab[head])
+    return report
+
+
+def summary_score(report: dict[str, dict]) -> float:
+    """One number to compare epochs: mean of each head's headline metric (F1 or PR-AUC)."""
+    values = [m.get("macro_f1", m.get("pr_auc")) for m in report.values()]
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else 0.0

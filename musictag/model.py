@@ -49,6 +49,11 @@ class ModelConfig:
             if kind not in HEAD_KINDS or n < 1:
                 raise ValueError(f"head {name!r}: kind must be one of {HEAD_KINDS} with >= 1 outputs")
 
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Head -> "single" | "multi"."""
+        return {name: kind for name, (kind, _) in self.heads.items()}
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["heads"] = [[name, kind, n] for name, (kind, n) in self.heads.items()]

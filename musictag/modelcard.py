@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .train import summary_score
+from .metrics import summary_score
 
 
 def _fmt(value) -> str:

@@ -1,45 +1,41 @@
 """scan: walk a library, score every new or changed track, write tags, remember everything for undo.
 
-Decoding (only the excerpt plan's windows) runs in worker processes with a bounded number of tracks in
-flight, so memory stays flat however large the library. On the CPU each worker also runs the model on
-its own track (one torch thread each): no audio crosses processes and the cores never fight. On a GPU the
-workers only decode and the parent batches their windows through the model. The parent averages each
-track's windows and writes its tags. Results are committed to the database as they come, so an
-interrupted run resumes where it stopped.
+Tracks are decoded and scored through pipeline.py (worker processes, a bounded number of tracks in
+flight, so memory stays flat however large the library). The parent chooses each track's labels and
+writes its tags. Results are committed to the database as they come, so an interrupted run resumes where
+it stopped.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
-from typing import Callable, Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
 from . import __version__
-from .audio import EXCERPT_COUNT, WINDOW_SECONDS, load_audio, load_excerpts
 from .db import Database
-from .errors import AudioDecodeError, FileChangedError, MusictagError, TagWriteError
-from .manifest import AUDIO_EXTENSIONS
+from .defaults import BATCH_SIZE, EXCERPT_COUNT, OTHER_TOP_K, THRESHOLD, TOP_K
+from .errors import FileChangedError, MusictagError
+from .library import walk, within
+from .pipeline import Job, WindowBatcher, analyse_track, bounded_map, start_worker, worker_pool
+from .progress import Progress, no_progress
 from .tags import file_state, read_fields, write_fields
 
 MODES = ("merge", "replace", "skip-tagged")
 USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
-Progress = Callable[[str, dict], None]
 
 
 @dataclass
 class ScanOptions:
     write: bool = True
     dry_run: bool = False
-    threshold: float = 0.3
-    top_k: dict[str, int] = field(default_factory=lambda: {"genre": 2, "mood": 3})
-    default_top_k: int = 3
+    threshold: float = THRESHOLD
+    top_k: dict[str, int] = field(default_factory=lambda: dict(TOP_K))
+    default_top_k: int = OTHER_TOP_K
     mode: str = "merge"
-    batch_size: int = 48  # windows per forward pass
+    batch_size: int = BATCH_SIZE  # windows per forward pass
     workers: int = 0  # 0: one per CPU core
     force: bool = False
     whole_track: bool = False  # analyse every window of each track instead of the excerpt plan
@@ -64,160 +60,6 @@ class ScanResult:
     changes: list[Change] = field(default_factory=list)
 
 
-def walk(paths: Iterable[str | os.PathLike],
-         on_error: Callable[[str, str], None] | None = None) -> Iterator[str]:
-    """Audio files under the given paths: deterministic order, hidden entries skipped, symlinks
-    followed once (a link back up the tree is not entered again), each real file yielded once.
-    A folder that cannot be read goes to `on_error(path, reason)` rather than vanishing unnoticed."""
-    def folder_error(e: OSError) -> None:
-        if on_error:
-            on_error(e.filename, f"cannot read folder: {e.strerror}")
-
-    seen_dirs, seen_files = set(), set()
-    for root in paths:
-        root = os.path.abspath(os.fspath(root))
-        if os.path.isfile(root):
-            real = os.path.realpath(root)
-            if real not in seen_files:
-                seen_files.add(real)
-                yield real
-            continue
-        for directory, dirs, files in os.walk(root, onerror=folder_error, followlinks=True):
-            st = os.stat(directory)
-            if (st.st_dev, st.st_ino) in seen_dirs:
-                dirs[:] = []
-                continue
-            seen_dirs.add((st.st_dev, st.st_ino))
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
-                    continue
-                real = os.path.realpath(os.path.join(directory, name))
-                if real not in seen_files and os.path.isfile(real):
-                    seen_files.add(real)
-                    yield real
-
-
-def decode_track(job: tuple[str, int, bool, int]) -> tuple[str, float, list[np.ndarray] | None, str]:
-    """Worker: (path, sr, whole, excerpts) -> (path, duration, windows, error). Never raises: a bad
-    file is an error string."""
-    path, sr, whole, count = job
-    try:
-        if whole:
-            audio = load_audio(path, sr)
-            n = int(WINDOW_SECONDS * sr)
-            windows = [audio[i:i + n] for i in range(0, max(len(audio) - n, 0) + 1, n)]
-            return path, len(audio) / sr, windows, ""
-        duration, windows = load_excerpts(path, sr, count=count)
-        return path, duration, windows, ""
-    except AudioDecodeError as e:
-        return path, 0.0, None, e.reason
-    except Exception as e:  # a decoder crash on one file must not end the run
-        return path, 0.0, None, f"{type(e).__name__}: {e}"
-
-
-def quiet_worker() -> None:
-    """Decode workers: C decoders (mpg123) print notes on damaged files straight to fd 2, which would
-    tear the progress bar; every error reaches the parent as a string anyway."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-
-
-_worker_model: dict = {}  # in workers that score their own tracks: "tagger" and "batch_size"
-
-
-def start_worker(checkpoint=None, batch_size: int = 48) -> None:
-    """Pool initializer: quiet stderr and, given a checkpoint, load the model with one torch thread
-    (one per worker: the workers already use every core)."""
-    quiet_worker()
-    if checkpoint is not None:
-        from .inference import Tagger, set_cpu_threads
-
-        set_cpu_threads(1)
-        _worker_model.update(tagger=Tagger(checkpoint, "cpu"), batch_size=batch_size)
-
-
-def analyse_track(job: tuple[str, int, bool, int]) -> tuple[str, float, object, str]:
-    """Worker: decode_track, then, where this worker holds the model, the track's mean probabilities
-    per head instead of its windows."""
-    path, duration, windows, error = decode_track(job)
-    if windows is None or not _worker_model:
-        return path, duration, windows, error
-    try:
-        return path, duration, track_scores(_worker_model["tagger"], windows, _worker_model["batch_size"]), ""
-    except Exception as e:  # e.g. out of memory on a huge whole-track job: this file fails, the run goes on
-        return path, 0.0, None, f"{type(e).__name__}: {e}"
-
-
-def track_scores(tagger, windows: list[np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """Mean probabilities per head over a track's windows, in forward passes of at most batch_size
-    (the worker's own track through the same WindowBatcher as the parent's, so both average alike)."""
-    batcher = WindowBatcher(tagger.predict, batch_size)
-    (_, means), = batcher.add(None, windows) + batcher.flush()
-    return means
-
-
-def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -> Iterator:
-    """pool.map in order, but with at most `in_flight` jobs submitted: results never pile up."""
-    pending, jobs = deque(), iter(jobs)
-    for job in jobs:
-        pending.append(pool.submit(fn, job))
-        if len(pending) >= in_flight:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-class WindowBatcher:
-    """Packs the windows of several tracks into forward passes of about `batch_size` windows (a GPU
-    needs big batches to stay busy) and hands each track back, with its mean output per key, as soon
-    as its last window is scored. `predict` maps a list of windows to {key: (windows, n) array}."""
-
-    def __init__(self, predict: Callable[[list[np.ndarray]], dict], batch_size: int):
-        self.predict = predict
-        self.batch_size = batch_size
-        self.windows: list[np.ndarray] = []
-        self.owners: list = []  # the track of each queued window
-        self.sums: dict = {}  # track -> {key: sum of its scored rows}
-        self.total: dict = {}  # track -> its number of windows
-        self.left: dict = {}  # track -> its windows not yet scored
-
-    def add(self, track, windows: list[np.ndarray]) -> list[tuple[object, dict[str, np.ndarray]]]:
-        """Queue a track's windows (at least one); returns the tracks finished by the passes this ran."""
-        self.sums[track], self.total[track], self.left[track] = {}, len(windows), len(windows)
-        self.windows += windows
-        self.owners += [track] * len(windows)
-        finished = []
-        while len(self.windows) >= self.batch_size:
-            finished += self._pass()
-        return finished
-
-    def flush(self) -> list[tuple[object, dict[str, np.ndarray]]]:
-        """Score everything still queued; returns the tracks finished."""
-        finished = []
-        while self.windows:
-            finished += self._pass()
-        return finished
-
-    def _pass(self) -> list[tuple[object, dict[str, np.ndarray]]]:
-        """One forward pass over the first batch_size queued windows (a track may span passes)."""
-        n = self.batch_size
-        windows, owners = self.windows[:n], self.owners[:n]
-        self.windows, self.owners = self.windows[n:], self.owners[n:]
-        outputs = self.predict(windows)
-        for row, track in enumerate(owners):
-            sums = self.sums[track]
-            for key, values in outputs.items():
-                sums[key] = sums.get(key, 0) + values[row]
-            self.left[track] -= 1
-        return [(t, self._pop_mean(t)) for t in dict.fromkeys(owners) if self.left[t] == 0]
-
-    def _pop_mean(self, track) -> dict[str, np.ndarray]:
-        total, sums = self.total.pop(track), self.sums.pop(track)
-        del self.left[track]
-        return {key: values / total for key, values in sums.items()}
-
-
 def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], options: ScanOptions
                   ) -> dict[str, list[str]]:
     """Per head: the argmax for single-label heads; for multi-label heads the labels scoring at least
@@ -238,10 +80,10 @@ class Scanner:
         self.tagger = tagger
         self.db = db
         self.options = options
-        self.progress = progress or (lambda event, data: None)
+        self.progress = progress or no_progress
         self.result = ScanResult()
         self.model_id = tagger.checkpoint.model_id
-        self.kinds = {head: kind for head, (kind, _) in tagger.checkpoint.model_config.heads.items()}
+        self.kinds = tagger.checkpoint.model_config.kinds
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
         self.db.put_model(self.model_id, self.kinds)
@@ -266,11 +108,11 @@ class Scanner:
                 self._fail(path, None, f"cannot stat: {e.strerror}")
                 continue
             record = known.get(path)
-            fresh = (record is not None and record[:3] == (st.st_size, st.st_mtime_ns, self.model_id)
-                     and record[3] and not self.options.force)
+            fresh = (record is not None and (record.size, record.mtime_ns, record.model)
+                     == (st.st_size, st.st_mtime_ns, self.model_id) and record.scored and not self.options.force)
             if not fresh:
                 todo.append((path, st))
-            elif self.options.write and not self.options.dry_run and not record[4]:
+            elif self.options.write and not self.options.dry_run and not record.written:
                 self._write(path, self.db.get(path).scores)  # scored earlier without writing
             else:
                 self.result.unchanged += 1
@@ -285,18 +127,18 @@ class Scanner:
         in_workers = self.options.model_in_workers
         if in_workers is None:
             in_workers = self.tagger.device.type == "cpu"
-        jobs = ((path, self.tagger.sample_rate, self.options.whole_track, self.options.excerpts) for path, _ in todo)
+        jobs = (Job(path, self.tagger.sample_rate, self.options.whole_track, self.options.excerpts)
+                for path, _ in todo)
         batcher = WindowBatcher(self.tagger.predict, self.options.batch_size)  # the parent's forward passes
         init = (self.tagger.checkpoint if in_workers else None, self.options.batch_size)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=start_worker, initargs=init) as pool:
-            for path, duration, result, error in bounded_map(pool, analyse_track, jobs, 4 * workers):
-                if result is None:
-                    self._fail(path, stats[path], error)
-                elif in_workers:
-                    self._finish(path, stats[path], duration, result)
+        with worker_pool(workers, start_worker, init) as pool:
+            for track in bounded_map(pool, analyse_track, jobs, 4 * workers):
+                if track.scores is not None:
+                    self._finish(track.path, stats[track.path], track.duration, track.scores)
+                elif track.windows is not None:
+                    self._finish_all(batcher.add((track.path, track.duration), track.windows), stats)
                 else:
-                    self._finish_all(batcher.add((path, duration), result), stats)
+                    self._fail(track.path, stats[track.path], track.error)
             self._finish_all(batcher.flush(), stats)
 
     def _finish_all(self, finished: list, stats: dict) -> None:
@@ -317,7 +159,7 @@ class Scanner:
         try:
             status = self._apply_tags_as_it_is_now(path, scores)
         except MusictagError as e:
-            reason = e.reason if isinstance(e, TagWriteError) else str(e)
+            reason = getattr(e, "reason", str(e))
             self.result.failed.append((path, reason))
             self._done(path, "failed", reason)
             return
@@ -388,12 +230,11 @@ class Scanner:
 
 def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | None = None) -> ScanResult:
     """Restore the values musictag replaced or added, for the given files/folders or for all."""
-    progress = progress or (lambda event, data: None)
+    progress = progress or no_progress
     result = ScanResult()
     targets = db.undo_paths()
     if paths:
-        roots = [os.path.realpath(p) for p in paths]
-        targets = [t for t in targets if any(t == r or t.startswith(r.rstrip(os.sep) + os.sep) for r in roots)]
+        targets = list(filter(within(paths), targets))
     progress("start", {"total": len(targets)})
     for path in targets:
         try:

@@ -1,7 +1,7 @@
 """Reading and writing tag fields, one declaration per field, one storage style per tag format.
 
-Every mutagen call goes through `_tag_errors`, which turns failures into TagWriteError carrying the
-path. Writes are atomic per file: the file is copied beside itself, the copy is tagged and read back,
+Every mutagen call goes through `_tag_errors`, which turns failures into TagReadError or TagWriteError
+carrying the path. Writes are atomic per file: the file is copied beside itself, the copy is tagged and read back,
 and only then renamed over the original. A failure at any point leaves the original untouched, and
 audio data is never re-encoded (mutagen rewrites tag blocks only).
 """
@@ -15,7 +15,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from .errors import FileChangedError, TagWriteError
+from .errors import FileChangedError, FileError, TagReadError, TagWriteError
 
 Values = list[str]
 
@@ -48,23 +48,24 @@ def field_for(name: str) -> Field:
 
 
 @contextlib.contextmanager
-def _tag_errors(path: str, action: str):
+def _tag_errors(path: str, action: str, error: type[FileError] = TagWriteError):
     try:
         yield
-    except TagWriteError:
+    except (TagReadError, TagWriteError):
         raise
     except Exception as e:  # mutagen raises many types (MutagenError, struct errors, OSError...)
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise TagWriteError(path, f"{action} failed: {reason}") from None
+        raise error(path, f"{action} failed: {reason}") from None
 
 
 class _Style:
     """How one tag family stores a field's list of strings."""
 
-    family = ""
-
     def get(self, tags, field: Field) -> Values:
         raise NotImplementedError
+
+    def save(self, audio) -> None:
+        audio.save()
 
     def set(self, tags, field: Field, values: Values) -> None:
         raise NotImplementedError
@@ -74,15 +75,18 @@ class _Style:
 
 
 class _ID3Style(_Style):
-    family = "id3"
-
     def get(self, tags, field):
-        frames = tags.getall(field.id3)
-        if not frames:
-            return []
-        if field.id3 == "TCON":
-            return [g for frame in frames for g in frame.genres]
-        return [str(t) for frame in frames for t in frame.text]
+        return [str(value) for frame in tags.getall(field.id3) for value in self._values(frame)]
+
+    @staticmethod
+    def _values(frame) -> list:
+        """A frame's text; a genre frame (TCON) may hold ID3v1 genre numbers ("(17)"), which `genres` names."""
+        from mutagen import id3
+
+        return frame.genres if isinstance(frame, id3.TCON) else frame.text
+
+    def save(self, audio) -> None:
+        audio.save(v2_version=4)
 
     def set(self, tags, field, values):
         from mutagen import id3
@@ -115,8 +119,6 @@ class _MappingStyle(_Style):
 
 
 class _MP4Style(_Style):
-    family = "mp4"
-
     def get(self, tags, field):
         values = tags.get(field.mp4, [])
         return [v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else str(v) for v in values]
@@ -134,15 +136,16 @@ class _MP4Style(_Style):
             del tags[field.mp4]
 
 
-def _open(path: str):
-    """The mutagen file object and the style for its tags; tags are created when absent."""
+def _open(path: str, error: type[FileError] = TagWriteError):
+    """The mutagen file object and the style for its tags; tags are created when absent. A file whose
+    tags musictag cannot handle is an `error`."""
     from mutagen.asf import ASF
     from mutagen.id3 import ID3
     from mutagen.mp4 import MP4
 
     audio = _mutagen_file(path)
     if audio is None:
-        raise TagWriteError(path, "tag format not recognised (no tags can be written to this file)")
+        raise error(path, "tag format not recognised (no tags can be written to this file)")
     if audio.tags is None:
         audio.add_tags()
     if isinstance(audio.tags, ID3):
@@ -155,7 +158,7 @@ def _open(path: str):
 
     if isinstance(audio.tags, VComment):
         return audio, _MappingStyle("vorbis")
-    raise TagWriteError(path, f"writing {type(audio).__name__} tags is not supported")
+    raise error(path, f"writing {type(audio).__name__} tags is not supported")
 
 
 def _mutagen_file(path: str):
@@ -192,8 +195,8 @@ def _kinds_matching_content(path: str) -> list:
 def read_fields(path: str | os.PathLike, names: list[str]) -> dict[str, Values]:
     """Current values of the named fields ([] when absent)."""
     path = os.fspath(path)
-    with _tag_errors(path, "reading tags"):
-        audio, style = _open(path)
+    with _tag_errors(path, "reading tags", TagReadError):
+        audio, style = _open(path, TagReadError)
         return {name: style.get(audio.tags, field_for(name)) for name in names}
 
 
@@ -221,7 +224,7 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None],
                     style.set(audio.tags, field_for(name), new)
                 else:
                     style.delete(audio.tags, field_for(name))
-            _save(audio, style)
+            style.save(audio)
         _verify(tmp, path, values)
         with _tag_errors(path, "replacing the file with its tagged copy"):
             with open(tmp, "rb+") as f:
@@ -265,13 +268,6 @@ def file_state(path: str) -> os.stat_result:
 def _writable(path: str, state: os.stat_result) -> bool:
     """A file marked read-only stays untouched even for root, who could write it anyway."""
     return os.access(path, os.W_OK) and bool(state.st_mode & stat.S_IWUSR)
-
-
-def _save(audio, style: _Style) -> None:
-    if style.family == "id3":
-        audio.save(v2_version=4)
-    else:
-        audio.save()
 
 
 def _verify(tmp: str, path: str, values: dict[str, Values | None]) -> None:

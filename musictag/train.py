@@ -1,4 +1,4 @@
-"""Training and finetuning, readable top to bottom.
+"""Training, readable top to bottom (finetuning recipes live in api.py).
 
 Recipe (after the CP-ResNet paper, with departures justified in the model card): random crops of the
 cached log-mels, mixup, SpecAugment-style masking, gain and small pitch shifts; Adam with a warm-up, a
@@ -14,7 +14,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -22,12 +21,12 @@ import torch.nn.functional as F
 
 from .audio import plan_excerpts
 from .checkpoint import Checkpoint, save_checkpoint
+from .defaults import WINDOW_SECONDS
 from .features import FeatureConfig
 from .manifest import Example
-from .metrics import multi_label_report, single_label_report
+from .metrics import head_metrics, summary_score
 from .model import CPResNet, count_parameters, probabilities
-
-Progress = Callable[[str, dict], None]  # (event, data): "step", "epoch", "message"
+from .progress import Progress, no_progress
 
 
 @dataclass
@@ -40,7 +39,7 @@ class TrainConfig:
     decay_from: float = 0.5  # fraction of epochs after which the rate decays linearly to lr_end
     lr_end: float = 0.02  # as a fraction of lr
     swa_from: float = 0.75  # average the weights of every epoch from this fraction on
-    crop_seconds: float = 10.0
+    crop_seconds: float = WINDOW_SECONDS
     mixup_alpha: float = 0.3
     freq_masks: int = 2
     freq_mask_bins: int = 8
@@ -67,23 +66,6 @@ class Prepared:
     features: list[np.ndarray]  # (n_mels, frames) float16
     targets: dict[str, np.ndarray]  # single: (n,) int64; multi: (n, n_labels) float32
     heads: dict[str, str] = field(default_factory=dict)
-
-
-def encode_targets(examples: list[Example], heads: dict[str, str], vocab: dict[str, list[str]]
-                   ) -> dict[str, np.ndarray]:
-    targets = {}
-    for head, kind in heads.items():
-        index = {label: i for i, label in enumerate(vocab[head])}
-        if kind == "single":
-            targets[head] = np.array([index.get((e.labels[head] or [""])[0], -1) for e in examples], np.int64)
-        else:
-            hot = np.zeros((len(examples), len(vocab[head])), np.float32)
-            for row, e in enumerate(examples):
-                for label in e.labels[head]:
-                    if label in index:
-                        hot[row, index[label]] = 1.0
-            targets[head] = hot
-    return targets
 
 
 def lr_factor(epoch: float, config: TrainConfig) -> float:
@@ -196,27 +178,6 @@ def predict_features(model: CPResNet, mels: list[np.ndarray], norm: tuple[float,
     return {head: s / counts[:, None] for head, s in sums.items()}
 
 
-def head_metrics(probs: dict[str, np.ndarray], targets: dict[str, np.ndarray], heads: dict[str, str],
-                 vocab: dict[str, list[str]]) -> dict[str, dict]:
-    report = {}
-    for head, kind in heads.items():
-        if head not in probs:
-            continue
-        if kind == "single":
-            keep = targets[head] >= 0
-            report[head] = single_label_report(targets[head][keep], probs[head][keep])
-        else:
-            report[head] = multi_label_report(targets[head], probs[head], vocab[head])
-    return report
-
-
-def summary_score(report: dict[str, dict]) -> float:
-    """One number to compare epochs: mean of each head's headline metric (F1 or PR-AUC)."""
-    values = [m.get("macro_f1", m.get("pr_auc")) for m in report.values()]
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(values)) if values else 0.0
-
-
 def normalization_stats(features: list[np.ndarray]) -> tuple[float, float]:
     total, total_sq, n = 0.0, 0.0, 0
     for mel in features:
@@ -247,106 +208,164 @@ def refresh_batchnorm(model: CPResNet, data: Prepared, frames: int, norm: tuple[
     model.eval()
 
 
-def _state_path(out: Path) -> Path:
-    return out.with_name(out.name + ".state")
+@dataclass
+class TrainData:
+    """What a run learns from and is checked against."""
+
+    train: Prepared
+    val: Prepared | None  # None: nothing held out
+    vocab: dict[str, list[str]]
+    features: FeatureConfig
+    norm: tuple[float, float]  # mean and std the log-mels are normalised with
+
+    @property
+    def vocab_sizes(self) -> dict[str, int]:
+        return {head: len(labels) for head, labels in self.vocab.items()}
 
 
-def train_model(
-    model: CPResNet,
-    train: Prepared,
-    val: Prepared | None,
-    vocab: dict[str, list[str]],
-    features: FeatureConfig,
-    norm: tuple[float, float],
-    config: TrainConfig,
-    out: Path,
-    resume: bool = False,
-    metadata: dict | None = None,
-    progress: Progress | None = None,
-) -> tuple[Checkpoint, dict]:
+class WeightAverage:
+    """Stochastic weight averaging: the sum of the weights of every epoch added, in float64."""
+
+    def __init__(self, state: dict | None = None, count: int = 0):
+        self.state, self.count = state, count
+
+    def add(self, model: CPResNet) -> None:
+        current = {k: v.detach().double() if v.is_floating_point() else v.clone()
+                   for k, v in model.state_dict().items()}
+        if self.state is None:
+            self.state, self.count = current, 1
+            return
+        self.state = {k: self.state[k] + current[k] if current[k].is_floating_point() else current[k]
+                      for k in self.state}
+        self.count += 1
+
+    def apply(self, model: CPResNet, data: TrainData, frames: int, config: TrainConfig) -> CPResNet:
+        """A copy of the model with the averaged weights (and BatchNorm statistics recomputed for
+        them); a plain copy when fewer than two epochs were averaged."""
+        final = copy.deepcopy(model)
+        if self.state is not None and self.count > 1:
+            final.load_state_dict({k: (v / self.count).to(final.state_dict()[k].dtype) if v.is_floating_point() else v
+                                   for k, v in self.state.items()})
+            refresh_batchnorm(final, data.train, frames, data.norm, data.vocab_sizes, config.batch_size, config.seed)
+        return final
+
+
+@dataclass
+class _Run:
+    """The parts of a run that change from epoch to epoch; saved after each one, so a run can resume."""
+
+    model: CPResNet
+    optimizer: torch.optim.Optimizer
+    trunk_params: list[torch.nn.Parameter]
+    state_path: Path
+    average: WeightAverage = field(default_factory=WeightAverage)
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+
+
+def train_model(model: CPResNet, data: TrainData, config: TrainConfig, out: Path, resume: bool = False,
+                metadata: dict | None = None, progress: Progress | None = None) -> tuple[Checkpoint, dict]:
     """Train in place; write `out` (the SWA model) and a resumable `out.state`; return checkpoint and report."""
-    progress = progress or (lambda event, data: None)
+    progress = progress or no_progress
     torch.manual_seed(config.seed)
-    vocab_sizes = {h: len(v) for h, v in vocab.items()}
-    frames = features.frames(int(config.crop_seconds * features.sample_rate))
+    run = _start(model, config, out.with_name(out.name + ".state"), resume, progress)
+    frames = data.features.frames(int(config.crop_seconds * data.features.sample_rate))
+    for epoch in range(run.start_epoch, config.epochs):
+        began = time.time()
+        losses = _train_epoch(run, data, config, epoch, frames, progress)
+        if epoch >= int(config.swa_from * config.epochs):
+            run.average.add(model)
+        line = {"epoch": epoch + 1, "epochs": config.epochs, "loss": float(np.mean(losses)) if losses else float("nan"),
+                "lr": run.optimizer.param_groups[-1]["lr"], "seconds": round(time.time() - began, 1)}
+        if data.val is not None:
+            report = validate(model, data, config)
+            line.update(val=_headline(report), score=summary_score(report))
+        run.history.append(line)
+        progress("epoch", line)
+        _save_state(run, epoch)
+    final = run.average.apply(model, data, frames, config)
+    report = {}
+    if data.val is not None:
+        report = validate(final, data, config)
+        progress("message", {"text": f"final (SWA of {run.average.count} epochs) validation: {_headline(report)}"})
+    checkpoint = _checkpoint(final, data, config, run, report, metadata)
+    save_checkpoint(checkpoint, out)
+    return checkpoint, report
+
+
+def _start(model: CPResNet, config: TrainConfig, state_path: Path, resume: bool, progress: Progress) -> _Run:
+    """The optimizer (the trunk's rate scaled for finetuning), and the saved state when resuming."""
     trunk_params = [p for n, p in model.named_parameters() if not n.startswith("heads.")]
     head_params = [p for n, p in model.named_parameters() if n.startswith("heads.")]
     optimizer = torch.optim.AdamW([{"params": trunk_params, "scale": config.trunk_lr_scale},
                                    {"params": head_params, "scale": 1.0}],
                                   lr=config.lr, weight_decay=config.weight_decay)
-    swa_state, swa_count, start_epoch, history = None, 0, 0, []
-    state_path = _state_path(out)
+    run = _Run(model, optimizer, trunk_params, state_path)
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        swa_state, swa_count = state["swa"], state["swa_count"]
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        progress("message", {"text": f"resuming after epoch {start_epoch} from {state_path}"})
-    steps_per_epoch = math.ceil(len(train.features) / config.batch_size)
-    swa_from = int(config.swa_from * config.epochs)
-    for epoch in range(start_epoch, config.epochs):
-        began = time.time()
-        rng = np.random.default_rng([config.seed, epoch])
-        torch.manual_seed(config.seed * 100003 + epoch)
-        frozen = epoch < config.trunk_frozen_epochs
-        for p in trunk_params:
-            p.requires_grad_(not frozen)
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(epoch, config) * group["scale"]
-        model.train()
-        order = rng.permutation(len(train.features))
-        losses = []
-        for step in range(steps_per_epoch):
-            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-            if len(batch) < 2:
-                continue  # BatchNorm needs two samples
-            x, y = make_batch(train, batch, frames, norm, vocab_sizes, rng)
-            x, y = mixup(augment(x, config, rng), y, config.mixup_alpha, rng)
-            loss = loss_fn(model(x), y, train.heads, config.label_count_power)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            progress("step", {"epoch": epoch, "step": step + 1, "steps": steps_per_epoch, "loss": losses[-1]})
-        if epoch >= swa_from:
-            swa_state, swa_count = _accumulate(swa_state, swa_count, model)
-        line = {"epoch": epoch + 1, "epochs": config.epochs, "loss": float(np.mean(losses)) if losses else float("nan"),
-                "lr": optimizer.param_groups[-1]["lr"], "seconds": round(time.time() - began, 1)}
-        if val is not None:
-            report = head_metrics(predict_features(model, val.features, norm, features, config.crop_seconds),
-                                  val.targets, val.heads, vocab)
-            line["val"] = _headline(report)
-            line["score"] = summary_score(report)
-        history.append(line)
-        progress("epoch", line)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "swa": swa_state,
-                    "swa_count": swa_count, "epoch": epoch, "history": history}, state_path)
-    final = copy.deepcopy(model)
-    if swa_state is not None and swa_count > 1:
-        final.load_state_dict({k: (v / swa_count).to(final.state_dict()[k].dtype) if v.is_floating_point() else v
-                               for k, v in swa_state.items()})
-        refresh_batchnorm(final, train, frames, norm, vocab_sizes, config.batch_size, config.seed)
-    report = {}
-    if val is not None:
-        report = head_metrics(predict_features(final, val.features, norm, features, config.crop_seconds),
-                              val.targets, val.heads, vocab)
-        progress("message", {"text": f"final (SWA of {swa_count} epochs) validation: {_headline(report)}"})
+        run.average = WeightAverage(state["swa"], state["swa_count"])
+        run.start_epoch, run.history = state["epoch"] + 1, state["history"]
+        progress("message", {"text": f"resuming after epoch {run.start_epoch} from {state_path}"})
+    return run
+
+
+def _train_epoch(run: _Run, data: TrainData, config: TrainConfig, epoch: int, frames: int,
+                 progress: Progress) -> list[float]:
+    """One pass over the training set in an order drawn from the epoch number; returns the losses."""
+    rng = np.random.default_rng([config.seed, epoch])
+    torch.manual_seed(config.seed * 100003 + epoch)
+    for p in run.trunk_params:
+        p.requires_grad_(epoch >= config.trunk_frozen_epochs)  # finetuning: the heads learn alone first
+    for group in run.optimizer.param_groups:
+        group["lr"] = config.lr * lr_factor(epoch, config) * group["scale"]
+    run.model.train()
+    order = rng.permutation(len(data.train.features))
+    steps = math.ceil(len(data.train.features) / config.batch_size)
+    losses = []
+    for step in range(steps):
+        batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+        if len(batch) < 2:
+            continue  # BatchNorm needs two samples
+        losses.append(_step(run, data, config, batch, frames, rng))
+        progress("step", {"epoch": epoch, "step": step + 1, "steps": steps, "loss": losses[-1]})
+    return losses
+
+
+def _step(run: _Run, data: TrainData, config: TrainConfig, batch: np.ndarray, frames: int,
+          rng: np.random.Generator) -> float:
+    x, y = make_batch(data.train, batch, frames, data.norm, data.vocab_sizes, rng)
+    x, y = mixup(augment(x, config, rng), y, config.mixup_alpha, rng)
+    loss = loss_fn(run.model(x), y, data.train.heads, config.label_count_power)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss.item()
+
+
+def validate(model: CPResNet, data: TrainData, config: TrainConfig) -> dict[str, dict]:
+    """Metrics per head on the validation split, clips scored as scan scores tracks (excerpt windows)."""
+    probs = predict_features(model, data.val.features, data.norm, data.features, config.crop_seconds)
+    return head_metrics(probs, data.val.targets, data.val.heads, data.vocab)
+
+
+def _save_state(run: _Run, epoch: int) -> None:
+    torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "swa": run.average.state, "swa_count": run.average.count, "epoch": epoch,
+                "history": run.history}, run.state_path)
+
+
+def _checkpoint(final: CPResNet, data: TrainData, config: TrainConfig, run: _Run, report: dict,
+                metadata: dict | None) -> Checkpoint:
+    """The trained model with everything needed to use it, and how it was made."""
     training = dict(metadata or {})
-    training.update({"recipe": asdict(config), "history": history, "parameters": count_parameters(final),
-                     "train_examples": len(train.features), "val_examples": len(val.features) if val else 0,
-                     "validation": _plain(report), "swa_epochs": swa_count})
-    checkpoint = Checkpoint(final.config, features, {h: list(v) for h, v in vocab.items()},
-                            final.state_dict(), {"mean": norm[0], "std": norm[1]}, training)
-    save_checkpoint(checkpoint, out)
-    return checkpoint, report
-
-
-def _accumulate(state, count, model):
-    current = {k: v.detach().double() if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
-    if state is None:
-        return current, 1
-    return {k: state[k] + current[k] if current[k].is_floating_point() else current[k] for k in state}, count + 1
+    training.update({"recipe": asdict(config), "history": run.history, "parameters": count_parameters(final),
+                     "train_examples": len(data.train.features),
+                     "val_examples": len(data.val.features) if data.val else 0,
+                     "validation": _plain(report), "swa_epochs": run.average.count})
+    return Checkpoint(final.config, data.features, {h: list(v) for h, v in data.vocab.items()},
+                      final.state_dict(), {"mean": data.norm[0], "std": data.norm[1]}, training)
 
 
 def _headline(report: dict[str, dict]) -> dict[str, dict]:

@@ -251,43 +251,6 @@ def test_scoring_in_workers_matches_scoring_in_the_parent(library, tiny_checkpoi
             assert labels == pytest.approx(scores[False][path][head], abs=2e-5), (path, head)
 
 
-def test_track_scores_averages_windows_across_forward_passes(tiny_checkpoint):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
-    from musictag.scan import track_scores
-
-    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
-    rng = np.random.default_rng(0)
-    windows = [0.1 * rng.standard_normal(tagger.sample_rate).astype(np.float32) for _ in range(5)]
-    every = tagger.predict(windows)
-    chunked = track_scores(tagger, windows, batch_size=2)
-    for head, probs in every.items():
-        np.testing.assert_allclose(chunked[head], probs.mean(axis=0), atol=1e-6)
-
-
-def test_predict_each_matches_one_predict_per_transform(tiny_checkpoint):
-    import torch
-
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
-    from musictag.model import probabilities
-
-    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
-    rng = np.random.default_rng(1)
-    lengths = (tagger.sample_rate, tagger.sample_rate // 2, tagger.sample_rate)  # two length groups
-    windows = [0.1 * rng.standard_normal(n).astype(np.float32) for n in lengths]
-    transforms = {"": None, "flat": lambda x: x.mean(dim=-1, keepdim=True).expand_as(x), "loud": lambda x: x + 1.0}
-    each = tagger.predict_each(windows, transforms)
-    with torch.inference_mode():  # reference: one window at a time, straight through features and network
-        for name, transform in transforms.items():
-            for row, window in enumerate(windows):
-                x = tagger.features(torch.from_numpy(window)[None])
-                logits = tagger.model(x if transform is None else transform(x))
-                for head, p in probabilities(logits, tagger.checkpoint.model_config).items():
-                    np.testing.assert_allclose(each[name][head][row], p[0].numpy(), atol=1e-5)
-    assert not np.allclose(each["flat"]["mood"], each[""]["mood"])
-
-
 @pytest.mark.skipif(os.name == "nt", reason="Windows file names are always Unicode")
 def test_file_names_that_are_not_utf8_are_scanned_exported_and_undone(tiny_checkpoint, tmp_path):
     folder = tmp_path / "lib"
@@ -372,7 +335,7 @@ def test_csv_option_of_scan(library, tiny_checkpoint, tmp_path):
 
 
 def test_walk_order_hidden_and_symlink_loops(library):
-    from musictag.scan import walk
+    from musictag.library import walk
 
     os.symlink(library, library / "c" / "loop")  # a link back up the tree
     os.symlink(library / "a" / "one.mp3", library / "b" / "alias.mp3")
@@ -434,27 +397,3 @@ def test_scan_help_is_light_and_states_the_real_excerpt_default():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False")
     assert f"analysed per track (default {EXCERPT_COUNT})" in " ".join(out.replace("│", "").split())
-
-
-def test_window_batcher_packs_tracks_across_passes_and_averages_each_exactly():
-    from musictag.scan import WindowBatcher
-
-    passes = []
-
-    def predict(windows):
-        passes.append(len(windows))
-        return {"x": np.stack([w[:2] for w in windows])}
-
-    rng = np.random.default_rng(3)
-    tracks = {name: [rng.standard_normal(4).astype(np.float32) for _ in range(n)]
-              for name, n in [("a", 2), ("b", 7), ("c", 1), ("d", 3)]}
-    batcher = WindowBatcher(predict, batch_size=4)
-    finished = []
-    for name, windows in tracks.items():
-        finished += batcher.add(name, windows)
-    assert [t for t, _ in finished] == ["a", "b", "c"]  # "b" spans two passes, "d" waits for flush
-    finished += batcher.flush()
-    assert passes == [4, 4, 4, 1] and [t for t, _ in finished] == ["a", "b", "c", "d"]
-    for name, means in finished:
-        np.testing.assert_allclose(means["x"], np.mean([w[:2] for w in tracks[name]], axis=0), rtol=1e-6)
-    assert not batcher.sums and not batcher.left  # nothing kept for finished tracks

@@ -1,0 +1,163 @@
+"""The scoring pipeline scan and evaluate share: tracks decoded in worker processes (only the excerpt
+plan's windows), a bounded number in flight, windows batched through the model, means per track.
+
+On the CPU a worker can also run the model on its own track (`start_worker` with a checkpoint): no
+audio crosses processes. On a GPU the workers only decode and the parent batches their windows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+from .audio import decode_failure, load_audio, load_excerpts
+from .defaults import BATCH_SIZE, EXCERPT_COUNT, WINDOW_SECONDS
+
+
+class Job(NamedTuple):
+    """What a worker decodes: a track, the rate its windows come at, and which windows."""
+
+    path: str
+    sample_rate: int
+    whole_track: bool = False  # every window of the track instead of the excerpt plan
+    excerpts: int = EXCERPT_COUNT
+
+
+class Decoded(NamedTuple):
+    """A worker's answer: the track's windows, or its mean probabilities per head where the worker holds
+    the model, or (both None) the reason it failed. Never an exception: one bad file must not end a run."""
+
+    path: str
+    duration: float = 0.0
+    windows: list[np.ndarray] | None = None
+    scores: dict[str, np.ndarray] | None = None
+    error: str = ""
+
+
+def decode_track(job: Job) -> Decoded:
+    """Worker: the job's windows (or the reason it has none)."""
+    path, sr, whole, count = job
+    try:
+        if whole:
+            audio = load_audio(path, sr)
+            n = int(WINDOW_SECONDS * sr)
+            windows = [audio[i:i + n] for i in range(0, max(len(audio) - n, 0) + 1, n)]
+            return Decoded(path, len(audio) / sr, windows)
+        duration, windows = load_excerpts(path, sr, count=count)
+        return Decoded(path, duration, windows)
+    except Exception as e:
+        return Decoded(path, error=decode_failure(e))
+
+
+def quiet_worker() -> None:
+    """Decode workers: C decoders (mpg123) print notes on damaged files straight to fd 2, which would
+    tear the progress bar; every error reaches the parent as a string anyway."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+
+
+_worker_model: dict = {}  # in workers that score their own tracks: "tagger" and "batch_size"
+
+
+def start_worker(checkpoint=None, batch_size: int = BATCH_SIZE) -> None:
+    """Pool initializer: quiet stderr and, given a checkpoint, load the model with one torch thread
+    (one per worker: the workers already use every core)."""
+    quiet_worker()
+    if checkpoint is not None:
+        from .inference import Tagger, set_cpu_threads
+
+        set_cpu_threads(1)
+        _worker_model.update(tagger=Tagger(checkpoint, "cpu"), batch_size=batch_size)
+
+
+def analyse_track(job: Job) -> Decoded:
+    """Worker: decode_track, then, where this worker holds the model, the track's mean probabilities
+    per head instead of its windows."""
+    decoded = decode_track(job)
+    if decoded.windows is None or not _worker_model:
+        return decoded
+    try:
+        return Decoded(decoded.path, decoded.duration,
+                       scores=track_scores(_worker_model["tagger"], decoded.windows, _worker_model["batch_size"]))
+    except Exception as e:  # e.g. out of memory on a huge whole-track job: this file fails, the run goes on
+        return Decoded(decoded.path, error=f"{type(e).__name__}: {e}")
+
+
+def track_scores(tagger, windows: list[np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Mean probabilities per head over a track's windows, in forward passes of at most batch_size
+    (the worker's own track through the same WindowBatcher as the parent's, so both average alike)."""
+    batcher = WindowBatcher(tagger.predict, batch_size)
+    (_, means), = batcher.add(None, windows) + batcher.flush()
+    return means
+
+
+def worker_pool(workers: int, initializer: Callable = quiet_worker, initargs: tuple = ()) -> ProcessPoolExecutor:
+    """A pool of `workers` spawned processes, each started by `initializer(*initargs)`."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=initializer, initargs=initargs)
+
+
+def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -> Iterator:
+    """pool.map in order, but with at most `in_flight` jobs submitted: results never pile up."""
+    pending, jobs = deque(), iter(jobs)
+    for job in jobs:
+        pending.append(pool.submit(fn, job))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class WindowBatcher:
+    """Packs the windows of several tracks into forward passes of about `batch_size` windows (a GPU
+    needs big batches to stay busy) and hands each track back, with its mean output per key, as soon
+    as its last window is scored. `predict` maps a list of windows to {key: (windows, n) array}."""
+
+    def __init__(self, predict: Callable[[list[np.ndarray]], dict], batch_size: int):
+        self.predict = predict
+        self.batch_size = batch_size
+        self.windows: list[np.ndarray] = []
+        self.owners: list = []  # the track of each queued window
+        self.sums: dict = {}  # track -> {key: sum of its scored rows}
+        self.total: dict = {}  # track -> its number of windows
+        self.left: dict = {}  # track -> its windows not yet scored
+
+    def add(self, track, windows: list[np.ndarray]) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """Queue a track's windows (at least one); returns the tracks finished by the passes this ran."""
+        self.sums[track], self.total[track], self.left[track] = {}, len(windows), len(windows)
+        self.windows += windows
+        self.owners += [track] * len(windows)
+        finished = []
+        while len(self.windows) >= self.batch_size:
+            finished += self._pass()
+        return finished
+
+    def flush(self) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """Score everything still queued; returns the tracks finished."""
+        finished = []
+        while self.windows:
+            finished += self._pass()
+        return finished
+
+    def _pass(self) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """One forward pass over the first batch_size queued windows (a track may span passes)."""
+        n = self.batch_size
+        windows, owners = self.windows[:n], self.owners[:n]
+        self.windows, self.owners = self.windows[n:], self.owners[n:]
+        outputs = self.predict(windows)
+        for row, track in enumerate(owners):
+            sums = self.sums[track]
+            for key, values in outputs.items():
+                sums[key] = sums.get(key, 0) + values[row]
+            self.left[track] -= 1
+        return [(t, self._pop_mean(t)) for t in dict.fromkeys(owners) if self.left[t] == 0]
+
+    def _pop_mean(self, track) -> dict[str, np.ndarray]:
+        total, sums = self.total.pop(track), self.sums.pop(track)
+        del self.left[track]
+        return {key: values / total for key, values in sums.items()}
