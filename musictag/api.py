@@ -24,6 +24,7 @@ from .scan import MODES, ScanOptions, ScanResult, Scanner, undo
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
+    from .distill import Teacher
     from .features import FeatureConfig
     from .inference import Tagger
     from .model import ModelConfig
@@ -139,26 +140,120 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
           features: "FeatureConfig | None" = None, config: "TrainConfig | None" = None,
           val: str | Path | None = None, val_fraction: float = VAL_FRACTION, min_count: int = 1,
           ignore: tuple[str, ...] = (), single: tuple[str, ...] = (), resume: bool = False,
-          workers: int = DECODE_WORKERS, progress: Progress | None = None) -> tuple["Checkpoint", dict]:
-    """Train a model from scratch on a manifest or folder-per-class data set."""
+          workers: int = DECODE_WORKERS, teacher: "Teacher | None" = None,
+          progress: Progress | None = None) -> tuple["Checkpoint", dict]:
+    """Train a model from scratch on a manifest or folder-per-class data set; with a teacher, distil it
+    too (teacher heads, unlabelled audio) and calibrate the written vocabulary on the validation split."""
     from .features import FeatureConfig
-    from .model import CPResNet, ModelConfig
+    from .model import ModelConfig
     from .train import TrainConfig, TrainData, normalization_stats, train_model
 
     config = config or TrainConfig()
     features = features or FeatureConfig()
     dataset = read_manifest(data, ignore=ignore, single=single, min_count=min_count)
     train_examples, val_examples = split(dataset, val, val_fraction, config.seed)
-    base = model_config or ModelConfig()
-    model_config = ModelConfig(**{**base.__dict__, "heads": dataset.head_shapes(), "n_mels": features.n_mels})
     train_set, val_set = _prepare_split(dataset, train_examples, val_examples, features, workers, False, progress)
-    norm = normalization_stats(train_set.features)
+    vocab, metadata = dict(dataset.vocab), {"data": str(data), "host": platform.machine(),
+                                            "split": "given" if val else f"{val_fraction:.0%} held out by artist",
+                                            "val_paths": [e.name for e in val_examples]}
+    if teacher is not None:
+        train_set, metadata["distillation"] = distilled_set(train_set, dataset, teacher, features, config, workers,
+                                                            progress)
+        vocab.update({head: list(labels) for head, labels in teacher.labels.items()})
+    base = model_config or ModelConfig()
+    heads = {head: (train_set.heads[head], len(labels)) for head, labels in vocab.items()}
+    model_config = ModelConfig(**{**base.__dict__, "heads": heads, "n_mels": features.n_mels})
     if val_examples and val is None:
         write_manifest(val_examples, Path(str(out) + ".val.csv"))  # so the split can be evaluated later
-    metadata = {"data": str(data), "split": "given" if val else f"{val_fraction:.0%} held out by artist",
-                "val_paths": [e.name for e in val_examples], "host": platform.machine()}
-    return train_model(CPResNet(model_config), TrainData(train_set, val_set, dataset.vocab, features, norm),
-                       config, Path(out), resume=resume, metadata=metadata, progress=progress)
+    data_sets = TrainData(train_set, val_set, vocab, features, normalization_stats(train_set.features))
+    checkpoint, report = train_model(seeded_model(model_config, config.seed), data_sets, config, Path(out),
+                                     resume=resume, metadata=metadata, progress=progress)
+    if teacher is not None and val_set is not None:
+        calibrate_vocabulary(checkpoint, val_set, Path(out))
+    return checkpoint, report
+
+
+def teacher(cache: str | Path, unlabelled: str | Path | None = None) -> "Teacher":
+    """A teacher for `train`: its output cache, and unlabelled audio as a folder or a file of paths."""
+    from .distill import Teacher
+    from .library import AUDIO_EXTENSIONS
+
+    files: list[str] = []
+    if unlabelled is not None and Path(unlabelled).is_dir():  # paths as found: teacher outputs are cached by path
+        files = sorted(str(p.absolute()) for p in Path(unlabelled).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    elif unlabelled is not None:
+        files = [line.strip() for line in Path(unlabelled).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not Path(cache).is_dir():
+        raise ManifestError(f"{cache}: no such teacher cache folder")
+    return Teacher(Path(cache), files)
+
+
+def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", features: "FeatureConfig",
+                  config: "TrainConfig", workers: int, progress: Progress | None) -> tuple["Prepared", dict]:
+    """The labelled training clips with the teacher's taggrams as extra targets, plus the unlabelled
+    audio in segments with teacher targets and probe pseudo-labels; and a record of what went in."""
+    import numpy as np
+
+    from .cache import cached_features
+    from .distill import concat, fit_pseudo_labellers, hours, labelled_set, load_teacher, unlabelled_set
+    from .train import Prepared
+
+    teachers = [load_teacher(e.path, teacher.cache) for e in train_set.examples]
+    if not any(t is not None for t in teachers):
+        raise ManifestError(f"{teacher.cache}: no teacher outputs for the training clips "
+                            "(scripts/teacher_targets.py makes them)")
+    labels = {head: [e.labels[head] for e in train_set.examples] for head in dataset.heads}
+    clips = labelled_set(train_set.features, labels, dataset.heads, dataset.vocab, teachers,
+                         [e.name for e in train_set.examples])
+    probes = fit_pseudo_labellers(teachers, labels, dataset.heads, dataset.vocab)
+    mels, failures = cached_features(teacher.unlabelled, features, workers=workers, progress=lambda done, total: (
+        progress or no_progress)("cache", {"done": done, "total": total}))
+    tracks = [(path, mel, t) for path, mel in zip(teacher.unlabelled, mels)
+              if mel is not None and (t := load_teacher(path, teacher.cache)) is not None]
+    songs = unlabelled_set(tracks, features.frames_per_second, probes, config.pseudo_weight)
+    mixed = concat(clips, songs)
+    kinds = {**dataset.heads, **{head: "multi" for head in teacher.labels}}
+    prepared = Prepared(train_set.examples + [Example(name, name, {}) for name in songs.names], mixed.features,
+                        mixed.targets, kinds, mixed.weights, np.arange(len(mixed)) < len(clips))
+    record = {"teacher": "musicnn 0.1.0 (MSD_musicnn, MTT_musicnn; ISC)",
+              "labelled_clips": len(clips), "labelled_hours": round(hours(clips.features, features.frames_per_second), 2),
+              "clips_with_teacher_targets": sum(t is not None for t in teachers),
+              "unlabelled_tracks": len(tracks), "unlabelled_failures": len(failures),
+              "unlabelled_hours": round(hours([m for _, m, _ in tracks], features.frames_per_second), 2),
+              "unlabelled_segments": len(songs), "pseudo_weight": config.pseudo_weight}
+    return prepared, record
+
+
+def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", out: Path) -> None:
+    """Choose each written term's threshold on the validation clips (scored as scan scores tracks) and
+    store the vocabulary in the checkpoint at `out`."""
+    from .checkpoint import save_checkpoint
+    from .defaults import WINDOW_SECONDS
+    from .train import predict_features
+    from .vocabulary import DEFAULT_FIELDS, available, calibrate, term_matrix, truth_matrix, vocabulary_to_dict
+
+    norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
+    probs = predict_features(checkpoint.build_model(), val_set.features, norm, checkpoint.feature_config,
+                             WINDOW_SECONDS)
+    fields = []
+    for f in available(DEFAULT_FIELDS, checkpoint.labels):
+        if f.truth_head in val_set.heads:
+            truth = truth_matrix(f, [e.labels.get(f.truth_head, []) for e in val_set.examples])
+            f = calibrate(f, term_matrix(f, probs, checkpoint.labels), truth)
+        fields.append(f)
+    checkpoint.vocabulary = vocabulary_to_dict(tuple(fields))
+    save_checkpoint(checkpoint, out)
+
+
+def seeded_model(model_config: "ModelConfig", seed: int) -> "CPResNet":
+    """A new network whose initial weights depend on the recipe's seed alone (not on whatever drew from
+    torch's random stream before), so the same recipe trains the same model."""
+    import torch
+
+    from .model import CPResNet
+
+    torch.manual_seed(seed)
+    return CPResNet(model_config)
 
 
 def finetune_config(epochs: int = FINETUNE_EPOCHS) -> "TrainConfig":
@@ -186,6 +281,8 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
              val_fraction: float = VAL_FRACTION, resume: bool = False, workers: int = DECODE_WORKERS,
              progress: Progress | None = None) -> tuple["Checkpoint", dict]:
     """Adapt a trained model to a new vocabulary: new heads, trunk frozen first, then a lower rate."""
+    import torch
+
     from .checkpoint import load_checkpoint
     from .model import replace_heads
     from .train import TrainData, train_model
@@ -193,6 +290,7 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
     base = load_checkpoint(start)
     config = config or finetune_config()
     model = base.build_model()
+    torch.manual_seed(config.seed)  # the new heads start from the recipe's seed, as seeded_model
     replace_heads(model, dataset.head_shapes())
     train_examples, val_examples = split(dataset, None, val_fraction, config.seed)
     features = base.feature_config

@@ -34,6 +34,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     normalization: dict[str, float] = field(default_factory=lambda: {"mean": 0.0, "std": 1.0})
     training: dict = field(default_factory=dict)  # data, recipe, metrics: free-form, builtins only
+    vocabulary: list[dict] = field(default_factory=list)  # what scan writes, with thresholds (vocabulary.py)
     sha256: str = ""  # of the file it was loaded from
 
     def build_model(self) -> CPResNet:
@@ -79,6 +80,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, half: bool 
         "state_dict": state,
         "normalization": dict(checkpoint.normalization),
         "training": checkpoint.training,
+        "vocabulary": checkpoint.vocabulary,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +145,7 @@ def _from_payload(payload, path: Path) -> Checkpoint:
             state_dict=payload["state_dict"],
             normalization=dict(payload.get("normalization", {"mean": 0.0, "std": 1.0})),
             training=payload.get("training", {}),
+            vocabulary=list(payload.get("vocabulary", [])),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(path, f"incompatible checkpoint contents ({type(e).__name__}: {e})") from None

@@ -276,9 +276,13 @@ def train(
     seed: Optional[int] = typer.Option(None),
     workers: int = typer.Option(DECODE_WORKERS, help="Decode processes for the feature cache."),
     resume: bool = typer.Option(False, help="Continue from OUT.state."),
+    teacher_cache: Optional[Path] = typer.Option(
+        None, "--teacher-cache", help="Distil musicnn: its outputs cached by scripts/teacher_targets.py."),
+    unlabelled: Optional[Path] = typer.Option(
+        None, "--unlabelled", help="With --teacher-cache: unlabelled audio, a folder or a file listing paths."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Train a model from labelled audio (manifest CSV or folder per class)."""
+    """Train a model from labelled audio (manifest CSV or folder per class), optionally distilling musicnn."""
     from . import api
     from .errors import ManifestError
 
@@ -286,9 +290,10 @@ def train(
         config, epochs=epochs, seed=seed, n_mels=n_mels, rho=rho, width=width, activation=activation,
         frequency_aware=frequency_aware, shake_shake=shake_shake)
     try:
+        teacher = api.teacher(teacher_cache, unlabelled) if teacher_cache else None
         checkpoint, _ = api.train(data, out, model_config, features, train_config, val=val,
                                   val_fraction=val_fraction, min_count=min_count, ignore=_split_list(ignore),
-                                  single=_split_list(single), resume=resume, workers=workers,
+                                  single=_split_list(single), resume=resume, workers=workers, teacher=teacher,
                                   progress=_train_progress(quiet))
     except ManifestError as e:
         _fail(str(e))

@@ -18,13 +18,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 TEACHER_HEADS = ("msd", "mtt")
+# The teachers' own tag names, in their output order (musicnn.configuration.MSD_LABELS / MTT_LABELS):
+# the student's `msd` and `mtt` heads carry them unchanged, so it can be scored against musicnn.
+MSD_LABELS = ('rock', 'pop', 'alternative', 'indie', 'electronic', 'female vocalists', 'dance', '00s',
+              'alternative rock', 'jazz', 'beautiful', 'metal', 'chillout', 'male vocalists', 'classic rock',
+              'soul', 'indie rock', 'Mellow', 'electronica', '80s', 'folk', '90s', 'chill', 'instrumental',
+              'punk', 'oldies', 'blues', 'hard rock', 'ambient', 'acoustic', 'experimental', 'female vocalist',
+              'guitar', 'Hip-Hop', '70s', 'party', 'country', 'easy listening', 'sexy', 'catchy', 'funk',
+              'electro', 'heavy metal', 'Progressive rock', '60s', 'rnb', 'indie pop', 'sad', 'House', 'happy')
+MTT_LABELS = ('guitar', 'classical', 'slow', 'techno', 'strings', 'drums', 'electronic', 'rock', 'fast', 'piano',
+              'ambient', 'beat', 'violin', 'vocal', 'synth', 'female', 'indian', 'opera', 'male', 'singing',
+              'vocals', 'no vocals', 'harpsichord', 'loud', 'quiet', 'flute', 'woman', 'male vocal', 'no vocal',
+              'pop', 'soft', 'sitar', 'solo', 'man', 'classic', 'choir', 'voice', 'new age', 'dance',
+              'male voice', 'female vocal', 'beats', 'harp', 'cello', 'no voice', 'weird', 'country', 'metal',
+              'female voice', 'choral')
+TEACHER_LABELS = {"msd": list(MSD_LABELS), "mtt": list(MTT_LABELS)}
 TEACHER_VERSION = "musicnn-0.1.0"
 SEGMENT_PATCHES = 2  # 2 x 2.99 s: a segment just longer than one 5 s training crop
 PSEUDO_WEIGHT = 0.5  # pseudo-labels count half as much as real labels
@@ -207,7 +222,7 @@ def concat(a: DistillSet, b: DistillSet) -> DistillSet:
     return DistillSet(a.features + b.features, targets, weights, a.names + b.names)
 
 
-PROBE_L2 = 1e-2  # bench/teacher_probe.py's grid picks this on the 4Q split for every head but one
+PROBE_L2 = 1e-2  # what bench/teacher_probe.py picks from 1e-3, 1e-2, 1e-1 on the 4Q artist split
 
 
 def fit_pseudo_labellers(teachers: list[TeacherOutput | None], labels: dict[str, list[list[str]]],
@@ -222,3 +237,17 @@ def fit_pseudo_labellers(teachers: list[TeacherOutput | None], labels: dict[str,
         keep = ~np.isnan(y).any(axis=1)
         probes[head] = fit_probe(x[keep], y[keep], kind, l2)
     return probes
+
+
+@dataclass
+class Teacher:
+    """What a distilling run learns from besides its labels: the teacher's cached outputs, and the
+    unlabelled audio files it heard."""
+
+    cache: Path
+    unlabelled: list[str]
+    labels: dict[str, list[str]] = field(default_factory=lambda: {h: list(v) for h, v in TEACHER_LABELS.items()})
+
+
+def hours(features: list[np.ndarray], frames_per_second: float) -> float:
+    return float(sum(f.shape[1] for f in features) / frames_per_second / 3600)

@@ -51,6 +51,8 @@ class TrainConfig:
     label_count_power: float = 0.0  # multi-label heads' mean BCE times n_labels**power (1: summed over labels)
     trunk_frozen_epochs: int = 0  # finetuning: train only the heads first ...
     trunk_lr_scale: float = 1.0  # ... then the trunk at this fraction of the rate
+    labelled_share: float = 0.5  # with unlabelled audio mixed in: share of each batch from labelled clips
+    pseudo_weight: float = 0.5  # loss weight of a probe's pseudo-label against a real label's 1
     seed: int = 0
 
     @classmethod
@@ -60,12 +62,19 @@ class TrainConfig:
 
 @dataclass
 class Prepared:
-    """Cached features and targets of one split."""
+    """Cached features and targets of one split.
+
+    Targets are class indices (n,) for a single-label head (-1: unknown), or (n, n_labels) floats, soft
+    or hard, for any head (a NaN row: no target). `weights` scales each example's loss per head (a
+    pseudo-label counts less than a label); `labelled` marks the examples of the labelled pool when
+    unlabelled audio is mixed in, so each batch draws a fixed share from each pool."""
 
     examples: list[Example]
     features: list[np.ndarray]  # (n_mels, frames) float16
-    targets: dict[str, np.ndarray]  # single: (n,) int64; multi: (n, n_labels) float32
+    targets: dict[str, np.ndarray]
     heads: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (n,); absent: 1 for every example
+    labelled: np.ndarray | None = None  # (n,) bool; None: every example is labelled
 
 
 def lr_factor(epoch: float, config: TrainConfig) -> float:
@@ -109,37 +118,70 @@ def augment(x: torch.Tensor, config: TrainConfig, rng: np.random.Generator) -> t
     return x
 
 
+@dataclass
+class Batch:
+    x: torch.Tensor  # (b, 1, n_mels, frames), normalised
+    targets: dict[str, torch.Tensor]  # head -> (b, n_labels) float
+    weights: dict[str, torch.Tensor]  # head -> (b,): 0 where the example has no target for the head
+    groups: np.ndarray | None = None  # (b,) pool of each example (mixup pairs stay within a pool)
+
+
 def make_batch(data: Prepared, indices: np.ndarray, frames: int, norm: tuple[float, float],
-               vocab_sizes: dict[str, int], rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+               vocab_sizes: dict[str, int], rng: np.random.Generator) -> Batch:
     crops = np.stack([random_crop(data.features[i], frames, rng) for i in indices]).astype(np.float32)
     x = (torch.from_numpy(crops)[:, None] - norm[0]) / norm[1]
-    y = {}
-    for head, kind in data.heads.items():
+    targets, weights = {}, {}
+    for head in data.heads:
         t = data.targets[head][indices]
-        y[head] = F.one_hot(torch.from_numpy(t), vocab_sizes[head]).float() if kind == "single" else torch.from_numpy(t)
-    return x, y
-
-
-def mixup(x: torch.Tensor, y: dict, alpha: float, rng: np.random.Generator):
-    if alpha <= 0:
-        return x, y
-    lam = torch.from_numpy(rng.beta(alpha, alpha, x.shape[0]).astype(np.float32))
-    perm = torch.from_numpy(rng.permutation(x.shape[0]))
-    x = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm]
-    y = {h: lam.view(-1, 1) * t + (1 - lam.view(-1, 1)) * t[perm] for h, t in y.items()}
-    return x, y
-
-
-def loss_fn(logits: dict, targets: dict, heads: dict[str, str], label_count_power: float = 0.0) -> torch.Tensor:
-    """Cross-entropy per single-label head plus BCE per multi-label head. A mean over 62 mood labels
-    gives the shared trunk a far weaker signal than one 4-way cross-entropy; the power rebalances it."""
-    total = 0.0
-    for head, kind in heads.items():
-        if kind == "single":
-            total = total + torch.sum(-targets[head] * F.log_softmax(logits[head], dim=-1), dim=-1).mean()
+        if t.ndim == 1:  # class indices
+            known = t >= 0
+            t = np.eye(vocab_sizes[head], dtype=np.float32)[np.maximum(t, 0)]
         else:
-            weight = logits[head].shape[1] ** label_count_power
-            total = total + weight * F.binary_cross_entropy_with_logits(logits[head], targets[head])
+            known = ~np.isnan(t).any(axis=1)
+            t = np.nan_to_num(t)
+        w = known.astype(np.float32) * (data.weights[head][indices] if head in data.weights else 1.0)
+        targets[head], weights[head] = torch.from_numpy(t.astype(np.float32)), torch.from_numpy(w.astype(np.float32))
+    groups = None if data.labelled is None else data.labelled[indices]
+    return Batch(x, targets, weights, groups)
+
+
+def mixup(batch: Batch, alpha: float, rng: np.random.Generator) -> Batch:
+    """Mix each example with another of its pool; a mixed target counts only where both had one."""
+    if alpha <= 0:
+        return batch
+    n = batch.x.shape[0]
+    lam = torch.from_numpy(rng.beta(alpha, alpha, n).astype(np.float32))
+    perm = torch.from_numpy(_permutation_within(batch.groups, rng) if batch.groups is not None else rng.permutation(n))
+    x = lam.view(-1, 1, 1, 1) * batch.x + (1 - lam.view(-1, 1, 1, 1)) * batch.x[perm]
+    targets = {h: lam.view(-1, 1) * t + (1 - lam.view(-1, 1)) * t[perm] for h, t in batch.targets.items()}
+    weights = {h: torch.where((w > 0) & (w[perm] > 0), lam * w + (1 - lam) * w[perm], torch.zeros_like(w))
+               for h, w in batch.weights.items()}
+    return Batch(x, targets, weights, batch.groups)
+
+
+def _permutation_within(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    perm = np.arange(len(groups))
+    for value in np.unique(groups):
+        members = np.flatnonzero(groups == value)
+        perm[members] = rng.permutation(members)
+    return perm
+
+
+def loss_fn(logits: dict, batch: Batch, heads: dict[str, str], label_count_power: float = 0.0) -> torch.Tensor:
+    """Cross-entropy per single-label head plus BCE per multi-label head (soft targets alike), each a
+    weighted mean over the examples that have a target for it. A mean over 62 mood labels gives the
+    shared trunk a far weaker signal than one 4-way cross-entropy; the power rebalances it."""
+    total = torch.zeros(())
+    for head, kind in heads.items():
+        weights, target = batch.weights[head], batch.targets[head]
+        if float(weights.sum()) <= 0:
+            continue
+        if kind == "single":
+            per_example = torch.sum(-target * F.log_softmax(logits[head], dim=-1), dim=-1)
+        else:
+            per_example = F.binary_cross_entropy_with_logits(logits[head], target, reduction="none").mean(dim=-1)
+            per_example = per_example * logits[head].shape[1] ** label_count_power
+        total = total + (per_example * weights).sum() / weights.sum()
     return total
 
 
@@ -189,6 +231,9 @@ def normalization_stats(features: list[np.ndarray]) -> tuple[float, float]:
     return float(mean), float(math.sqrt(max(total_sq / n - mean**2, 1e-6)))
 
 
+BATCHNORM_REFRESH_BATCHES = 100  # clean batches that re-estimate BatchNorm statistics after SWA
+
+
 @torch.no_grad()
 def refresh_batchnorm(model: CPResNet, data: Prepared, frames: int, norm: tuple[float, float],
                       vocab_sizes: dict[str, int], batch_size: int, seed: int) -> None:
@@ -199,10 +244,9 @@ def refresh_batchnorm(model: CPResNet, data: Prepared, frames: int, norm: tuple[
         bn.momentum = None  # cumulative average over the pass
     model.train()
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(data.features))
+    order = rng.permutation(len(data.features))[:BATCHNORM_REFRESH_BATCHES * batch_size]
     for start in range(0, len(order), batch_size):
-        x, _ = make_batch(data, order[start:start + batch_size], frames, norm, vocab_sizes, rng)
-        model(x)
+        model(make_batch(data, order[start:start + batch_size], frames, norm, vocab_sizes, rng).x)
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
@@ -321,11 +365,10 @@ def _train_epoch(run: _Run, data: TrainData, config: TrainConfig, epoch: int, fr
     for group in run.optimizer.param_groups:
         group["lr"] = config.lr * lr_factor(epoch, config) * group["scale"]
     run.model.train()
-    order = rng.permutation(len(data.train.features))
-    steps = math.ceil(len(data.train.features) / config.batch_size)
+    batches = epoch_batches(data.train, config, rng)
+    steps = len(batches)
     losses = []
-    for step in range(steps):
-        batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+    for step, batch in enumerate(batches):
         if len(batch) < 2:
             continue  # BatchNorm needs two samples
         losses.append(_step(run, data, config, batch, frames, rng))
@@ -333,11 +376,30 @@ def _train_epoch(run: _Run, data: TrainData, config: TrainConfig, epoch: int, fr
     return losses
 
 
+def epoch_batches(data: Prepared, config: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """The epoch's batches of example indices. Labelled data alone: one pass in a random order. With
+    unlabelled audio mixed in, an epoch is one pass over the labelled clips, each batch topped up with
+    unlabelled segments drawn afresh every epoch, so labels keep their weight however much audio is added."""
+    size = config.batch_size
+    if data.labelled is None or data.labelled.all():
+        order = rng.permutation(len(data.features))
+        return [order[start:start + size] for start in range(0, len(order), size)]
+    labelled, unlabelled = np.flatnonzero(data.labelled), np.flatnonzero(~data.labelled)
+    per_batch = max(1, min(size - 1, round(size * config.labelled_share)))
+    steps = math.ceil(len(labelled) / per_batch)
+    others = size - per_batch
+    order = rng.permutation(labelled)
+    extra = rng.choice(unlabelled, steps * others, replace=len(unlabelled) < steps * others)
+    return [np.concatenate([order[s * per_batch:(s + 1) * per_batch], extra[s * others:(s + 1) * others]])
+            for s in range(steps)]
+
+
 def _step(run: _Run, data: TrainData, config: TrainConfig, batch: np.ndarray, frames: int,
           rng: np.random.Generator) -> float:
-    x, y = make_batch(data.train, batch, frames, data.norm, data.vocab_sizes, rng)
-    x, y = mixup(augment(x, config, rng), y, config.mixup_alpha, rng)
-    loss = loss_fn(run.model(x), y, data.train.heads, config.label_count_power)
+    examples = make_batch(data.train, batch, frames, data.norm, data.vocab_sizes, rng)
+    examples.x = augment(examples.x, config, rng)
+    examples = mixup(examples, config.mixup_alpha, rng)
+    loss = loss_fn(run.model(examples.x), examples, data.train.heads, config.label_count_power)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()

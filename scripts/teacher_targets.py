@@ -48,6 +48,7 @@ class Teacher:
 
         tf.compat.v1.disable_eager_execution()
         self.tf, self.config = tf, configuration
+        self.labels = {"msd": list(configuration.MSD_LABELS), "mtt": list(configuration.MTT_LABELS)}
         self.n_frames = int(3 * configuration.SR - configuration.FFT_SIZE // 2) // configuration.FFT_HOP + 1
         self.sessions = {}
         for head, name in MODELS.items():
@@ -118,7 +119,8 @@ def main() -> None:
                 continue
             result = teacher.run(patches)
             tmp = out / f".{teacher_key(path)}.tmp.npz"
-            np.savez(tmp, patch_seconds=np.float32(teacher.patch_seconds), **result)
+            np.savez(tmp, patch_seconds=np.float32(teacher.patch_seconds), msd_labels=np.array(teacher.labels["msd"]),
+                     mtt_labels=np.array(teacher.labels["mtt"]), **result)
             os.replace(tmp, out / f"{teacher_key(path)}.npz")
             if (i + 1) % 20 == 0 or i + 1 == len(todo):
                 print(f"{i + 1}/{len(todo)} files, {time.time() - began:.0f} s", flush=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import write_track
 
-from musictag.distill import (DistillSet, LinearProbe, TeacherOutput, concat, fit_probe, labelled_set,
+from musictag.distill import (TEACHER_LABELS, DistillSet, LinearProbe, TeacherOutput, concat, fit_probe, labelled_set,
                               load_teacher, one_hot_targets, segments, teacher_key, unlabelled_set)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,3 +92,5 @@ def test_teacher_step_caches_both_taggrams_and_embeddings(tmp_path):
     assert out.probs["msd"].shape == (3, 50) and out.embeddings.shape == (3, 400)
     assert ((out.probs["mtt"] >= 0) & (out.probs["mtt"] <= 1)).all()
     assert not np.allclose(out.embeddings[0], out.embeddings[1])  # musicnn's extractor would repeat patch 0
+    with np.load(tmp_path / "cache" / f"{teacher_key(str(clip))}.npz") as z:  # the heads' names are musicnn's
+        assert [list(z["msd_labels"]), list(z["mtt_labels"])] == [TEACHER_LABELS["msd"], TEACHER_LABELS["mtt"]]
