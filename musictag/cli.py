@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from .defaults import (BATCH_SIZE, DECODE_WORKERS, EXCERPT_COUNT, EXPORT_TOP_K, FINETUNE_EPOCHS,
-                       FINETUNE_MIN_COUNT, THRESHOLD, TOP_K, VAL_FRACTION)
+                       FINETUNE_MIN_COUNT, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tag a music library with genres and moods predicted by a CP-ResNet.")
@@ -52,7 +52,12 @@ def scan(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write no tags."),
     no_write: bool = typer.Option(False, "--no-write", help="Predict and store scores only."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the results as CSV."),
-    threshold: float = typer.Option(THRESHOLD, help="Minimum score for a multi-label tag after the first."),
+    threshold: Optional[float] = typer.Option(
+        None, show_default=False, help="Minimum score for a tag to be written (default: the model's own threshold "
+        f"per tag, chosen for {PRECISION_TARGET:.0%} precision on validation; models without them: {THRESHOLD} "
+        "for tags after the first)."),
+    with_fields: str = typer.Option("", "--with", help="Also write opt-in fields: "
+                                    + ", ".join(OPT_IN_FIELDS) + " (comma-separated)."),
     top_k: str = typer.Option("", "--top-k", help="Tags per head: N, or HEAD=N,... (default "
                               + ",".join(f"{head}={k}" for head, k in TOP_K.items()) + ")."),
     mode: str = typer.Option("merge", help="merge (keep existing genres/moods), replace, or skip-tagged."),
@@ -75,38 +80,48 @@ def scan(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         _fail(f"no such file or folder: {', '.join(missing)}")
+    extra = _split_list(with_fields)
+    unknown = [name for name in extra if name not in OPT_IN_FIELDS]
+    if unknown:
+        _fail(f"--with: unknown field {', '.join(unknown)} (opt-in fields: {', '.join(OPT_IN_FIELDS)})")
     per_head, every_head = _parse_top_k(top_k)
     options = api.scan_options(per_head, every_head, write=not no_write, dry_run=dry_run, threshold=threshold,
                                mode=mode, batch_size=batch_size, workers=workers, force=force,
-                               whole_track=whole_track, excerpts=excerpts)
+                               whole_track=whole_track, excerpts=excerpts, with_fields=extra)
     tagger = _load_tagger(model, device, workers)
-
-    bar = None
-
-    def progress(event: str, data: dict) -> None:
-        nonlocal bar
-        if event == "start":
-            bar = _bar(data["total"], quiet)
-        elif event == "file":
-            bar.update(1)
-
+    bar = _FileBar(quiet)
     with _database(db) as database, _terminate_as_interrupt():
         try:
-            result = api.scan(tagger, database, paths, options, progress)
+            result = api.scan(tagger, database, paths, options, bar.progress)
         except KeyboardInterrupt:
             database.commit()
-            if bar:
-                bar.close()
+            bar.close()
             typer.echo("interrupted: everything finished so far is saved; run the same command to resume.",
                        err=True)
             raise typer.Exit(130)
-        if bar:
-            bar.close()
+        bar.close()
         if csv:
             with _csv_file(csv) as f:
                 api.export_csv(database, f, paths=[str(p) for p in paths])
     _print_summary(result, dry_run)
     raise typer.Exit(1 if result.failed else 0)
+
+
+class _FileBar:
+    """A progress bar over the files of a scan or undo, made when the library's size is known."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def progress(self, event: str, data: dict) -> None:
+        if event == "start":
+            self.bar = _bar(data["total"], self.quiet)
+        elif event == "file" and self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @contextlib.contextmanager
@@ -157,6 +172,9 @@ def _print_summary(result, dry_run: bool) -> None:
     scored_label = "would change" if dry_run else "scored (not written)"
     typer.echo(f"tagged: {result.tagged}, {scored_label}: {result.scored}, unchanged: {result.unchanged}, "
                f"skipped: {result.skipped}, failed: {len(result.failed)}")
+    if result.unconfident:
+        typer.echo("left alone, nothing confident: " + ", ".join(
+            f"{name} in {count} file{'s' if count != 1 else ''}" for name, count in result.unconfident.items()))
     for path, reason in result.failed:
         typer.echo(f"failed: {path}: {reason}", err=True)
 

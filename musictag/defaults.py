@@ -10,8 +10,10 @@ WINDOW_SECONDS = 10.0  # length of one analysed excerpt (and of the training cro
 # mood (62 close labels) for 83% / 76% with 5 and needs about 17 to reach 90% (3.4x the decoding)
 EXCERPT_COUNT = 5
 BATCH_SIZE = 48  # windows per forward pass
-THRESHOLD = 0.3  # minimum score of a multi-label tag after the first
-TOP_K = {"genre": 2, "mood": 3}  # most tags written per multi-label head ...
+THRESHOLD = 0.3  # models without a vocabulary: minimum score of a multi-label tag after the first
+PRECISION_TARGET = 0.8  # a written term's threshold: the lowest score at which validation precision reaches this
+OPT_IN_FIELDS = ("instrument", "voice")  # scored and stored always; written only when asked (scan --with)
+TOP_K = {"genre": 2, "mood": 3, "quadrant": 1, "voice": 1}  # most tags written per field ...
 OTHER_TOP_K = 3  # ... and for heads not named there
 EXPORT_TOP_K = 3  # labels per head in the wide CSV export
 DECODE_WORKERS = 2  # decode processes of training, finetuning and evaluation

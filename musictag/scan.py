@@ -22,6 +22,7 @@ from .library import walk, within
 from .pipeline import Job, WindowBatcher, analyse_track, bounded_map, start_worker, worker_pool
 from .progress import Progress, no_progress
 from .tags import file_state, read_fields, write_fields
+from .vocabulary import OPT_IN_FIELDS, FieldVocabulary, available, choose, track_term_scores, vocabulary_from_dict
 
 MODES = ("merge", "replace", "skip-tagged")
 USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
@@ -31,7 +32,8 @@ USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
 class ScanOptions:
     write: bool = True
     dry_run: bool = False
-    threshold: float = THRESHOLD
+    threshold: float | None = None  # None: the model's per-label thresholds (older models: THRESHOLD)
+    with_fields: tuple[str, ...] = ()  # opt-in fields also written (vocabulary.OPT_IN_FIELDS)
     top_k: dict[str, int] = field(default_factory=lambda: dict(TOP_K))
     default_top_k: int = OTHER_TOP_K
     mode: str = "merge"
@@ -57,13 +59,15 @@ class ScanResult:
     unchanged: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    unconfident: dict[str, int] = field(default_factory=dict)  # field -> tracks where nothing was confident
     changes: list[Change] = field(default_factory=list)
 
 
 def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], options: ScanOptions
                   ) -> dict[str, list[str]]:
-    """Per head: the argmax for single-label heads; for multi-label heads the labels scoring at least
-    the threshold, best first, at most top-k, and always the best one."""
+    """For a model without a vocabulary, per head: the argmax for single-label heads; for multi-label
+    heads the labels scoring at least the threshold, best first, at most top-k, and always the best one."""
+    threshold = THRESHOLD if options.threshold is None else options.threshold
     chosen = {}
     for head, label_scores in scores.items():
         ranked = sorted(label_scores, key=lambda label: -label_scores[label])
@@ -71,8 +75,25 @@ def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], op
             chosen[head] = ranked[:1]
             continue
         k = options.top_k.get(head, options.default_top_k)
-        chosen[head] = ranked[:1] + [label for label in ranked[1:k] if label_scores[label] >= options.threshold]
+        chosen[head] = ranked[:1] + [label for label in ranked[1:k] if label_scores[label] >= threshold]
     return chosen
+
+
+def choose_terms(vocabulary: tuple[FieldVocabulary, ...], scores: dict[str, dict[str, float]],
+                 kinds: dict[str, str], options: ScanOptions) -> tuple[dict[str, list[str]], list[str]]:
+    """For a model with a vocabulary: per field, the terms at or above their threshold (or --threshold),
+    best first, at most top-k; and the fields where nothing was confident, which are left alone."""
+    chosen, unconfident = {}, []
+    for f in vocabulary:
+        if f.name in OPT_IN_FIELDS and f.name not in options.with_fields:
+            continue
+        k = 1 if kinds.get(f.truth_head) == "single" else options.top_k.get(f.name, options.default_top_k)
+        terms = choose(f, track_term_scores(f, scores), k, options.threshold)
+        if terms:
+            chosen[f.name] = terms
+        else:
+            unconfident.append(f.name)
+    return chosen, unconfident
 
 
 class Scanner:
@@ -84,6 +105,8 @@ class Scanner:
         self.result = ScanResult()
         self.model_id = tagger.checkpoint.model_id
         self.kinds = tagger.checkpoint.model_config.kinds
+        stored = tagger.checkpoint.vocabulary
+        self.vocabulary = available(vocabulary_from_dict(stored), tagger.labels) if stored else ()
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
         self.db.put_model(self.model_id, self.kinds)
@@ -157,7 +180,7 @@ class Scanner:
 
     def _write(self, path: str, scores: dict[str, dict[str, float]]) -> None:
         try:
-            status = self._apply_tags_as_it_is_now(path, scores)
+            status = self._apply_tags_as_it_is_now(path, self._ours(scores))
         except MusictagError as e:
             reason = getattr(e, "reason", str(e))
             self.result.failed.append((path, reason))
@@ -165,19 +188,28 @@ class Scanner:
             return
         self._done(path, status)
 
-    def _apply_tags_as_it_is_now(self, path: str, scores: dict[str, dict[str, float]], attempts: int = 3) -> str:
+    def _apply_tags_as_it_is_now(self, path: str, ours: dict[str, list[str]], attempts: int = 3) -> str:
         """_apply_tags, decided again when another program (a tag editor, a second scan) saved the file
         while it was being tagged: merging with what the file holds now keeps that program's values."""
         for _ in range(attempts - 1):
             try:
-                return self._apply_tags(path, scores)
+                return self._apply_tags(path, ours)
             except FileChangedError:
                 continue
-        return self._apply_tags(path, scores)  # still changing under us: reported as a failed file
+        return self._apply_tags(path, ours)  # still changing under us: reported as a failed file
 
-    def _apply_tags(self, path: str, scores: dict[str, dict[str, float]]) -> str:
-        ours = choose_labels(scores, self.kinds, self.options)
+    def _ours(self, scores: dict[str, dict[str, float]]) -> dict[str, list[str]]:
+        """The values this scan would write, per field; fields with nothing confident are counted."""
+        if not self.vocabulary:
+            ours = choose_labels(scores, self.kinds, self.options)
+        else:
+            ours, unconfident = choose_terms(self.vocabulary, scores, self.kinds, self.options)
+            for name in unconfident:
+                self.result.unconfident[name] = self.result.unconfident.get(name, 0) + 1
         ours["model"] = [f"musictag {__version__} model {self.model_id}"]
+        return ours
+
+    def _apply_tags(self, path: str, ours: dict[str, list[str]]) -> str:
         read_at = file_state(path)
         current = read_fields(path, list(ours))
         if self.options.mode == "skip-tagged" and any(current.get(f) for f in USER_FIELDS):

@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-PRECISION_TARGET = 0.8  # thresholds are the lowest score at which validation precision reaches this
+from .defaults import OPT_IN_FIELDS, OTHER_TOP_K, PRECISION_TARGET, TOP_K
+
 MIN_POSITIVES = 3  # a term with fewer validation positives keeps its prior threshold
 PRIOR_THRESHOLD = 0.5  # terms nobody could calibrate (teacher-only tags: instruments, voice)
-TOP_K = {"genre": 2, "mood": 2, "quadrant": 1, "instrument": 3, "voice": 1}  # most values written per field
-OPT_IN_FIELDS = ("instrument", "voice")  # scored and stored always; written only when asked
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None 
            threshold: float | None = None) -> list[str]:
     """The terms worth writing, best first: at or above their threshold (or the one given), at most
     top_k. Nothing when nothing is confident: the field is then left as it is."""
-    k = TOP_K.get(f.name, 1) if top_k is None else top_k
+    k = TOP_K.get(f.name, OTHER_TOP_K) if top_k is None else top_k
     passing = [t.name for t in f.terms if t.name in term_scores
                and term_scores[t.name] >= (t.threshold if threshold is None else threshold)]
     return sorted(passing, key=lambda name: -term_scores[name])[:k]

@@ -397,3 +397,46 @@ def test_scan_help_is_light_and_states_the_real_excerpt_default():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False")
     assert f"analysed per track (default {EXCERPT_COUNT})" in " ".join(out.replace("│", "").split())
+
+
+def vocabulary_model(tiny_checkpoint, tmp_path):
+    """The tiny model with a written vocabulary: Jazz always confident, Blues never, no mood ever."""
+    from musictag.checkpoint import load_checkpoint, save_checkpoint
+    from musictag.vocabulary import FieldVocabulary, Term, vocabulary_to_dict
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    checkpoint.vocabulary = vocabulary_to_dict((
+        FieldVocabulary("genre", (Term("Jazz", ("genre:Jazz",), ("Jazz",), 0.0),
+                                  Term("Blues", ("genre:Blues",), ("Blues",), 1.1)), "genre"),
+        FieldVocabulary("mood", (Term("calm", ("mood:calm",), ("calm",), 1.1),
+                                 Term("sad", ("mood:sad", "mood:wistful"), ("sad", "wistful"), 1.1)), "mood"),
+        FieldVocabulary("quadrant", tuple(Term(q, (f"quadrant:{q}",), (q,), 0.0) for q in ("Q1", "Q2", "Q3", "Q4")),
+                        "quadrant"),
+        FieldVocabulary("instrument", (Term("piano", ("genre:Vocal",), (), 0.0),)),
+    ))
+    path = tmp_path / "vocabulary.pt"
+    save_checkpoint(checkpoint, path)
+    return path
+
+
+def test_a_vocabulary_writes_only_confident_terms_and_leaves_other_fields_alone(tiny_checkpoint, tmp_path):
+    model = vocabulary_model(tiny_checkpoint, tmp_path)
+    files = [write_track(tmp_path / "music" / f"{i}.flac", seconds=2.0, seed=i) for i in range(2)]
+    write_fields(files[0], {"mood": ["mine"]})
+    result = scan([tmp_path / "music"], model, tmp_path / "db.sqlite")
+    assert result.exit_code == 0, result.output
+    assert "left alone, nothing confident: mood in 2 files" in result.output
+    for path in files:
+        values = read_fields(path, ["genre", "mood", "quadrant", "instrument"])
+        assert values["genre"] == ["Jazz"] and len(values["quadrant"]) == 1
+        assert values["instrument"] == []  # opt-in, not asked for
+    assert read_fields(files[0], ["mood"])["mood"] == ["mine"] and read_fields(files[1], ["mood"])["mood"] == []
+    # --threshold replaces the model's thresholds; --with adds an opt-in field
+    again = runner.invoke(app, ["scan", str(tmp_path / "music"), "--model", str(model), "--db", str(tmp_path / "db2"),
+                                "--quiet", "--threshold", "0", "--with", "instrument", "--mode", "replace"])
+    assert again.exit_code == 0, again.output
+    values = read_fields(files[1], ["genre", "mood", "quadrant", "instrument"])
+    assert sorted(values["genre"]) == ["Blues", "Jazz"] and len(values["mood"]) == 2
+    assert values["instrument"] == ["piano"] and len(values["quadrant"]) == 1
+    refused = runner.invoke(app, ["scan", str(tmp_path / "music"), "--model", str(model), "--with", "drums"])
+    assert refused.exit_code != 0 and "opt-in fields: instrument, voice" in refused.output
