@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .features import FeatureConfig
     from .inference import Tagger
     from .model import ModelConfig
+    from .modelcard import CardInputs
     from .train import Prepared, TrainConfig
 
 __all__ = ["MODES", "Database", "ScanOptions", "default_db_path", "export_csv", "undo"]  # re-exported for the CLI
@@ -333,11 +334,18 @@ def evaluation_tables(report: dict) -> str:
     return "\n".join(tables)
 
 
-def write_model_card(*args, **kwargs) -> None:
+def card_inputs(**inputs) -> "CardInputs":
+    """modelcard.CardInputs, built without importing torch before a card is written."""
+    from .modelcard import CardInputs
+
+    return CardInputs(**inputs)
+
+
+def write_model_card(model: str | Path, out: str | Path, inputs: "CardInputs") -> None:
     """See modelcard.write_model_card."""
     from .modelcard import write_model_card as write
 
-    write(*args, **kwargs)
+    write(Path(model), Path(out), inputs)
 
 
 def write_manifest(examples: list[Example], path: Path) -> None:

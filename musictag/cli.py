@@ -387,11 +387,17 @@ def model_card(
     speed: Optional[Path] = typer.Option(None, "--speed", help="Text table from bench/model_speed.py."),
     evaluation_title: str = typer.Option("", help="What the evaluation measured (shown as its heading)."),
     notes: Optional[Path] = typer.Option(None, "--notes", help="Markdown to include (recipe choices, caveats)."),
+    probe: Optional[Path] = typer.Option(None, "--probe", help="JSON from bench/teacher_probe.py --json."),
+    agreement: Optional[Path] = typer.Option(None, "--agreement", help="Output of bench/teacher_agreement.py."),
+    soundtracks: Optional[Path] = typer.Option(None, "--soundtracks", help="Output of bench/soundtracks.py."),
+    sources: Optional[List[Path]] = typer.Option(None, "--sources", help="JSON from bench/real_music.py --describe."),
 ) -> None:
-    """Write the model card (data, recipe, config, metrics, speed, sha256) for a checkpoint."""
+    """Write the model card (data, recipe, vocabulary, metrics against the baseline, speed, sha256)."""
     from . import api
 
-    api.write_model_card(model, out, evaluation, ablations or [], speed, evaluation_title, notes)
+    api.write_model_card(model, out, api.card_inputs(
+        evaluation=evaluation, evaluation_title=evaluation_title, ablations=ablations or [], speed=speed, notes=notes,
+        probe=probe, agreement=agreement, soundtracks=soundtracks, sources=sources or []))
     typer.echo(f"wrote {out}")
 
 

@@ -88,12 +88,33 @@ def evaluate(tagger: Tagger, dataset: Dataset, workers: int = DECODE_WORKERS, ro
     report = {"examples": int(ok.sum()), "failures": failures,
               "metrics": _metrics(probs, targets, heads, dataset.vocab, ok)}
     report["predictions"] = _prediction_rows(dataset.examples, probs, tagger.labels, ok)
+    written = written_report(tagger.checkpoint, dataset.examples, {h: p[ok] for h, p in probs.items()}, ok)
+    if written:
+        report["written"] = written
     if robustness:
         report["robustness"] = {
             "codec": _codec_probe(tagger, dataset, probs, targets, heads, workers, progress),
             "lowpass": {radius: _metrics(filtered, targets, heads, dataset.vocab, ok)
                         for radius, filtered in by_transform.items()},
         }
+    return report
+
+
+def written_report(checkpoint, examples: list[Example], probs: dict[str, np.ndarray], ok: np.ndarray) -> dict:
+    """How right the values a default scan writes are, per field of the model's vocabulary whose truth
+    head is a column of the data: precision of what is written, share of clips that get a value."""
+    from dataclasses import asdict
+
+    from .vocabulary import available, term_matrix, truth_matrix, vocabulary_from_dict, written_quality
+
+    report = {}
+    kept = [e for e, good in zip(examples, ok) if good]
+    for f in available(vocabulary_from_dict(checkpoint.vocabulary), checkpoint.labels):
+        if not f.truth_head or not kept or f.truth_head not in kept[0].labels:
+            continue
+        k = 1 if checkpoint.model_config.kinds.get(f.truth_head) == "single" else None
+        truth = truth_matrix(f, [e.labels[f.truth_head] for e in kept])
+        report[f.name] = asdict(written_quality(f, term_matrix(f, probs, checkpoint.labels), truth, k))
     return report
 
 
@@ -106,8 +127,9 @@ def _prediction_rows(examples: list[Example], probs, labels, ok) -> list[dict]:
     rows = []
     for i, example in enumerate(examples):
         if ok[i]:
-            scores = {label: round(float(probs[head][i, j]), 6)
-                      for head, names in labels.items() for j, label in enumerate(names)}
+            # per head: a label name can be in two heads (msd and mtt both have "rock")
+            scores = {head: {label: round(float(probs[head][i, j]), 6) for j, label in enumerate(names)}
+                      for head, names in labels.items()}
             rows.append({"path": example.name, "scores": scores})
     return rows
 

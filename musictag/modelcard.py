@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
@@ -48,60 +49,161 @@ def robustness_table(robustness: dict) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(model: Path, out: Path, evaluation: Path | None, ablations: list[Path],
-                     speed: Path | None, evaluation_title: str = "", notes: Path | None = None) -> None:
+@dataclass
+class CardInputs:
+    """What a model card shows besides the checkpoint itself: files written by evaluate and bench/."""
+
+    evaluation: Path | None = None  # evaluate --json on the validation split
+    evaluation_title: str = ""
+    ablations: list[Path] = field(default_factory=list)
+    speed: Path | None = None  # bench/model_speed.py output
+    notes: Path | None = None  # Markdown: recipe choices, caveats
+    probe: Path | None = None  # bench/teacher_probe.py --json: the baseline on the same split
+    agreement: Path | None = None  # bench/teacher_agreement.py output
+    soundtracks: Path | None = None  # bench/soundtracks.py output (Markdown table)
+    sources: list[Path] = field(default_factory=list)  # bench/real_music.py --describe JSON files
+
+
+def write_model_card(model: Path, out: Path, inputs: CardInputs) -> None:
     checkpoint = load_checkpoint(model)
+    report = json.loads(Path(inputs.evaluation).read_text()) if inputs.evaluation else None
+    sections = [_summary(model, checkpoint), _data(checkpoint, inputs.sources), _recipe(checkpoint),
+                _vocabulary(checkpoint)]
+    if inputs.notes:
+        sections.append(Path(inputs.notes).read_text().rstrip())
+    if report:
+        sections.append(_evaluation(report, inputs, checkpoint))
+    if inputs.ablations:
+        sections.append(_ablations(inputs.ablations))
+    for title, path in (("Agreement with the teacher on music never trained on (bench/teacher_agreement.py)",
+                         inputs.agreement), ("Speed (bench/model_speed.py on the training machine)", inputs.speed)):
+        if path:
+            sections.append(f"## {title}\n\n```\n{Path(path).read_text().rstrip()}\n```")
+    if inputs.soundtracks:
+        sections.append("## What a default scan writes into 20 soundtracks it never trained on "
+                        "(bench/soundtracks.py)\n\n" + Path(inputs.soundtracks).read_text().rstrip())
+    sections.append(_history(checkpoint))
+    out.write_text("\n\n".join(s for s in sections if s) + "\n")
+
+
+def _summary(model: Path, checkpoint) -> str:
     t, c, f = checkpoint.training, checkpoint.model_config, checkpoint.feature_config
-    lines = [f"# Model card: {model.name}", "",
-             f"- sha256: `{checkpoint.sha256}`",
-             f"- architecture: CP-ResNet, rho={c.rho}, width={c.width}, frequency_aware={c.frequency_aware}, "
-             f"shake_shake={c.shake_shake}, activation={c.activation}, {t.get('parameters', '?')} parameters",
-             "- heads: " + ", ".join(f"{h} ({k}-label, {n})" for h, (k, n) in c.heads.items()),
-             f"- features: {f.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length}, {f.n_mels} mel bins "
-             f"(Slaney), dB floor {f.floor_db}; normalisation mean {checkpoint.normalization['mean']:.2f}, "
-             f"std {checkpoint.normalization['std']:.2f}",
-             "", "## Data", "",
-             f"- training data: `{t.get('data', '?')}` ({t.get('train_examples', '?')} training clips, "
-             f"{t.get('val_examples', '?')} validation clips, split: {t.get('split', '?')})"]
-    if "4q" in str(t.get("data", "")):
-        lines.append("- 4Q audio emotion dataset (Panda, Malheiro & Paiva, IEEE Trans. Affective Computing 2018): "
-                     "30-second AllMusic previews with AllMusic genre and mood tags and Russell quadrants. No licence "
-                     "is stated for the audio (commercial previews); it is used for training and evaluation only "
-                     "and none of it ships with musictag.")
-    lines += ["", "## Recipe", "", "```json", json.dumps(t.get("recipe", {}), indent=1), "```",
-              f"Stochastic weight averaging over {t.get('swa_epochs', '?')} epochs, BatchNorm statistics recomputed.",
-              "", "## Validation metrics (own artist-disjoint split, excerpt windows averaged per clip)", "",
-              metrics_table(t["validation"]) if t.get("validation") else
-              "None held out: these weights saw every clip. See the evaluation below for the same recipe "
-              "trained without the validation artists."]
-    if notes:
-        lines += ["", Path(notes).read_text().rstrip()]
-    if evaluation:
-        report = json.loads(Path(evaluation).read_text())
-        lines += ["", f"## Evaluation: {evaluation_title or evaluation.name} ({report.get('examples')} clips)", "",
-                  metrics_table(report["metrics"], per_label=True)]
-        if "robustness" in report:
-            lines += ["", "## Robustness", "", robustness_table(report["robustness"])]
-    if ablations:
-        lines += ["", "## Ablations (same data and split, the recipe otherwise the same; validation split)", "",
-                  "| checkpoint | rho | width | freq-aware | shake-shake | activation | params | epochs | "
-                  "label power | quadrant | genre | mood | score |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for path in ablations:
-            a = load_checkpoint(path)
-            v, ac, recipe = a.training.get("validation", {}), a.model_config, a.training.get("recipe", {})
-            cells = [_headline(v[h]) if h in v else "n/a" for h in ("quadrant", "genre", "mood")]
-            lines.append(f"| {path.name} | {ac.rho} | {ac.width} | {ac.frequency_aware} | {ac.shake_shake} | "
-                         f"{ac.activation} | {a.training.get('parameters', '?')} | {recipe.get('epochs', '?')} | "
-                         f"{recipe.get('label_count_power', 0.0)} | " + " | ".join(cells)
-                         + f" | {summary_score(v):.3f} |")
-        lines += ["", "score: mean of quadrant macro-F1, genre PR-AUC and mood PR-AUC (fixed before the runs)."]
-    if speed:
-        lines += ["", "## Speed (bench/model_speed.py on the training machine)", "", "```",
-                  Path(speed).read_text().rstrip(), "```"]
-    history = t.get("history", [])
-    if history:
-        lines += ["", "## Training history (validation score per epoch)", "", "```"]
-        lines += [f"epoch {h['epoch']:3d} loss {h['loss']:.3f} score {h.get('score', float('nan')):.3f}" for h in history]
-        lines.append("```")
-    out.write_text("\n".join(lines) + "\n")
+    return "\n".join([
+        f"# Model card: {model.name}", "",
+        f"- sha256: `{checkpoint.sha256}`",
+        f"- architecture: CP-ResNet, rho={c.rho}, width={c.width}, frequency_aware={c.frequency_aware}, "
+        f"shake_shake={c.shake_shake}, activation={c.activation}, {t.get('parameters', '?')} parameters",
+        "- heads: " + ", ".join(f"{h} ({k}-label, {n})" for h, (k, n) in c.heads.items()),
+        f"- features: {f.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length}, {f.n_mels} mel bins "
+        f"(Slaney), dB floor {f.floor_db}; normalisation mean {checkpoint.normalization['mean']:.2f}, "
+        f"std {checkpoint.normalization['std']:.2f}"])
+
+
+def _data(checkpoint, sources: list[Path]) -> str:
+    t = checkpoint.training
+    d = t.get("distillation", {})
+    lines = ["## Data", "", "| source | what | hours | licence |", "|---|---|---|---|"]
+    labelled = d.get("labelled_clips", t.get("train_examples", "?"))
+    lines.append(f"| `{t.get('data', '?')}` | {labelled} labelled training clips, {t.get('val_examples', '?')} "
+                 f"validation clips ({t.get('split', '?')}) | {d.get('labelled_hours', '?')} (training) | "
+                 + ("none stated (commercial AllMusic previews; used for training and evaluation only, none of it "
+                    "ships)" if "4q" in str(t.get("data", "")) else "?") + " |")
+    for path in sources:
+        for row in json.loads(Path(path).read_text()):
+            lines.append(f"| Debian `{row['package']}` | {row['tracks']} unlabelled tracks | {row['hours']} | "
+                         f"{', '.join(row['licences'])} |")
+    if d:
+        lines += ["", f"Teacher: {d['teacher']}: its taggrams are soft targets for the `msd` and `mtt` heads on "
+                  f"{d['clips_with_teacher_targets']} labelled clips and {d['unlabelled_segments']} segments of "
+                  f"{d['unlabelled_tracks']} unlabelled tracks ({d['unlabelled_hours']} h); a logistic regression "
+                  "on its embeddings of the labelled training clips gives those segments pseudo-labels for the "
+                  f"4Q heads, weighted {d['pseudo_weight']} against a real label's 1.",
+                  "", "4Q: Panda, Malheiro & Paiva, IEEE Trans. Affective Computing 2018. musicnn: Pons & Serra, "
+                  "ISMIR 2019 LBD; its code and models are ISC-licensed."]
+    return "\n".join(lines)
+
+
+def _recipe(checkpoint) -> str:
+    t = checkpoint.training
+    return "\n".join(["## Recipe", "", "```json", json.dumps(t.get("recipe", {}), indent=1), "```",
+                      f"Stochastic weight averaging over {t.get('swa_epochs', '?')} epochs, BatchNorm statistics "
+                      "recomputed.", "", "## Validation metrics (own artist-disjoint split, excerpt windows "
+                      "averaged per clip)", "",
+                      metrics_table(t["validation"]) if t.get("validation") else "None held out."])
+
+
+def _vocabulary(checkpoint) -> str:
+    if not checkpoint.vocabulary:
+        return ""
+    lines = ["## What scan writes: the vocabulary", "",
+             "Each value's score is the mean of its sources' probabilities; it is written when the score reaches "
+             "its threshold, chosen on the validation split as the lowest score at which that value was right "
+             "for at least 80% of the clips given it (fewer than 3 validation positives, or no truth: the prior "
+             "0.5). Judged by: the AllMusic labels that make the value right.", "",
+             "| field | value | sources | judged by | threshold |", "|---|---|---|---|---|"]
+    for f in checkpoint.vocabulary:
+        for t in f["terms"]:
+            sources = ", ".join(s.replace("_", " ") for s in t["sources"])
+            judged = ", ".join(t["judged_by"]) or "-"
+            lines.append(f"| {f['name']} | {t['name']} | {sources} | {judged} | {t['threshold']:.3f} |")
+    return "\n".join(lines)
+
+
+def written_table(written: dict) -> str:
+    lines = ["| field | clips | values written | right | clips given a value | first value right |",
+             "|---|---|---|---|---|---|"]
+    for name, q in written.items():
+        lines.append(f"| {name} | {q['tracks']} | {q['written']} | {_fmt(q['precision'])} | {_fmt(q['coverage'])} "
+                     f"| {_fmt(q['first_precision'])} |")
+    return "\n".join(lines)
+
+
+def _evaluation(report: dict, inputs: CardInputs, checkpoint) -> str:
+    lines = [f"## Evaluation: {inputs.evaluation_title or inputs.evaluation.name} ({report.get('examples')} clips)"]
+    if inputs.probe:
+        lines += ["", probe_table(json.loads(Path(inputs.probe).read_text()), report["metrics"])]
+    if report.get("written"):
+        lines += ["", "What a default scan writes, judged against the clips' AllMusic labels:", "",
+                  written_table(report["written"])]
+    lines += ["", metrics_table(report["metrics"], per_label=True)]
+    if "robustness" in report:
+        lines += ["", "## Robustness", "", robustness_table(report["robustness"])]
+    return "\n".join(lines)
+
+
+PROBE_FIGURES = (("quadrant", "macro_f1"), ("genre", "roc_auc"), ("genre", "pr_auc"), ("mood", "roc_auc"),
+                 ("mood", "pr_auc"))
+
+
+def probe_table(probe: dict, metrics: dict) -> str:
+    lines = [f"Against the baseline: musicnn embeddings + logistic regression (L2 {probe['l2']}), fitted on the same "
+             f"{probe['train']} training clips (bench/teacher_probe.py):", "",
+             "| head | metric | probe | this model | difference |", "|---|---|---|---|---|"]
+    for head, metric in PROBE_FIGURES:
+        ours, base = metrics[head][metric], probe["metrics"][head][metric]
+        lines.append(f"| {head} | {metric} | {_fmt(base)} | {_fmt(ours)} | {ours - base:+.3f} |")
+    return "\n".join(lines)
+
+
+def _ablations(paths: list[Path]) -> str:
+    lines = ["## Ablations (same data and split; validation split)", "",
+             "| checkpoint | epochs | teacher | pseudo-label weight | unlabelled segments | quadrant | genre | mood "
+             "| score |", "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        a = load_checkpoint(path)
+        v, recipe, d = a.training.get("validation", {}), a.training.get("recipe", {}), a.training.get("distillation")
+        cells = [_headline(v[h]) if h in v else "n/a" for h in ("quadrant", "genre", "mood")]
+        lines.append(f"| {path.name} | {recipe.get('epochs', '?')} | {'yes' if d else 'no'} | "
+                     f"{d['pseudo_weight'] if d else '-'} | {d['unlabelled_segments'] if d else 0} | "
+                     + " | ".join(cells) + f" | {summary_score(v):.3f} |")
+    lines += ["", "score: mean of quadrant macro-F1, genre PR-AUC and mood PR-AUC (fixed before the runs)."]
+    return "\n".join(lines)
+
+
+def _history(checkpoint) -> str:
+    history = checkpoint.training.get("history", [])
+    if not history:
+        return ""
+    lines = ["## Training history (validation score per epoch)", "", "```"]
+    lines += [f"epoch {h['epoch']:3d} loss {h['loss']:.3f} score {h.get('score', float('nan')):.3f}" for h in history]
+    return "\n".join(lines + ["```"])

@@ -83,8 +83,9 @@ def test_trained_model_separates_the_classes(trained, tmp_path):
     assert report["metrics"]["mood"]["roc_auc"] > 0.7
     lines = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(lines) == 24 and lines[0]["path"].startswith("audio/clip")
-    assert set(lines[0]["scores"]) == {"Q1", "Q2", "calm", "tense", "warm"}
-    assert abs(lines[0]["scores"]["Q1"] + lines[0]["scores"]["Q2"] - 1) < 1e-4
+    assert lines[0]["scores"].keys() == {"quadrant", "mood"}
+    assert set(lines[0]["scores"]["mood"]) == {"calm", "tense", "warm"}
+    assert abs(lines[0]["scores"]["quadrant"]["Q1"] + lines[0]["scores"]["quadrant"]["Q2"] - 1) < 1e-4
 
 
 def test_scan_can_use_a_trained_model(trained, tmp_path):
@@ -262,7 +263,7 @@ def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
     checkpoint = load_checkpoint(out)
     f1 = checkpoint.training["validation"]["quadrant"]["macro_f1"]
     row = next(line for line in text.splitlines() if line.startswith(f"| {out.name} |"))
-    assert f"| 20 | 0.0 | F1 {f1:.3f} |" in row
+    assert f"| 20 | no | - | 0 | F1 {f1:.3f} |" in row  # epochs, teacher, pseudo-label weight, segments
 
 
 def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabulary(tmp_path):
@@ -297,3 +298,12 @@ def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabular
     assert {"mood", "quadrant"} <= set(fields)  # the 4Q-style heads of this data set, judged on validation
     assert [t["name"] for t in fields["mood"]["terms"]] == ["calm", "tense"]
     assert all(0.0 <= t["threshold"] <= 1.0 + 1e-5 for f in saved.vocabulary for t in f["terms"])
+    card = tmp_path / "CARD.md"
+    result = runner.invoke(app, ["model-card", str(tmp_path / "model.pt"), "--out", str(card),
+                                 "--ablation", str(tmp_path / "model.pt")])
+    assert result.exit_code == 0, result.output
+    text = card.read_text()
+    threshold = fields["mood"]["terms"][0]["threshold"]
+    row = next(line for line in text.splitlines() if line.startswith("| mood | calm | mood:calm | calm, peaceful"))
+    assert row.endswith(f"| {threshold:.3f} |")
+    assert "| model.pt | 3 | yes | 0.5 | 3 |" in text and "Teacher: musicnn 0.1.0" in text
