@@ -20,7 +20,8 @@ from .errors import ManifestError
 from .export import export_csv
 from .manifest import Dataset, Example, encode_targets, read_manifest, split_by_group, with_vocabulary
 from .progress import Progress, no_progress
-from .scan import MODES, ScanOptions, ScanResult, Scanner, undo
+from .modelfile import model_id, shipped_path, verified_sha256
+from .scan import MODES, ScanModel, ScanOptions, ScanResult, Scanner, undo
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
@@ -52,6 +53,18 @@ def load_tagger(model: str | Path | None = None, device: str = "auto", workers: 
     return tagger
 
 
+def scan_model(model: str | Path | None, db: Database, device: str = "auto", workers: int = 0) -> ScanModel:
+    """The model a scan uses, identified by its file's sha256. When a scan has used it before, the
+    database knows all that decides tags, and the model is loaded (torch imported) only if some file
+    needs scoring: a re-scan of an unchanged library never loads it."""
+    path, sha = verified_sha256(model)
+    known = db.model_info(model_id(sha))
+    if known is None:
+        return ScanModel.of(load_tagger(path, device, workers))
+    kinds, labels, vocabulary = known
+    return ScanModel(model_id(sha), kinds, labels, vocabulary, lambda: load_tagger(path, device, workers))
+
+
 def load_model(model: str | Path | None = None) -> "Checkpoint":
     """The checkpoint at `model`, the shipped one when None."""
     from .checkpoint import load_checkpoint
@@ -62,7 +75,6 @@ def load_model(model: str | Path | None = None) -> "Checkpoint":
 def locations(model: str | Path | None = None, db: str | Path | None = None) -> dict[str, Path]:
     """Where the model, the scan database and the training feature cache are."""
     from .cache import default_cache_dir
-    from .checkpoint import shipped_path
 
     return {"model": Path(model or shipped_path()), "database": Path(db or default_db_path()),
             "feature cache": default_cache_dir()}
@@ -78,10 +90,11 @@ def scan_options(top_k: dict[str, int] | None = None, every_head_top_k: int | No
     return options
 
 
-def scan(tagger: "Tagger", db: Database, paths: Iterable[str | os.PathLike], options: ScanOptions | None = None,
-         progress: Progress | None = None) -> ScanResult:
-    """Score and tag every audio file under `paths` (see scan.Scanner)."""
-    return Scanner(tagger, db, options or ScanOptions(), progress).run(paths)
+def scan(model: "Tagger | ScanModel", db: Database, paths: Iterable[str | os.PathLike],
+         options: ScanOptions | None = None, progress: Progress | None = None) -> ScanResult:
+    """Score and tag every audio file under `paths` (see scan.Scanner); `model`: a loaded tagger, or
+    `scan_model`'s, loaded only if needed."""
+    return Scanner(model, db, options or ScanOptions(), progress).run(paths)
 
 
 def prepare(examples: list[Example], heads: dict[str, str], vocab: dict[str, list[str]],

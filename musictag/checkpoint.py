@@ -8,11 +8,9 @@ that is checked on every load.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -20,10 +18,13 @@ import torch
 from .errors import CheckpointError
 from .features import FeatureConfig
 from .model import CPResNet, ModelConfig
+from .modelfile import SHIPPED_NAME, file_sha256, model_id, shipped_path, verified_sha256
+
+__all__ = ["SHIPPED_NAME", "Checkpoint", "file_sha256", "load_checkpoint", "save_checkpoint", "shipped_path",
+           "write_sha_sidecar"]
 
 FORMAT = "musictag-checkpoint"
 VERSION = 1
-SHIPPED_NAME = "musictag.pt"
 
 
 @dataclass
@@ -48,24 +49,7 @@ class Checkpoint:
 
     @property
     def model_id(self) -> str:
-        return self.sha256[:12] or "unsaved"
-
-
-def shipped_path() -> Path:
-    """The model inside the installed package; in a source checkout, the top-level weights/ folder
-    beside the package (located from this file, never from the current directory)."""
-    try:
-        return Path(str(resources.files("musictag.weights").joinpath(SHIPPED_NAME)))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "weights" / SHIPPED_NAME
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return model_id(self.sha256)
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, half: bool = False) -> str:
@@ -101,13 +85,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, half: bool 
 
 def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
     """Load a checkpoint (the shipped one when path is None), with clear errors for bad files."""
-    path = Path(path) if path is not None else shipped_path()
-    if not path.is_file():
-        raise CheckpointError(path, "no such checkpoint file")
-    sha = file_sha256(path)
-    expected = _expected_sha(path)
-    if expected and expected != sha:
-        raise CheckpointError(path, f"sha256 mismatch (file {sha[:12]}, expected {expected[:12]}): damaged install?")
+    path, sha = verified_sha256(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -115,13 +93,6 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
     checkpoint = _from_payload(payload, path)
     checkpoint.sha256 = sha
     return checkpoint
-
-
-def _expected_sha(path: Path) -> str | None:
-    sidecar = path.with_name(path.name + ".sha256")
-    if not sidecar.is_file():
-        return None
-    return sidecar.read_text().split()[0].strip().lower()
 
 
 def write_sha_sidecar(path: str | os.PathLike) -> str:

@@ -88,11 +88,10 @@ def scan(
     options = api.scan_options(per_head, every_head, write=not no_write, dry_run=dry_run, threshold=threshold,
                                mode=mode, batch_size=batch_size, workers=workers, force=force,
                                whole_track=whole_track, excerpts=excerpts, with_fields=extra)
-    tagger = _load_tagger(model, device, workers)
     bar = _FileBar(quiet)
     with _database(db) as database, _terminate_as_interrupt():
         try:
-            result = api.scan(tagger, database, paths, options, bar.progress)
+            result = _run_scan(model, device, workers, database, paths, options, bar.progress)
         except KeyboardInterrupt:
             database.commit()
             bar.close()
@@ -105,6 +104,17 @@ def scan(
                 api.export_csv(database, f, paths=[str(p) for p in paths])
     _print_summary(result, dry_run)
     raise typer.Exit(1 if result.failed else 0)
+
+
+def _run_scan(model: Optional[Path], device: str, workers: int, database, paths: List[Path], options, progress):
+    """api.scan with the model loaded only if a file needs scoring; its load errors end the run cleanly."""
+    from . import api
+    from .errors import CheckpointError, DeviceError
+
+    try:
+        return api.scan(api.scan_model(model, database, device, workers), database, paths, options, progress)
+    except (CheckpointError, DeviceError) as e:
+        _fail(str(e))
 
 
 class _FileBar:
@@ -155,11 +165,11 @@ def _csv_file(path: Path):
 
 def _load_tagger(model: Optional[Path], device: str, workers: int):
     from . import api
-    from .errors import CheckpointError
+    from .errors import CheckpointError, DeviceError
 
     try:
         return api.load_tagger(model, device, workers)
-    except (CheckpointError, RuntimeError) as e:
+    except (CheckpointError, DeviceError) as e:
         _fail(str(e))
 
 

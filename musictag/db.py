@@ -25,19 +25,24 @@ CREATE TABLE IF NOT EXISTS tracks (
     model TEXT NOT NULL,
     duration REAL,
     scores TEXT,            -- JSON {head: {label: probability}}
-    error TEXT,             -- last failure, NULL when scored
+    error TEXT,             -- last failure (decoding: scores NULL; writing tags: scores kept), NULL after success
     written TEXT,           -- JSON {field: [values]} musictag last wrote, NULL when not written
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    decided TEXT            -- fingerprint of the tagging options `written` was decided under (scan.decision_key)
 );
 CREATE TABLE IF NOT EXISTS models (
     model TEXT PRIMARY KEY,
-    heads TEXT NOT NULL     -- JSON {head: "single" | "multi"}
+    heads TEXT NOT NULL,    -- JSON {head: "single" | "multi"}
+    labels TEXT,            -- JSON {head: [label names]}: with the vocabulary, all a re-scan needs to decide tags
+    vocabulary TEXT         -- JSON, as the checkpoint stores it
 );
 CREATE TABLE IF NOT EXISTS undo (
     path TEXT PRIMARY KEY,
     previous TEXT NOT NULL  -- JSON {field: [values]} as they were before musictag first touched them
 );
 """
+# columns added since the first release: (table, column, type), added to older databases when opened
+ADDED_COLUMNS = (("tracks", "decided", "TEXT"), ("models", "labels", "TEXT"), ("models", "vocabulary", "TEXT"))
 
 
 def _key(path: str) -> str | bytes:
@@ -69,6 +74,8 @@ class Known(NamedTuple):
     model: str
     scored: bool
     written: bool
+    failed: bool  # the last attempt failed (see Track.error)
+    decided: str | None  # fingerprint of the options the written tags were decided under
 
 
 @dataclass
@@ -93,12 +100,23 @@ class Database:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=60000")
             self._conn.executescript(SCHEMA)
+            self._add_new_columns()
         except (sqlite3.Error, OSError) as e:
             raise DatabaseError(self.path, f"cannot open the scan database ({getattr(e, 'strerror', None) or e})"
                                 ) from None
         self._commit_every = commit_every
         self._in_transaction = False
         self._last_commit = time.monotonic()
+
+    def _add_new_columns(self) -> None:
+        for table, column, kind in ADDED_COLUMNS:
+            present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                try:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as e:  # another process added it a moment ago
+                    if "duplicate column" not in str(e):
+                        raise
 
     def close(self) -> None:
         self.commit()
@@ -135,9 +153,10 @@ class Database:
         for i in range(0, len(paths), 500):
             chunk = [_key(p) for p in paths[i:i + 500]]
             marks = ",".join("?" * len(chunk))
-            for row in self._conn.execute(f"SELECT path, size, mtime_ns, model, scores IS NOT NULL, "
-                                          f"written IS NOT NULL FROM tracks WHERE path IN ({marks})", chunk):
-                found[_path(row[0])] = Known(row[1], row[2], row[3], bool(row[4]), bool(row[5]))
+            for row in self._conn.execute(f"SELECT path, size, mtime_ns, model, scores IS NOT NULL, written IS NOT "
+                                          f"NULL, error IS NOT NULL, decided FROM tracks WHERE path IN ({marks})",
+                                          chunk):
+                found[_path(row[0])] = Known(row[1], row[2], row[3], bool(row[4]), bool(row[5]), bool(row[6]), row[7])
         return found
 
     def put_scores(self, path: str, size: int, mtime_ns: int, model: str, duration: float,
@@ -145,7 +164,8 @@ class Database:
         self._write("INSERT INTO tracks (path, size, mtime_ns, model, duration, scores, error, written, updated) "
                     "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
                     "mtime_ns=excluded.mtime_ns, model=excluded.model, duration=excluded.duration, "
-                    "scores=excluded.scores, error=NULL, updated=excluded.updated",  # written stays: it is what the file holds
+                    "scores=excluded.scores, error=NULL, updated=excluded.updated, "
+                    "decided=NULL",  # written stays (it is what the file holds); new scores need a new decision
                     (_key(path), size, mtime_ns, model, duration, json.dumps(scores), time.time()))
 
     def put_error(self, path: str, size: int, mtime_ns: int, model: str, error: str) -> None:
@@ -154,14 +174,31 @@ class Database:
                     "model=excluded.model, scores=NULL, error=excluded.error, updated=excluded.updated",
                     (_key(path), size, mtime_ns, model, error, time.time()))
 
-    def put_written(self, path: str, written: dict[str, list[str]] | None, size: int, mtime_ns: int) -> None:
-        """Record what was written and the file's new stat (a tag write changes both)."""
-        self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, updated = ? WHERE path = ?",
-                    (json.dumps(written) if written is not None else None, size, mtime_ns, time.time(), _key(path)))
+    def put_written(self, path: str, written: dict[str, list[str]] | None, size: int, mtime_ns: int,
+                    decided: str | None = None) -> None:
+        """Record what was written, under which options (`decided`), and the file's new stat (a tag write
+        changes both)."""
+        self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, decided = ?, error = NULL, updated = ? "
+                    "WHERE path = ?", (json.dumps(written) if written is not None else None, size, mtime_ns, decided,
+                                       time.time(), _key(path)))
         self.commit()  # the file changed: its record must not lag behind
 
-    def put_model(self, model: str, heads: dict[str, str]) -> None:
-        self._write("INSERT OR REPLACE INTO models (model, heads) VALUES (?, ?)", (model, json.dumps(heads)))
+    def put_write_error(self, path: str, error: str) -> None:
+        """A scored file whose tags could not be written: its scores stay, the error is remembered."""
+        self._write("UPDATE tracks SET error = ?, updated = ? WHERE path = ?", (error, time.time(), _key(path)))
+
+    def put_model(self, model: str, heads: dict[str, str], labels: dict[str, list[str]] | None = None,
+                  vocabulary: list[dict] | None = None) -> None:
+        self._write("INSERT OR REPLACE INTO models (model, heads, labels, vocabulary) VALUES (?, ?, ?, ?)",
+                    (model, json.dumps(heads), json.dumps(labels) if labels is not None else None,
+                     json.dumps(vocabulary or [])))
+
+    def model_info(self, model: str) -> tuple[dict[str, str], dict[str, list[str]], list[dict]] | None:
+        """A model's head kinds, labels and vocabulary as a scan stored them; None when not all known."""
+        row = self._conn.execute("SELECT heads, labels, vocabulary FROM models WHERE model = ?", (model,)).fetchone()
+        if row is None or row[1] is None:
+            return None
+        return json.loads(row[0]), json.loads(row[1]), json.loads(row[2] or "[]")
 
     def head_kinds(self) -> dict[str, str]:
         kinds = {}

@@ -1,7 +1,10 @@
 """Defaults that the CLI shows in its help and the library applies, each written once.
 
-Plain constants only: the CLI reads them before any heavy import, so `musictag --help` stays instant.
+Plain constants, and usable_cpus (os only): the CLI reads them before any heavy import, so
+`musictag --help` stays instant.
 """
+
+import os
 
 SAMPLE_RATE = 22050  # Hz, the rate models are trained and run at
 WINDOW_SECONDS = 10.0  # length of one analysed excerpt (and of the training crops)
@@ -9,6 +12,8 @@ WINDOW_SECONDS = 10.0  # length of one analysed excerpt (and of the training cro
 # of a whole-track analysis is kept for 93% / 84% of tracks with 3 excerpts, 98% / 91% with 5; the top
 # mood (62 close labels) for 83% / 76% with 5 and needs about 17 to reach 90% (3.4x the decoding)
 EXCERPT_COUNT = 5
+DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when available; cuda:N picks one of several GPUs
+DEVICE_HELP = "auto (CUDA when it works, else the CPU), cpu, cuda or cuda:N."
 BATCH_SIZE = 48  # windows per forward pass
 THRESHOLD = 0.3  # models without a vocabulary: minimum score of a multi-label tag after the first
 PRECISION_TARGET = 0.8  # a written term's threshold: the lowest score at which validation precision reaches this
@@ -16,7 +21,41 @@ OPT_IN_FIELDS = ("instrument", "voice")  # scored and stored always; written onl
 TOP_K = {"genre": 2, "mood": 3, "quadrant": 1, "voice": 1}  # most tags written per field ...
 OTHER_TOP_K = 3  # ... and for heads not named there
 EXPORT_TOP_K = 3  # labels per head in the wide CSV export
-DECODE_WORKERS = 2  # decode processes of training, finetuning and evaluation
+DECODE_WORKERS = 0  # decode processes of training, finetuning and evaluation; 0: usable_cpus()
+GPU_PARENT_THREADS = 2  # torch threads of a GPU scan's parent: it only stacks and copies; the cores decode
 VAL_FRACTION = 0.2  # share held out for validation (whole artists at a time)
 FINETUNE_EPOCHS = 20
 FINETUNE_MIN_COUNT = 5  # a label needs this many tracks to be learnt when finetuning
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, cpusets), capped by a container's
+    CPU quota (cgroup v2 cpu.max or v1 cfs quota), where os.cpu_count() counts every CPU of the host."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def _cgroup_cpu_quota() -> int | None:
+    """A container's CPU limit, rounded up to whole CPUs; None when there is none (or no cgroup files)."""
+    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
+                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+        try:
+            fields = open(quota_file).read().split()
+            if period_file:
+                fields.append(open(period_file).read().strip())
+            quota, period = fields[0], fields[1]
+        except (OSError, IndexError):
+            continue
+        if quota in ("max", "-1"):
+            return None
+        return max(1, -(-int(quota) // int(period)))
+    return None
+
+
+def decode_workers(requested: int = DECODE_WORKERS) -> int:
+    """Decode processes to start: the number asked for, or with 0 one per usable CPU."""
+    return requested if requested > 0 else usable_cpus()

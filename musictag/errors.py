@@ -42,5 +42,18 @@ class DatabaseError(FileError):
     """The scan database cannot be created or opened (not a database, corrupt, no permission)."""
 
 
+class DeviceError(MusictagError):
+    """The device asked for is not one musictag runs on, or is not available here."""
+
+
 class ManifestError(MusictagError):
     """A training manifest or data folder is malformed."""
+
+
+class WindowError(MusictagError):
+    """One window of audio could not be scored on its own (out of memory even alone): its track fails,
+    the other windows of the batch are scored without it."""
+
+    def __init__(self, index: int, reason: str):
+        self.index, self.reason = index, reason
+        super().__init__(reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from typing import Callable
 
@@ -9,16 +10,59 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
+from .defaults import WINDOW_SECONDS
+from .errors import DeviceError, WindowError
 from .features import LogMel
 from .model import probabilities
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
+    """auto, cpu, cuda or cuda:N as a torch device, checked now (a bad index would otherwise fail late,
+    inside the first forward pass)."""
+    name = device.strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but no CUDA device is available")
-    return torch.device(device)
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if match is None:
+        raise DeviceError(f"--device must be auto, cpu, cuda or cuda:N (got {device!r})")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device} requested but no CUDA device is available")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
+def use_device(device: torch.device) -> None:
+    """Make a chosen GPU the current one before anything touches CUDA: pinned memory and a bare
+    "cuda" tensor open their context on the current GPU, which is GPU 0 unless set."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def startup_fault(device: str, error: BaseException, warn: Callable[[str], None]) -> None:
+    """What a CUDA fault on the first work means: with --device auto, one line through `warn` and the
+    caller goes on with the CPU; with a device asked for by name, a DeviceError (one line)."""
+    reason = one_line(error)
+    if device.strip().lower() != "auto":
+        raise DeviceError(f"--device {device}: CUDA failed on its first work: {reason}") from error
+    warn(f"CUDA failed on its first work ({reason}); using the CPU instead")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one short line (CUDA errors run to several lines of advice)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A GPU's out-of-memory error, or the CPU allocator's (a RuntimeError naming it)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text)
 
 
 def set_cpu_threads(threads: int) -> None:
@@ -32,8 +76,11 @@ class Tagger:
     def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
         self.checkpoint = checkpoint
         self.device = pick_device(device)
+        use_device(self.device)
         self.mean = float(checkpoint.normalization["mean"])
         self.std = float(checkpoint.normalization["std"])
+        self.batch_limit: int | None = None  # after an out-of-memory error: the most windows per pass
+        self.fallback = ""  # why CUDA was given up for the CPU at start-up ("" when it was not)
 
     # Built on first use: a CPU scan's parent only needs the labels (its workers hold the network).
     @cached_property
@@ -53,6 +100,10 @@ class Tagger:
     def labels(self) -> dict[str, list[str]]:
         return self.checkpoint.labels
 
+    def warm_up(self) -> None:
+        """Score one silent window: builds the network on the device and runs every kind of kernel once."""
+        self.predict([np.zeros(int(WINDOW_SECONDS * self.sample_rate), np.float32)])
+
     def features(self, audio: torch.Tensor) -> torch.Tensor:
         """(batch, samples) -> normalised (batch, 1, n_mels, frames)."""
         return ((self.logmel(audio) - self.mean) / self.std).unsqueeze(1)
@@ -66,18 +117,51 @@ class Tagger:
     def predict_each(self, windows: list[np.ndarray], transforms: dict[str, Callable | None]
                      ) -> dict[str, dict[str, np.ndarray]]:
         """`predict` once per named transform, computing each window's log-mel only once (so a transform
-        must return a new tensor, not change its input)."""
+        must return a new tensor, not change its input). Out of memory, passes are halved and retried;
+        a window that does not fit alone raises WindowError with its index."""
         out = {name: {head: np.zeros((len(windows), len(names)), np.float32) for head, names in self.labels.items()}
                for name in transforms}
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
             by_length.setdefault(len(w), []).append(i)
         for indices in by_length.values():
+            self._score_in_passes(windows, indices, transforms, out)
+        return out
+
+    def _score_in_passes(self, windows: list[np.ndarray], indices: list[int], transforms: dict, out: dict) -> None:
+        """Score `indices` in passes of at most batch_limit windows, halving the limit on out of memory
+        (a shared GPU, a large --batch-size): one bad batch costs a retry, not the run."""
+        pending = [indices]
+        while pending:
+            chunk = pending.pop()
+            limit = self.batch_limit or len(chunk)
+            if len(chunk) > limit:
+                pending += [chunk[limit:], chunk[:limit]]
+                continue
+            failure = self._try_pass(windows, chunk, transforms, out)
+            if failure:
+                if len(chunk) == 1:
+                    raise WindowError(chunk[0], f"out of memory on a single window ({failure})")
+                self.batch_limit = len(chunk) // 2
+                pending.append(chunk)
+
+    def _try_pass(self, windows: list[np.ndarray], indices: list[int], transforms: dict, out: dict) -> str:
+        """One forward pass per transform into `out`; "" or, out of memory, the reason (the error itself
+        is dropped here so its frames, and the tensors they hold, are freed before the cache is)."""
+        try:
             x = self._inputs(torch.from_numpy(np.stack([windows[i] for i in indices])))
             for name, transform in transforms.items():
                 for head, p in self._network(x if transform is None else transform(x)).items():
                     out[name][head][indices] = p
-        return out
+            return ""
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            reason = one_line(e)
+        x = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return reason
 
     def _inputs(self, audio: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -85,9 +169,32 @@ class Tagger:
         return self.features(audio.to(self.device, non_blocking=True))
 
     def _network(self, x: torch.Tensor) -> dict[str, np.ndarray]:
+        # fp16 for the trunk on a GPU; the heads (and the log-mel) stay fp32, so scores match the CPU's
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
                 logits = self.model(x)
         else:
             logits = self.model(x.contiguous(memory_format=torch.channels_last))
         return {head: p.cpu().numpy() for head, p in probabilities(logits, self.checkpoint.model_config).items()}
+
+
+def ready_tagger(checkpoint: Checkpoint, device: str = "auto", warn: Callable[[str], None] | None = None) -> Tagger:
+    """A Tagger whose GPU has scored one window already, so a CUDA fault (a GPU too old for this torch
+    build, an exclusive GPU in use, no memory) shows now, before any decode is queued, not as a
+    traceback from the first batch; see startup_fault for what follows one. A CPU tagger is returned
+    as it is: a CPU scan's parent never builds the network."""
+    tagger = Tagger(checkpoint, device)
+    if tagger.device.type != "cuda":
+        return tagger
+    try:
+        tagger.warm_up()
+        return tagger
+    except RuntimeError as e:  # CUDA errors, torch.AcceleratorError and out of memory are RuntimeErrors
+        reasons: list[str] = []
+        startup_fault(device, e, reasons.append)
+    del tagger  # its half-built model holds GPU memory
+    fallback = Tagger(checkpoint, "cpu")
+    fallback.fallback = reasons[0]
+    if warn is not None:
+        warn(reasons[0])
+    return fallback

@@ -4,13 +4,20 @@ Tracks are decoded and scored through pipeline.py (worker processes, a bounded n
 flight, so memory stays flat however large the library). The parent chooses each track's labels and
 writes its tags. Results are committed to the database as they come, so an interrupted run resumes where
 it stopped.
+
+A re-scan decodes only new or changed files. An unchanged file whose tags were decided under other
+options (--top-k, --threshold, --mode, fields) is decided again from its stored scores; one decided under
+these options is not even opened. The model is loaded only when some file needs scoring (ScanModel).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from functools import cached_property
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -21,8 +28,11 @@ from .errors import FileChangedError, MusictagError
 from .library import walk, within
 from .pipeline import Job, WindowBatcher, analyse_track, bounded_map, start_worker, worker_pool
 from .progress import Progress, no_progress
-from .tags import file_state, read_fields, write_fields
+from .tags import check_writable, file_state, read_fields, write_fields
 from .vocabulary import OPT_IN_FIELDS, FieldVocabulary, available, choose, track_term_scores, vocabulary_from_dict
+
+if TYPE_CHECKING:
+    from .inference import Tagger
 
 MODES = ("merge", "replace", "skip-tagged")
 USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
@@ -43,6 +53,36 @@ class ScanOptions:
     whole_track: bool = False  # analyse every window of each track instead of the excerpt plan
     excerpts: int = EXCERPT_COUNT  # windows per track in the excerpt plan
     model_in_workers: bool | None = None  # None: on the CPU yes, on a GPU no (the parent batches)
+
+
+def decision_key(options: ScanOptions, model_id: str) -> str:
+    """A fingerprint of everything besides the scores that decides the tags written: stored with what was
+    written, so a re-scan under the same options skips the file and one under new options decides again."""
+    decides = {"model": model_id, "mode": options.mode, "threshold": options.threshold,
+               "with": sorted(options.with_fields), "top_k": sorted(options.top_k.items()),
+               "default_top_k": options.default_top_k}
+    return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ScanModel:
+    """What a scan needs of its model: what decides the tags, known at once (from the database once a
+    scan has used the model), and the tagger, loaded (torch imported) only when a file needs scoring."""
+
+    model_id: str
+    kinds: dict[str, str]
+    labels: dict[str, list[str]]
+    vocabulary: list[dict]
+    load: Callable[[], "Tagger"]
+
+    @classmethod
+    def of(cls, tagger: "Tagger") -> "ScanModel":
+        c = tagger.checkpoint
+        return cls(c.model_id, c.model_config.kinds, c.labels, c.vocabulary, lambda: tagger)
+
+    @cached_property
+    def tagger(self) -> "Tagger":
+        return self.load()
 
 
 @dataclass
@@ -97,19 +137,22 @@ def choose_terms(vocabulary: tuple[FieldVocabulary, ...], scores: dict[str, dict
 
 
 class Scanner:
-    def __init__(self, tagger, db: Database, options: ScanOptions, progress: Progress | None = None):
-        self.tagger = tagger
+    def __init__(self, model: "Tagger | ScanModel", db: Database, options: ScanOptions,
+                 progress: Progress | None = None):
+        self.model = model if isinstance(model, ScanModel) else ScanModel.of(model)
         self.db = db
         self.options = options
         self.progress = progress or no_progress
         self.result = ScanResult()
-        self.model_id = tagger.checkpoint.model_id
-        self.kinds = tagger.checkpoint.model_config.kinds
-        stored = tagger.checkpoint.vocabulary
-        self.vocabulary = available(vocabulary_from_dict(stored), tagger.labels) if stored else ()
+        self.model_id = self.model.model_id
+        self.kinds = self.model.kinds
+        stored = self.model.vocabulary
+        self.vocabulary = available(vocabulary_from_dict(stored), self.model.labels) if stored else ()
+        self.decision = decision_key(options, self.model_id)
+        self.deciding = options.write or options.dry_run  # else scores are only stored
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
-        self.db.put_model(self.model_id, self.kinds)
+        self.db.put_model(self.model_id, self.kinds, self.model.labels, self.model.vocabulary)
         unreadable = []
         files = list(walk(paths, on_error=lambda path, reason: unreadable.append((path, reason))))
         self.progress("start", {"total": len(files) + len(unreadable)})
@@ -121,7 +164,8 @@ class Scanner:
         return self.result
 
     def _triage(self, files: list[str]) -> list[tuple[str, os.stat_result]]:
-        """Settle cached files at once (a re-scan is stat + one query); return those needing a decode."""
+        """Settle cached files at once (a re-scan is stat + one query, and opens only files whose tags
+        must be decided again); return those needing a decode. A dry run takes the same branches."""
         known = self.db.stats_for(files)
         todo = []
         for path in files:
@@ -132,11 +176,11 @@ class Scanner:
                 continue
             record = known.get(path)
             fresh = (record is not None and (record.size, record.mtime_ns, record.model)
-                     == (st.st_size, st.st_mtime_ns, self.model_id) and record.scored and not self.options.force)
-            if not fresh:
+                     == (st.st_size, st.st_mtime_ns, self.model_id) and not self.options.force)
+            if not fresh or not record.scored:
                 todo.append((path, st))
-            elif self.options.write and not self.options.dry_run and not record.written:
-                self._write(path, self.db.get(path).scores)  # scored earlier without writing
+            elif self.deciding and (not record.written or record.decided != self.decision):
+                self._write(path, self.db.get(path).scores)  # scored earlier; not written, or under other options
             else:
                 self.result.unchanged += 1
                 self._done(path, "unchanged")
@@ -146,14 +190,14 @@ class Scanner:
         if not todo:
             return
         stats = dict(todo)
+        tagger = self.model.tagger
         workers = self.options.workers or os.cpu_count() or 1
         in_workers = self.options.model_in_workers
         if in_workers is None:
-            in_workers = self.tagger.device.type == "cpu"
-        jobs = (Job(path, self.tagger.sample_rate, self.options.whole_track, self.options.excerpts)
-                for path, _ in todo)
-        batcher = WindowBatcher(self.tagger.predict, self.options.batch_size)  # the parent's forward passes
-        init = (self.tagger.checkpoint if in_workers else None, self.options.batch_size)
+            in_workers = tagger.device.type == "cpu"
+        jobs = (Job(path, tagger.sample_rate, self.options.whole_track, self.options.excerpts) for path, _ in todo)
+        batcher = WindowBatcher(tagger.predict, self.options.batch_size)  # the parent's forward passes
+        init = (tagger.checkpoint if in_workers else None, self.options.batch_size)
         with worker_pool(workers, start_worker, init) as pool:
             for track in bounded_map(pool, analyse_track, jobs, 4 * workers):
                 if track.scores is not None:
@@ -170,9 +214,10 @@ class Scanner:
 
     def _finish(self, path: str, st: os.stat_result, duration: float, probs: dict[str, np.ndarray]) -> None:
         scores = {head: {label: round(float(probs[head][j]), 5) for j, label in enumerate(names)}
-                  for head, names in self.tagger.labels.items()}
+                  for head, names in self.model.labels.items()}
+        # a dry run stores scores too (README): the real run then decides from them without decoding
         self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, duration, scores)
-        if self.options.write or self.options.dry_run:
+        if self.deciding:
             self._write(path, scores)
         else:
             self.result.scored += 1
@@ -212,21 +257,22 @@ class Scanner:
     def _apply_tags(self, path: str, ours: dict[str, list[str]]) -> str:
         read_at = file_state(path)
         current = read_fields(path, list(ours))
-        if self.options.mode == "skip-tagged" and any(current.get(f) for f in USER_FIELDS):
-            self.result.skipped += 1
-            self._record_written(path, {}, dry=self.options.dry_run)
-            return "skipped"
         record = self.db.get(path)
         written = (record.written or {}) if record else {}
         previous = self.db.previous_values(path)
+        if self.options.mode == "skip-tagged" and _tagged_by_user(current, written, previous):
+            self.result.skipped += 1
+            self._record_written(path, written)  # the file still holds what we wrote before, if anything
+            return "skipped"
         new = {name: self._merged(name, current[name], labels, written, previous)
                for name, labels in ours.items()}
         changed = {name: values for name, values in new.items() if values != current[name]}
         if not changed:
             self.result.unchanged += 1
-            self._record_written(path, new, dry=self.options.dry_run)
+            self._record_written(path, new)
             return "unchanged"
         if self.options.dry_run:
+            check_writable(path)  # a file the real run could not write fails here too
             self.result.changes.append(Change(path, {n: current[n] for n in changed}, changed))
             self.result.scored += 1
             return "would change"
@@ -236,10 +282,11 @@ class Scanner:
         self.result.tagged += 1
         return "tagged"
 
-    def _record_written(self, path: str, written: dict[str, list[str]], dry: bool = False) -> None:
-        if not dry:
+    def _record_written(self, path: str, written: dict[str, list[str]]) -> None:
+        """What the file now holds of ours, decided under this scan's options (a dry run records nothing)."""
+        if not self.options.dry_run:
             st = os.stat(path)
-            self.db.put_written(path, written, st.st_size, st.st_mtime_ns)
+            self.db.put_written(path, written, st.st_size, st.st_mtime_ns, self.decision)
 
     def _merged(self, name: str, current: list[str], labels: list[str], written: dict[str, list[str]],
                 previous: dict[str, list[str]]) -> list[str]:
@@ -258,6 +305,16 @@ class Scanner:
 
     def _done(self, path: str, status: str, reason: str = "") -> None:
         self.progress("file", {"path": path, "status": status, "reason": reason})
+
+
+def _tagged_by_user(current: dict[str, list[str]], written: dict[str, list[str]],
+                    previous: dict[str, list[str]]) -> bool:
+    """Whether genre or mood holds a value musictag did not write (skip-tagged leaves such files alone)."""
+    for name in USER_FIELDS:
+        ours = set(written.get(name, [])) - set(previous.get(name, []))
+        if any(value not in ours for value in current.get(name, [])):
+            return True
+    return False
 
 
 def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | None = None) -> ScanResult:

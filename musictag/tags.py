@@ -265,6 +265,13 @@ def file_state(path: str) -> os.stat_result:
         raise TagWriteError(path, f"cannot open: {e.strerror}") from None
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """TagWriteError when write_fields would refuse the file as read-only (what a dry run reports)."""
+    path = os.path.realpath(os.fspath(path))
+    if not _writable(path, file_state(path)):
+        raise TagWriteError(path, "file is read-only")
+
+
 def _writable(path: str, state: os.stat_result) -> bool:
     """A file marked read-only stays untouched even for root, who could write it anyway."""
     return os.access(path, os.W_OK) and bool(state.st_mode & stat.S_IWUSR)

@@ -440,3 +440,82 @@ def test_a_vocabulary_writes_only_confident_terms_and_leaves_other_fields_alone(
     assert values["instrument"] == ["piano"] and len(values["quadrant"]) == 1
     refused = runner.invoke(app, ["scan", str(tmp_path / "music"), "--model", str(model), "--with", "drums"])
     assert refused.exit_code != 0 and "opt-in fields: instrument, voice" in refused.output
+
+
+def summary(output):
+    """The summary line's counts; a dry run's "would change" is the real run's "tagged"."""
+    import re
+
+    line = next(line for line in output.splitlines() if line.startswith("tagged: "))
+    counts = dict((name, int(n)) for name, n in re.findall(r"([a-z ()]+): (\d+)", line.replace(", ", ",")))
+    counts = {name.strip(","): n for name, n in counts.items()}
+    if "would change" in counts:
+        counts["tagged"] = counts.pop("would change")
+    counts.pop("scored (not written)", None)
+    return counts
+
+
+def dry_then_real(library, model, db, *options):
+    files = snapshot(library)
+    dry = scan([library, *options, "--dry-run"], model, db)
+    assert snapshot(library) == files, "a dry run wrote tags"
+    real = scan([library, *options], model, db)
+    assert dry.exit_code == real.exit_code, (dry.output, real.output)
+    assert summary(dry.output) == summary(real.output), (dry.output, real.output)
+    return summary(real.output)
+
+
+def test_a_rescan_with_new_options_decides_again_from_stored_scores(library, tiny_checkpoint, tmp_path, monkeypatch):
+    import musictag.api
+
+    db = tmp_path / "db.sqlite"
+    assert scan([library], tiny_checkpoint, db).exit_code == 0
+    monkeypatch.setattr(musictag.api, "load_tagger", lambda *a, **k: pytest.fail("the model was loaded"))
+    result = scan([library, "--top-k", "genre=1,mood=1"], tiny_checkpoint, db)
+    assert result.exit_code == 0, result.output
+    for rel in GOOD:
+        values = read_fields(library / rel, ["genre", "mood"])
+        assert len(values["genre"]) == 1 and len(values["mood"]) == 1, (rel, values)
+    files = snapshot(library)
+    again = scan([library, "--top-k", "genre=1,mood=1"], tiny_checkpoint, db)
+    assert summary(again.output)["unchanged"] == len(GOOD) and snapshot(library) == files
+    wider = scan([library, "--top-k", "3", "--threshold", "0"], tiny_checkpoint, db)
+    assert summary(wider.output)["tagged"] == len(GOOD), wider.output
+    assert all(len(read_fields(library / rel, ["genre"])["genre"]) == 3 for rel in GOOD)
+
+
+def test_a_rescan_with_nothing_to_score_never_imports_torch(library, tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "db.sqlite"
+    assert scan([library], tiny_checkpoint, db).exit_code == 0
+    code = ("import sys; from typer.testing import CliRunner; from musictag.cli import app; "
+            f"r = CliRunner().invoke(app, ['scan', {str(library)!r}, '--model', {str(tiny_checkpoint)!r}, "
+            f"'--db', {str(db)!r}, '-q', '--top-k', 'genre=1']); print('torch' in sys.modules); print(r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False") and "failed: 0" in out, out
+
+
+def test_dry_run_announces_what_the_real_scan_then_does(library, tiny_checkpoint, tmp_path):
+    db, model = tmp_path / "db.sqlite", tiny_checkpoint
+    write_fields(library / "a" / "two.flac", {"genre": ["Shoegaze"]})
+    os.chmod(library / "c" / "seven.wav", stat.S_IREAD)
+    assert dry_then_real(library, model, db) == {"tagged": len(GOOD) - 1, "unchanged": 0, "skipped": 0, "failed": 1}
+    assert dry_then_real(library, model, db)["unchanged"] == len(GOOD) - 1
+    assert dry_then_real(library, model, db, "--top-k", "genre=1,mood=1")["failed"] == 1
+    assert runner.invoke(app, ["undo", "--db", str(db)]).exit_code == 0
+    after_undo = dry_then_real(library, model, db, "--mode", "skip-tagged")
+    assert after_undo == {"tagged": len(GOOD) - 2, "unchanged": 0, "skipped": 1, "failed": 1}
+    assert dry_then_real(library, model, db, "--mode", "replace")["tagged"] == 1  # Shoegaze goes
+
+
+def test_dry_run_stores_scores_only(library, tiny_checkpoint, tmp_path):
+    from musictag.db import Database
+
+    db = tmp_path / "db.sqlite"
+    scan([library, "--dry-run"], tiny_checkpoint, db)
+    with Database(db) as database:
+        tracks = list(database.tracks())
+        assert len(tracks) == len(GOOD) and all(t.scores and t.written is None for t in tracks)
+        assert database.undo_paths() == []

@@ -11,8 +11,8 @@ LAYERS = [
     {"cli", "api", "__main__"},
     {"scan", "train", "evaluate", "modelcard", "export"},
     {"pipeline", "library", "library_labels", "metrics", "manifest", "cache", "inference"},
-    {"audio", "features", "model", "checkpoint", "db", "tags", "codec", "errors", "defaults", "progress",
-     "__init__"},
+    {"audio", "features", "model", "checkpoint", "modelfile", "db", "tags", "codec", "errors", "defaults",
+     "progress", "__init__"},
 ]
 LAYER = {module: depth for depth, modules in enumerate(LAYERS) for module in modules}
 MAX_FUNCTION_LINES = 60

@@ -1,0 +1,54 @@
+"""A model file's identity without opening it: where the shipped model is, its sha256, and the check
+against the .sha256 file beside it. No torch here, so a scan with nothing to score never imports it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import resources
+from pathlib import Path
+
+from .errors import CheckpointError
+
+SHIPPED_NAME = "musictag.pt"
+
+
+def shipped_path() -> Path:
+    """The model inside the installed package; in a source checkout, the top-level weights/ folder
+    beside the package (located from this file, never from the current directory)."""
+    try:
+        return Path(str(resources.files("musictag.weights").joinpath(SHIPPED_NAME)))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "weights" / SHIPPED_NAME
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_sha(path: Path) -> str | None:
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        return None
+    return sidecar.read_text().split()[0].strip().lower()
+
+
+def verified_sha256(path: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The model file (the shipped one when None) and its sha256, checked against its .sha256 file."""
+    path = Path(path) if path is not None else shipped_path()
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    sha = file_sha256(path)
+    expected = expected_sha(path)
+    if expected and expected != sha:
+        raise CheckpointError(path, f"sha256 mismatch (file {sha[:12]}, expected {expected[:12]}): damaged install?")
+    return path, sha
+
+
+def model_id(sha256: str) -> str:
+    """How the database and the model tag name a model: the start of its file's sha256."""
+    return sha256[:12] or "unsaved"
