@@ -12,8 +12,9 @@ from typing import List, Optional
 
 import typer
 
-from .defaults import (BATCH_SIZE, DECODE_WORKERS, EXCERPT_COUNT, EXPORT_TOP_K, FINETUNE_EPOCHS,
+from .defaults import (BATCH_SIZE, DECODE_WORKERS, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS, FINETUNE_EPOCHS,
                        FINETUNE_MIN_COUNT, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
+from .defaults import DEVICE_HELP
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tag a music library with genres and moods predicted by a CP-ResNet.")
@@ -27,17 +28,38 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+ALL_FIELDS = FIELDS + OPT_IN_FIELDS
+RANKED_FIELDS = tuple(name for name in ALL_FIELDS if name != "model")  # the fields --top-k applies to
+
+
 def _parse_top_k(text: str) -> tuple[dict[str, int], int | None]:
-    """"3" -> ({}, 3): every head 3; "genre=2,mood=4" -> ({...}, None): those heads (others keep the default)."""
-    if text.isdigit():
-        return {}, int(text)
-    per_head = {}
+    """"3" -> ({}, 3): every field 3; "genre=2,mood=4" -> ({...}, None): those fields (others keep the default)."""
+    if text.strip().isdigit():
+        return {}, _at_least_one(int(text))
+    per_field = {}
     for part in filter(None, text.split(",")):
-        head, _, n = part.partition("=")
-        if not n.strip().isdigit():
-            _fail(f"--top-k: expected N or HEAD=N[,HEAD=N], got {text!r}")
-        per_head[head.strip()] = int(n)
-    return per_head, None
+        name, _, n = (s.strip() for s in part.partition("="))
+        if not n.isdigit():
+            _fail(f"--top-k: expected N or FIELD=N[,FIELD=N], got {text!r}")
+        if name not in RANKED_FIELDS:
+            _fail(f"--top-k: unknown field {name!r} (valid: {', '.join(RANKED_FIELDS)})")
+        per_field[name] = _at_least_one(int(n))
+    return per_field, None
+
+
+def _at_least_one(n: int) -> int:
+    if n < 1:
+        _fail("--top-k: a field gets at least 1 tag (--fields chooses which fields are written)")
+    return n
+
+
+def _parse_fields(text: str) -> tuple[str, ...] | None:
+    """--fields as a tuple; None when not given (the default fields)."""
+    names = _split_list(text)
+    unknown = [name for name in names if name not in ALL_FIELDS]
+    if unknown:
+        _fail(f"--fields: unknown field {', '.join(unknown)} (valid: {', '.join(ALL_FIELDS)})")
+    return names or None
 
 
 def _bar(total: int, quiet: bool, unit: str = "file"):
@@ -56,10 +78,10 @@ def scan(
         None, show_default=False, help="Minimum score for a tag to be written (default: the model's own threshold "
         f"per tag, chosen for {PRECISION_TARGET:.0%} precision on validation; models without them: {THRESHOLD} "
         "for tags after the first)."),
-    with_fields: str = typer.Option("", "--with", help="Also write opt-in fields: "
-                                    + ", ".join(OPT_IN_FIELDS) + " (comma-separated)."),
-    top_k: str = typer.Option("", "--top-k", help="Tags per head: N, or HEAD=N,... (default "
-                              + ",".join(f"{head}={k}" for head, k in TOP_K.items()) + ")."),
+    fields: str = typer.Option("", "--fields", show_default=False, help="Fields to write, comma-separated, from: "
+                               + ", ".join(ALL_FIELDS) + " (default " + ",".join(FIELDS) + ")."),
+    top_k: str = typer.Option("", "--top-k", help="Most tags per field: N, or FIELD=N,... (default "
+                              + ",".join(f"{name}={k}" for name, k in TOP_K.items()) + ")."),
     mode: str = typer.Option("merge", help="merge (keep existing genres/moods), replace, or skip-tagged."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(BATCH_SIZE, help="Windows per forward pass."),
@@ -80,14 +102,11 @@ def scan(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         _fail(f"no such file or folder: {', '.join(missing)}")
-    extra = _split_list(with_fields)
-    unknown = [name for name in extra if name not in OPT_IN_FIELDS]
-    if unknown:
-        _fail(f"--with: unknown field {', '.join(unknown)} (opt-in fields: {', '.join(OPT_IN_FIELDS)})")
+    written = _parse_fields(fields)
     per_head, every_head = _parse_top_k(top_k)
     options = api.scan_options(per_head, every_head, write=not no_write, dry_run=dry_run, threshold=threshold,
                                mode=mode, batch_size=batch_size, workers=workers, force=force,
-                               whole_track=whole_track, excerpts=excerpts, with_fields=extra)
+                               whole_track=whole_track, excerpts=excerpts, fields=written)
     bar = _FileBar(quiet)
     with _database(db) as database, _terminate_as_interrupt():
         try:
@@ -280,6 +299,9 @@ def _train_progress(quiet: bool = False):
     return progress
 
 
+TRAIN_DEVICE_HELP = DEVICE_HELP + " On a GPU: bf16 mixed precision (fp16 with a gradient scaler where bf16 is missing)."
+
+
 def _split_list(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -302,8 +324,9 @@ def train(
     ignore: str = typer.Option("", help="Comma-separated columns to leave out."),
     single: str = typer.Option("", help="Comma-separated columns to train as single-label."),
     seed: Optional[int] = typer.Option(None),
-    workers: int = typer.Option(DECODE_WORKERS, help="Decode processes for the feature cache."),
+    workers: int = typer.Option(DECODE_WORKERS, help="Decode processes for the feature cache (0: one per usable CPU)."),
     resume: bool = typer.Option(False, help="Continue from OUT.state."),
+    device: str = typer.Option("auto", help=TRAIN_DEVICE_HELP),
     teacher_cache: Optional[Path] = typer.Option(
         None, "--teacher-cache", help="Distil musicnn: its outputs cached by scripts/teacher_targets.py."),
     unlabelled: Optional[Path] = typer.Option(
@@ -312,7 +335,7 @@ def train(
 ) -> None:
     """Train a model from labelled audio (manifest CSV or folder per class), optionally distilling musicnn."""
     from . import api
-    from .errors import ManifestError
+    from .errors import DeviceError, ManifestError
 
     model_config, features, train_config = api.training_configs(
         config, epochs=epochs, seed=seed, n_mels=n_mels, rho=rho, width=width, activation=activation,
@@ -322,8 +345,8 @@ def train(
         checkpoint, _ = api.train(data, out, model_config, features, train_config, val=val,
                                   val_fraction=val_fraction, min_count=min_count, ignore=_split_list(ignore),
                                   single=_split_list(single), resume=resume, workers=workers, teacher=teacher,
-                                  progress=_train_progress(quiet))
-    except ManifestError as e:
+                                  device=device, progress=_train_progress(quiet))
+    except (DeviceError, ManifestError) as e:
         _fail(str(e))
     typer.echo(f"wrote {out} (sha256 {checkpoint.sha256[:12]})")
 
@@ -338,19 +361,20 @@ def finetune(
     min_count: int = typer.Option(FINETUNE_MIN_COUNT, help="Drop labels with fewer tracks."),
     epochs: int = typer.Option(FINETUNE_EPOCHS),
     val_fraction: float = typer.Option(VAL_FRACTION),
-    workers: int = typer.Option(DECODE_WORKERS),
+    workers: int = typer.Option(DECODE_WORKERS, help="Decode processes for the feature cache (0: one per usable CPU)."),
     resume: bool = typer.Option(False),
+    device: str = typer.Option("auto", help=TRAIN_DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Adapt a trained model to new labels: a manifest, or a library's own tags."""
     from . import api
-    from .errors import ManifestError
+    from .errors import DeviceError, ManifestError
 
     try:
         dataset = api.finetune_dataset(data, library, _split_list(field), min_count)
         checkpoint, _ = api.finetune(start, out, dataset, api.finetune_config(epochs), val_fraction, resume,
-                                     workers, _train_progress(quiet))
-    except ManifestError as e:
+                                     workers, _train_progress(quiet), device=device)
+    except (DeviceError, ManifestError) as e:
         _fail(str(e))
     typer.echo(f"wrote {out} (sha256 {checkpoint.sha256[:12]}); tag with: musictag scan --model {out} PATH")
 

@@ -43,7 +43,7 @@ class ScanOptions:
     write: bool = True
     dry_run: bool = False
     threshold: float | None = None  # None: the model's per-label thresholds (older models: THRESHOLD)
-    with_fields: tuple[str, ...] = ()  # opt-in fields also written (vocabulary.OPT_IN_FIELDS)
+    fields: tuple[str, ...] | None = None  # fields written; None: all but the opt-in ones (defaults.OPT_IN_FIELDS)
     top_k: dict[str, int] = field(default_factory=lambda: dict(TOP_K))
     default_top_k: int = OTHER_TOP_K
     mode: str = "merge"
@@ -59,7 +59,7 @@ def decision_key(options: ScanOptions, model_id: str) -> str:
     """A fingerprint of everything besides the scores that decides the tags written: stored with what was
     written, so a re-scan under the same options skips the file and one under new options decides again."""
     decides = {"model": model_id, "mode": options.mode, "threshold": options.threshold,
-               "with": sorted(options.with_fields), "top_k": sorted(options.top_k.items()),
+               "fields": sorted(options.fields) if options.fields is not None else None, "top_k": sorted(options.top_k.items()),
                "default_top_k": options.default_top_k}
     return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -103,6 +103,11 @@ class ScanResult:
     changes: list[Change] = field(default_factory=list)
 
 
+def writes(name: str, options: ScanOptions) -> bool:
+    """Whether the scan writes field `name` (a vocabulary field, a head of a model without one, "model")."""
+    return name not in OPT_IN_FIELDS if options.fields is None else name in options.fields
+
+
 def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], options: ScanOptions
                   ) -> dict[str, list[str]]:
     """For a model without a vocabulary, per head: the argmax for single-label heads; for multi-label
@@ -110,6 +115,8 @@ def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], op
     threshold = THRESHOLD if options.threshold is None else options.threshold
     chosen = {}
     for head, label_scores in scores.items():
+        if not writes(head, options):
+            continue
         ranked = sorted(label_scores, key=lambda label: -label_scores[label])
         if kinds.get(head) == "single":
             chosen[head] = ranked[:1]
@@ -125,7 +132,7 @@ def choose_terms(vocabulary: tuple[FieldVocabulary, ...], scores: dict[str, dict
     best first, at most top-k; and the fields where nothing was confident, which are left alone."""
     chosen, unconfident = {}, []
     for f in vocabulary:
-        if f.name in OPT_IN_FIELDS and f.name not in options.with_fields:
+        if not writes(f.name, options):
             continue
         k = 1 if kinds.get(f.truth_head) == "single" else options.top_k.get(f.name, options.default_top_k)
         terms = choose(f, track_term_scores(f, scores), k, options.threshold)
@@ -251,7 +258,8 @@ class Scanner:
             ours, unconfident = choose_terms(self.vocabulary, scores, self.kinds, self.options)
             for name in unconfident:
                 self.result.unconfident[name] = self.result.unconfident.get(name, 0) + 1
-        ours["model"] = [f"musictag {__version__} model {self.model_id}"]
+        if writes("model", self.options):
+            ours["model"] = [f"musictag {__version__} model {self.model_id}"]
         return ours
 
     def _apply_tags(self, path: str, ours: dict[str, list[str]]) -> str:

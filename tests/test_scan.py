@@ -431,15 +431,14 @@ def test_a_vocabulary_writes_only_confident_terms_and_leaves_other_fields_alone(
         assert values["genre"] == ["Jazz"] and len(values["quadrant"]) == 1
         assert values["instrument"] == []  # opt-in, not asked for
     assert read_fields(files[0], ["mood"])["mood"] == ["mine"] and read_fields(files[1], ["mood"])["mood"] == []
-    # --threshold replaces the model's thresholds; --with adds an opt-in field
+    # --threshold replaces the model's thresholds; --fields chooses the fields, opt-in ones too
     again = runner.invoke(app, ["scan", str(tmp_path / "music"), "--model", str(model), "--db", str(tmp_path / "db2"),
-                                "--quiet", "--threshold", "0", "--with", "instrument", "--mode", "replace"])
+                                "--quiet", "--threshold", "0", "--fields", "genre,mood,quadrant,instrument",
+                                "--mode", "replace"])
     assert again.exit_code == 0, again.output
     values = read_fields(files[1], ["genre", "mood", "quadrant", "instrument"])
     assert sorted(values["genre"]) == ["Blues", "Jazz"] and len(values["mood"]) == 2
     assert values["instrument"] == ["piano"] and len(values["quadrant"]) == 1
-    refused = runner.invoke(app, ["scan", str(tmp_path / "music"), "--model", str(model), "--with", "drums"])
-    assert refused.exit_code != 0 and "opt-in fields: instrument, voice" in refused.output
 
 
 def summary(output):
@@ -519,3 +518,18 @@ def test_dry_run_stores_scores_only(library, tiny_checkpoint, tmp_path):
         tracks = list(database.tracks())
         assert len(tracks) == len(GOOD) and all(t.scores and t.written is None for t in tracks)
         assert database.undo_paths() == []
+
+
+def test_fields_chooses_what_is_written_and_unknown_names_are_errors(library, tiny_checkpoint, tmp_path):
+    db, one = tmp_path / "db.sqlite", library / "a" / "one.mp3"
+    assert scan([library, "--fields", "genre"], tiny_checkpoint, db).exit_code == 0
+    values = read_fields(one, ["genre", "mood", "quadrant", "model"])
+    assert values["genre"] and values["mood"] == values["quadrant"] == values["model"] == []
+    result = scan([library, "--fields", "genre,mood,quadrant,model"], tiny_checkpoint, db)  # added on a re-scan
+    assert summary(result.output)["tagged"] == len(GOOD), result.output
+    assert all(read_fields(one, ["mood", "quadrant", "model"]).values())
+    for args, valid in ((["--fields", "genre,drums"], "valid: genre, mood, quadrant, model, instrument, voice"),
+                        (["--top-k", "foo=2"], "valid: genre, mood, quadrant, instrument, voice"),
+                        (["--top-k", "mood=0"], "--fields chooses")):
+        refused = scan([library, *args], tiny_checkpoint, db)
+        assert refused.exit_code == 2 and valid in refused.output, refused.output
