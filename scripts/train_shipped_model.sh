@@ -18,14 +18,14 @@ RUNS=${RUNS:-runs}
 WORK=${WORK:-$RUNS/music}
 CONFIG=${CONFIG:-scripts/shipped_config.json}
 TEACHER_VENV=${TEACHER_VENV:-.teacher-venv}
-ABLATION_EPOCHS=${ABLATION_EPOCHS:-15}
+ABLATION_EPOCHS=${ABLATION_EPOCHS:-10}
 mkdir -p "$RUNS" "$WORK"
 
 scripts/teacher_env.sh "$TEACHER_VENV"
 packages() { python -c "import sys; sys.path.insert(0, 'bench'); import real_music; print(' '.join(real_music.$1))"; }
 # shellcheck disable=SC2046
 python bench/real_music.py "$WORK/unlabelled" --build-dir "$WORK" --packages $(packages DISTILL_PACKAGES) \
-  --min-seconds 30 --per-package 1000
+  --min-seconds 30 --per-package 1000 --describe "$RUNS/sources.json"
 # shellcheck disable=SC2046
 python bench/real_music.py "$WORK/unseen" --build-dir "$WORK" --packages $(packages SCAN_PACKAGES) \
   --min-seconds 90 --per-package 20
@@ -78,5 +78,5 @@ if [ "${SKIP_ABLATIONS:-0}" != 1 ]; then
 fi
 musictag model-card weights/musictag.pt --out weights/MODEL_CARD.md --evaluation "$RUNS/distilled.eval.json" \
   --evaluation-title "validation split: 144 clips by artists held out of training (runs/distilled.pt)" \
-  --probe "$RUNS/probe.json" --agreement "$RUNS/agreement.txt" --soundtracks "$RUNS/soundtracks.md" \
+  --probe "$RUNS/probe.json" --agreement "$RUNS/agreement.txt" --soundtracks "$RUNS/soundtracks.md" --sources "$RUNS/sources.json" \
   --speed "$RUNS/model_speed.txt" --notes scripts/model_card_notes.md "${ablations[@]}"
