@@ -200,10 +200,13 @@ def _print_summary(result, dry_run: bool) -> None:
             typer.echo(f"  {name}: {before} -> {'; '.join(change.after[name])}")
     scored_label = "would change" if dry_run else "scored (not written)"
     typer.echo(f"tagged: {result.tagged}, {scored_label}: {result.scored}, unchanged: {result.unchanged}, "
-               f"skipped: {result.skipped}, failed: {len(result.failed)}")
+               f"skipped: {result.skipped}, failed: {len(result.failed)}, failed before: {len(result.failed_before)}")
     if result.unconfident:
         typer.echo("left alone, nothing confident: " + ", ".join(
             f"{name} in {count} file{'s' if count != 1 else ''}" for name, count in result.unconfident.items()))
+    if result.failed_before:
+        typer.echo("failed before: files that failed in an earlier scan and are unchanged since are not retried "
+                   "and do not make the exit code 1 (--force retries them; export-csv lists their errors).")
     for path, reason in result.failed:
         typer.echo(f"failed: {path}: {reason}", err=True)
 

@@ -176,11 +176,12 @@ class Database:
 
     def put_written(self, path: str, written: dict[str, list[str]] | None, size: int, mtime_ns: int,
                     decided: str | None = None) -> None:
-        """Record what was written, under which options (`decided`), and the file's new stat (a tag write
-        changes both)."""
-        self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, decided = ?, error = NULL, updated = ? "
-                    "WHERE path = ?", (json.dumps(written) if written is not None else None, size, mtime_ns, decided,
-                                       time.time(), _key(path)))
+        """Record what was written, under which options (`decided`: a scan's decision, which also ends a
+        remembered write error; None: undo's), and the file's new stat (a tag write changes both)."""
+        self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, decided = ?, "
+                    "error = CASE WHEN ? IS NULL THEN error END, updated = ? WHERE path = ?",
+                    (json.dumps(written) if written is not None else None, size, mtime_ns, decided, decided,
+                     time.time(), _key(path)))
         self.commit()  # the file changed: its record must not lag behind
 
     def put_write_error(self, path: str, error: str) -> None:

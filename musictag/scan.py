@@ -98,7 +98,8 @@ class ScanResult:
     scored: int = 0  # scored but not written (--no-write, --dry-run)
     unchanged: int = 0
     skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # new failures: the run's exit code
+    failed_before: list[tuple[str, str]] = field(default_factory=list)  # the same failure, file unchanged since
     unconfident: dict[str, int] = field(default_factory=dict)  # field -> tracks where nothing was confident
     changes: list[Change] = field(default_factory=list)
 
@@ -184,7 +185,9 @@ class Scanner:
             record = known.get(path)
             fresh = (record is not None and (record.size, record.mtime_ns, record.model)
                      == (st.st_size, st.st_mtime_ns, self.model_id) and not self.options.force)
-            if not fresh or not record.scored:
+            if fresh and record.failed and not record.scored:  # not decoded: the same bytes fail the same way
+                self._failed_before(path, self.db.get(path).error)
+            elif not fresh or not record.scored:
                 todo.append((path, st))
             elif self.deciding and (not record.written or record.decided != self.decision):
                 self._write(path, self.db.get(path).scores)  # scored earlier; not written, or under other options
@@ -235,6 +238,11 @@ class Scanner:
             status = self._apply_tags_as_it_is_now(path, self._ours(scores))
         except MusictagError as e:
             reason = getattr(e, "reason", str(e))
+            if self.db.get(path).error == reason:  # kept only while the file is unchanged (new scores clear it)
+                self._failed_before(path, reason)
+                return
+            if not self.options.dry_run:
+                self.db.put_write_error(path, reason)
             self.result.failed.append((path, reason))
             self._done(path, "failed", reason)
             return
@@ -306,10 +314,16 @@ class Scanner:
         return kept + [label for label in labels if label.casefold() not in known]
 
     def _fail(self, path: str, st: os.stat_result | None, reason: str) -> None:
-        if st is not None:
+        """A new failure. Remembered with the file's stat (not by a dry run, whose real run must report it
+        the same way), so while the file stays as it is later scans count it as failed before."""
+        if st is not None and not self.options.dry_run:
             self.db.put_error(path, st.st_size, st.st_mtime_ns, self.model_id, reason)
         self.result.failed.append((path, reason))
         self._done(path, "failed", reason)
+
+    def _failed_before(self, path: str, reason: str) -> None:
+        self.result.failed_before.append((path, reason))
+        self._done(path, "failed before", reason)
 
     def _done(self, path: str, status: str, reason: str = "") -> None:
         self.progress("file", {"path": path, "status": status, "reason": reason})

@@ -500,12 +500,14 @@ def test_dry_run_announces_what_the_real_scan_then_does(library, tiny_checkpoint
     db, model = tmp_path / "db.sqlite", tiny_checkpoint
     write_fields(library / "a" / "two.flac", {"genre": ["Shoegaze"]})
     os.chmod(library / "c" / "seven.wav", stat.S_IREAD)
-    assert dry_then_real(library, model, db) == {"tagged": len(GOOD) - 1, "unchanged": 0, "skipped": 0, "failed": 1}
-    assert dry_then_real(library, model, db)["unchanged"] == len(GOOD) - 1
-    assert dry_then_real(library, model, db, "--top-k", "genre=1,mood=1")["failed"] == 1
+    first = {"tagged": len(GOOD) - 1, "unchanged": 0, "skipped": 0, "failed": 1, "failed before": 0}
+    assert dry_then_real(library, model, db) == first
+    again = {"tagged": 0, "unchanged": len(GOOD) - 1, "skipped": 0, "failed": 0, "failed before": 1}
+    assert dry_then_real(library, model, db) == again
+    assert dry_then_real(library, model, db, "--top-k", "genre=1,mood=1")["failed before"] == 1
     assert runner.invoke(app, ["undo", "--db", str(db)]).exit_code == 0
     after_undo = dry_then_real(library, model, db, "--mode", "skip-tagged")
-    assert after_undo == {"tagged": len(GOOD) - 2, "unchanged": 0, "skipped": 1, "failed": 1}
+    assert after_undo == {"tagged": len(GOOD) - 2, "unchanged": 0, "skipped": 1, "failed": 0, "failed before": 1}
     assert dry_then_real(library, model, db, "--mode", "replace")["tagged"] == 1  # Shoegaze goes
 
 
@@ -533,3 +535,25 @@ def test_fields_chooses_what_is_written_and_unknown_names_are_errors(library, ti
                         (["--top-k", "mood=0"], "--fields chooses")):
         refused = scan([library, *args], tiny_checkpoint, db)
         assert refused.exit_code == 2 and valid in refused.output, refused.output
+
+
+def test_unchanged_failed_files_are_failed_before_and_only_new_failures_exit_1(library, tiny_checkpoint, tmp_path):
+    db, broken = tmp_path / "db.sqlite", library / "broken"
+    broken.mkdir()
+    (broken / "empty.mp3").write_bytes(b"")
+    (broken / "garbage.flac").write_bytes(os.urandom(5000))
+    os.chmod(library / "c" / "seven.wav", stat.S_IREAD)
+    first = scan([library], tiny_checkpoint, db)
+    assert first.exit_code == 1 and "failed: 3, failed before: 0" in first.output, first.output
+    cron = scan([library], tiny_checkpoint, db)
+    assert cron.exit_code == 0 and "failed: 0, failed before: 3" in cron.output, cron.output
+    assert "not retried" in cron.output and "failed: " + str(broken) not in cron.output
+    (broken / "text.mp3").write_text("not music\n" * 100)  # a new broken file
+    (broken / "garbage.flac").write_bytes(os.urandom(6000))  # changed, still broken: tried again
+    new = scan([library, "--dry-run"], tiny_checkpoint, db)
+    assert new.exit_code == 1 and "failed: 2, failed before: 2" in new.output, new.output
+    new = scan([library], tiny_checkpoint, db)
+    assert new.exit_code == 1 and "failed: 2, failed before: 2" in new.output, new.output
+    assert f"failed: {broken / 'text.mp3'}: " in new.output and "empty.mp3" not in new.output
+    forced = scan([library, "--force"], tiny_checkpoint, db)
+    assert forced.exit_code == 1 and "failed: 4, failed before: 0" in forced.output, forced.output
