@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -12,15 +13,40 @@ from typing import List, Optional
 
 import typer
 
-from .defaults import (BATCH_SIZE, DECODE_WORKERS, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS, FINETUNE_EPOCHS,
-                       FINETUNE_MIN_COUNT, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
+from .defaults import (BATCH_SIZE, DECODE_WORKERS, DEVICES, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS, FINETUNE_EPOCHS,
+                       FINETUNE_MIN_COUNT, MODES, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
 from .defaults import DEVICE_HELP
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Tag a music library with genres and moods predicted by a CP-ResNet.")
 
 DB_OPTION = typer.Option(None, "--db", help="Database file (default: in the user data dir).")
 MODEL_OPTION = typer.Option(None, "--model", help="Checkpoint to use (default: the shipped model).")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from . import __version__
+
+        typer.echo(f"musictag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Tag a music library with genres and moods predicted by a CP-ResNet."""
+
+
+def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(f"{option} must be one of {', '.join(choices)} (got {value!r})")
+
+
+def _check_device(device: str) -> None:
+    """One line naming the choices, before anything loads (torch's own error lists a dozen device types)."""
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+        _fail(f"--device must be one of {', '.join(DEVICES)} or cuda:N (got {device!r})")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -82,8 +108,10 @@ def scan(
                                + ", ".join(ALL_FIELDS) + " (default " + ",".join(FIELDS) + ")."),
     top_k: str = typer.Option("", "--top-k", help="Most tags per field: N, or FIELD=N,... (default "
                               + ",".join(f"{name}={k}" for name, k in TOP_K.items()) + ")."),
-    mode: str = typer.Option("merge", help="merge (keep existing genres/moods), replace, or skip-tagged."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    mode: str = typer.Option("merge", help="One of " + ", ".join(MODES) + ". merge: keep the genres and moods "
+                             "already there; replace: ours only; skip-tagged: leave files with genres or moods "
+                             "musictag did not write alone."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(BATCH_SIZE, help="Windows per forward pass."),
     workers: int = typer.Option(0, help="Decode processes (0: one per CPU core)."),
     model: Optional[Path] = MODEL_OPTION,
@@ -92,13 +120,14 @@ def scan(
     excerpts: Optional[int] = typer.Option(None, min=1, show_default=False,
                                            help=f"10-second excerpts analysed per track (default {EXCERPT_COUNT})."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file, then a summary object."),
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Scan a music library: predict genres and moods and write them into the files' tags."""
     from . import api
 
-    if mode not in api.MODES:
-        _fail(f"--mode must be one of {', '.join(api.MODES)}")
+    _check_choice("--mode", mode, MODES)
+    _check_device(device)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         _fail(f"no such file or folder: {', '.join(missing)}")
@@ -108,9 +137,10 @@ def scan(
                                mode=mode, batch_size=batch_size, workers=workers, force=force,
                                whole_track=whole_track, excerpts=excerpts, fields=written)
     bar = _FileBar(quiet)
+    progress = _json_lines(bar.progress) if as_json else bar.progress
     with _database(db) as database, _terminate_as_interrupt():
         try:
-            result = _run_scan(model, device, workers, database, paths, options, bar.progress)
+            result = _run_scan(model, device, workers, database, paths, options, progress)
         except KeyboardInterrupt:
             database.commit()
             bar.close()
@@ -121,8 +151,27 @@ def scan(
         if csv:
             with _csv_file(csv) as f:
                 api.export_csv(database, f, paths=[str(p) for p in paths])
-    _print_summary(result, dry_run)
-    raise typer.Exit(1 if result.failed else 0)
+    if as_json:
+        typer.echo(json.dumps({"summary": _summary(result, dry_run)}))
+    else:
+        _print_summary(result, dry_run)
+    raise typer.Exit(1 if result.failed else 0)  # failed before: not again (README, Exit codes)
+
+
+def _json_lines(progress):
+    """The scan's progress, plus each file's outcome as one JSON object on standard output."""
+    def both(event: str, data: dict) -> None:
+        progress(event, data)
+        if event == "file":
+            typer.echo(json.dumps(data))
+
+    return both
+
+
+def _summary(result, dry_run: bool) -> dict:
+    return {"tagged": result.tagged, "would_change" if dry_run else "scored": result.scored,
+            "unchanged": result.unchanged, "skipped": result.skipped, "failed": len(result.failed),
+            "failed_before": len(result.failed_before), "unconfident": result.unconfident}
 
 
 def _run_scan(model: Optional[Path], device: str, workers: int, database, paths: List[Path], options, progress):
@@ -389,7 +438,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write per-clip scores as JSONL."),
     robustness: bool = typer.Option(False, "--robustness", help="Add codec and low-pass probes."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     workers: int = typer.Option(DECODE_WORKERS),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -397,6 +446,7 @@ def evaluate(
     from . import api
     from .errors import ManifestError
 
+    _check_device(device)
     tagger = _load_tagger(model, device, workers)
     try:
         report = api.evaluate(tagger, data, workers, robustness, _train_progress(quiet))

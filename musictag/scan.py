@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__
 from .db import Database
-from .defaults import BATCH_SIZE, EXCERPT_COUNT, OTHER_TOP_K, THRESHOLD, TOP_K
+from .defaults import BATCH_SIZE, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K
 from .errors import FileChangedError, MusictagError
 from .library import walk, within
 from .pipeline import Job, WindowBatcher, analyse_track, bounded_map, start_worker, worker_pool
@@ -34,7 +34,6 @@ from .vocabulary import OPT_IN_FIELDS, FieldVocabulary, available, choose, track
 if TYPE_CHECKING:
     from .inference import Tagger
 
-MODES = ("merge", "replace", "skip-tagged")
 USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
 
 
@@ -235,7 +234,7 @@ class Scanner:
 
     def _write(self, path: str, scores: dict[str, dict[str, float]]) -> None:
         try:
-            status = self._apply_tags_as_it_is_now(path, self._ours(scores))
+            status, change = self._apply_tags_as_it_is_now(path, self._ours(scores))
         except MusictagError as e:
             reason = getattr(e, "reason", str(e))
             if self.db.get(path).error == reason:  # kept only while the file is unchanged (new scores clear it)
@@ -246,9 +245,10 @@ class Scanner:
             self.result.failed.append((path, reason))
             self._done(path, "failed", reason)
             return
-        self._done(path, status)
+        self._done(path, status, change=change)
 
-    def _apply_tags_as_it_is_now(self, path: str, ours: dict[str, list[str]], attempts: int = 3) -> str:
+    def _apply_tags_as_it_is_now(self, path: str, ours: dict[str, list[str]], attempts: int = 3
+                                 ) -> tuple[str, Change | None]:
         """_apply_tags, decided again when another program (a tag editor, a second scan) saved the file
         while it was being tagged: merging with what the file holds now keeps that program's values."""
         for _ in range(attempts - 1):
@@ -270,7 +270,9 @@ class Scanner:
             ours["model"] = [f"musictag {__version__} model {self.model_id}"]
         return ours
 
-    def _apply_tags(self, path: str, ours: dict[str, list[str]]) -> str:
+    def _apply_tags(self, path: str, ours: dict[str, list[str]]) -> tuple[str, Change | None]:
+        """What the file's tags become under this scan's options, written unless this is a dry run: the
+        status, and the fields that change."""
         read_at = file_state(path)
         current = read_fields(path, list(ours))
         record = self.db.get(path)
@@ -279,24 +281,25 @@ class Scanner:
         if self.options.mode == "skip-tagged" and _tagged_by_user(current, written, previous):
             self.result.skipped += 1
             self._record_written(path, written)  # the file still holds what we wrote before, if anything
-            return "skipped"
+            return "skipped", None
         new = {name: self._merged(name, current[name], labels, written, previous)
                for name, labels in ours.items()}
         changed = {name: values for name, values in new.items() if values != current[name]}
+        change = Change(path, {name: current[name] for name in changed}, changed)
         if not changed:
             self.result.unchanged += 1
             self._record_written(path, new)
-            return "unchanged"
+            return "unchanged", None
         if self.options.dry_run:
             check_writable(path)  # a file the real run could not write fails here too
-            self.result.changes.append(Change(path, {n: current[n] for n in changed}, changed))
+            self.result.changes.append(change)
             self.result.scored += 1
-            return "would change"
+            return "would change", change
         self.db.remember_previous(path, {name: current[name] for name in changed})
         write_fields(path, changed, read_at)
         self._record_written(path, new)
         self.result.tagged += 1
-        return "tagged"
+        return "tagged", change
 
     def _record_written(self, path: str, written: dict[str, list[str]]) -> None:
         """What the file now holds of ours, decided under this scan's options (a dry run records nothing)."""
@@ -325,8 +328,11 @@ class Scanner:
         self.result.failed_before.append((path, reason))
         self._done(path, "failed before", reason)
 
-    def _done(self, path: str, status: str, reason: str = "") -> None:
-        self.progress("file", {"path": path, "status": status, "reason": reason})
+    def _done(self, path: str, status: str, reason: str = "", change: Change | None = None) -> None:
+        data = {"path": path, "status": status, "reason": reason}
+        if change is not None:
+            data["fields"] = {name: {"before": change.before[name], "after": change.after[name]} for name in change.after}
+        self.progress("file", data)
 
 
 def _tagged_by_user(current: dict[str, list[str]], written: dict[str, list[str]],

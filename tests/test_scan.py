@@ -214,8 +214,8 @@ def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoin
 
     db, done, done_file = tmp_path / "db.sqlite", [], Scanner._done
 
-    def terminated_after_three(self, path, status, reason=""):
-        done_file(self, path, status, reason)
+    def terminated_after_three(self, path, status, reason="", **details):
+        done_file(self, path, status, reason, **details)
         done.append(path)
         if len(done) == 3:
             os.kill(os.getpid(), signal.SIGTERM)  # as systemd or `kill` would
@@ -557,3 +557,37 @@ def test_unchanged_failed_files_are_failed_before_and_only_new_failures_exit_1(l
     assert f"failed: {broken / 'text.mp3'}: " in new.output and "empty.mp3" not in new.output
     forced = scan([library, "--force"], tiny_checkpoint, db)
     assert forced.exit_code == 1 and "failed: 4, failed before: 0" in forced.output, forced.output
+
+
+def test_version_short_help_and_choices_are_one_line_errors(library, tiny_checkpoint, tmp_path):
+    from musictag import __version__
+
+    assert runner.invoke(app, ["--version"]).output == f"musictag {__version__}\n"
+    assert "Usage:" in runner.invoke(app, ["-h"]).output
+    helped = runner.invoke(app, ["scan", "-h"], terminal_width=200)
+    text = " ".join(helped.output.replace("│", "").split())
+    assert helped.exit_code == 0 and "One of merge, replace, skip-tagged" in text and "cuda:N" in text
+    for option, value, message in (("--device", "gpu", "error: --device must be one of auto, cpu, cuda or cuda:N"),
+                                   ("--mode", "merge-all", "error: --mode must be one of merge, replace, skip-tagged")):
+        result = scan([library, option, value], tiny_checkpoint, tmp_path / "db")
+        assert result.exit_code == 2 and result.output.startswith(message) and result.output.count("\n") == 1
+
+
+def test_scan_json_prints_one_object_per_file_and_a_summary(library, tiny_checkpoint, tmp_path):
+    import json
+
+    db = tmp_path / "db.sqlite"
+    (library / "broken.mp3").write_bytes(b"")
+    dry = scan([library, "--json", "--dry-run"], tiny_checkpoint, db)
+    lines = [json.loads(line) for line in dry.stdout.splitlines()]
+    assert len(lines) == len(GOOD) + 2 and lines[-1]["summary"]["would_change"] == len(GOOD)
+    files = {line["path"]: line for line in lines[:-1]}
+    assert files[str(library / "broken.mp3")]["status"] == "failed" and files[str(library / "broken.mp3")]["reason"]
+    one = files[str(library / "a" / "one.mp3")]
+    assert one["status"] == "would change" and one["fields"]["genre"]["before"] == [] and one["fields"]["genre"]["after"]
+    real = scan([library, "--json"], tiny_checkpoint, db)
+    summary_object = json.loads(real.stdout.splitlines()[-1])["summary"]
+    assert real.exit_code == 1 and summary_object["tagged"] == len(GOOD) and summary_object["failed"] == 1
+    again = scan([library, "--json"], tiny_checkpoint, db)
+    statuses = sorted(json.loads(line).get("status", "") for line in again.stdout.splitlines()[:-1])
+    assert again.exit_code == 0 and statuses == ["failed before"] + ["unchanged"] * len(GOOD)
