@@ -126,11 +126,7 @@ def scan(
     """Scan a music library: predict genres and moods and write them into the files' tags."""
     from . import api
 
-    _check_choice("--mode", mode, MODES)
-    _check_device(device)
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        _fail(f"no such file or folder: {', '.join(missing)}")
+    _check_scan_arguments(paths, mode, device)
     written = _parse_fields(fields)
     per_head, every_head = _parse_top_k(top_k)
     options = api.scan_options(per_head, every_head, write=not no_write, dry_run=dry_run, threshold=threshold,
@@ -172,6 +168,14 @@ def _summary(result, dry_run: bool) -> dict:
     return {"tagged": result.tagged, "would_change" if dry_run else "scored": result.scored,
             "unchanged": result.unchanged, "skipped": result.skipped, "failed": len(result.failed),
             "failed_before": len(result.failed_before), "unconfident": result.unconfident}
+
+
+def _check_scan_arguments(paths: List[Path], mode: str, device: str) -> None:
+    _check_choice("--mode", mode, MODES)
+    _check_device(device)
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        _fail(f"no such file or folder: {', '.join(missing)}")
 
 
 def _run_scan(model: Optional[Path], device: str, workers: int, database, paths: List[Path], options, progress):
