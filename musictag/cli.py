@@ -97,7 +97,8 @@ def _bar(total: int, quiet: bool, unit: str = "file"):
 @app.command()
 def scan(
     paths: List[Path] = typer.Argument(..., help="Folders or files to scan (recursively)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write no tags."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what the scan would change, with the counts "
+                                 "the real scan then gives; writes no tags (stores the scores it computes)."),
     no_write: bool = typer.Option(False, "--no-write", help="Predict and store scores only."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the results as CSV."),
     threshold: Optional[float] = typer.Option(
