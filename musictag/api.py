@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .db import Database, default_db_path
-from .defaults import DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, VAL_FRACTION
+from .defaults import (DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, GPU_PARENT_THREADS, VAL_FRACTION,
+                       decode_workers, usable_cpus)
 from .errors import ManifestError
 from .export import export_csv
 from .manifest import Dataset, Example, encode_targets, read_manifest, split_by_group, with_vocabulary
@@ -40,16 +41,22 @@ TRAIN_MODEL_DEFAULTS = {"width": 32}
 TRAIN_FEATURE_DEFAULTS = {"n_mels": 96}
 
 
-def load_tagger(model: str | Path | None = None, device: str = "auto", workers: int = 0) -> "Tagger":
-    """The model (the shipped one when None) ready to score. On the CPU torch gets the cores the
-    decode workers leave free (`workers` 0: one per core)."""
+def load_tagger(model: str | Path | None = None, device: str = "auto", workers: int = 0,
+                progress: Progress | None = None) -> "Tagger":
+    """The model (the shipped one when None) ready to score; a GPU has scored a first window already
+    (with "auto", a CUDA fault means the CPU, reported as a "message" and in tagger.fallback). On the
+    CPU torch gets the cores the decode workers leave free (`workers` 0: one per usable CPU); on a GPU
+    the parent only stacks and copies, so it keeps few threads and the cores decode."""
     from .checkpoint import load_checkpoint
-    from .inference import Tagger, set_cpu_threads
+    from .inference import ready_tagger, set_cpu_threads
 
-    tagger = Tagger(load_checkpoint(model), device)
+    warn = (lambda text: progress("message", {"text": text})) if progress else None
+    tagger = ready_tagger(load_checkpoint(model), device, warn)
     if tagger.device.type == "cpu":
-        cores = os.cpu_count() or 1
-        set_cpu_threads(max(1, cores - (workers or cores) // 2))
+        cores = usable_cpus()
+        set_cpu_threads(max(1, cores - decode_workers(workers) // 2))
+    else:
+        set_cpu_threads(GPU_PARENT_THREADS)
     return tagger
 
 
@@ -334,7 +341,7 @@ def evaluate(tagger: "Tagger", data: str | Path, workers: int = DECODE_WORKERS, 
     dataset = with_vocabulary(read_manifest(data, min_count=1), tagger.labels, tagger.checkpoint.model_config.kinds)
     if not dataset.vocab:
         raise ManifestError(f"none of the model's heads ({', '.join(tagger.labels)}) is a column of {data}")
-    return evaluate_dataset(tagger, dataset, workers, robustness, progress)
+    return evaluate_dataset(tagger, dataset, decode_workers(workers), robustness, progress)
 
 
 def evaluation_tables(report: dict) -> str:

@@ -80,6 +80,12 @@ class LogMel(torch.nn.Module):
         self.register_buffer("mel", torch.from_numpy(mel_filterbank(config)), persistent=False)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        # always fp32: under fp16 autocast the mel matmul would round power below 6e-8 to 0, and the
+        # 1e-10 floor (not representable in fp16) could never apply
+        with torch.autocast(audio.device.type, enabled=False):
+            return self._logmel(audio)
+
+    def _logmel(self, audio: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(audio.float(), self.config.n_fft, self.config.hop_length, window=self.window,
                           center=True, pad_mode="constant", return_complex=True)
         power = spec.real.square() + spec.imag.square()

@@ -219,7 +219,11 @@ class CPResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.trunk(x)
-        return {name: head(features).mean(dim=(2, 3)) for name, head in self.heads.items()}
+        # the heads in fp32 even under autocast: fp16 logits differ from the CPU's by about 1e-3, enough
+        # to flip a label close to its threshold
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            return {name: head(features).mean(dim=(2, 3)) for name, head in self.heads.items()}
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .audio import decode_failure, load_audio, load_excerpts
 from .defaults import BATCH_SIZE, EXCERPT_COUNT, WINDOW_SECONDS
+from .errors import WindowError
 
 
 class Job(NamedTuple):
@@ -52,6 +53,15 @@ def decode_track(job: Job) -> Decoded:
         return Decoded(path, duration, windows)
     except Exception as e:
         return Decoded(path, error=decode_failure(e))
+
+
+def decode_clip(job: tuple[str, int, float]) -> tuple[str, np.ndarray | None, str]:
+    """Worker of the training feature cache: a file's first `seconds` of audio, or the reason it has none."""
+    path, sr, seconds = job
+    try:
+        return path, load_audio(path, sr, duration=seconds), ""
+    except Exception as e:
+        return path, None, decode_failure(e)
 
 
 def quiet_worker() -> None:
@@ -118,9 +128,11 @@ class WindowBatcher:
     needs big batches to stay busy) and hands each track back, with its mean output per key, as soon
     as its last window is scored. `predict` maps a list of windows to {key: (windows, n) array}."""
 
-    def __init__(self, predict: Callable[[list[np.ndarray]], dict], batch_size: int):
+    def __init__(self, predict: Callable[[list[np.ndarray]], dict], batch_size: int,
+                 on_failure: Callable[[object, str], None] | None = None):
         self.predict = predict
         self.batch_size = batch_size
+        self.on_failure = on_failure  # (track, reason) of a track with a window that cannot be scored alone
         self.windows: list[np.ndarray] = []
         self.owners: list = []  # the track of each queued window
         self.sums: dict = {}  # track -> {key: sum of its scored rows}
@@ -149,13 +161,37 @@ class WindowBatcher:
         n = self.batch_size
         windows, owners = self.windows[:n], self.owners[:n]
         self.windows, self.owners = self.windows[n:], self.owners[n:]
-        outputs = self.predict(windows)
+        owners, outputs = self._predict(windows, owners)
         for row, track in enumerate(owners):
             sums = self.sums[track]
             for key, values in outputs.items():
                 sums[key] = sums.get(key, 0) + values[row]
             self.left[track] -= 1
         return [(t, self._pop_mean(t)) for t in dict.fromkeys(owners) if self.left[t] == 0]
+
+    def _predict(self, windows: list[np.ndarray], owners: list) -> tuple[list, dict]:
+        """predict; where one window cannot be scored even alone (WindowError), its track is dropped and
+        reported to on_failure, and the pass runs again without it. Without on_failure the error ends
+        the run, as any other would."""
+        while windows:
+            try:
+                return owners, self.predict(windows)
+            except WindowError as e:
+                if self.on_failure is None:
+                    raise
+                failed, reason = owners[e.index], e.reason
+            keep = [i for i, track in enumerate(owners) if track != failed]
+            windows, owners = [windows[i] for i in keep], [owners[i] for i in keep]
+            self._drop(failed, reason)
+        return [], {}
+
+    def _drop(self, track, reason: str) -> None:
+        """Forget a failed track: its queued windows and partial sums; report it."""
+        queued = [i for i, owner in enumerate(self.owners) if owner != track]
+        self.windows, self.owners = [self.windows[i] for i in queued], [self.owners[i] for i in queued]
+        for kept in (self.sums, self.total, self.left):
+            kept.pop(track, None)
+        self.on_failure(track, reason)
 
     def _pop_mean(self, track) -> dict[str, np.ndarray]:
         total, sums = self.total.pop(track), self.sums.pop(track)

@@ -22,3 +22,156 @@ def test_predict_each_matches_one_predict_per_transform(tiny_checkpoint):
                 for head, p in probabilities(logits, tagger.checkpoint.model_config).items():
                     np.testing.assert_allclose(each[name][head][row], p[0].numpy(), atol=1e-5)
     assert not np.allclose(each["flat"]["mood"], each[""]["mood"])
+
+
+# --- the device path (issue 15): every decision tested on the CPU with fakes where CUDA would be ---
+
+import pytest
+import torch
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """torch reports two CUDA devices; selecting one does nothing (nothing here touches CUDA for real)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+
+
+def test_device_names_are_checked_against_the_gpus_there_are(fake_gpus):
+    from musictag.errors import DeviceError
+    from musictag.inference import pick_device
+
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+    assert pick_device("cuda") == torch.device("cuda", 0) and pick_device("auto").type == "cuda"
+    assert pick_device("CPU") == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"2 CUDA device\(s\), cuda:0 to cuda:1"):
+        pick_device("cuda:2")
+    for bad in ("gpu", "cuda:", "cuda:x", "cuda1"):
+        with pytest.raises(DeviceError, match="auto, cpu, cuda or cuda:N"):
+            pick_device(bad)
+
+
+def test_cuda_asked_for_without_a_gpu_is_a_clear_error(monkeypatch):
+    from musictag.errors import DeviceError
+    from musictag.inference import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="no CUDA device is available"):
+        pick_device("cuda:0")
+
+
+CUDA_FAULT = "CUDA error: no kernel image is available for execution on the device\nCUDA kernel errors might be..."
+
+
+def test_a_failing_warm_up_falls_back_to_the_cpu_with_one_line(tiny_checkpoint, fake_gpus, monkeypatch):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger, ready_tagger
+
+    def warm_up(tagger):
+        assert tagger.device.type == "cuda"  # only the GPU tagger is warmed up
+        raise RuntimeError(CUDA_FAULT)
+
+    monkeypatch.setattr(Tagger, "warm_up", warm_up)
+    lines = []
+    tagger = ready_tagger(load_checkpoint(tiny_checkpoint), "auto", lines.append)
+    assert tagger.device == torch.device("cpu")
+    assert len(lines) == 1 and "\n" not in lines[0] and "no kernel image" in lines[0] and "using the CPU" in lines[0]
+    assert tagger.fallback == lines[0]
+    assert tagger.predict([np.zeros(tagger.sample_rate, np.float32)])["quadrant"].shape == (1, 4)
+
+
+def test_a_failing_warm_up_with_cuda_asked_for_stops_with_one_line(tiny_checkpoint, fake_gpus, monkeypatch):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.errors import DeviceError
+    from musictag.inference import Tagger, ready_tagger
+
+    monkeypatch.setattr(Tagger, "warm_up", lambda tagger: (_ for _ in ()).throw(RuntimeError(CUDA_FAULT)))
+    with pytest.raises(DeviceError) as error:
+        ready_tagger(load_checkpoint(tiny_checkpoint), "cuda:1", lambda line: pytest.fail("no fallback"))
+    assert "\n" not in str(error.value) and str(error.value).startswith("--device cuda:1: CUDA failed")
+
+
+def test_a_cpu_tagger_is_not_warmed_up(tiny_checkpoint, monkeypatch):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger, ready_tagger
+
+    monkeypatch.setattr(Tagger, "warm_up", lambda tagger: pytest.fail("a CPU scan's parent builds no network"))
+    assert ready_tagger(load_checkpoint(tiny_checkpoint), "cpu").device.type == "cpu"
+
+
+def _windows(tagger, n, seed=2):
+    rng = np.random.default_rng(seed)
+    return [0.1 * rng.standard_normal(tagger.sample_rate).astype(np.float32) for _ in range(n)]
+
+
+def _short_of_memory(tagger, fits: int, error: Exception):
+    """The tagger's network raises `error` for passes of more than `fits` windows (a fake allocator)."""
+    network, passes = tagger.model, []
+
+    def forward(x):
+        passes.append(x.shape[0])
+        if x.shape[0] > fits:
+            raise error
+        return network(x)
+
+    tagger.__dict__["model"] = forward
+    return passes
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to allocate 1"),
+])
+def test_out_of_memory_halves_the_pass_and_retries(tiny_checkpoint, error):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger
+
+    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
+    windows = _windows(tagger, 7)
+    expected = tagger.predict(windows)
+    passes = _short_of_memory(tagger, 2, error)
+    got = tagger.predict(windows)
+    for head in expected:
+        np.testing.assert_allclose(got[head], expected[head], rtol=1e-4, atol=1e-5)  # batch size changes rounding
+    assert passes[:2] == [7, 3] and max(passes[2:]) <= 2 and sum(p for p in passes if p <= 2) == 7
+    assert tagger.batch_limit <= 2
+    passes.clear()
+    tagger.predict(windows)  # the next call starts at the limit learnt: no failing pass first
+    assert max(passes) <= 2
+
+
+def test_a_window_that_does_not_fit_alone_is_a_window_error_and_other_errors_pass(tiny_checkpoint):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.errors import WindowError
+    from musictag.inference import Tagger
+
+    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
+    _short_of_memory(tagger, 0, torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(WindowError) as error:
+        tagger.predict(_windows(tagger, 3))
+    assert error.value.index in (0, 1, 2) and "out of memory" in error.value.reason
+    broken = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
+    _short_of_memory(broken, 0, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="shapes"):
+        broken.predict(_windows(broken, 2))
+
+
+@cuda_only
+def test_cuda_scores_equal_the_cpu_scores():
+    """fp16 trunk, fp32 log-mel and heads: probabilities within 2e-3 of the CPU's (the shipped model)."""
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger
+
+    checkpoint = load_checkpoint()
+    cpu, gpu = Tagger(checkpoint, "cpu"), Tagger(checkpoint, "cuda")
+    rng = np.random.default_rng(5)
+    t = np.arange(int(10 * cpu.sample_rate)) / cpu.sample_rate
+    windows = [(0.3 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+               for f in (110.0, 440.0, 1760.0, 5000.0)] + [np.zeros(len(t), np.float32)]  # silence: the floor
+    expected, got = cpu.predict(windows), gpu.predict(windows)
+    for head in expected:
+        assert np.abs(got[head] - expected[head]).max() < 2e-3, head

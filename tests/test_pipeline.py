@@ -37,3 +37,59 @@ def test_window_batcher_packs_tracks_across_passes_and_averages_each_exactly():
     for name, means in finished:
         np.testing.assert_allclose(means["x"], np.mean([w[:2] for w in tracks[name]], axis=0), rtol=1e-6)
     assert not batcher.sums and not batcher.left  # nothing kept for finished tracks
+
+
+def test_a_window_that_fails_alone_fails_its_track_and_the_others_are_scored():
+    import pytest
+
+    from musictag.errors import WindowError
+    from musictag.pipeline import WindowBatcher
+
+    def predict(windows):  # a window holding 99 does not fit even alone
+        bad = [i for i, w in enumerate(windows) if w[0] == 99]
+        if bad:
+            raise WindowError(bad[0], "out of memory on a single window")
+        return {"x": np.stack(windows)}
+
+    tracks = {"a": [np.full(2, 1.0), np.full(2, 3.0)], "b": [np.full(2, 5.0), np.full(2, 99.0), np.full(2, 7.0)],
+              "c": [np.full(2, 2.0)]}
+    failed = []
+    batcher = WindowBatcher(predict, batch_size=2, on_failure=lambda track, reason: failed.append((track, reason)))
+    finished = []
+    for name, windows in tracks.items():
+        finished += batcher.add(name, windows)
+    finished += batcher.flush()
+    assert failed == [("b", "out of memory on a single window")]
+    assert {t: m["x"][0] for t, m in finished} == {"a": 2.0, "c": 2.0}
+    assert not batcher.windows and not batcher.sums and not batcher.left
+    with pytest.raises(WindowError):  # a caller that handles no failures sees the error, as before
+        WindowBatcher(predict, batch_size=2).add("b", tracks["b"])
+
+
+def test_worker_counts_follow_the_cpus_this_process_may_use(monkeypatch):
+    from musictag import defaults
+
+    monkeypatch.setattr(defaults.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(defaults, "_cgroup_cpu_quota", lambda: None)
+    assert defaults.usable_cpus() == 6 and defaults.decode_workers(0) == 6 and defaults.decode_workers(3) == 3
+    monkeypatch.setattr(defaults, "_cgroup_cpu_quota", lambda: 2)  # a container limited to 1.5 CPUs, rounded up
+    assert defaults.usable_cpus() == 2
+
+
+def test_cgroup_quota_is_read_in_whole_cpus(monkeypatch, tmp_path):
+    from musictag import defaults
+
+    files = {"/sys/fs/cgroup/cpu.max": "150000 100000\n"}
+
+    def fake_open(path, *args, **kwargs):
+        if path not in files:
+            raise FileNotFoundError(path)
+        return __import__("io").StringIO(files[path])
+
+    monkeypatch.setattr(defaults, "open", fake_open, raising=False)
+    assert defaults._cgroup_cpu_quota() == 2
+    files["/sys/fs/cgroup/cpu.max"] = "max 100000\n"
+    assert defaults._cgroup_cpu_quota() is None
+    files.clear()
+    files.update({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "400000\n", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"})
+    assert defaults._cgroup_cpu_quota() == 4
