@@ -161,14 +161,16 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
           features: "FeatureConfig | None" = None, config: "TrainConfig | None" = None,
           val: str | Path | None = None, val_fraction: float = VAL_FRACTION, min_count: int = 1,
           ignore: tuple[str, ...] = (), single: tuple[str, ...] = (), resume: bool = False,
-          workers: int = DECODE_WORKERS, teacher: "Teacher | None" = None,
+          workers: int = DECODE_WORKERS, teacher: "Teacher | None" = None, device: str = "auto",
           progress: Progress | None = None) -> tuple["Checkpoint", dict]:
     """Train a model from scratch on a manifest or folder-per-class data set; with a teacher, distil it
-    too (teacher heads, unlabelled audio) and calibrate the written vocabulary on the validation split."""
+    too (teacher heads, unlabelled audio) and calibrate the written vocabulary on the validation split.
+    `device`: auto, cpu, cuda or cuda:N (checked before any audio is decoded)."""
     from .features import FeatureConfig
     from .model import ModelConfig
     from .train import TrainConfig, TrainData, normalization_stats, train_model
 
+    on = _training_device(device, progress)
     config = config or TrainConfig()
     features = features or FeatureConfig()
     dataset = read_manifest(data, ignore=ignore, single=single, min_count=min_count)
@@ -188,7 +190,7 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
         write_manifest(val_examples, Path(str(out) + ".val.csv"))  # so the split can be evaluated later
     data_sets = TrainData(train_set, val_set, vocab, features, normalization_stats(train_set.features))
     checkpoint, report = train_model(seeded_model(model_config, config.seed), data_sets, config, Path(out),
-                                     resume=resume, metadata=metadata, progress=progress)
+                                     resume=resume, metadata=metadata, progress=progress, device=on)
     if teacher is not None and val_set is not None:
         calibrate_vocabulary(checkpoint, val_set, Path(out))
     return checkpoint, report
@@ -300,14 +302,16 @@ def finetune_dataset(data: str | Path | None = None, library: str | Path | None 
 
 def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config: "TrainConfig | None" = None,
              val_fraction: float = VAL_FRACTION, resume: bool = False, workers: int = DECODE_WORKERS,
-             progress: Progress | None = None) -> tuple["Checkpoint", dict]:
-    """Adapt a trained model to a new vocabulary: new heads, trunk frozen first, then a lower rate."""
+             progress: Progress | None = None, device: str = "auto") -> tuple["Checkpoint", dict]:
+    """Adapt a trained model to a new vocabulary: new heads, trunk frozen first, then a lower rate;
+    `device` as for train."""
     import torch
 
     from .checkpoint import load_checkpoint
     from .model import replace_heads
     from .train import TrainData, train_model
 
+    on = _training_device(device, progress)
     base = load_checkpoint(start)
     config = config or finetune_config()
     model = base.build_model()
@@ -320,7 +324,14 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
     metadata = {"finetuned_from": base.model_id, "base_training_data": base.training.get("data", ""),
                 "val_paths": [e.name for e in val_examples]}
     return train_model(model, TrainData(train_set, val_set, dataset.vocab, features, norm), config, Path(out),
-                       resume=resume, metadata=metadata, progress=progress)
+                       resume=resume, metadata=metadata, progress=progress, device=on)
+
+
+def _training_device(device: str, progress: Progress | None):
+    """train.training_device, its fallback line reported as a "message"."""
+    from .train import training_device
+
+    return training_device(device, lambda text: (progress or no_progress)("message", {"text": text}))
 
 
 def _prepare_split(dataset: Dataset, train_examples: list[Example], val_examples: list[Example],

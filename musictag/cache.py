@@ -1,8 +1,9 @@
 """Decode each training file and compute its log-mel once; later epochs and runs read the cache.
 
 Entries are float16 .npy files named by a hash of (path, size, mtime, feature config), so an edited
-file or a new feature config never reads stale features. Decoding runs in worker processes that never
-import torch; the log-mel is computed in the parent.
+file or a new feature config never reads stale features. Decoding runs in spawned worker processes
+that never import torch (a forked one would inherit a CUDA context it cannot use); the log-mel is
+computed in the parent.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .audio import decode_failure, load_audio
-from .defaults import DECODE_WORKERS
+from .defaults import DECODE_WORKERS, decode_workers
 from .features import FeatureConfig, LogMel
+from .pipeline import decode_clip, worker_pool
 
 MAX_TRAIN_SECONDS = 600.0  # longer training files are cut: 10 minutes is plenty of crops
 
@@ -34,14 +34,6 @@ def cache_key(path: str, config: FeatureConfig) -> str:
     stat = os.stat(path)
     text = json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, config.to_dict()])
     return hashlib.sha1(text.encode()).hexdigest()
-
-
-def _decode(job: tuple[str, int]) -> tuple[str, np.ndarray | None, str]:
-    path, sr = job
-    try:
-        return path, load_audio(path, sr, duration=MAX_TRAIN_SECONDS), ""
-    except Exception as e:
-        return path, None, decode_failure(e)
 
 
 def cached_features(paths: list[str], config: FeatureConfig, cache_dir: Path | None = None,
@@ -63,10 +55,10 @@ def cached_features(paths: list[str], config: FeatureConfig, cache_dir: Path | N
     if progress:
         progress(done, len(paths))
     logmel = LogMel(config)
-    jobs = [(paths[i], config.sample_rate) for i in missing]
+    jobs = [(paths[i], config.sample_rate, MAX_TRAIN_SECONDS) for i in missing]
     index_of = {paths[i]: i for i in missing}
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        for path, audio, reason in pool.map(_decode, jobs, chunksize=4):
+    with worker_pool(decode_workers(workers)) as pool:
+        for path, audio, reason in pool.map(decode_clip, jobs, chunksize=4):
             i = index_of[path]
             if audio is None:
                 failures[path] = reason

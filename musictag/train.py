@@ -5,6 +5,10 @@ cached log-mels, mixup, SpecAugment-style masking, gain and small pitch shifts; 
 constant phase and a linear decay; stochastic weight averaging over the last epochs, with BatchNorm
 statistics recomputed for the averaged weights. A state file written after every epoch makes a run
 resumable; seeds derive from the epoch number, so a resumed run draws the same batches.
+
+On a GPU the batches are built on the CPU (crops of cached features) and augmented, mixed and learnt
+from on the device, the trunk under bf16 autocast (fp16 with a gradient scaler where bf16 is missing)
+and the heads and loss in fp32. The averaged weights and the saved state stay on the CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +28,7 @@ from .audio import plan_excerpts
 from .checkpoint import Checkpoint, save_checkpoint
 from .defaults import WINDOW_SECONDS
 from .features import FeatureConfig
+from .inference import pick_device, startup_fault, use_device
 from .manifest import Example
 from .metrics import head_metrics, summary_score
 from .model import CPResNet, count_parameters, probabilities
@@ -98,24 +104,42 @@ def random_crop(mel: np.ndarray, frames: int, rng: np.random.Generator) -> np.nd
 
 
 def augment(x: torch.Tensor, config: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
-    """Per-sample gain, pitch shift (rolling mel bins), band limit and SpecAugment masks; x normalised."""
+    """Per-sample gain, pitch shift (rolling mel bins), band limit and SpecAugment masks; x normalised.
+    The batch's draws are made at once and applied as whole-batch operations on x's device: a loop
+    over the samples would be bound by kernel launches on a GPU."""
     b, _, n_mels, frames = x.shape
-    x = x + torch.from_numpy(rng.uniform(-1, 1, (b, 1, 1, 1)).astype(np.float32)) * config.gain_db / 20.0
-    for i in range(b):
-        shift = int(rng.integers(-config.pitch_shift_bins, config.pitch_shift_bins + 1))
-        if shift:
-            x[i] = torch.roll(x[i], shift, dims=1)
-        if rng.random() < config.lowpass_prob:
-            x[i, :, n_mels - int(rng.integers(n_mels // 8, n_mels // 3)):] = x[i].min()
-        for _ in range(config.freq_masks):
-            width = int(rng.integers(0, config.freq_mask_bins + 1))
-            lo = int(rng.integers(0, n_mels - width + 1))
-            x[i, :, lo:lo + width] = 0.0
-        for _ in range(config.time_masks):
-            width = int(rng.integers(0, min(config.time_mask_frames, frames) + 1))
-            lo = int(rng.integers(0, frames - width + 1))
-            x[i, :, :, lo:lo + width] = 0.0
-    return x
+    gain = rng.uniform(-1, 1, b).astype(np.float32) * config.gain_db / 20.0
+    x = x + torch.from_numpy(gain).to(x.device).view(b, 1, 1, 1)
+    shifts = rng.integers(-config.pitch_shift_bins, config.pitch_shift_bins + 1, b)
+    rows = (np.arange(n_mels)[None, :] - shifts[:, None]) % n_mels  # torch.roll per sample: out[j] = in[j - shift]
+    x = torch.gather(x, 2, torch.from_numpy(rows).to(x.device).view(b, 1, n_mels, 1).expand_as(x))
+    x = _band_limit(x, config.lowpass_prob, rng)
+    freq = _spans(n_mels, config.freq_masks, config.freq_mask_bins, b, rng)
+    time_ = _spans(frames, config.time_masks, min(config.time_mask_frames, frames), b, rng)
+    masked = torch.from_numpy(freq).to(x.device).view(b, 1, n_mels, 1) | \
+        torch.from_numpy(time_).to(x.device).view(b, 1, 1, frames)
+    return x.masked_fill(masked, 0.0)
+
+
+def _band_limit(x: torch.Tensor, probability: float, rng: np.random.Generator) -> torch.Tensor:
+    """With `probability` per sample, set the top n_mels/8 to n_mels/3 bins to the sample's minimum
+    (a codec's low-pass)."""
+    b, n_mels = x.shape[0], x.shape[2]
+    chosen = rng.random(b) < probability
+    if not chosen.any():
+        return x
+    cut = np.where(chosen, rng.integers(n_mels // 8, n_mels // 3, b), 0)
+    top = np.arange(n_mels)[None, :] >= n_mels - cut[:, None]
+    floor = x.amin(dim=(1, 2, 3), keepdim=True)
+    return torch.where(torch.from_numpy(top).to(x.device).view(b, 1, n_mels, 1), floor, x)
+
+
+def _spans(length: int, count: int, max_width: int, b: int, rng: np.random.Generator) -> np.ndarray:
+    """(b, length) bool: per sample, `count` spans of 0..max_width positions at uniform offsets."""
+    width = rng.integers(0, max_width + 1, (b, count))
+    start = rng.integers(0, length - width + 1)
+    position = np.arange(length)
+    return ((position >= start[..., None]) & (position < (start + width)[..., None])).any(axis=1)
 
 
 @dataclass
@@ -145,13 +169,20 @@ def make_batch(data: Prepared, indices: np.ndarray, frames: int, norm: tuple[flo
     return Batch(x, targets, weights, groups)
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch's tensors on `device` (make_batch builds them from numpy, on the CPU)."""
+    return Batch(batch.x.to(device), {h: t.to(device) for h, t in batch.targets.items()},
+                 {h: w.to(device) for h, w in batch.weights.items()}, batch.groups)
+
+
 def mixup(batch: Batch, alpha: float, rng: np.random.Generator) -> Batch:
     """Mix each example with another of its pool; a mixed target counts only where both had one."""
     if alpha <= 0:
         return batch
-    n = batch.x.shape[0]
-    lam = torch.from_numpy(rng.beta(alpha, alpha, n).astype(np.float32))
-    perm = torch.from_numpy(_permutation_within(batch.groups, rng) if batch.groups is not None else rng.permutation(n))
+    n, device = batch.x.shape[0], batch.x.device
+    lam = torch.from_numpy(rng.beta(alpha, alpha, n).astype(np.float32)).to(device)
+    perm = torch.from_numpy(_permutation_within(batch.groups, rng) if batch.groups is not None
+                            else rng.permutation(n)).to(device)
     x = lam.view(-1, 1, 1, 1) * batch.x + (1 - lam.view(-1, 1, 1, 1)) * batch.x[perm]
     targets = {h: lam.view(-1, 1) * t + (1 - lam.view(-1, 1)) * t[perm] for h, t in batch.targets.items()}
     weights = {h: torch.where((w > 0) & (w[perm] > 0), lam * w + (1 - lam) * w[perm], torch.zeros_like(w))
@@ -171,17 +202,16 @@ def loss_fn(logits: dict, batch: Batch, heads: dict[str, str], label_count_power
     """Cross-entropy per single-label head plus BCE per multi-label head (soft targets alike), each a
     weighted mean over the examples that have a target for it. A mean over 62 mood labels gives the
     shared trunk a far weaker signal than one 4-way cross-entropy; the power rebalances it."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=batch.x.device)
     for head, kind in heads.items():
         weights, target = batch.weights[head], batch.targets[head]
-        if float(weights.sum()) <= 0:
-            continue
         if kind == "single":
             per_example = torch.sum(-target * F.log_softmax(logits[head], dim=-1), dim=-1)
         else:
             per_example = F.binary_cross_entropy_with_logits(logits[head], target, reduction="none").mean(dim=-1)
             per_example = per_example * logits[head].shape[1] ** label_count_power
-        total = total + (per_example * weights).sum() / weights.sum()
+        # a head no example has a target for adds 0 (no `if weights.sum() > 0`: on a GPU it would wait)
+        total = total + (per_example * weights).sum() / weights.sum().clamp_min(1e-12)
     return total
 
 
@@ -195,8 +225,9 @@ def window_slices(n_frames: int, features: FeatureConfig, window: float) -> list
 @torch.inference_mode()
 def predict_features(model: CPResNet, mels: list[np.ndarray], norm: tuple[float, float],
                      features: FeatureConfig, window: float, batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Per-clip probabilities: the mean over the clip's excerpt windows."""
+    """Per-clip probabilities: the mean over the clip's excerpt windows, on the model's device, in fp32."""
     model.eval()
+    device = next(model.parameters()).device
     crops, owner = [], []
     for i, mel in enumerate(mels):
         for s in window_slices(mel.shape[1], features, window):
@@ -211,11 +242,11 @@ def predict_features(model: CPResNet, mels: list[np.ndarray], norm: tuple[float,
         rows = owner[start:start + batch_size]
         offset = 0
         for group in groups:
-            x = (torch.from_numpy(np.stack(group).astype(np.float32))[:, None] - norm[0]) / norm[1]
+            x = (torch.from_numpy(np.stack(group).astype(np.float32))[:, None].to(device) - norm[0]) / norm[1]
             probs = probabilities(model(x), model.config)
             for head, p in probs.items():
                 acc = sums.setdefault(head, np.zeros((len(mels), p.shape[1]), np.float32))
-                np.add.at(acc, rows[offset:offset + len(group)], p.numpy())
+                np.add.at(acc, rows[offset:offset + len(group)], p.cpu().numpy())
             offset += len(group)
     return {head: s / counts[:, None] for head, s in sums.items()}
 
@@ -245,8 +276,9 @@ def refresh_batchnorm(model: CPResNet, data: Prepared, frames: int, norm: tuple[
     model.train()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(data.features))[:BATCHNORM_REFRESH_BATCHES * batch_size]
+    device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
-        model(make_batch(data, order[start:start + batch_size], frames, norm, vocab_sizes, rng).x)
+        model(make_batch(data, order[start:start + batch_size], frames, norm, vocab_sizes, rng).x.to(device))
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
@@ -268,13 +300,14 @@ class TrainData:
 
 
 class WeightAverage:
-    """Stochastic weight averaging: the sum of the weights of every epoch added, in float64."""
+    """Stochastic weight averaging: the sum of the weights of every epoch added, in float64 on the CPU
+    whatever the model's device (so a resumed state adds up, and GPUs slow at float64 are spared)."""
 
     def __init__(self, state: dict | None = None, count: int = 0):
         self.state, self.count = state, count
 
     def add(self, model: CPResNet) -> None:
-        current = {k: v.detach().double() if v.is_floating_point() else v.clone()
+        current = {k: v.detach().to("cpu", torch.float64) if v.is_floating_point() else v.detach().cpu().clone()
                    for k, v in model.state_dict().items()}
         if self.state is None:
             self.state, self.count = current, 1
@@ -305,14 +338,57 @@ class _Run:
     average: WeightAverage = field(default_factory=WeightAverage)
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
+    device: torch.device = torch.device("cpu")
+    autocast: torch.dtype | None = None  # the trunk's dtype under autocast; None: fp32 throughout
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
+
+
+def mixed_precision(device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """bf16 autocast on a GPU that has it (same range as fp32: no scaler needed), else fp16 with a
+    gradient scaler so small gradients do not flush to zero; on the CPU fp32 (autocast there is slower)."""
+    if device.type != "cuda":
+        return None, torch.amp.GradScaler("cuda", enabled=False)
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, torch.amp.GradScaler("cuda", enabled=False)
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def training_device(device: str = "auto", warn: Callable[[str], None] | None = None) -> torch.device:
+    """The device to train on, after a small convolution forward and backward there: a CUDA fault (a
+    GPU too old for this torch build, an exclusive GPU in use) shows now, not after the feature cache
+    is built. With "auto" a fault means the CPU and one line through `warn`; named, a DeviceError."""
+    chosen = pick_device(device)
+    if chosen.type != "cuda":
+        return chosen
+    try:
+        use_device(chosen)
+        _probe(chosen)
+        return chosen
+    except RuntimeError as e:
+        startup_fault(device, e, warn or (lambda text: None))
+    return torch.device("cpu")
+
+
+def _probe(device: torch.device) -> None:
+    x = torch.randn(2, 1, 16, 16, device=device, requires_grad=True)
+    weight = torch.randn(4, 1, 3, 3, device=device, requires_grad=True)
+    with torch.autocast(device.type, dtype=mixed_precision(device)[0] or torch.float32):
+        y = F.conv2d(x, weight)
+    y.float().sum().backward()
+    torch.cuda.synchronize(device)
 
 
 def train_model(model: CPResNet, data: TrainData, config: TrainConfig, out: Path, resume: bool = False,
-                metadata: dict | None = None, progress: Progress | None = None) -> tuple[Checkpoint, dict]:
-    """Train in place; write `out` (the SWA model) and a resumable `out.state`; return checkpoint and report."""
+                metadata: dict | None = None, progress: Progress | None = None,
+                device: torch.device | str = "cpu") -> tuple[Checkpoint, dict]:
+    """Train in place on `device` (see training_device); write `out` (the SWA model) and a resumable
+    `out.state`; return checkpoint and report."""
     progress = progress or no_progress
     torch.manual_seed(config.seed)
+    model.to(device)  # before the optimizer is made: its state lives where the parameters do
     run = _start(model, config, out.with_name(out.name + ".state"), resume, progress)
+    run.device = torch.device(device)
+    run.autocast, run.scaler = mixed_precision(run.device)
     frames = data.features.frames(int(config.crop_seconds * data.features.sample_rate))
     for epoch in range(run.start_epoch, config.epochs):
         began = time.time()
@@ -396,26 +472,45 @@ def epoch_batches(data: Prepared, config: TrainConfig, rng: np.random.Generator)
 
 def _step(run: _Run, data: TrainData, config: TrainConfig, batch: np.ndarray, frames: int,
           rng: np.random.Generator) -> float:
-    examples = make_batch(data.train, batch, frames, data.norm, data.vocab_sizes, rng)
+    examples = to_device(make_batch(data.train, batch, frames, data.norm, data.vocab_sizes, rng), run.device)
     examples.x = augment(examples.x, config, rng)
     examples = mixup(examples, config.mixup_alpha, rng)
-    loss = loss_fn(run.model(examples.x), examples, data.train.heads, config.label_count_power)
+    with torch.autocast(run.device.type, dtype=run.autocast or torch.float32, enabled=run.autocast is not None):
+        logits = run.model(examples.x)  # the heads leave autocast (model.py): logits and loss are fp32
+    loss = loss_fn(logits, examples, data.train.heads, config.label_count_power)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)  # an fp16 step with inf/NaN gradients is skipped and the scale lowered
+    run.scaler.update()
     return loss.item()
 
 
 def validate(model: CPResNet, data: TrainData, config: TrainConfig) -> dict[str, dict]:
-    """Metrics per head on the validation split, clips scored as scan scores tracks (excerpt windows)."""
-    probs = predict_features(model, data.val.features, data.norm, data.features, config.crop_seconds)
+    """Metrics per head on the validation split, clips scored as scan scores tracks (its excerpt windows,
+    whatever the length of the training crops)."""
+    probs = predict_features(model, data.val.features, data.norm, data.features, WINDOW_SECONDS)
     return head_metrics(probs, data.val.targets, data.val.heads, data.vocab)
 
 
 def _save_state(run: _Run, epoch: int) -> None:
-    torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                "swa": run.average.state, "swa_count": run.average.count, "epoch": epoch,
-                "history": run.history}, run.state_path)
+    """The state file, its tensors on the CPU whatever device trained (the format a CPU run writes)."""
+    torch.save(_on_cpu({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                        "swa": run.average.state, "swa_count": run.average.count, "epoch": epoch,
+                        "history": run.history}), run.state_path)
+
+
+def _on_cpu(value):
+    """`value` with every tensor in it on the CPU; containers keep their type (a state_dict its metadata)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        moved = type(value)((k, _on_cpu(v)) for k, v in value.items())
+        if hasattr(value, "_metadata"):
+            moved._metadata = value._metadata
+        return moved
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
 
 
 def _checkpoint(final: CPResNet, data: TrainData, config: TrainConfig, run: _Run, report: dict,
@@ -427,7 +522,7 @@ def _checkpoint(final: CPResNet, data: TrainData, config: TrainConfig, run: _Run
                      "val_examples": len(data.val.features) if data.val else 0,
                      "validation": _plain(report), "swa_epochs": run.average.count})
     return Checkpoint(final.config, data.features, {h: list(v) for h, v in data.vocab.items()},
-                      final.state_dict(), {"mean": data.norm[0], "std": data.norm[1]}, training)
+                      _on_cpu(final.state_dict()), {"mean": data.norm[0], "std": data.norm[1]}, training)
 
 
 def _headline(report: dict[str, dict]) -> dict[str, dict]:

@@ -57,7 +57,8 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained):
     manifest, _, out, output = trained
     checkpoint = load_checkpoint(out)
     history = checkpoint.training["history"]
-    assert len(history) == 20 and history[-1]["loss"] < history[0]["loss"]
+    # an epoch here is 3 batches of heavily masked crops: one epoch's loss is noise, five epochs' mean is not
+    assert len(history) == 20 and np.mean([h["loss"] for h in history[-5:]]) < history[0]["loss"]
     assert checkpoint.model_config.heads == {"quadrant": ("single", 2), "mood": ("multi", 3)}
     assert checkpoint.labels == {"quadrant": ["Q1", "Q2"], "mood": ["calm", "tense", "warm"]}
     assert checkpoint.training["swa_epochs"] == 10
@@ -307,3 +308,78 @@ def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabular
     row = next(line for line in text.splitlines() if line.startswith("| mood | calm | mood:calm | calm, peaceful"))
     assert row.endswith(f"| {threshold:.3f} |")
     assert "| model.pt | 3 | yes | 0.5 | 3 |" in text and "Teacher: musicnn 0.1.0" in text
+
+
+# --- training on a device (issue 15) ---
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_augment_draws_per_sample_rolls_band_limits_and_masks_in_range():
+    from musictag.train import TrainConfig, augment
+
+    b, n_mels, frames = 64, 32, 50
+    x = torch.arange(n_mels, dtype=torch.float32).view(1, 1, n_mels, 1).expand(b, 1, n_mels, frames) + 1.0
+    rolls_only = TrainConfig(gain_db=0.0, freq_masks=0, time_masks=0, pitch_shift_bins=2)
+    out = augment(x.clone(), rolls_only, np.random.default_rng(0))
+    shifts = [next(s for s in range(-2, 3) if torch.equal(out[i], torch.roll(x[i], s, dims=1))) for i in range(b)]
+    assert set(shifts) == {-2, -1, 0, 1, 2}  # each sample its own shift, all five drawn
+    band = TrainConfig(gain_db=0.0, freq_masks=0, time_masks=0, pitch_shift_bins=0, lowpass_prob=1.0)
+    out = augment(x.clone(), band, np.random.default_rng(1))
+    cut = (out[:, 0, :, 0] == 1.0).sum(dim=1) - 1  # rows set to the sample's minimum (row 0 holds it already)
+    assert cut.min() >= n_mels // 8 and cut.max() < n_mels // 3 and len(set(cut.tolist())) > 1
+    masks = TrainConfig(gain_db=0.0, pitch_shift_bins=0, freq_masks=1, freq_mask_bins=8, time_masks=1,
+                        time_mask_frames=10)
+    out = augment(x.clone(), masks, np.random.default_rng(2))
+    zero_rows = (out[:, 0] == 0).all(dim=2).sum(dim=1)
+    zero_cols = (out[:, 0] == 0).all(dim=1).sum(dim=1)
+    assert zero_rows.max() <= 8 and zero_cols.max() <= 10 and zero_rows.float().mean() > 2
+    gains = augment(x.clone(), TrainConfig(freq_masks=0, time_masks=0, pitch_shift_bins=0),
+                    np.random.default_rng(3)) - x
+    per_sample = gains[:, 0, 0, 0]
+    assert torch.allclose(gains, per_sample.view(b, 1, 1, 1).expand_as(gains), atol=1e-5)  # one gain per sample
+    assert per_sample.abs().max() <= 6.0 / 20.0 and per_sample.std() > 0.1
+
+
+def test_a_failing_gpu_probe_means_the_cpu_with_auto_and_an_error_when_named(monkeypatch):
+    from musictag import train
+    from musictag.errors import DeviceError
+
+    monkeypatch.setattr(train, "pick_device", lambda name: torch.device("cuda", 0))
+    monkeypatch.setattr(train, "use_device", lambda device: None)
+
+    def probe(device):
+        raise RuntimeError("CUDA error: all CUDA-capable devices are busy or unavailable\nmore")
+
+    monkeypatch.setattr(train, "_probe", probe)
+    lines = []
+    assert train.training_device("auto", lines.append) == torch.device("cpu")
+    assert len(lines) == 1 and "busy or unavailable" in lines[0] and "using the CPU" in lines[0]
+    with pytest.raises(DeviceError, match="^--device cuda: CUDA failed on its first work: RuntimeError: CUDA error"):
+        train.training_device("cuda", lines.append)
+
+
+def test_train_checks_the_device_before_decoding_anything(tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "nothing.csv"), "--out", str(tmp_path / "o.pt"),
+                                 "--device", "cuda:7" if torch.cuda.is_available() else "cuda"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "error: --device cuda" in result.output
+
+
+@cuda_only
+def test_training_and_resuming_on_cuda_write_cpu_state(tmp_path):
+    from musictag import api
+
+    manifest = make_dataset(tmp_path / "data", n=12)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(FAST))
+    out = tmp_path / "gpu.pt"
+    for epochs in (2, 3):
+        model_config, features, train_config = api.training_configs(config, epochs=epochs)
+        checkpoint, _ = api.train(manifest, out, model_config, features, train_config, val_fraction=0.25,
+                                  resume=True, device="cuda")
+    assert [h["epoch"] for h in checkpoint.training["history"]] == [1, 2, 3]
+    state = torch.load(str(out) + ".state", weights_only=True)
+    assert all(v.device.type == "cpu" for v in state["model"].values())
+    assert all(v.device.type == "cpu" for v in state["swa"].values())
+    assert all(v.device.type == "cpu" for v in load_checkpoint(out).state_dict.values())
