@@ -40,7 +40,7 @@ def main() -> None:
     vocabulary = available(vocabulary_from_dict(checkpoint.vocabulary), checkpoint.labels)
     paths = sorted(str(p) for p in Path(args.folder).iterdir() if p.is_file())[:args.count]
     probs, failures = predict_files(tagger, paths, workers=2)
-    options = ScanOptions(with_fields=("instrument", "voice"))
+    options = ScanOptions(fields=FIELDS)
     print("| track | " + " | ".join(FIELDS) + " |")
     print("|---|" + "---|" * len(FIELDS))
     for row, path in enumerate(paths):

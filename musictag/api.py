@@ -179,8 +179,9 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
     vocab, metadata = dict(dataset.vocab), {"data": str(data), "host": platform.machine(),
                                             "split": "given" if val else f"{val_fraction:.0%} held out by artist",
                                             "val_paths": [e.name for e in val_examples]}
+    clips = train_set
     if teacher is not None:
-        train_set, metadata["distillation"] = distilled_set(train_set, dataset, teacher, features, config, workers,
+        train_set, metadata["distillation"] = distilled_set(clips, dataset, teacher, features, config, workers,
                                                             progress)
         vocab.update({head: list(labels) for head, labels in teacher.labels.items()})
     base = model_config or ModelConfig()
@@ -192,7 +193,7 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
     checkpoint, report = train_model(seeded_model(model_config, config.seed), data_sets, config, Path(out),
                                      resume=resume, metadata=metadata, progress=progress, device=on)
     if teacher is not None and val_set is not None:
-        calibrate_vocabulary(checkpoint, val_set, Path(out))
+        report = finish_distilled(checkpoint, clips, val_set, tuple(teacher.labels), Path(out))
     return checkpoint, report
 
 
@@ -245,6 +246,28 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
               "unlabelled_hours": round(hours([m for _, m, _ in tracks], features.frames_per_second), 2),
               "unlabelled_segments": len(songs), "pseudo_weight": config.pseudo_weight}
     return prepared, record
+
+
+def finish_distilled(checkpoint: "Checkpoint", clips: "Prepared", val_set: "Prepared", teacher_heads: tuple[str, ...],
+                     out: Path) -> dict:
+    """After distilling: stack the labelled heads on the teacher heads where that is better on validation,
+    record the validation metrics of the final model, calibrate the written vocabulary, save to `out`."""
+    from .defaults import WINDOW_SECONDS
+    from .metrics import head_metrics
+    from .train import plain_builtins, predict_features, stack_heads
+
+    def validation() -> dict:
+        norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
+        probs = predict_features(checkpoint.build_model(), val_set.features, norm, checkpoint.feature_config,
+                                 WINDOW_SECONDS)
+        return head_metrics(probs, val_set.targets, val_set.heads, checkpoint.labels)
+
+    checkpoint.training["validation_before_stacking"] = plain_builtins(validation())
+    checkpoint.training["stacking"] = stack_heads(checkpoint, clips, val_set, teacher_heads)
+    report = validation()
+    checkpoint.training["validation"] = plain_builtins(report)
+    calibrate_vocabulary(checkpoint, val_set, out)
+    return report
 
 
 def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", out: Path) -> None:

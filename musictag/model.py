@@ -40,6 +40,9 @@ class ModelConfig:
     shake_shake: bool = False
     activation: str = "relu"  # "relu" or "falu"
     heads: dict[str, tuple[str, int]] = field(default_factory=lambda: {"tags": ("multi", 56)})
+    # head -> the heads whose logits it is a linear map of (instead of a map of the trunk's features):
+    # the 4Q heads read the heads distilled from the teacher, a probe fitted after training (train.stack_heads)
+    stacked: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.activation not in ("relu", "falu"):
@@ -48,6 +51,10 @@ class ModelConfig:
         for name, (kind, n) in self.heads.items():
             if kind not in HEAD_KINDS or n < 1:
                 raise ValueError(f"head {name!r}: kind must be one of {HEAD_KINDS} with >= 1 outputs")
+        self.stacked = {name: list(sources) for name, sources in self.stacked.items()}
+        for name, sources in self.stacked.items():
+            if name not in self.heads or any(s not in self.heads or s in self.stacked for s in sources):
+                raise ValueError(f"stacked head {name!r} must read existing heads that are not stacked themselves")
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -207,6 +214,9 @@ class CPResNet(nn.Module):
         self.heads = nn.ModuleDict({
             name: nn.Sequential(nn.Conv2d(cin, n, 1, bias=False), nn.BatchNorm2d(n))
             for name, (_, n) in config.heads.items()})
+        self.stacks = nn.ModuleDict({
+            name: nn.Linear(sum(config.heads[s][1] for s in sources), config.heads[name][1])
+            for name, sources in config.stacked.items()})
         self.apply(_init_weights)
 
     @property
@@ -223,7 +233,10 @@ class CPResNet(nn.Module):
         # to flip a label close to its threshold
         with torch.autocast(features.device.type, enabled=False):
             features = features.float()
-            return {name: head(features).mean(dim=(2, 3)) for name, head in self.heads.items()}
+            logits = {name: head(features).mean(dim=(2, 3)) for name, head in self.heads.items()}
+            for name, sources in self.config.stacked.items():
+                logits[name] = self.stacks[name](torch.cat([logits[s] for s in sources], dim=-1))
+            return logits
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -31,7 +31,8 @@ from .features import FeatureConfig
 from .inference import pick_device, startup_fault, use_device
 from .manifest import Example
 from .metrics import head_metrics, summary_score
-from .model import CPResNet, count_parameters, probabilities
+from .distill import fit_probe
+from .model import CPResNet, ModelConfig, count_parameters, probabilities
 from .progress import Progress, no_progress
 
 
@@ -520,7 +521,7 @@ def _checkpoint(final: CPResNet, data: TrainData, config: TrainConfig, run: _Run
     training.update({"recipe": asdict(config), "history": run.history, "parameters": count_parameters(final),
                      "train_examples": len(data.train.features),
                      "val_examples": len(data.val.features) if data.val else 0,
-                     "validation": _plain(report), "swa_epochs": run.average.count})
+                     "validation": plain_builtins(report), "swa_epochs": run.average.count})
     return Checkpoint(final.config, data.features, {h: list(v) for h, v in data.vocab.items()},
                       _on_cpu(final.state_dict()), {"mean": data.norm[0], "std": data.norm[1]}, training)
 
@@ -529,10 +530,73 @@ def _headline(report: dict[str, dict]) -> dict[str, dict]:
     return {head: {k: round(v, 4) for k, v in m.items() if isinstance(v, float)} for head, m in report.items()}
 
 
-def _plain(report: dict) -> dict:
+def plain_builtins(report: dict) -> dict:
     """Metrics as builtins only (checkpoints load with weights_only=True)."""
     if isinstance(report, dict):
-        return {str(k): _plain(v) for k, v in report.items()}
+        return {str(k): plain_builtins(v) for k, v in report.items()}
     if isinstance(report, (np.floating, np.integer)):
         return report.item()
     return report
+
+
+def stack_heads(checkpoint: Checkpoint, clips: Prepared, val: Prepared, sources: tuple[str, ...],
+                l2_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1)) -> dict:
+    """Refit each labelled head as a logistic regression on the logits of the `sources` heads (those
+    distilled from the teacher), fitted on the training clips; keep it where it beats the head trained
+    with the trunk on the validation clips' headline metric. Updates `checkpoint`; returns what was tried."""
+    model = checkpoint.build_model()
+    norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
+    kinds = checkpoint.model_config.kinds
+    predict = lambda data: predict_features(model, data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
+    train_probs, val_probs = predict(clips), predict(val)
+    x_train, x_val = (np.concatenate([_logit(p[s]) for s in sources], axis=1) for p in (train_probs, val_probs))
+    direct = head_metrics(val_probs, val.targets, val.heads, checkpoint.labels)
+    tried, probes = {}, {}
+    for head in val.heads:
+        y = _one_hot(clips.targets[head], len(checkpoint.labels[head]))
+        keep = ~np.isnan(y).any(axis=1)
+        best = None
+        for l2 in l2_grid:
+            probe = fit_probe(x_train[keep], y[keep], kinds[head], l2)
+            report = head_metrics({head: probe.predict(x_val)}, val.targets, {head: val.heads[head]}, checkpoint.labels)
+            if best is None or _headline_value(report[head]) > _headline_value(best[1][head]):
+                best = (probe, report, l2)
+        adopted = _headline_value(best[1][head]) > _headline_value(direct[head])
+        tried[head] = {"l2": best[2], "stacked": _headline_value(best[1][head]),
+                       "direct": _headline_value(direct[head]), "adopted": adopted}
+        if adopted:
+            probes[head] = best[0]
+    _install_stacks(checkpoint, probes, list(sources))
+    return tried
+
+
+def _install_stacks(checkpoint: Checkpoint, probes: dict, sources: list[str]) -> None:
+    """Fold each probe (standardisation included) into a linear stacked head of the checkpoint."""
+    if not probes:
+        return
+    config = ModelConfig(**{**checkpoint.model_config.__dict__, "stacked": {h: sources for h in probes}})
+    state = dict(checkpoint.state_dict)
+    for head, probe in probes.items():
+        weight = (probe.weight / probe.std[:, None]).T
+        state[f"stacks.{head}.weight"] = torch.from_numpy(weight.astype(np.float32))
+        state[f"stacks.{head}.bias"] = torch.from_numpy((probe.bias - (probe.mean / probe.std) @ probe.weight)
+                                                        .astype(np.float32))
+    checkpoint.model_config, checkpoint.state_dict = config, state
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _one_hot(targets: np.ndarray, n: int) -> np.ndarray:
+    """Class indices (-1 unknown) or (n, k) targets as (n, k) floats, NaN rows unknown."""
+    if targets.ndim == 2:
+        return targets.astype(np.float32)
+    out = np.eye(n, dtype=np.float32)[np.maximum(targets, 0)]
+    out[targets < 0] = np.nan
+    return out
+
+
+def _headline_value(metrics: dict) -> float:
+    return metrics.get("macro_f1", metrics.get("pr_auc", float("nan")))

@@ -295,6 +295,9 @@ def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabular
     assert (record["unlabelled_tracks"], record["unlabelled_segments"]) == (3, 3)  # one 2-patch segment each
     assert record["clips_with_teacher_targets"] == record["labelled_clips"] == 18
     saved = load_checkpoint(tmp_path / "model.pt")
+    stacking = saved.training["stacking"]  # each labelled head tried as a probe on the teacher heads
+    assert set(stacking) == {"quadrant", "mood"}
+    assert saved.model_config.stacked == {h: ["msd", "mtt"] for h, s in stacking.items() if s["adopted"]}
     fields = {f["name"]: f for f in saved.vocabulary}
     assert {"mood", "quadrant"} <= set(fields)  # the 4Q-style heads of this data set, judged on validation
     assert [t["name"] for t in fields["mood"]["terms"]] == ["calm", "tense"]
@@ -383,3 +386,29 @@ def test_training_and_resuming_on_cuda_write_cpu_state(tmp_path):
     assert all(v.device.type == "cpu" for v in state["model"].values())
     assert all(v.device.type == "cpu" for v in state["swa"].values())
     assert all(v.device.type == "cpu" for v in load_checkpoint(out).state_dict.values())
+
+
+def test_a_stacked_head_computes_exactly_the_probe_it_was_folded_from():
+    from musictag.checkpoint import Checkpoint
+    from musictag.distill import fit_probe
+    from musictag.features import FeatureConfig
+    from musictag.model import CPResNet, ModelConfig, probabilities
+    from musictag.train import _install_stacks
+
+    torch.manual_seed(0)
+    config = ModelConfig(rho=3, width=8, n_mels=32, heads={"quadrant": ("single", 3), "msd": ("multi", 5)})
+    model = CPResNet(config).eval()
+    x = torch.randn(40, 1, 32, 40)
+    with torch.no_grad():
+        teacher_logits = model(x)["msd"].numpy()
+    labels = np.eye(3, dtype=np.float32)[(teacher_logits[:, 0] > 0).astype(int) + (teacher_logits[:, 1] > 0)]
+    probe = fit_probe(teacher_logits, labels, "single", 1e-2)
+    checkpoint = Checkpoint(config, FeatureConfig(n_mels=32), {"quadrant": ["a", "b", "c"], "msd": list("vwxyz")},
+                            model.state_dict())
+    _install_stacks(checkpoint, {"quadrant": probe}, ["msd"])
+    stacked = checkpoint.build_model()
+    assert checkpoint.model_config.stacked == {"quadrant": ["msd"]}
+    with torch.no_grad():
+        probs = probabilities(stacked(x), stacked.config)
+    np.testing.assert_allclose(probs["quadrant"].numpy(), probe.predict(teacher_logits), atol=1e-5)
+    np.testing.assert_allclose(probs["msd"].numpy(), 1 / (1 + np.exp(-teacher_logits)), atol=1e-6)
