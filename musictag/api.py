@@ -240,7 +240,8 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
     prepared = Prepared(train_set.examples + [Example(name, name, {}) for name in songs.names], mixed.features,
                         mixed.targets, kinds, mixed.weights, np.arange(len(mixed)) < len(clips))
     record = {"teacher": "musicnn 0.1.0 (MSD_musicnn, MTT_musicnn; ISC)",
-              "labelled_clips": len(clips), "labelled_hours": round(hours(clips.features, features.frames_per_second), 2),
+              "labelled_clips": len(clips),
+              "labelled_hours": round(hours(clips.features, features.frames_per_second), 2),
               "clips_with_teacher_targets": sum(t is not None for t in teachers),
               "unlabelled_tracks": len(tracks), "unlabelled_failures": len(failures),
               "unlabelled_hours": round(hours([m for _, m, _ in tracks], features.frames_per_second), 2),

@@ -103,7 +103,8 @@ def scan(
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the results as CSV."),
     threshold: Optional[float] = typer.Option(
         None, show_default=False, help="Minimum score for a tag to be written (default: the model's own threshold "
-        f"per tag, chosen for {PRECISION_TARGET:.0%} precision on validation; models without them: {THRESHOLD} "
+        "per tag, chosen on validation for a precision of " + ", ".join(
+            f"{p:.0%} ({name})" for name, p in PRECISION_TARGET.items()) + f"; models without them: {THRESHOLD} "
         "for tags after the first)."),
     fields: str = typer.Option("", "--fields", show_default=False, help="Fields to write, comma-separated, from: "
                                + ", ".join(ALL_FIELDS) + " (default " + ",".join(FIELDS) + ")."),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
+from .defaults import PRECISION_TARGET
 from .metrics import summary_score
 
 
@@ -68,7 +69,7 @@ def write_model_card(model: Path, out: Path, inputs: CardInputs) -> None:
     checkpoint = load_checkpoint(model)
     report = json.loads(Path(inputs.evaluation).read_text()) if inputs.evaluation else None
     sections = [_summary(model, checkpoint), _data(checkpoint, inputs.sources), _recipe(checkpoint),
-                _vocabulary(checkpoint)]
+                _stacking(checkpoint), _vocabulary(checkpoint)]
     if inputs.notes:
         sections.append(Path(inputs.notes).read_text().rstrip())
     if report:
@@ -132,14 +133,30 @@ def _recipe(checkpoint) -> str:
                       metrics_table(t["validation"]) if t.get("validation") else "None held out."])
 
 
+def _stacking(checkpoint) -> str:
+    t = checkpoint.training
+    if not t.get("stacking"):
+        return ""
+    lines = ["## Stacked heads (validation split, headline figure: quadrant macro-F1, genre and mood PR-AUC)", "",
+             "| head | trained with the trunk | probe on the teacher heads | L2 | kept |", "|---|---|---|---|---|"]
+    for head, s in t["stacking"].items():
+        lines.append(f"| {head} | {_fmt(s['direct'])} | {_fmt(s['stacked'])} | {s['l2']} | "
+                     f"{'stacked' if s['adopted'] else 'trained'} |")
+    if t.get("validation_before_stacking"):
+        lines += ["", "Before stacking:", "", metrics_table(t["validation_before_stacking"])]
+    return "\n".join(lines)
+
+
 def _vocabulary(checkpoint) -> str:
     if not checkpoint.vocabulary:
         return ""
     lines = ["## What scan writes: the vocabulary", "",
              "Each value's score is the mean of its sources' probabilities; it is written when the score reaches "
              "its threshold, chosen on the validation split as the lowest score at which that value was right "
-             "for at least 80% of the clips given it (fewer than 3 validation positives, or no truth: the prior "
-             "0.5). Judged by: the AllMusic labels that make the value right.", "",
+             "for at least the field's target share of the clips given it (" + ", ".join(
+                 f"{name} {p:.0%}" for name, p in PRECISION_TARGET.items()) + "; fewer than 3 validation "
+             "positives, or no truth: the prior 0.5). Judged by: the AllMusic labels that make the value right.",
+             "",
              "| field | value | sources | judged by | threshold |", "|---|---|---|---|---|"]
     for f in checkpoint.vocabulary:
         for t in f["terms"]:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from .defaults import OPT_IN_FIELDS, OTHER_TOP_K, PRECISION_TARGET, TOP_K
+from .defaults import DEFAULT_PRECISION_TARGET, OPT_IN_FIELDS, OTHER_TOP_K, PRECISION_TARGET, TOP_K
 
 MIN_POSITIVES = 3  # a term with fewer validation positives keeps its prior threshold
 PRIOR_THRESHOLD = 0.5  # terms nobody could calibrate (teacher-only tags: instruments, voice)
@@ -164,12 +164,14 @@ def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None 
     return sorted(passing, key=lambda name: -term_scores[name])[:k]
 
 
-def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float = PRECISION_TARGET,
+def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float | None = None,
               min_positives: int = MIN_POSITIVES) -> FieldVocabulary:
     """Per term, the lowest threshold at which the validation precision of "score >= threshold" reaches
     `precision` (the terms' own columns of `scores` and `truth`, (tracks, terms)). A term that reaches it
     nowhere gets a threshold above its highest score (never written); one with too few positives keeps
-    its prior."""
+    its prior. `precision` None: the field's target (defaults.PRECISION_TARGET)."""
+    if precision is None:
+        precision = PRECISION_TARGET.get(f.name, DEFAULT_PRECISION_TARGET)
     terms = []
     for j, term in enumerate(f.terms):
         if truth[:, j].sum() < min_positives:

@@ -218,7 +218,8 @@ def test_loss_is_a_weighted_mean_over_the_examples_that_have_a_target():
     ce = torch.nn.functional.cross_entropy(logits["quadrant"], torch.tensor([0, 1, 0]), reduction="none")
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits["msd"], soft)
     expected = (ce[0] + 0.5 * ce[1]) / 1.5 + bce
-    assert loss_fn(logits, Batch(torch.zeros(3, 1, 2, 2), targets, weights), heads) == pytest.approx(float(expected), rel=1e-5)
+    batch = Batch(torch.zeros(3, 1, 2, 2), targets, weights)
+    assert loss_fn(logits, batch, heads) == pytest.approx(float(expected), rel=1e-5)
     # a head no example in the batch has a target for adds nothing
     weights["quadrant"] = torch.zeros(3)
     assert loss_fn(logits, Batch(torch.zeros(3, 1, 2, 2), targets, weights), heads) == pytest.approx(float(bce), rel=1e-5)
