@@ -79,14 +79,21 @@ def test_shipped_model_is_installed_with_the_package_and_loads():
     from pathlib import Path
 
     from musictag.checkpoint import shipped_path
+    from musictag.distill import TEACHER_LABELS
 
     if not (Path(__file__).resolve().parents[1] / "weights" / "musictag.pt").is_file():
         pytest.skip("this checkout has no shipped weights")
     assert shipped_path().is_file()
     checkpoint = load_checkpoint()
-    assert set(checkpoint.labels) == {"quadrant", "genre", "mood"}
+    assert set(checkpoint.labels) == {"quadrant", "genre", "mood", "msd", "mtt"}
     assert checkpoint.labels["quadrant"] == ["Q1", "Q2", "Q3", "Q4"]
     assert len(checkpoint.labels["genre"]) == 14 and len(checkpoint.labels["mood"]) == 62
+    # the teacher heads keep musicnn's own tag names, so the model can be scored against musicnn
+    assert checkpoint.labels["msd"] == TEACHER_LABELS["msd"] and checkpoint.labels["mtt"] == TEACHER_LABELS["mtt"]
+    fields = {f["name"]: f for f in checkpoint.vocabulary}
+    assert {"genre", "mood", "quadrant", "instrument", "voice"} == set(fields)
+    assert {t["name"] for t in fields["genre"]["terms"]} >= {"Rock", "Metal", "Hip-Hop", "Classical", "Soundtrack",
+                                                            "Ambient/New Age", "Jazz", "Country", "R&B/Soul"}
 
 
 def test_cli_import_does_not_load_torch():
