@@ -10,9 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "musictag"
 LAYERS = [
     {"cli", "api", "__main__"},
     {"scan", "train", "evaluate", "modelcard", "export"},
-    {"pipeline", "library", "library_labels", "metrics", "manifest", "cache", "inference"},
+    {"pipeline", "library", "library_labels", "metrics", "manifest", "cache", "inference", "distill"},
     {"audio", "features", "model", "checkpoint", "modelfile", "db", "tags", "codec", "errors", "defaults",
-     "progress", "__init__"},
+     "progress", "vocabulary", "__init__"},
 ]
 LAYER = {module: depth for depth, modules in enumerate(LAYERS) for module in modules}
 MAX_FUNCTION_LINES = 60
@@ -31,6 +31,10 @@ def _imported(tree: ast.Module) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("musictag."):
             found.add(node.module.split(".")[1])
     return {m.split(".")[0] if m else "__init__" for m in found}
+
+
+def test_every_module_has_a_layer():
+    assert sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in LAYER) == []
 
 
 def test_every_module_imports_only_its_own_layer_or_below():
