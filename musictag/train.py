@@ -547,8 +547,8 @@ def stack_heads(checkpoint: Checkpoint, clips: Prepared, val: Prepared, sources:
     model = checkpoint.build_model()
     norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
     kinds = checkpoint.model_config.kinds
-    predict = lambda data: predict_features(model, data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
-    train_probs, val_probs = predict(clips), predict(val)
+    train_probs, val_probs = (predict_features(model, data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
+                              for data in (clips, val))
     x_train, x_val = (np.concatenate([_logit(p[s]) for s in sources], axis=1) for p in (train_probs, val_probs))
     direct = head_metrics(val_probs, val.targets, val.heads, checkpoint.labels)
     tried, probes = {}, {}
