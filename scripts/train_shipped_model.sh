@@ -58,7 +58,9 @@ fi
 
 musictag train "${common[@]}" "${distil[@]}" --out "$RUNS/distilled.pt" > "$RUNS/distilled.log"
 musictag evaluate --data "$RUNS/distilled.pt.val.csv" --model "$RUNS/distilled.pt" --robustness --json --quiet \
-  > "$RUNS/distilled.eval.json"
+  --predictions "$RUNS/val_predictions.jsonl" > "$RUNS/distilled.eval.json"
+python bench/written_fields.py --data "$RUNS/distilled.pt.val.csv" --model "$RUNS/distilled.pt" \
+  --predictions "$RUNS/val_predictions.jsonl" > "$RUNS/written_fields.txt"
 
 python - "$RUNS/distilled.pt" weights/musictag.pt <<'PY'
 import sys
@@ -75,6 +77,7 @@ python bench/model_speed.py --quick > "$RUNS/model_speed.txt"
 ablations=()
 if [ "${SKIP_ABLATIONS:-0}" != 1 ]; then
   for f in "$RUNS"/ablation_*.pt; do ablations+=(--ablation "$f"); done
+  ablations+=(--ablation "$RUNS/distilled.pt")
 fi
 musictag model-card weights/musictag.pt --out weights/MODEL_CARD.md --evaluation "$RUNS/distilled.eval.json" \
   --evaluation-title "validation split: 144 clips by artists held out of training (runs/distilled.pt)" \
