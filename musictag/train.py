@@ -157,15 +157,10 @@ def make_batch(data: Prepared, indices: np.ndarray, frames: int, norm: tuple[flo
     x = (torch.from_numpy(crops)[:, None] - norm[0]) / norm[1]
     targets, weights = {}, {}
     for head in data.heads:
-        t = data.targets[head][indices]
-        if t.ndim == 1:  # class indices
-            known = t >= 0
-            t = np.eye(vocab_sizes[head], dtype=np.float32)[np.maximum(t, 0)]
-        else:
-            known = ~np.isnan(t).any(axis=1)
-            t = np.nan_to_num(t)
+        t = _one_hot(data.targets[head][indices], vocab_sizes[head])
+        known = ~np.isnan(t).any(axis=1)
         w = known.astype(np.float32) * (data.weights[head][indices] if head in data.weights else 1.0)
-        targets[head], weights[head] = torch.from_numpy(t.astype(np.float32)), torch.from_numpy(w.astype(np.float32))
+        targets[head], weights[head] = torch.from_numpy(np.nan_to_num(t)), torch.from_numpy(w.astype(np.float32))
     groups = None if data.labelled is None else data.labelled[indices]
     return Batch(x, targets, weights, groups)
 
