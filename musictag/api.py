@@ -253,35 +253,36 @@ def finish_distilled(checkpoint: "Checkpoint", clips: "Prepared", val_set: "Prep
                      out: Path) -> dict:
     """After distilling: stack the labelled heads on the teacher heads where that is better on validation,
     record the validation metrics of the final model, calibrate the written vocabulary, save to `out`."""
-    from .defaults import WINDOW_SECONDS
     from .metrics import head_metrics
-    from .train import plain_builtins, predict_features, stack_heads
+    from .train import plain_builtins, stack_heads
 
-    def validation() -> dict:
-        norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
-        probs = predict_features(checkpoint.build_model(), val_set.features, norm, checkpoint.feature_config,
-                                 WINDOW_SECONDS)
-        return head_metrics(probs, val_set.targets, val_set.heads, checkpoint.labels)
+    def validation() -> tuple[dict, dict]:
+        probs = clip_probabilities(checkpoint, val_set)
+        return probs, head_metrics(probs, val_set.targets, val_set.heads, checkpoint.labels)
 
-    checkpoint.training["validation_before_stacking"] = plain_builtins(validation())
+    checkpoint.training["validation_before_stacking"] = plain_builtins(validation()[1])
     checkpoint.training["stacking"] = stack_heads(checkpoint, clips, val_set, teacher_heads)
-    report = validation()
+    probs, report = validation()
     checkpoint.training["validation"] = plain_builtins(report)
-    calibrate_vocabulary(checkpoint, val_set, out)
+    calibrate_vocabulary(checkpoint, val_set, probs, out)
     return report
 
 
-def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", out: Path) -> None:
-    """Choose each written term's threshold on the validation clips (scored as scan scores tracks) and
-    store the vocabulary in the checkpoint at `out`."""
-    from .checkpoint import save_checkpoint
+def clip_probabilities(checkpoint: "Checkpoint", data: "Prepared") -> dict:
+    """Per-clip probabilities of every head, the clips scored as scan scores tracks (its excerpt windows)."""
     from .defaults import WINDOW_SECONDS
     from .train import predict_features
-    from .vocabulary import DEFAULT_FIELDS, available, calibrate, term_matrix, truth_matrix, vocabulary_to_dict
 
     norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
-    probs = predict_features(checkpoint.build_model(), val_set.features, norm, checkpoint.feature_config,
-                             WINDOW_SECONDS)
+    return predict_features(checkpoint.build_model(), data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
+
+
+def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", probs: dict, out: Path) -> None:
+    """Choose each written term's threshold on the validation clips (`probs`: clip_probabilities) and
+    store the vocabulary in the checkpoint at `out`."""
+    from .checkpoint import save_checkpoint
+    from .vocabulary import DEFAULT_FIELDS, available, calibrate, term_matrix, truth_matrix, vocabulary_to_dict
+
     fields = []
     for f in available(DEFAULT_FIELDS, checkpoint.labels):
         if f.truth_head in val_set.heads:
