@@ -13,7 +13,7 @@ from .checkpoint import Checkpoint
 from .defaults import WINDOW_SECONDS
 from .errors import DeviceError, WindowError
 from .features import LogMel
-from .model import probabilities
+from .model import min_frames, probabilities
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -95,6 +95,11 @@ class Tagger:
     @property
     def sample_rate(self) -> int:
         return self.checkpoint.feature_config.sample_rate
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest window the network can score (stft with center=True gives 1 + n // hop frames)."""
+        return (min_frames(self.checkpoint.model_config) - 1) * self.checkpoint.feature_config.hop_length
 
     @property
     def labels(self) -> dict[str, list[str]]:

@@ -194,6 +194,13 @@ class BasicBlock(nn.Module):
         return self.activation(y + self.shortcut(x))
 
 
+def min_frames(config: ModelConfig) -> int:
+    """Fewest input frames the network accepts: the stem (5 wide, stride 2, padding 1) must leave
+    2 ** pools columns so that each 2x2 max-pool still has one to take. Shorter audio makes torch fail
+    with a message about kernel and padded sizes that says nothing to a user."""
+    return 2 ** (len(POOL_AFTER_BLOCKS) + 1) + 1
+
+
 class CPResNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -27,6 +27,7 @@ class Job(NamedTuple):
     sample_rate: int
     whole_track: bool = False  # every window of the track instead of the excerpt plan
     excerpts: int = EXCERPT_COUNT
+    min_samples: int = 0  # shorter tracks fail here with their length, not in the network (Tagger.min_samples)
 
 
 class Decoded(NamedTuple):
@@ -42,17 +43,19 @@ class Decoded(NamedTuple):
 
 def decode_track(job: Job) -> Decoded:
     """Worker: the job's windows (or the reason it has none)."""
-    path, sr, whole, count = job
+    path, sr, whole, count, min_samples = job
     try:
         if whole:
             audio = load_audio(path, sr)
             n = int(WINDOW_SECONDS * sr)
-            windows = [audio[i:i + n] for i in range(0, max(len(audio) - n, 0) + 1, n)]
-            return Decoded(path, len(audio) / sr, windows)
-        duration, windows = load_excerpts(path, sr, count=count)
-        return Decoded(path, duration, windows)
+            duration, windows = len(audio) / sr, [audio[i:i + n] for i in range(0, max(len(audio) - n, 0) + 1, n)]
+        else:
+            duration, windows = load_excerpts(path, sr, count=count)
     except Exception as e:
         return Decoded(path, error=decode_failure(e))
+    if min(len(w) for w in windows) < min_samples:
+        return Decoded(path, error=f"too short to analyse ({duration:.2f} s)")
+    return Decoded(path, duration, windows)
 
 
 def decode_clip(job: tuple[str, int, float]) -> tuple[str, np.ndarray | None, str]:

@@ -204,7 +204,8 @@ class Scanner:
         in_workers = self.options.model_in_workers
         if in_workers is None:
             in_workers = tagger.device.type == "cpu"
-        jobs = (Job(path, tagger.sample_rate, self.options.whole_track, self.options.excerpts) for path, _ in todo)
+        jobs = (Job(path, tagger.sample_rate, self.options.whole_track, self.options.excerpts, tagger.min_samples)
+                for path, _ in todo)
         batcher = WindowBatcher(tagger.predict, self.options.batch_size)  # the parent's forward passes
         init = (tagger.checkpoint if in_workers else None, self.options.batch_size)
         with worker_pool(workers, start_worker, init) as pool:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from musictag.model import FALU, CPResNet, ModelConfig, count_parameters, receptive_field, shake_shake
+from musictag.model import FALU, CPResNet, ModelConfig, count_parameters, min_frames, receptive_field, shake_shake
 
 
 @pytest.mark.parametrize("rho,authors", [(5, 3.59e6), (7, 3.98e6), (9, 5.03e6)])
@@ -115,3 +115,11 @@ def test_falu_is_smooth_in_the_order_and_the_order_learns():
     assert falu.order.grad is not None and falu.order.grad.abs().item() > 0
     assert falu.scale.grad.abs().item() > 0
     assert not math.isnan(falu.order.grad.item())
+
+
+def test_min_frames_is_the_shortest_input_the_network_accepts():
+    model = CPResNet(ModelConfig(rho=3, width=8, n_mels=32)).eval()
+    shortest = min_frames(model.config)
+    model(torch.randn(1, 1, 32, shortest))
+    with pytest.raises(RuntimeError):
+        model(torch.randn(1, 1, 32, shortest - 1))

@@ -591,3 +591,19 @@ def test_scan_json_prints_one_object_per_file_and_a_summary(library, tiny_checkp
     again = scan([library, "--json"], tiny_checkpoint, db)
     statuses = sorted(json.loads(line).get("status", "") for line in again.stdout.splitlines()[:-1])
     assert again.exit_code == 0 and statuses == ["failed before"] + ["unchanged"] * len(GOOD)
+
+
+@pytest.mark.parametrize("in_workers", [True, False])
+def test_audio_too_short_for_the_network_fails_alone_with_its_length(tiny_checkpoint, tmp_path, in_workers):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.db import Database
+    from musictag.inference import Tagger
+    from musictag.scan import ScanOptions, Scanner
+
+    write_track(tmp_path / "music" / "blip.wav", seconds=0.15)
+    write_track(tmp_path / "music" / "song.wav", seconds=2.0)
+    with Database(tmp_path / "db.sqlite") as db:
+        result = Scanner(Tagger(load_checkpoint(tiny_checkpoint), "cpu"), db,
+                         ScanOptions(workers=1, model_in_workers=in_workers)).run([tmp_path / "music"])
+    assert result.failed == [(str(tmp_path / "music" / "blip.wav"), "too short to analyse (0.15 s)")]
+    assert result.tagged == 1
