@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
 from .errors import CheckpointError
 
 SHIPPED_NAME = "musictag.pt"
+SHA256_HEX = re.compile("[0-9a-fA-F]{64}")
 
 
 def shipped_path() -> Path:
@@ -31,10 +33,18 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def expected_sha(path: Path) -> str | None:
+    """The sha256 the file's .sha256 sidecar states (None without one). A sidecar that states none is an
+    error, not a pass: the check exists to catch a damaged install, and a damaged sidecar is one."""
     sidecar = path.with_name(path.name + ".sha256")
     if not sidecar.is_file():
         return None
-    return sidecar.read_text().split()[0].strip().lower()
+    try:
+        words = sidecar.read_bytes().decode("ascii").split()
+    except UnicodeDecodeError:
+        words = []
+    if not words or not SHA256_HEX.fullmatch(words[0]):
+        raise CheckpointError(sidecar, "holds no sha256 (empty or damaged): reinstall, or delete it to skip the check")
+    return words[0].lower()
 
 
 def verified_sha256(path: str | os.PathLike | None = None) -> tuple[Path, str]:

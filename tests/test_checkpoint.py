@@ -102,3 +102,12 @@ def test_cli_import_does_not_load_torch():
 
     code = "import sys, musictag.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n", b"\xff\xfe\x00garbage\x80", b"not-a-hash  m.pt\n"])
+def test_an_empty_or_binary_sha_sidecar_is_a_checkpoint_error(tmp_path, content):
+    _, path = make(tmp_path)
+    sidecar = path.with_name(path.name + ".sha256")
+    sidecar.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"{sidecar.name}: holds no sha256"):
+        load_checkpoint(path)
