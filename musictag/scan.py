@@ -234,8 +234,9 @@ class Scanner:
             self._done(path, "scored")
 
     def _write(self, path: str, scores: dict[str, dict[str, float]]) -> None:
+        ours, unconfident = self._ours(scores)
         try:
-            status, change = self._apply_tags_as_it_is_now(path, self._ours(scores))
+            status, change = self._apply_tags_as_it_is_now(path, ours)
         except MusictagError as e:
             reason = getattr(e, "reason", str(e))
             if self.db.get(path).error == reason:  # kept only while the file is unchanged (new scores clear it)
@@ -246,6 +247,9 @@ class Scanner:
             self.result.failed.append((path, reason))
             self._done(path, "failed", reason)
             return
+        if status != "skipped":  # a field left alone is counted for the files the scan decided
+            for name in unconfident:
+                self.result.unconfident[name] = self.result.unconfident.get(name, 0) + 1
         self._done(path, status, change=change)
 
     def _apply_tags_as_it_is_now(self, path: str, ours: dict[str, list[str]], attempts: int = 3
@@ -259,17 +263,15 @@ class Scanner:
                 continue
         return self._apply_tags(path, ours)  # still changing under us: reported as a failed file
 
-    def _ours(self, scores: dict[str, dict[str, float]]) -> dict[str, list[str]]:
-        """The values this scan would write, per field; fields with nothing confident are counted."""
-        if not self.vocabulary:
-            ours = choose_labels(scores, self.kinds, self.options)
-        else:
+    def _ours(self, scores: dict[str, dict[str, float]]) -> tuple[dict[str, list[str]], list[str]]:
+        """The values this scan would write, per field, and the fields with nothing confident."""
+        if self.vocabulary:
             ours, unconfident = choose_terms(self.vocabulary, scores, self.kinds, self.options)
-            for name in unconfident:
-                self.result.unconfident[name] = self.result.unconfident.get(name, 0) + 1
+        else:
+            ours, unconfident = choose_labels(scores, self.kinds, self.options), []
         if writes("model", self.options):
             ours["model"] = [f"musictag {__version__} model {self.model_id}"]
-        return ours
+        return ours, unconfident
 
     def _apply_tags(self, path: str, ours: dict[str, list[str]]) -> tuple[str, Change | None]:
         """What the file's tags become under this scan's options, written unless this is a dry run: the

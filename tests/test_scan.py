@@ -423,9 +423,14 @@ def test_a_vocabulary_writes_only_confident_terms_and_leaves_other_fields_alone(
     model = vocabulary_model(tiny_checkpoint, tmp_path)
     files = [write_track(tmp_path / "music" / f"{i}.flac", seconds=2.0, seed=i) for i in range(2)]
     write_fields(files[0], {"mood": ["mine"]})
+    locked = write_track(tmp_path / "music" / "locked.flac", seconds=2.0, seed=5)
+    locked.chmod(0o444)
     result = scan([tmp_path / "music"], model, tmp_path / "db.sqlite")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1 and "failed: 1" in result.output, result.output
+    # counted for the files the scan decided, not for the one it could not write
     assert "left alone, nothing confident: mood in 2 files" in result.output
+    locked.chmod(0o644)
+    locked.unlink()
     for path in files:
         values = read_fields(path, ["genre", "mood", "quadrant", "instrument"])
         assert values["genre"] == ["Jazz"] and len(values["quadrant"]) == 1
