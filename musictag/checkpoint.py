@@ -9,7 +9,10 @@ that is checked on every load.
 from __future__ import annotations
 
 import os
+import pickletools
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,7 @@ __all__ = ["SHIPPED_NAME", "Checkpoint", "file_sha256", "load_checkpoint", "save
            "write_sha_sidecar"]
 
 FORMAT = "musictag-checkpoint"
+CALLING_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
 VERSION = 1
 
 
@@ -87,10 +91,15 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> Checkpoint:
     """Load a checkpoint (the shipped one when path is None), with clear errors for bad files."""
     path, sha = verified_sha256(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a bare pickle's protocol would tear the one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if _would_run_code(path, e):
+            raise CheckpointError(path, "refused: not a plain weights file (it would run code when loaded)") from None
         raise CheckpointError(path, f"corrupt or truncated checkpoint ({type(e).__name__})") from None
     checkpoint = _from_payload(payload, path)
+    _check_weights_fit(checkpoint, path)
     checkpoint.sha256 = sha
     return checkpoint
 
@@ -100,6 +109,37 @@ def write_sha_sidecar(path: str | os.PathLike) -> str:
     sha = file_sha256(path)
     path.with_name(path.name + ".sha256").write_text(f"{sha}  {path.name}\n")
     return sha
+
+
+def _would_run_code(path: Path, error: Exception) -> bool:
+    """Whether torch refused the file because unpickling it would call something (a class, a function:
+    the way a malicious pickle runs code), rather than because it is damaged. torch names the refused
+    global; a bare pickle of protocol 4 or later it cannot even parse, so its opcodes are read here
+    (pickletools only parses, it never calls anything)."""
+    if "GLOBAL" in str(error):
+        return True
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in CALLING_OPCODES for op, _, _ in pickletools.genops(f))
+    except Exception:  # not a pickle at all, or damaged part-way: what was read called nothing
+        return False
+
+
+def _check_weights_fit(checkpoint: Checkpoint, path: Path) -> None:
+    """Refuse, at load, weights that do not fit the stored config (else every file of a scan would fail
+    later, one by one). The network is built on the meta device: shapes only, no memory, no init cost."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in CPResNet(checkpoint.model_config).state_dict().items()}
+    found = {name: tuple(getattr(t, "shape", ())) for name, t in checkpoint.state_dict.items()}
+    problems = ([f"{name} missing" for name in expected if name not in found]
+                + [f"{name} unexpected" for name in found if name not in expected]
+                + [f"{name} {found[name]} instead of {shape}" for name, shape in expected.items()
+                   if name in found and found[name] != shape])
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(path, f"weights do not fit the stored config: {'; '.join(problems[:3])}{more}")
 
 
 def _from_payload(payload, path: Path) -> Checkpoint:
@@ -120,7 +160,10 @@ def _from_payload(payload, path: Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(path, f"incompatible checkpoint contents ({type(e).__name__}: {e})") from None
+    if set(checkpoint.labels) != set(checkpoint.model_config.heads):
+        raise CheckpointError(path, f"label lists {sorted(checkpoint.labels)} do not match the heads "
+                                    f"{sorted(checkpoint.model_config.heads)}")
     for head, (_, n) in checkpoint.model_config.heads.items():
-        if len(checkpoint.labels.get(head, [])) != n:
-            raise CheckpointError(path, f"head {head!r} has {n} outputs but {len(checkpoint.labels.get(head, []))} labels")
+        if len(checkpoint.labels[head]) != n:
+            raise CheckpointError(path, f"head {head!r} has {n} outputs but {len(checkpoint.labels[head])} labels")
     return checkpoint

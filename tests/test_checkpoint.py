@@ -111,3 +111,60 @@ def test_an_empty_or_binary_sha_sidecar_is_a_checkpoint_error(tmp_path, content)
     sidecar.write_bytes(content)
     with pytest.raises(CheckpointError, match=f"{sidecar.name}: holds no sha256"):
         load_checkpoint(path)
+
+
+class RunsCode:
+    """What a malicious pickle holds: unpickling it would call a function (here a harmless one)."""
+
+    def __reduce__(self):
+        return (print, ("this would have run",))
+
+
+@pytest.mark.parametrize("protocol", [None, 2, 4, 5])
+def test_a_pickle_that_would_run_code_is_refused_as_such(tmp_path, protocol):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    if protocol is None:
+        torch.save({"format": "musictag-checkpoint", "version": 1, "x": RunsCode()}, path)
+    else:
+        path.write_bytes(pickle.dumps({"x": RunsCode()}, protocol=protocol))
+    with pytest.raises(CheckpointError, match="refused: not a plain weights file \\(it would run code when loaded\\)"):
+        load_checkpoint(path)
+
+
+def save_payload(tmp_path, change):
+    _, path = make(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    return path
+
+
+def test_weights_that_do_not_fit_the_config_are_refused_at_load(tmp_path):
+    def wider(payload):  # config says width 16, weights are width 8 (heads and labels still agree)
+        payload["model_config"]["width"] = 16
+
+    with pytest.raises(CheckpointError, match="m.pt: weights do not fit the stored config: .* instead of"):
+        load_checkpoint(save_payload(tmp_path, wider))
+
+    def one_head_more(payload):  # a head with labels but no weights
+        payload["model_config"]["heads"].append(["extra", "multi", 2])
+        payload["labels"]["extra"] = ["u", "v"]
+
+    with pytest.raises(CheckpointError, match="heads.extra.0.weight missing"):
+        load_checkpoint(save_payload(tmp_path, one_head_more))
+
+
+def test_label_lists_must_match_the_heads(tmp_path):
+    def extra_labels(payload):
+        payload["labels"]["stray"] = ["s"]
+
+    with pytest.raises(CheckpointError, match="m.pt: label lists .* do not match the heads"):
+        load_checkpoint(save_payload(tmp_path, extra_labels))
+
+    def short_list(payload):
+        payload["labels"]["g"] = ["x", "y"]
+
+    with pytest.raises(CheckpointError, match="head 'g' has 3 outputs but 2 labels"):
+        load_checkpoint(save_payload(tmp_path, short_list))
