@@ -181,13 +181,14 @@ def _check_scan_arguments(paths: List[Path], mode: str, device: str) -> None:
 
 
 def _run_scan(model: Optional[Path], device: str, workers: int, database, paths: List[Path], options, progress):
-    """api.scan with the model loaded only if a file needs scoring; its load errors end the run cleanly."""
+    """api.scan with the model loaded only if a file needs scoring; its load errors, and a database that
+    refuses writes (disk full), end the run cleanly."""
     from . import api
-    from .errors import CheckpointError, DeviceError
+    from .errors import CheckpointError, DatabaseError, DeviceError
 
     try:
         return api.scan(api.scan_model(model, database, device, workers), database, paths, options, progress)
-    except (CheckpointError, DeviceError) as e:
+    except (CheckpointError, DatabaseError, DeviceError) as e:
         _fail(str(e))
 
 
@@ -291,9 +292,13 @@ def undo(
 ) -> None:
     """Restore the exact tag values musictag replaced or added (fields you changed since stay yours)."""
     from . import api
+    from .errors import DatabaseError
 
     with _database(db) as database:
-        result = api.undo(database, [str(p) for p in paths] if paths else None)
+        try:
+            result = api.undo(database, [str(p) for p in paths] if paths else None)
+        except DatabaseError as e:  # disk full: one line, not a traceback
+            _fail(str(e))
     typer.echo(f"restored: {result.tagged}, left as changed since musictag wrote them: {result.skipped}, "
                f"failed: {len(result.failed)}")
     for path, reason in result.failed:

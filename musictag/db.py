@@ -129,18 +129,35 @@ class Database:
         self.close()
 
     def _write(self, sql: str, args: tuple) -> None:
-        if not self._in_transaction:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._in_transaction = True
-        self._conn.execute(sql, args)
+        try:
+            if not self._in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._in_transaction = True
+            self._conn.execute(sql, args)
+        except sqlite3.OperationalError as e:
+            self._write_failed(e)
         if time.monotonic() - self._last_commit > self._commit_every:
             self.commit()
 
     def commit(self) -> None:
         if self._in_transaction:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                self._write_failed(e)
             self._in_transaction = False
         self._last_commit = time.monotonic()
+
+    def _write_failed(self, error: sqlite3.OperationalError) -> None:
+        """A write the database refused (disk full, a lock held past the timeout): the open transaction
+        is given up, so closing does not try it again, and earlier commits stay as they are."""
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # sqlite may have rolled back by itself already
+        self._in_transaction = False
+        raise DatabaseError(self.path, f"cannot write the scan database ({error}); what was saved before is "
+                                       "kept: fix that and run the same command to resume") from None
 
     def get(self, path: str) -> Track | None:
         row = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "

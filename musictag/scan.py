@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__
 from .db import Database
 from .defaults import BATCH_SIZE, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K
-from .errors import FileChangedError, MusictagError
+from .errors import DatabaseError, FileChangedError, MusictagError
 from .library import walk, within
 from .pipeline import Job, WindowBatcher, analyse_track, bounded_map, start_worker, worker_pool
 from .progress import Progress, no_progress
@@ -237,6 +237,8 @@ class Scanner:
         ours, unconfident = self._ours(scores)
         try:
             status, change = self._apply_tags_as_it_is_now(path, ours)
+        except DatabaseError:
+            raise  # not this file's fault: the run cannot record anything more
         except MusictagError as e:
             reason = getattr(e, "reason", str(e))
             if self.db.get(path).error == reason:  # kept only while the file is unchanged (new scores clear it)
@@ -362,6 +364,8 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
             restore = _still_ours(db, path)
             if restore:
                 write_fields(path, restore, read_at)
+        except DatabaseError:
+            raise  # not this file's fault: the run cannot record anything more
         except MusictagError as e:
             result.failed.append((path, getattr(e, "reason", str(e))))
             progress("file", {"path": path, "status": "failed", "reason": str(e)})

@@ -612,3 +612,30 @@ def test_audio_too_short_for_the_network_fails_alone_with_its_length(tiny_checkp
                          ScanOptions(workers=1, model_in_workers=in_workers)).run([tmp_path / "music"])
     assert result.failed == [(str(tmp_path / "music" / "blip.wav"), "too short to analyse (0.15 s)")]
     assert result.tagged == 1
+
+
+def test_a_full_database_disk_ends_the_scan_with_one_line_and_keeps_what_was_committed(library, tiny_checkpoint,
+                                                                                        tmp_path, monkeypatch):
+    from musictag.db import Database
+
+    db = tmp_path / "db.sqlite"
+    assert scan([library / "a"], tiny_checkpoint, db).exit_code == 0  # committed before the disk fills
+    opened = Database.__init__
+
+    def on_a_full_disk(self, *args, **kwargs):  # sqlite's page limit fails a write as a full disk does
+        opened(self, *args, **kwargs)
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        self._conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    monkeypatch.setattr(Database, "__init__", on_a_full_disk)
+    result = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet",
+                                 "--workers", "2", "--force"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {db}: cannot write the scan database (database or disk is full); what was saved "
+                      "before is kept: fix that and run the same command to resume"]
+    assert "Traceback" not in result.output
+    monkeypatch.undo()
+    with Database(db) as database:
+        scored = {os.path.relpath(t.path, library) for t in database.tracks() if t.scores}
+    assert {rel for rel in GOOD if rel.startswith("a/")} <= scored
