@@ -1,24 +1,39 @@
 """CSV export of the database. Tag text comes from users' files and is untrusted: a cell that a
-spreadsheet would run as a formula (starting with = + - @ tab or CR) is prefixed with a quote."""
+spreadsheet would run as a formula (starting with = + - @ or a control character, or with one of those
+after spaces, or with a look-alike such as the full-width "＝" some spreadsheets accept) is prefixed with
+a quote, and no cell is longer than a spreadsheet cell can be."""
 
 from __future__ import annotations
 
 import csv
+import unicodedata
 from typing import IO, Iterable
 
 from .db import Database, Track
 from .defaults import EXPORT_TOP_K
 from .library import within
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+# NFKC folds the full-width (U+FF1D ＝ ...) and small (U+FE66 ﹦ ...) forms onto these; the minus sign it keeps
+FORMULA_CHARACTERS = "=+-@\u2212"
+MAX_CELL = 32767  # characters in one cell of Excel or LibreOffice Calc: longer text is cut or refused there
 HEAD_ORDER = ("quadrant", "genre", "mood")
 WRITTEN_COLUMNS = ("genre", "mood", "quadrant")  # the values now in the file, the user's included
 
 
 def neutralise(cell: object) -> object:
-    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
-        return "'" + cell
-    return cell
+    if not isinstance(cell, str):
+        return cell
+    if cell.startswith(FORMULA_STARTS) or _formula_after_spaces(cell):
+        cell = "'" + cell
+    return cell if len(cell) <= MAX_CELL else cell[:MAX_CELL - 1] + "…"
+
+
+def _formula_after_spaces(cell: str) -> bool:
+    """Whether the first character that is not white space is a formula character or a look-alike
+    (spreadsheets skip leading spaces before a formula)."""
+    first = cell.lstrip()[:1]
+    return bool(first) and unicodedata.normalize("NFKC", first)[:1] in FORMULA_CHARACTERS
 
 
 def _selected(tracks: Iterable[Track], paths: list[str] | None) -> Iterable[Track]:
