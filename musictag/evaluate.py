@@ -57,8 +57,10 @@ def predict_files(tagger: Tagger, paths: list[str], workers: int = DECODE_WORKER
             for (name, head), mean in means.items():
                 out[name][head][row] = mean
 
-    batcher = WindowBatcher(predict, batch_size)
-    jobs = (Job(p, tagger.sample_rate) for p in paths)
+    # a clip with a window that cannot be scored even alone is a failure, its row left NaN
+    batcher = WindowBatcher(predict, batch_size,
+                            on_failure=lambda row, reason: failures.append(f"{paths[row]}: {reason}"))
+    jobs = (Job(p, tagger.sample_rate, min_samples=tagger.min_samples) for p in paths)
     with worker_pool(max(1, workers)) as pool:
         for row, track in enumerate(bounded_map(pool, decode_track, jobs, 4 * workers)):
             if track.windows is None:

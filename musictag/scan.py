@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__
 from .db import Database
-from .defaults import BATCH_SIZE, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K
+from .defaults import BATCH_SIZE, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
 from .errors import DatabaseError, FileChangedError, MusictagError
 from .library import walk, within
 from .pipeline import Job, WindowBatcher, analyse_track, bounded_map, start_worker, worker_pool
@@ -200,13 +200,15 @@ class Scanner:
             return
         stats = dict(todo)
         tagger = self.model.tagger
-        workers = self.options.workers or os.cpu_count() or 1
+        workers = decode_workers(self.options.workers)
         in_workers = self.options.model_in_workers
         if in_workers is None:
             in_workers = tagger.device.type == "cpu"
         jobs = (Job(path, tagger.sample_rate, self.options.whole_track, self.options.excerpts, tagger.min_samples)
                 for path, _ in todo)
-        batcher = WindowBatcher(tagger.predict, self.options.batch_size)  # the parent's forward passes
+        # the parent's forward passes; a track with a window that cannot be scored even alone fails alone
+        batcher = WindowBatcher(tagger.predict, self.options.batch_size,
+                                on_failure=lambda track, reason: self._fail(track[0], stats[track[0]], reason))
         init = (tagger.checkpoint if in_workers else None, self.options.batch_size)
         with worker_pool(workers, start_worker, init) as pool:
             for track in bounded_map(pool, analyse_track, jobs, 4 * workers):

@@ -639,3 +639,28 @@ def test_a_full_database_disk_ends_the_scan_with_one_line_and_keeps_what_was_com
     with Database(db) as database:
         scored = {os.path.relpath(t.path, library) for t in database.tracks() if t.scores}
     assert {rel for rel in GOOD if rel.startswith("a/")} <= scored
+
+
+def test_a_track_whose_window_cannot_be_scored_even_alone_fails_alone(tiny_checkpoint, tmp_path):
+    """The GPU path (the parent batches the windows): one track's window runs out of memory even alone."""
+    from musictag import api
+    from musictag.db import Database
+    from musictag.errors import WindowError
+    from musictag.scan import ScanOptions
+
+    good = write_track(tmp_path / "music" / "good.flac", seconds=2.0, seed=1)
+    bad = write_track(tmp_path / "music" / "bad.flac", seconds=3.0, seed=2)
+    tagger = api.load_tagger(tiny_checkpoint, "cpu")
+    real, bad_length = tagger.predict, 3 * tagger.sample_rate
+
+    def predict(windows):
+        for i, window in enumerate(windows):
+            if len(window) == bad_length:
+                raise WindowError(i, "out of GPU memory even for one window")
+        return real(windows)
+
+    tagger.predict = predict
+    with Database(tmp_path / "db.sqlite") as db:
+        result = api.scan(tagger, db, [tmp_path / "music"], ScanOptions(model_in_workers=False, workers=1))
+    assert result.failed == [(str(bad), "out of GPU memory even for one window")]
+    assert result.tagged == 1 and read_fields(good, ["genre"])["genre"]
