@@ -19,8 +19,8 @@ import sys
 
 import numpy as np
 
-from musictag.distill import fit_probe, load_teacher, one_hot_targets
-from musictag.manifest import read_manifest, split_by_group
+from musictag.distill import fit_probe, load_teacher
+from musictag.manifest import encode_targets, read_manifest, split_by_group, target_rows
 from musictag.metrics import head_metrics
 
 L2_GRID = (1e-3, 1e-2, 1e-1)
@@ -42,27 +42,20 @@ def probe_report(data: str, cache: str, val_fraction: float = 0.2, seed: int = 0
     dataset = read_manifest(data, min_count=30)
     train, val = split_by_group(dataset.examples, val_fraction, seed)
     x_train, x_val = clip_embeddings(train, cache), clip_embeddings(val, cache)
+    train_targets = encode_targets(train, dataset.heads, dataset.vocab)
+    val_targets = encode_targets(val, dataset.heads, dataset.vocab)
     best = {}
     for l2 in L2_GRID:
         probs = {}
         for head, kind in dataset.heads.items():
-            y = one_hot_targets([e.labels[head] for e in train], dataset.vocab[head], kind)
+            y = target_rows(train_targets[head], len(dataset.vocab[head]))
             keep = ~np.isnan(y).any(axis=1)
             probs[head] = fit_probe(x_train[keep], y[keep], kind, l2).predict(x_val)
-        targets = {h: _truth([e.labels[h] for e in val], dataset.vocab[h], kind)
-                   for h, kind in dataset.heads.items()}
-        report = head_metrics(probs, targets, dataset.heads, dataset.vocab)
+        report = head_metrics(probs, val_targets, dataset.heads, dataset.vocab)
         score = np.mean([report[h][m] for h, m in HEADLINES])
         if not best or score > best["score"]:
             best = {"score": float(score), "l2": l2, "metrics": report, "train": len(train), "val": len(val)}
     return best
-
-
-def _truth(labels, vocabulary, kind):
-    hot = one_hot_targets(labels, vocabulary, kind)
-    if kind == "single":
-        return np.where(np.isnan(hot).any(axis=1), -1, np.nan_to_num(hot).argmax(axis=1))
-    return hot
 
 
 def main() -> None:

@@ -226,10 +226,9 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
     if not any(t is not None for t in teachers):
         raise ManifestError(f"{teacher.cache}: no teacher outputs for the training clips "
                             "(scripts/teacher_targets.py makes them)")
-    labels = {head: [e.labels[head] for e in train_set.examples] for head in dataset.heads}
-    clips = labelled_set(train_set.features, labels, dataset.heads, dataset.vocab, teachers,
+    clips = labelled_set(train_set.features, train_set.targets, dataset.vocab, teachers,
                          [e.name for e in train_set.examples])
-    probes = fit_pseudo_labellers(teachers, labels, dataset.heads, dataset.vocab)
+    probes = fit_pseudo_labellers(teachers, train_set.targets, dataset.heads, dataset.vocab)
     mels, failures = cached_features(teacher.unlabelled, features, workers=workers, progress=lambda done, total: (
         progress or no_progress)("cache", {"done": done, "total": total}))
     tracks = [(path, mel, t) for path, mel in zip(teacher.unlabelled, mels)

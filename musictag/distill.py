@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .manifest import target_rows
+
 TEACHER_HEADS = ("msd", "mtt")
 # The teachers' own tag names, in their output order (musicnn.configuration.MSD_LABELS / MTT_LABELS):
 # the student's `msd` and `mtt` heads carry them unchanged, so it can be scored against musicnn.
@@ -148,18 +150,6 @@ def fit_probe(x: np.ndarray, y: np.ndarray, kind: str, l2: float = 1e-2, steps: 
     return LinearProbe(w.detach().numpy(), b.detach().numpy(), mean, std, kind)
 
 
-def one_hot_targets(labels: list[list[str]], vocabulary: list[str], kind: str) -> np.ndarray:
-    """(n, k) float targets; a single-label row whose label is unknown is all NaN (no target)."""
-    index = {label: i for i, label in enumerate(vocabulary)}
-    out = np.zeros((len(labels), len(vocabulary)), np.float32)
-    for row, values in enumerate(labels):
-        known = [index[v] for v in values if v in index]
-        if kind == "single" and len(known) != 1:
-            out[row] = np.nan
-        out[row, known] = 1.0
-    return out
-
-
 @dataclass
 class DistillSet:
     """Features and targets of a training (or validation) set that mixes labelled and unlabelled audio."""
@@ -173,11 +163,12 @@ class DistillSet:
         return len(self.features)
 
 
-def labelled_set(features: list[np.ndarray], labels: dict[str, list[list[str]]], heads: dict[str, str],
-                 vocab: dict[str, list[str]], teachers: list[TeacherOutput | None], names: list[str]) -> DistillSet:
-    """Labelled clips: their labels, plus clip-mean teacher taggrams where the teacher analysed them."""
+def labelled_set(features: list[np.ndarray], encoded: dict[str, np.ndarray], vocab: dict[str, list[str]],
+                 teachers: list[TeacherOutput | None], names: list[str]) -> DistillSet:
+    """Labelled clips: their labels (manifest.encode_targets), plus clip-mean teacher taggrams where the
+    teacher analysed them."""
     n = len(features)
-    targets = {h: one_hot_targets(labels[h], vocab[h], kind) for h, kind in heads.items()}
+    targets = {h: target_rows(t, len(vocab[h])) for h, t in encoded.items()}
     weights = {h: np.where(np.isnan(t).any(axis=1), 0.0, 1.0).astype(np.float32) for h, t in targets.items()}
     for head in TEACHER_HEADS:
         t = np.full((n, next(x for x in teachers if x is not None).probs[head].shape[1]), np.nan, np.float32)
@@ -225,15 +216,16 @@ def concat(a: DistillSet, b: DistillSet) -> DistillSet:
 PROBE_L2 = 1e-2  # what bench/teacher_probe.py picks from 1e-3, 1e-2, 1e-1 on the 4Q artist split
 
 
-def fit_pseudo_labellers(teachers: list[TeacherOutput | None], labels: dict[str, list[list[str]]],
+def fit_pseudo_labellers(teachers: list[TeacherOutput | None], encoded: dict[str, np.ndarray],
                          heads: dict[str, str], vocab: dict[str, list[str]], l2: float = PROBE_L2
                          ) -> dict[str, LinearProbe]:
-    """One probe per labelled head, on the clip-mean teacher embeddings of the clips the teacher heard."""
+    """One probe per labelled head (targets as manifest.encode_targets gives them), on the clip-mean
+    teacher embeddings of the clips the teacher heard."""
     heard = [i for i, t in enumerate(teachers) if t is not None]
     x = np.stack([teachers[i].embeddings.mean(axis=0) for i in heard])
     probes = {}
     for head, kind in heads.items():
-        y = one_hot_targets([labels[head][i] for i in heard], vocab[head], kind)
+        y = target_rows(encoded[head], len(vocab[head]))[heard]
         keep = ~np.isnan(y).any(axis=1)
         probes[head] = fit_probe(x[keep], y[keep], kind, l2)
     return probes

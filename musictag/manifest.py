@@ -133,6 +133,16 @@ def split_by_group(examples: list[Example], fraction: float, seed: int = 0
     return train, val
 
 
+def target_rows(targets: np.ndarray, n_labels: int) -> np.ndarray:
+    """encode_targets' output for one head as (examples, n_labels) float rows: a single-label head's
+    indices one-hot, an unknown label (-1) a NaN row (no target); rows (multi-label, soft) as they are."""
+    if targets.ndim == 2:
+        return targets.astype(np.float32)
+    rows = np.eye(n_labels, dtype=np.float32)[np.maximum(targets, 0)]
+    rows[targets < 0] = np.nan
+    return rows
+
+
 def encode_targets(examples: list[Example], heads: dict[str, str], vocab: dict[str, list[str]]
                    ) -> dict[str, np.ndarray]:
     """Training targets per head: single-label heads the label's index (-1: not in the vocabulary),

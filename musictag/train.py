@@ -29,7 +29,7 @@ from .checkpoint import Checkpoint, save_checkpoint
 from .defaults import WINDOW_SECONDS
 from .features import FeatureConfig
 from .inference import pick_device, startup_fault, use_device
-from .manifest import Example
+from .manifest import Example, target_rows
 from .metrics import head_metrics, summary_score
 from .distill import fit_probe
 from .model import CPResNet, ModelConfig, count_parameters, probabilities
@@ -157,7 +157,7 @@ def make_batch(data: Prepared, indices: np.ndarray, frames: int, norm: tuple[flo
     x = (torch.from_numpy(crops)[:, None] - norm[0]) / norm[1]
     targets, weights = {}, {}
     for head in data.heads:
-        t = _one_hot(data.targets[head][indices], vocab_sizes[head])
+        t = target_rows(data.targets[head][indices], vocab_sizes[head])
         known = ~np.isnan(t).any(axis=1)
         w = known.astype(np.float32) * (data.weights[head][indices] if head in data.weights else 1.0)
         targets[head], weights[head] = torch.from_numpy(np.nan_to_num(t)), torch.from_numpy(w.astype(np.float32))
@@ -548,7 +548,7 @@ def stack_heads(checkpoint: Checkpoint, clips: Prepared, val: Prepared, sources:
     direct = head_metrics(val_probs, val.targets, val.heads, checkpoint.labels)
     tried, probes = {}, {}
     for head in val.heads:
-        y = _one_hot(clips.targets[head], len(checkpoint.labels[head]))
+        y = target_rows(clips.targets[head], len(checkpoint.labels[head]))
         keep = ~np.isnan(y).any(axis=1)
         best = None
         for l2 in l2_grid:
@@ -582,15 +582,6 @@ def _install_stacks(checkpoint: Checkpoint, probes: dict, sources: list[str]) ->
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
-
-
-def _one_hot(targets: np.ndarray, n: int) -> np.ndarray:
-    """Class indices (-1 unknown) or (n, k) targets as (n, k) floats, NaN rows unknown."""
-    if targets.ndim == 2:
-        return targets.astype(np.float32)
-    out = np.eye(n, dtype=np.float32)[np.maximum(targets, 0)]
-    out[targets < 0] = np.nan
-    return out
 
 
 def _headline_value(metrics: dict) -> float:

@@ -9,7 +9,8 @@ import pytest
 from conftest import write_track
 
 from musictag.distill import (TEACHER_LABELS, DistillSet, LinearProbe, TeacherOutput, concat, fit_probe, labelled_set,
-                              load_teacher, one_hot_targets, segments, teacher_key, unlabelled_set)
+                              load_teacher, segments, teacher_key, unlabelled_set)
+from musictag.manifest import target_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER_PYTHON = Path(os.environ.get("MUSICTAG_TEACHER_PYTHON", ROOT / ".teacher-venv" / "bin" / "python"))
@@ -35,7 +36,7 @@ def test_segments_cover_whole_teacher_patches_inside_the_log_mel():
 def test_probe_learns_a_separable_problem():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 5))
-    single = one_hot_targets([["a"] if v > 0 else ["b"] for v in x[:, 0]], ["a", "b"], "single")
+    single = target_rows((x[:, 0] <= 0).astype(np.int64), 2)  # class 0 ("a") where x0 > 0
     probs = fit_probe(x, single, "single").predict(x)
     assert np.mean(probs.argmax(axis=1) == (x[:, 0] <= 0)) > 0.95
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -44,15 +45,21 @@ def test_probe_learns_a_separable_problem():
 
 
 def test_unknown_single_labels_have_no_target():
-    t = one_hot_targets([["Q1"], ["Q9"], []], ["Q1", "Q2"], "single")
+    from musictag.manifest import Example, encode_targets
+
+    examples = [Example(p, p, {"quadrant": q, "tags": t}) for p, q, t in
+                (("a", ["Q1"], ["x", "y"]), ("b", ["Q9"], []), ("c", [], ["z"]))]
+    encoded = encode_targets(examples, {"quadrant": "single", "tags": "multi"},
+                             {"quadrant": ["Q1", "Q2"], "tags": ["x", "y", "z"]})
+    t = target_rows(encoded["quadrant"], 2)
     assert t[0].tolist() == [1.0, 0.0] and np.isnan(t[1]).all() and np.isnan(t[2]).all()
-    assert one_hot_targets([["x", "y"], []], ["x", "y", "z"], "multi").tolist() == [[1, 1, 0], [0, 0, 0]]
+    assert target_rows(encoded["tags"], 3).tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
 
 
 def test_labelled_and_unlabelled_sets_mix_with_weights_and_missing_targets():
     mel = np.zeros((8, 300), np.float16)
-    clips = labelled_set([mel, mel], {"quadrant": [["Q1"], ["Q2"]]}, {"quadrant": "single"},
-                         {"quadrant": ["Q1", "Q2"]}, [teacher(3), None], ["a.mp3", "b.mp3"])
+    clips = labelled_set([mel, mel], {"quadrant": np.array([0, 1])}, {"quadrant": ["Q1", "Q2"]},
+                         [teacher(3), None], ["a.mp3", "b.mp3"])
     assert clips.weights["msd"].tolist() == [1.0, 0.0] and np.isnan(clips.targets["msd"][1]).all()
     probe = LinearProbe(np.zeros((400, 2)), np.array([0.0, 1.0]), np.zeros(400), np.ones(400), "single")
     songs = unlabelled_set([("song", np.zeros((8, 600), np.float16), teacher(4))], 22050 / 512,
