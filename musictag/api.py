@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .model import ModelConfig
     from .modelcard import CardInputs
     from .train import Prepared, TrainConfig
+    from .vocabulary import FieldVocabulary
 
 __all__ = ["MODES", "Database", "ScanOptions", "default_db_path", "export_csv", "undo"]  # re-exported for the CLI
 
@@ -95,6 +96,25 @@ def scan_options(top_k: dict[str, int] | None = None, every_head_top_k: int | No
         options.top_k, options.default_top_k = {}, every_head_top_k
     options.top_k.update(top_k or {})
     return options
+
+
+def check_extras(engine: str = "local", parquet: bool = False) -> None:
+    """Raise the one-line error of an optional extra a scan needs but this install lacks."""
+    if engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()
+    if parquet:
+        from .parquet import require_pyarrow
+
+        require_pyarrow()
+
+
+def write_parquet(db: Database, out: str | Path, model_id: str, paths: list[str] | None = None) -> tuple[Path, int]:
+    """DIR/tracks.parquet of a scan (see parquet.py); the file and its number of rows."""
+    from .parquet import write_parquet
+
+    return write_parquet(db, out, model_id, paths)
 
 
 def scan(model: "Tagger | ScanModel", db: Database, paths: Iterable[str | os.PathLike],
@@ -276,14 +296,16 @@ def clip_probabilities(checkpoint: "Checkpoint", data: "Prepared") -> dict:
     return predict_features(checkpoint.build_model(), data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
 
 
-def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", probs: dict, out: Path) -> None:
+def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", probs: dict, out: Path,
+                         vocabulary: "tuple[FieldVocabulary, ...] | None" = None) -> None:
     """Choose each written term's threshold on the validation clips (`probs`: clip_probabilities) and
-    store the vocabulary in the checkpoint at `out`."""
+    store the vocabulary (default: vocabulary.DEFAULT_FIELDS) in the checkpoint at `out`; fields whose
+    truth head the clips lack keep their thresholds."""
     from .checkpoint import save_checkpoint
     from .vocabulary import DEFAULT_FIELDS, available, calibrate, term_matrix, truth_matrix, vocabulary_to_dict
 
     fields = []
-    for f in available(DEFAULT_FIELDS, checkpoint.labels):
+    for f in available(DEFAULT_FIELDS if vocabulary is None else vocabulary, checkpoint.labels):
         if f.truth_head in val_set.heads:
             truth = truth_matrix(f, [e.labels.get(f.truth_head, []) for e in val_set.examples])
             f = calibrate(f, term_matrix(f, probs, checkpoint.labels), truth)
@@ -313,26 +335,36 @@ def finetune_config(epochs: int = FINETUNE_EPOCHS) -> "TrainConfig":
 
 
 def finetune_dataset(data: str | Path | None = None, library: str | Path | None = None,
-                     fields: Iterable[str] = ("genre",), min_count: int = FINETUNE_MIN_COUNT) -> Dataset:
-    """What to finetune on: a manifest or data folder, or a library's own tags (exactly one of them)."""
+                     fields: Iterable[str] = ("genre",), min_count: int = FINETUNE_MIN_COUNT,
+                     db: str | Path | None = None, start: str | Path | None = None) -> Dataset:
+    """What to finetune on: a manifest or data folder, or a library's own tags (exactly one of them).
+    From a library, values musictag wrote are left out: those the scan database `db` recorded, and in
+    files marked by musictag that it does not know, any value the base model `start` or a model the
+    database knows could write."""
     if (data is None) == (library is None):
         raise ManifestError("give exactly one of --data or --library")
     if library is not None:
-        from .library_labels import library_dataset
+        from .library_labels import library_dataset, own_values
 
-        return library_dataset(library, list(fields), min_count)
+        fields = list(fields)
+        with Database(db) as database:
+            base = load_model(start)
+            own = own_values(database, database.model_outputs() + [(base.labels, base.vocabulary)], fields)
+            return library_dataset(library, fields, min_count, own)
     return read_manifest(data, min_count=min_count)
 
 
 def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config: "TrainConfig | None" = None,
              val_fraction: float = VAL_FRACTION, resume: bool = False, workers: int = DECODE_WORKERS,
              progress: Progress | None = None, device: str = "auto") -> tuple["Checkpoint", dict]:
-    """Adapt a trained model to a new vocabulary: new heads, trunk frozen first, then a lower rate;
-    `device` as for train."""
+    """Adapt a trained model to a new vocabulary: new heads, trunk frozen first, then a lower rate; the
+    base model's other heads are kept and learn its own predictions (finetuning.py). A base model with a
+    vocabulary gives one to the finetuned model: the kept fields, and the new heads' labels with
+    thresholds chosen on the validation split. `device` as for train."""
     import torch
 
     from .checkpoint import load_checkpoint
-    from .model import replace_heads
+    from .finetuning import keep_heads
     from .train import TrainData, train_model
 
     on = _training_device(device, progress)
@@ -340,15 +372,48 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
     config = config or finetune_config()
     model = base.build_model()
     torch.manual_seed(config.seed)  # the new heads start from the recipe's seed, as seeded_model
-    replace_heads(model, dataset.head_shapes())
+    kept = keep_heads(model, dataset.head_shapes())
     train_examples, val_examples = split(dataset, None, val_fraction, config.seed)
     features = base.feature_config
     train_set, val_set = _prepare_split(dataset, train_examples, val_examples, features, workers, True, progress)
+    _remember_kept_heads(base, train_set, kept)
     norm = (base.normalization["mean"], base.normalization["std"])  # the trunk was trained on these
+    vocab = {head: labels for head, labels in {**base.labels, **dataset.vocab}.items() if head in model.config.heads}
     metadata = {"finetuned_from": base.model_id, "base_training_data": base.training.get("data", ""),
-                "val_paths": [e.name for e in val_examples]}
-    return train_model(model, TrainData(train_set, val_set, dataset.vocab, features, norm), config, Path(out),
-                       resume=resume, metadata=metadata, progress=progress, device=on)
+                "kept_heads": kept, "val_paths": [e.name for e in val_examples]}
+    checkpoint, report = train_model(model, TrainData(train_set, val_set, vocab, features, norm), config, Path(out),
+                                     resume=resume, metadata=metadata, progress=progress, device=on)
+    if base.vocabulary:
+        _finetuned_vocabulary(checkpoint, base, dataset, val_set, Path(out))
+    return checkpoint, report
+
+
+def _remember_kept_heads(base: "Checkpoint", train_set: "Prepared", kept: list[str]) -> None:
+    """The kept heads' targets on the training clips: the base model's own predictions (soft rows)."""
+    learnt = [head for head in kept if base.model_config.heads[head][0] in ("single", "multi")]
+    if not learnt:
+        return
+    probs = clip_probabilities(base, train_set)
+    for head in learnt:
+        train_set.targets[head] = probs[head].astype("float32")
+        train_set.heads[head] = base.model_config.heads[head][0]
+
+
+def _finetuned_vocabulary(checkpoint: "Checkpoint", base: "Checkpoint", dataset: Dataset,
+                          val_set: "Prepared | None", out: Path) -> None:
+    """The finetuned model's vocabulary (finetuning.finetuned_vocabulary), calibrated where validation
+    clips allow, saved into the checkpoint at `out`."""
+    from .checkpoint import save_checkpoint
+    from .finetuning import finetuned_vocabulary
+
+    fields = finetuned_vocabulary(base.vocabulary, dataset.vocab, checkpoint.labels)
+    if val_set is None:
+        from .vocabulary import vocabulary_to_dict
+
+        checkpoint.vocabulary = vocabulary_to_dict(fields)
+        save_checkpoint(checkpoint, out)
+        return
+    calibrate_vocabulary(checkpoint, val_set, clip_probabilities(checkpoint, val_set), out, fields)
 
 
 def _training_device(device: str, progress: Progress | None):

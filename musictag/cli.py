@@ -362,6 +362,7 @@ def _train_progress(quiet: bool = False):
     return progress
 
 
+QUIET_HELP = "No progress bars."
 TRAIN_DEVICE_HELP = DEVICE_HELP + " On a GPU: bf16 mixed precision (fp16 with a gradient scaler where bf16 is missing)."
 
 
@@ -381,12 +382,14 @@ def train(
     width: Optional[int] = typer.Option(None, help="Channels of the first stage."),
     n_mels: Optional[int] = typer.Option(None, help="Mel bins."),
     activation: Optional[str] = typer.Option(None, help="relu or falu."),
-    frequency_aware: Optional[bool] = typer.Option(None, "--frequency-aware/--no-frequency-aware"),
-    shake_shake: Optional[bool] = typer.Option(None, "--shake-shake/--no-shake-shake"),
+    frequency_aware: Optional[bool] = typer.Option(None, "--frequency-aware/--no-frequency-aware", show_default=False,
+                                                   help="Frequency-aware convolutions (default: the config's, off)."),
+    shake_shake: Optional[bool] = typer.Option(None, "--shake-shake/--no-shake-shake", show_default=False,
+                                               help="Shake-Shake regularisation (default: the config's, off)."),
     min_count: int = typer.Option(1, help="Drop labels with fewer examples."),
     ignore: str = typer.Option("", help="Comma-separated columns to leave out."),
     single: str = typer.Option("", help="Comma-separated columns to train as single-label."),
-    seed: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None, help="Random seed of the recipe (default: the config's, 0)."),
     workers: int = typer.Option(DECODE_WORKERS, help="Decode processes for the feature cache (0: one per usable CPU)."),
     resume: bool = typer.Option(False, help="Continue from OUT.state."),
     device: str = typer.Option("auto", help=TRAIN_DEVICE_HELP),
@@ -394,7 +397,7 @@ def train(
         None, "--teacher-cache", help="Distil musicnn: its outputs cached by scripts/teacher_targets.py."),
     unlabelled: Optional[Path] = typer.Option(
         None, "--unlabelled", help="With --teacher-cache: unlabelled audio, a folder or a file listing paths."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Train a model from labelled audio (manifest CSV or folder per class), optionally distilling musicnn."""
     from . import api
@@ -417,27 +420,30 @@ def train(
 @app.command()
 def finetune(
     start: Optional[Path] = typer.Option(None, "--from", help="Model to start from (default: shipped)."),
-    out: Path = typer.Option(..., "--out"),
+    out: Path = typer.Option(..., "--out", help="Checkpoint to write."),
     data: Optional[Path] = typer.Option(None, "--data", help="Manifest CSV or folder per class."),
-    library: Optional[Path] = typer.Option(None, "--library", help="Use a library's own tags as labels."),
+    library: Optional[Path] = typer.Option(None, "--library", help="Use a library's own tags as labels (values "
+                                           "musictag wrote are left out)."),
     field: str = typer.Option("genre", "--field", help="With --library: tag fields to learn, e.g. genre,mood."),
     min_count: int = typer.Option(FINETUNE_MIN_COUNT, help="Drop labels with fewer tracks."),
-    epochs: int = typer.Option(FINETUNE_EPOCHS),
-    val_fraction: float = typer.Option(VAL_FRACTION),
+    epochs: int = typer.Option(FINETUNE_EPOCHS, help="Training epochs (a quarter of them with the trunk frozen)."),
+    val_fraction: float = typer.Option(VAL_FRACTION, help="Share held out for validation (whole artists)."),
     workers: int = typer.Option(DECODE_WORKERS, help="Decode processes for the feature cache (0: one per usable CPU)."),
-    resume: bool = typer.Option(False),
+    resume: bool = typer.Option(False, help="Continue from OUT.state."),
     device: str = typer.Option("auto", help=TRAIN_DEVICE_HELP),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    db: Optional[Path] = typer.Option(None, "--db", help="With --library: the scan database that knows what musictag "
+                                      "wrote (default: in the user data dir)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Adapt a trained model to new labels: a manifest, or a library's own tags."""
     from . import api
-    from .errors import DeviceError, ManifestError
+    from .errors import CheckpointError, DatabaseError, DeviceError, ManifestError
 
     try:
-        dataset = api.finetune_dataset(data, library, _split_list(field), min_count)
+        dataset = api.finetune_dataset(data, library, _split_list(field), min_count, db, start)
         checkpoint, _ = api.finetune(start, out, dataset, api.finetune_config(epochs), val_fraction, resume,
                                      workers, _train_progress(quiet), device=device)
-    except (DeviceError, ManifestError) as e:
+    except (CheckpointError, DatabaseError, DeviceError, ManifestError) as e:
         _fail(str(e))
     typer.echo(f"wrote {out} (sha256 {checkpoint.sha256[:12]}); tag with: musictag scan --model {out} PATH")
 
@@ -450,8 +456,8 @@ def evaluate(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write per-clip scores as JSONL."),
     robustness: bool = typer.Option(False, "--robustness", help="Add codec and low-pass probes."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    workers: int = typer.Option(DECODE_WORKERS),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    workers: int = typer.Option(DECODE_WORKERS, help="Decode processes (0: one per usable CPU)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Score a model on labelled data: accuracy/macro-F1 and macro ROC-AUC/PR-AUC per head."""
     from . import api

@@ -218,6 +218,11 @@ class Database:
             return None
         return json.loads(row[0]), json.loads(row[1]), json.loads(row[2] or "[]")
 
+    def model_outputs(self) -> list[tuple[dict[str, list[str]], list[dict]]]:
+        """Every model a scan used: its labels per head and its vocabulary (what it could have written)."""
+        return [(json.loads(labels or "{}"), json.loads(vocabulary or "[]"))
+                for labels, vocabulary in self._conn.execute("SELECT labels, vocabulary FROM models")]
+
     def head_kinds(self) -> dict[str, str]:
         kinds = {}
         for (heads,) in self._conn.execute("SELECT heads FROM models"):

@@ -1,16 +1,27 @@
-"""Labels from a user's own library: their existing tags become training targets for finetuning."""
+"""Labels from a user's own library: their existing tags become training targets for finetuning.
+
+Values musictag wrote are never labels: learning them back would teach a model its own guesses. The scan
+database knows what it wrote into each file (less what the file held before); a file that carries
+musictag's marker (the `model` field) but that this database does not know was tagged from another
+database, and there every value some musictag model could write is left out.
+"""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import dataclass, field
 
+from .db import Database
 from .defaults import FINETUNE_MIN_COUNT
 from .errors import ManifestError, TagReadError
 from .library import walk
 from .manifest import Dataset, Example, build_vocabulary
 from .tags import read_fields
+from .vocabulary import DEFAULT_FIELDS, vocabulary_from_dict
 
 SEPARATORS = re.compile(r"\s*[;,|]\s*")  # "Rock; Pop", "Rock, Pop", "Rock | Pop" ("Pop/Rock", "Drum & Bass" are one genre)
+MARKER = "model"  # the field in which musictag names itself and its model
 
 
 def normalise_values(values: list[str]) -> list[str]:
@@ -26,25 +37,78 @@ def normalise_values(values: list[str]) -> list[str]:
     return out
 
 
-def library_dataset(root, fields: list[str], min_count: int = FINETUNE_MIN_COUNT) -> Dataset:
-    """Every audio file under root with its normalised tag values per field as labels."""
+@dataclass
+class OwnValues:
+    """What musictag wrote into a library: per file from the scan database, and for marked files the
+    database does not know, every value some musictag model could write (`possible`, per field)."""
+
+    db: Database | None = None
+    possible: dict[str, set[str]] = field(default_factory=dict)  # field -> casefolded values
+
+    def of(self, path: str, fields: list[str], marked: bool) -> dict[str, set[str]]:
+        """Per field, the casefolded values of `path` that musictag wrote (not the user's)."""
+        record = self.db.get(path) if self.db is not None else None
+        if record is not None and record.written:
+            previous = self.db.previous_values(path)
+            return {f: {v.casefold() for v in set(record.written.get(f, [])) - set(previous.get(f, []))}
+                    for f in fields}
+        if marked:
+            return {f: self.possible.get(f, set()) for f in fields}
+        return {}
+
+
+def library_dataset(root, fields: list[str], min_count: int = FINETUNE_MIN_COUNT,
+                    own: OwnValues | None = None) -> Dataset:
+    """Every audio file under root with its normalised tag values per field as labels, less the values
+    musictag wrote (`own`)."""
     if not fields:
         raise ManifestError("--field: name at least one tag field (genre, mood)")
-    examples, canonical = [], {}
+    own = own or OwnValues()
+    examples, canonical, left_out = [], {}, 0
     for path in walk([root]):
         try:
-            values = read_fields(path, fields)
+            values = read_fields(path, list(fields) + [MARKER])
         except TagReadError:
             continue  # unreadable tags: the file is just not a training example
+        ours = own.of(path, fields, bool(values[MARKER]))
         labels = {}
         for f in fields:
-            labels[f] = [canonical.setdefault((f, v.casefold()), v) for v in normalise_values(values[f])]
+            found = normalise_values(values[f])
+            kept = [v for v in found if v.casefold() not in ours.get(f, set())]
+            left_out += len(found) - len(kept)
+            labels[f] = [canonical.setdefault((f, v.casefold()), v) for v in kept]
         if any(labels.values()):
             examples.append(Example(path, path, labels))
     if not examples:
-        raise ManifestError(f"{root}: no audio files with {'/'.join(fields)} tags")
-    heads = {f: "multi" for f in fields}
-    dataset = build_vocabulary(Dataset(examples, heads), min_count)
+        raise ManifestError(f"{root}: no audio files with {'/'.join(fields)} tags"
+                            + (f" of your own ({left_out} values musictag wrote are not labels)" if left_out else ""))
+    _check_enough_labels(examples, fields, min_count)
+    dataset = build_vocabulary(Dataset(examples, {f: "multi" for f in fields}), min_count)
     dataset.examples = [e for e in dataset.examples
                         if any(v in dataset.vocab[f] for f in fields for v in e.labels[f])]
     return dataset
+
+
+def _check_enough_labels(examples: list[Example], fields: list[str], min_count: int) -> None:
+    """A field needs two labels with `min_count` tracks each; if not, say which labels there are."""
+    for f in fields:
+        counts = Counter(v for e in examples for v in e.labels[f])
+        if sum(n >= min_count for n in counts.values()) < 2:
+            found = ", ".join(f"{label} ({n})" for label, n in counts.most_common(20)) or "none"
+            more = f" and {len(counts) - 20} more" if len(counts) > 20 else ""
+            raise ManifestError(f"--field {f}: fewer than 2 labels with at least {min_count} tracks (--min-count); "
+                                f"labels found, with their tracks: {found}{more}")
+
+
+def own_values(db: Database | None, models: list[tuple[dict[str, list[str]], list[dict]]],
+               fields: list[str]) -> OwnValues:
+    """OwnValues of a library: `db` its scan database; `models` the labels and vocabulary of models that
+    may have tagged it (the database's, the base model's). Their values, and the shipped vocabulary's,
+    are what a marked file unknown to the database may hold of ours."""
+    possible = {f: set() for f in fields}
+    vocabularies = [DEFAULT_FIELDS] + [vocabulary_from_dict(v) for _, v in models]
+    for f in fields:
+        possible[f].update(v.casefold() for labels, _ in models for v in labels.get(f, []))
+        possible[f].update(t.name.casefold() for vocabulary in vocabularies for fv in vocabulary if fv.name == f
+                           for t in fv.terms)
+    return OwnValues(db, possible)

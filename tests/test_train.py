@@ -124,7 +124,8 @@ def test_finetune_from_a_library_with_genre_tags(trained, tmp_path):
                                  "--out", str(new), "--epochs", "3", "--min-count", "3", "--quiet"])
     assert result.exit_code == 0, result.output
     checkpoint = load_checkpoint(new)
-    assert checkpoint.labels == {"genre": ["Chiptune", "Drone", "Electro"]}
+    assert checkpoint.labels == {"quadrant": ["Q1", "Q2"], "mood": ["calm", "tense", "warm"],  # kept
+                                 "genre": ["Chiptune", "Drone", "Electro"]}
     assert checkpoint.training["finetuned_from"] == load_checkpoint(out).model_id
     base = load_checkpoint(out).state_dict
     moved = [k for k in base if k.startswith("body") and base[k].is_floating_point()

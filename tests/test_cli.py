@@ -1,0 +1,66 @@
+"""Issue 13's command-line behaviour: finetuning on a library, the config file, help and completion, undo
+and export edge cases. Each through CliRunner."""
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_track
+from musictag.checkpoint import load_checkpoint
+from musictag.cli import app
+from musictag.tags import read_fields, write_fields
+
+runner = CliRunner()
+
+
+def tagged_library(root, n=12):
+    """Half the tracks the user tagged "Chiptune", half "Drone" (high and low tones)."""
+    for i in range(n):
+        high = i % 2 == 1
+        path = write_track(root / f"song{i}.flac", seconds=2.0, freq=1800.0 if high else 150.0, seed=i)
+        write_fields(path, {"genre": ["Chiptune" if high else "drone"]})
+    return root
+
+
+def test_finetune_library_never_learns_what_musictag_wrote_and_keeps_the_other_heads(tiny_checkpoint, tmp_path):
+    lib = tagged_library(tmp_path / "lib")
+    db = tmp_path / "db.sqlite"
+    scanned = runner.invoke(app, ["scan", str(lib), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet",
+                                  "--workers", "1", "--threshold", "0"])
+    assert scanned.exit_code == 0, scanned.output
+    written = {v for p in lib.iterdir() for v in read_fields(p, ["genre"])["genre"]} - {"Chiptune", "drone"}
+    assert written  # the scan added genres of its own beside the user's
+    # a file marked by musictag that this database does not know: "Jazz" is a value musictag writes
+    other = write_track(lib / "elsewhere.flac", seconds=2.0, seed=99)
+    write_fields(other, {"genre": ["Jazz"], "model": ["musictag 0.1 model 0123456789ab"]})
+    new = tmp_path / "mine.pt"
+    result = runner.invoke(app, ["finetune", "--from", str(tiny_checkpoint), "--library", str(lib), "--field", "genre",
+                                 "--db", str(db), "--out", str(new), "--epochs", "2", "--min-count", "3", "--quiet",
+                                 "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    checkpoint = load_checkpoint(new)
+    assert checkpoint.labels["genre"] == ["Chiptune", "Drone"]
+    base = load_checkpoint(tiny_checkpoint)
+    assert checkpoint.labels["quadrant"] == base.labels["quadrant"] and checkpoint.labels["mood"] == base.labels["mood"]
+    assert checkpoint.training["kept_heads"] == ["quadrant", "mood"]
+    assert checkpoint.model_config.heads["genre"] == ("multi", 2)
+
+
+def test_finetune_library_with_too_few_labels_lists_them_and_names_min_count(tiny_checkpoint, tmp_path):
+    lib = tagged_library(tmp_path / "lib", n=6)
+    result = runner.invoke(app, ["finetune", "--from", str(tiny_checkpoint), "--library", str(lib), "--field", "genre",
+                                 "--db", str(tmp_path / "db"), "--out", str(tmp_path / "m.pt"), "--min-count", "5"])
+    assert result.exit_code == 2
+    assert "--min-count" in result.output and "Chiptune (3)" in result.output and "Drone (3)" in result.output
+
+
+def test_a_finetuned_vocabulary_keeps_the_other_fields_and_writes_the_new_labels():
+    from musictag.finetuning import finetuned_vocabulary
+    from musictag.vocabulary import DEFAULT_FIELDS, vocabulary_to_dict
+
+    labels = {"genre": ["Chiptune", "Drum and Bass"], "mood": ["calm", "sad"], "quadrant": ["Q1", "Q2", "Q3", "Q4"]}
+    fields = {f.name: f for f in finetuned_vocabulary(vocabulary_to_dict(DEFAULT_FIELDS), {"genre": labels["genre"]},
+                                                       labels)}
+    assert list(fields) == ["mood", "quadrant", "genre"]
+    assert [(t.name, t.sources, t.judged_by) for t in fields["genre"].terms] == [
+        ("Chiptune", ("genre:Chiptune",), ("Chiptune",)), ("Drum and Bass", ("genre:Drum_and_Bass",), ("Drum and Bass",))]
+    assert [t.name for t in fields["mood"].terms] == ["calm", "sad"]
