@@ -210,15 +210,15 @@ class _PyAVReader(_Reader):
         try:
             self._container = av.open(path, metadata_errors="ignore")
         except Exception as e:
-            raise AudioDecodeError(path, f"not a readable audio file ({_describe(e)})") from None
+            raise AudioDecodeError(path, f"not valid audio ({_describe(e)})") from None
         if not self._container.streams.audio:
             self._container.close()
-            raise AudioDecodeError(path, "no audio stream")
+            raise AudioDecodeError(path, "not valid audio (no audio stream)")
         self._stream = self._container.streams.audio[0]
         self.samplerate = self._stream.codec_context.sample_rate or self._stream.rate
         if not self.samplerate:
             self._container.close()
-            raise AudioDecodeError(path, "unknown sample rate")
+            raise AudioDecodeError(path, "not valid audio (no sample rate: damaged, or not the format its name says)")
         self.duration = self._probe_duration()
 
     def _probe_duration(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
@@ -17,7 +18,7 @@ from .defaults import (BATCH_SIZE, DECODE_WORKERS, DEVICES, EXCERPT_COUNT, EXPOR
                        FINETUNE_MIN_COUNT, MODES, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
 from .defaults import DEVICE_HELP
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
+app = typer.Typer(add_completion=True, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Tag a music library with genres and moods predicted by a CP-ResNet.")
 
 DB_OPTION = typer.Option(None, "--db", help="Database file (default: in the user data dir).")
@@ -279,10 +280,23 @@ def export_csv_command(
 
     with _database(db) as database:
         if out is None:
-            api.export_csv(database, sys.stdout, long=long, top_k=top_k)
+            with _quiet_broken_pipe():
+                api.export_csv(database, sys.stdout, long=long, top_k=top_k)
         else:
             with _csv_file(out) as f:
                 api.export_csv(database, f, long=long, top_k=top_k)
+
+
+@contextlib.contextmanager
+def _quiet_broken_pipe():
+    """Output cut short by its reader (`| head`) ends the command quietly, with exit code 0."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # later flushes go nowhere, not to a closed pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0)
 
 
 @app.command()
@@ -294,13 +308,17 @@ def undo(
     from . import api
     from .errors import DatabaseError
 
+    missing = [str(p) for p in paths or [] if not p.exists()]
+    if missing:
+        _fail(f"no such file or folder: {', '.join(missing)}")
     with _database(db) as database:
         try:
             result = api.undo(database, [str(p) for p in paths] if paths else None)
         except DatabaseError as e:  # disk full: one line, not a traceback
             _fail(str(e))
-    typer.echo(f"restored: {result.tagged}, left as changed since musictag wrote them: {result.skipped}, "
-               f"failed: {len(result.failed)}")
+    typer.echo(f"restored: {result.tagged}, left as changed since musictag wrote them: {result.kept_fields} "
+               f"field{'s' if result.kept_fields != 1 else ''} in {result.kept_files} "
+               f"file{'s' if result.kept_files != 1 else ''}, failed: {len(result.failed)}")
     for path, reason in result.failed:
         typer.echo(f"failed: {path}: {reason}", err=True)
     raise typer.Exit(1 if result.failed else 0)
@@ -347,7 +365,7 @@ def _train_progress(quiet: bool = False):
                 bar.set_description(f"epoch {data['epoch'] + 1}")
             bar.update(1)
             bar.set_postfix(loss=f"{data['loss']:.3f}")
-        elif event == "epoch":
+        elif event in ("epoch", "final"):  # one JSON object a line, the final model's validation last
             if "epoch" in bars:
                 bars.pop("epoch").close()
             typer.echo(json.dumps(data))

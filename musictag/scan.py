@@ -100,6 +100,8 @@ class ScanResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # new failures: the run's exit code
     failed_before: list[tuple[str, str]] = field(default_factory=list)  # the same failure, file unchanged since
     unconfident: dict[str, int] = field(default_factory=dict)  # field -> tracks where nothing was confident
+    kept_fields: int = 0  # undo: fields left as they are, changed since musictag wrote them ...
+    kept_files: int = 0  # ... and the files that have at least one
     changes: list[Change] = field(default_factory=list)
 
 
@@ -363,7 +365,7 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
     for path in targets:
         try:
             read_at = file_state(path)
-            restore = _still_ours(db, path)
+            restore, kept = _still_ours(db, path)
             if restore:
                 write_fields(path, restore, read_at)
         except DatabaseError:
@@ -379,17 +381,21 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
             result.tagged += 1
         else:
             result.skipped += 1
+        result.kept_fields += kept
+        result.kept_files += kept > 0
         progress("file", {"path": path, "status": "restored" if restore else "kept (changed since)", "reason": ""})
     db.commit()
     return result
 
 
-def _still_ours(db: Database, path: str) -> dict[str, list[str]]:
-    """The previous values of the fields that still hold what musictag wrote. A field changed since
-    (the user edited it in another program) keeps the user's values: undo takes back only our work."""
+def _still_ours(db: Database, path: str) -> tuple[dict[str, list[str]], int]:
+    """The previous values of the fields that still hold what musictag wrote, and how many fields were
+    changed since (the user edited them in another program): those keep the user's values, undo takes
+    back only our work."""
     previous = db.previous_values(path)
     record = db.get(path)
     written = (record.written or {}) if record else {}
     current = read_fields(path, list(previous))
-    return {name: values for name, values in previous.items()
-            if name in written and current[name] == written[name]}
+    restore = {name: values for name, values in previous.items()
+               if name in written and current[name] == written[name]}
+    return restore, sum(name in written and current[name] != written[name] for name in previous)

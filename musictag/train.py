@@ -403,7 +403,7 @@ def train_model(model: CPResNet, data: TrainData, config: TrainConfig, out: Path
     report = {}
     if data.val is not None:
         report = validate(final, data, config)
-        progress("message", {"text": f"final (SWA of {run.average.count} epochs) validation: {_headline(report)}"})
+        progress("final", {"final": f"SWA of {run.average.count} epochs", "val": _headline(report)})
     checkpoint = _checkpoint(final, data, config, run, report, metadata)
     save_checkpoint(checkpoint, out)
     return checkpoint, report

@@ -64,3 +64,49 @@ def test_a_finetuned_vocabulary_keeps_the_other_fields_and_writes_the_new_labels
     assert [(t.name, t.sources, t.judged_by) for t in fields["genre"].terms] == [
         ("Chiptune", ("genre:Chiptune",), ("Chiptune",)), ("Drum and Bass", ("genre:Drum_and_Bass",), ("Drum and Bass",))]
     assert [t.name for t in fields["mood"].terms] == ["calm", "sad"]
+
+
+def test_shell_completion_is_offered():
+    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+    result = runner.invoke(app, ["--show-completion", "bash"])
+    assert result.exit_code == 0 and "complete" in result.output
+
+
+@pytest.mark.parametrize("command", ["scan", "train", "finetune", "evaluate", "undo", "export-csv"])
+def test_every_option_has_help(command):
+    import typer.main
+
+    params = typer.main.get_command(app).commands[command].params
+    assert [p.name for p in params if p.param_type_name == "option" and not p.help] == []
+
+
+def test_undo_of_a_path_that_does_not_exist_is_an_error(tmp_path):
+    result = runner.invoke(app, ["undo", str(tmp_path / "nonexistent"), "--db", str(tmp_path / "db")])
+    assert result.exit_code == 2 and "no such file or folder" in result.output
+
+
+def test_a_file_that_is_not_audio_is_said_to_be_so(tiny_checkpoint, tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "garbage.flac").write_bytes(bytes(range(256)) * 80)
+    result = runner.invoke(app, ["scan", str(tmp_path / "lib"), "--model", str(tiny_checkpoint), "--db",
+                                 str(tmp_path / "db"), "--quiet", "--workers", "1"])
+    assert result.exit_code == 1
+    assert "garbage.flac: not valid audio" in result.output
+
+
+def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    from musictag.db import Database
+
+    db = tmp_path / "db.sqlite"
+    with Database(db) as database:
+        for i in range(3000):
+            database.put_scores(f"/music/track{i:05d}.flac", 1, 1, "m", 1.0, {"genre": {"Jazz": 0.5, "Rock": 0.25}})
+    reader = subprocess.Popen([sys.executable, "-m", "musictag", "export-csv", "--long", "--db", str(db)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout.readline().startswith(b"path")  # `| head -1`
+    reader.stdout.close()
+    assert reader.wait(timeout=60) == 0
+    assert reader.stderr.read() == b""

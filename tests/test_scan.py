@@ -89,7 +89,8 @@ def test_undo_keeps_what_the_user_changed_after_the_scan(library, tiny_checkpoin
     write_fields(wholly, mine)
     result = runner.invoke(app, ["undo", "--db", str(db)])
     assert result.exit_code == 0, result.output
-    assert f"restored: {len(GOOD) - 1}, left as changed since musictag wrote them: 1," in result.output
+    # the wholly changed file's 4 fields and the other's mood, each counted
+    assert f"restored: {len(GOOD) - 1}, left as changed since musictag wrote them: 5 fields in 2 files," in result.output
     assert read_fields(partly, ["mood"]) == {"mood": ["my own mood"]}
     assert read_fields(partly, ["genre", "quadrant", "model"]) == {k: v for k, v in before[partly].items() if k != "mood"}
     assert read_fields(wholly, list(mine)) == mine

@@ -62,7 +62,9 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained):
     assert checkpoint.model_config.heads == {"quadrant": ("single", 2), "mood": ("multi", 3)}
     assert checkpoint.labels == {"quadrant": ["Q1", "Q2"], "mood": ["calm", "tense", "warm"]}
     assert checkpoint.training["swa_epochs"] == 10
-    assert "\"epoch\": 20" in output and "final (SWA" in output
+    assert "\"epoch\": 20" in output and "\"final\": \"SWA of 10 epochs\"" in output
+    lines = output.splitlines()
+    assert all(json.loads(line) for line in lines[:-1]) and lines[-1].startswith("wrote ")  # JSON lines, no dict
     # validation clips are whole artists held out
     val = set(checkpoint.training["val_paths"])
     rows = list(csv.DictReader(open(manifest)))
