@@ -16,7 +16,7 @@ import typer
 
 from .defaults import (BATCH_SIZE, DECODE_WORKERS, DEVICES, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS, FINETUNE_EPOCHS,
                        FINETUNE_MIN_COUNT, MODES, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
-from .defaults import DEVICE_HELP
+from .defaults import DEVICE_HELP, ID3_HELP, ID3_VERSION, ID3_VERSIONS
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Tag a music library with genres and moods predicted by a CP-ResNet.")
@@ -42,6 +42,11 @@ def _main(version: bool = typer.Option(False, "--version", callback=_print_versi
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         _fail(f"{option} must be one of {', '.join(choices)} (got {value!r})")
+
+
+def _id3_version_choice(value: str) -> str:
+    _check_choice("--id3-version", value, ID3_VERSIONS)
+    return value
 
 
 def _check_device(device: str) -> None:
@@ -122,6 +127,7 @@ def scan(
     whole_track: bool = typer.Option(False, "--whole-track", help="Analyse whole tracks, not excerpts."),
     excerpts: Optional[int] = typer.Option(None, min=1, show_default=False,
                                            help=f"10-second excerpts analysed per track (default {EXCERPT_COUNT})."),
+    id3_version: str = typer.Option(ID3_VERSION, "--id3-version", help=ID3_HELP, callback=_id3_version_choice),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file, then a summary object."),
     db: Optional[Path] = DB_OPTION,
@@ -134,7 +140,7 @@ def scan(
     per_head, every_head = _parse_top_k(top_k)
     options = api.scan_options(per_head, every_head, write=not no_write, dry_run=dry_run, threshold=threshold,
                                mode=mode, batch_size=batch_size, workers=workers, force=force,
-                               whole_track=whole_track, excerpts=excerpts, fields=written)
+                               whole_track=whole_track, excerpts=excerpts, id3_version=id3_version, fields=written)
     bar = _FileBar(quiet)
     progress = _json_lines(bar.progress) if as_json else bar.progress
     with _database(db) as database, _terminate_as_interrupt():

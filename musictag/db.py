@@ -38,11 +38,13 @@ CREATE TABLE IF NOT EXISTS models (
 );
 CREATE TABLE IF NOT EXISTS undo (
     path TEXT PRIMARY KEY,
-    previous TEXT NOT NULL  -- JSON {field: [values]} as they were before musictag first touched them
+    previous TEXT NOT NULL, -- JSON {field: [values]} as they were before musictag first touched them
+    bare INTEGER            -- 1: the file had no tag block then (musictag added it; undo removes it when empty)
 );
 """
 # columns added since the first release: (table, column, type), added to older databases when opened
-ADDED_COLUMNS = (("tracks", "decided", "TEXT"), ("models", "labels", "TEXT"), ("models", "vocabulary", "TEXT"))
+ADDED_COLUMNS = (("tracks", "decided", "TEXT"), ("models", "labels", "TEXT"), ("undo", "bare", "INTEGER"),
+                 ("models", "vocabulary", "TEXT"))
 
 
 def _key(path: str) -> str | bytes:
@@ -233,12 +235,18 @@ class Database:
         row = self._conn.execute("SELECT previous FROM undo WHERE path = ?", (_key(path),)).fetchone()
         return json.loads(row[0]) if row else {}
 
-    def remember_previous(self, path: str, previous: dict[str, list[str]]) -> None:
-        """Keep the values from before musictag first touched each field; later writes do not overwrite."""
+    def remember_previous(self, path: str, previous: dict[str, list[str]], bare: bool = False) -> None:
+        """Keep the values from before musictag first touched each field, and whether the file then had no
+        tag block (`bare`); later writes overwrite neither."""
         merged = {**previous, **self.previous_values(path)}
-        self._write("INSERT INTO undo (path, previous) VALUES (?, ?) ON CONFLICT(path) DO UPDATE SET "
-                    "previous = excluded.previous", (_key(path), json.dumps(merged)))
+        self._write("INSERT INTO undo (path, previous, bare) VALUES (?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "previous = excluded.previous", (_key(path), json.dumps(merged), int(bare)))
         self.commit()
+
+    def added_tag_block(self, path: str) -> bool:
+        """Whether the file had no tag block before musictag first wrote it."""
+        row = self._conn.execute("SELECT bare FROM undo WHERE path = ?", (_key(path),)).fetchone()
+        return bool(row and row[0])
 
     def forget_previous(self, path: str) -> None:
         self._write("DELETE FROM undo WHERE path = ?", (_key(path),))

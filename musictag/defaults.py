@@ -12,6 +12,11 @@ WINDOW_SECONDS = 10.0  # length of one analysed excerpt (and of the training cro
 # of a whole-track analysis is kept for 93% / 84% of tracks with 3 excerpts, 98% / 91% with 5; the top
 # mood (62 close labels) for 83% / 76% with 5 and needs about 17 to reach 90% (3.4x the decoding)
 EXCERPT_COUNT = 5
+# ID3v2 version scan writes: "keep" the file's own (new tags: v2.4), or "3" / "4" to convert (beets' id3v23)
+ID3_VERSIONS = ("keep", "3", "4")
+ID3_VERSION = "keep"
+ID3_HELP = ("ID3v2 version of the mp3, WAV and AIFF files written: keep (each file's own; new tags v2.4), 3 or 4 "
+            "(convert them).")
 MODES = ("merge", "replace", "skip-tagged")  # how scan treats the genres and moods a file already has
 DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when available; cuda:N picks one of several GPUs
 DEVICE_HELP = "auto (CUDA when it works, else the CPU), cpu, cuda or cuda:N."

@@ -24,11 +24,12 @@ import numpy as np
 from . import __version__
 from .db import Database
 from .defaults import BATCH_SIZE, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
+from .defaults import ID3_VERSION
 from .errors import DatabaseError, FileChangedError, MusictagError
 from .library import walk, within
 from .pipeline import Job, WindowBatcher, analyse_track, bounded_map, start_worker, worker_pool
 from .progress import Progress, no_progress
-from .tags import check_writable, file_state, read_fields, write_fields
+from .tags import check_writable, file_state, lacks_tag_block, read_fields, write_fields
 from .vocabulary import OPT_IN_FIELDS, FieldVocabulary, available, choose, track_term_scores, vocabulary_from_dict
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class ScanOptions:
     whole_track: bool = False  # analyse every window of each track instead of the excerpt plan
     excerpts: int = EXCERPT_COUNT  # windows per track in the excerpt plan
     model_in_workers: bool | None = None  # None: on the CPU yes, on a GPU no (the parent batches)
+    id3_version: str = ID3_VERSION  # "keep" each file's ID3v2 version, or convert the files written to "3" / "4"
 
 
 def decision_key(options: ScanOptions, model_id: str) -> str:
@@ -60,6 +62,8 @@ def decision_key(options: ScanOptions, model_id: str) -> str:
     decides = {"model": model_id, "mode": options.mode, "threshold": options.threshold,
                "fields": sorted(options.fields) if options.fields is not None else None, "top_k": sorted(options.top_k.items()),
                "default_top_k": options.default_top_k}
+    if options.id3_version != ID3_VERSION:  # only then: fingerprints from before the option stay valid
+        decides["id3_version"] = options.id3_version
     return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -283,7 +287,7 @@ class Scanner:
         """What the file's tags become under this scan's options, written unless this is a dry run: the
         status, and the fields that change."""
         read_at = file_state(path)
-        current = read_fields(path, list(ours))
+        current = read_fields(path, list(ours), as_stored=True)
         record = self.db.get(path)
         written = (record.written or {}) if record else {}
         previous = self.db.previous_values(path)
@@ -304,8 +308,8 @@ class Scanner:
             self.result.changes.append(change)
             self.result.scored += 1
             return "would change", change
-        self.db.remember_previous(path, {name: current[name] for name in changed})
-        write_fields(path, changed, read_at)
+        self.db.remember_previous(path, {name: current[name] for name in changed}, lacks_tag_block(path))
+        write_fields(path, changed, read_at, self.options.id3_version)
         self._record_written(path, new)
         self.result.tagged += 1
         return "tagged", change
@@ -367,7 +371,7 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
             read_at = file_state(path)
             restore, kept = _still_ours(db, path)
             if restore:
-                write_fields(path, restore, read_at)
+                write_fields(path, restore, read_at, drop_empty_tag=db.added_tag_block(path))
         except DatabaseError:
             raise  # not this file's fault: the run cannot record anything more
         except MusictagError as e:
@@ -395,7 +399,7 @@ def _still_ours(db: Database, path: str) -> tuple[dict[str, list[str]], int]:
     previous = db.previous_values(path)
     record = db.get(path)
     written = (record.written or {}) if record else {}
-    current = read_fields(path, list(previous))
+    current = read_fields(path, list(previous), as_stored=True)
     restore = {name: values for name, values in previous.items()
                if name in written and current[name] == written[name]}
     return restore, sum(name in written and current[name] != written[name] for name in previous)

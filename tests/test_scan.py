@@ -665,3 +665,44 @@ def test_a_track_whose_window_cannot_be_scored_even_alone_fails_alone(tiny_check
         result = api.scan(tagger, db, [tmp_path / "music"], ScanOptions(model_in_workers=False, workers=1))
     assert result.failed == [(str(bad), "out of GPU memory even for one window")]
     assert result.tagged == 1 and read_fields(good, ["genre"])["genre"]
+
+
+def test_scan_and_undo_keep_id3v23_and_every_other_frame_and_leave_no_tag_block_behind(tiny_checkpoint, tmp_path):
+    from mutagen import id3
+    from mutagen.aiff import AIFF
+
+    from test_tags import id3_dump, old_id3v23_mp3
+
+    root, db = tmp_path / "lib", tmp_path / "db.sqlite"
+    old = old_id3v23_mp3(root / "old.mp3")
+    aiff = write_track(root / "old.aiff", seconds=2.0)
+    tagged = AIFF(aiff)
+    tagged.add_tags()
+    tagged.tags.add(id3.TYER(encoding=0, text=["1987"]))
+    tagged.tags.add(id3.TCON(encoding=0, text=["(17)Eurorock"]))
+    tagged.save(v2_version=3)
+    bare = [write_track(root / f"bare{ext}", seconds=2.0, seed=i) for i, ext in enumerate((".mp3", ".wav", ".aiff"))]
+    for path in bare:
+        mutagen.File(path).delete()  # the encoder's own tag
+    dumps, originals = {p: id3_dump(p) for p in (old, aiff)}, {p: p.read_bytes() for p in bare}
+    assert scan([root], tiny_checkpoint, db).exit_code == 0
+    for path in (old, aiff):
+        tags = type(mutagen.File(path))(path, translate=False, load_v1=False).tags
+        assert tags.version == (2, 3, 0) and tags.getall("TYER") and tags.getall("TXXX:MUSICTAG_MODEL")
+        assert tags.getall("TCON")[0].text[0] == "(17)Eurorock"
+    assert all(read_fields(p, ["genre"])["genre"] for p in bare)
+    result = runner.invoke(app, ["undo", "--db", str(db)])
+    assert result.exit_code == 0 and "restored: 5" in result.output, result.output
+    assert {p: id3_dump(p) for p in (old, aiff)} == dumps
+    assert {p: p.read_bytes() for p in bare} == originals  # the ID3 block musictag added is gone again
+
+
+def test_id3_version_option_converts_the_files_written(library, tiny_checkpoint, tmp_path):
+    mp3 = library / "a" / "one.mp3"
+    result = runner.invoke(app, ["scan", str(mp3), "--model", str(tiny_checkpoint), "--db", str(tmp_path / "db"),
+                                 "--quiet", "--id3-version", "3"])
+    assert result.exit_code == 0, result.output
+    tags = mutagen.id3.ID3(mp3, translate=False)
+    assert tags.version == (2, 3, 0) and tags.getall("TXXX:MOOD") and not tags.getall("TMOO")
+    result = runner.invoke(app, ["scan", str(mp3), "--id3-version", "5", "--db", str(tmp_path / "db")])
+    assert result.exit_code == 2 and "--id3-version must be one of keep, 3, 4" in result.output
