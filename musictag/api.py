@@ -26,6 +26,7 @@ from .scan import MODES, ScanModel, ScanOptions, ScanResult, Scanner, undo
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
+    from .config import Config
     from .distill import Teacher
     from .features import FeatureConfig
     from .inference import Tagger
@@ -117,6 +118,21 @@ def write_parquet(db: Database, out: str | Path, model_id: str, paths: list[str]
     return write_parquet(db, out, model_id, paths)
 
 
+def apply_config(options: ScanOptions, config: "Config", given: Iterable[str] = ()) -> ScanOptions:
+    """`options` with the config file's value of every key it sets, but those `given` on the command line.
+    id3_version reaches scans whose options have it."""
+    settings = {key: value for key, value in config.file.items() if key not in set(given)}
+    top_k = settings.pop("top_k", None)
+    if isinstance(top_k, int):
+        options.top_k, options.default_top_k = {}, top_k
+    elif top_k:
+        options.top_k.update(top_k)
+    for key, value in settings.items():
+        if hasattr(options, key):
+            setattr(options, key, value)
+    return options
+
+
 def scan(model: "Tagger | ScanModel", db: Database, paths: Iterable[str | os.PathLike],
          options: ScanOptions | None = None, progress: Progress | None = None) -> ScanResult:
     """Score and tag every audio file under `paths` (see scan.Scanner); `model`: a loaded tagger, or
@@ -206,6 +222,8 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
         vocab.update({head: list(labels) for head, labels in teacher.labels.items()})
     base = model_config or ModelConfig()
     heads = {head: (train_set.heads[head], len(labels)) for head, labels in vocab.items()}
+    heads.update({head: (kind, train_set.targets[head].shape[1]) for head, kind in train_set.heads.items()
+                  if kind == "regress"})  # no labels: as wide as their targets
     model_config = ModelConfig(**{**base.__dict__, "heads": heads, "n_mels": features.n_mels})
     if val_examples and val is None:
         write_manifest(val_examples, Path(str(out) + ".val.csv"))  # so the split can be evaluated later
@@ -239,7 +257,8 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
     import numpy as np
 
     from .cache import cached_features
-    from .distill import concat, fit_pseudo_labellers, hours, labelled_set, load_teacher, unlabelled_set
+    from .distill import (EMBEDDING_HEAD, concat, fit_pseudo_labellers, hours, labelled_set, load_teacher,
+                          standardised, unlabelled_set)
     from .train import Prepared
 
     teachers = [load_teacher(e.path, teacher.cache) for e in train_set.examples]
@@ -256,22 +275,28 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
     songs = unlabelled_set(tracks, features.frames_per_second, probes, config.pseudo_weight)
     mixed = concat(clips, songs)
     kinds = {**dataset.heads, **{head: "multi" for head in teacher.labels}}
+    if config.embedding_weight > 0:
+        kinds[EMBEDDING_HEAD] = "regress"
+        mixed.targets[EMBEDDING_HEAD] = standardised(mixed.targets[EMBEDDING_HEAD])
     prepared = Prepared(train_set.examples + [Example(name, name, {}) for name in songs.names], mixed.features,
-                        mixed.targets, kinds, mixed.weights, np.arange(len(mixed)) < len(clips))
+                        {h: mixed.targets[h] for h in kinds}, kinds, {h: mixed.weights[h] for h in kinds},
+                        np.arange(len(mixed)) < len(clips))
     record = {"teacher": "musicnn 0.1.0 (MSD_musicnn, MTT_musicnn; ISC)",
               "labelled_clips": len(clips),
               "labelled_hours": round(hours(clips.features, features.frames_per_second), 2),
               "clips_with_teacher_targets": sum(t is not None for t in teachers),
               "unlabelled_tracks": len(tracks), "unlabelled_failures": len(failures),
               "unlabelled_hours": round(hours([m for _, m, _ in tracks], features.frames_per_second), 2),
-              "unlabelled_segments": len(songs), "pseudo_weight": config.pseudo_weight}
+              "unlabelled_segments": len(songs), "pseudo_weight": config.pseudo_weight,
+              "embedding_weight": config.embedding_weight}
     return prepared, record
 
 
 def finish_distilled(checkpoint: "Checkpoint", clips: "Prepared", val_set: "Prepared", teacher_heads: tuple[str, ...],
                      out: Path) -> dict:
-    """After distilling: stack the labelled heads on the teacher heads where that is better on validation,
-    record the validation metrics of the final model, calibrate the written vocabulary, save to `out`."""
+    """After distilling: stack the labelled heads on the teacher heads (the taggram heads, the regressed
+    embedding, or both) where that is better on validation, record the validation metrics of the final
+    model, calibrate the written vocabulary, save to `out`."""
     from .metrics import head_metrics
     from .train import plain_builtins, stack_heads
 
@@ -280,7 +305,9 @@ def finish_distilled(checkpoint: "Checkpoint", clips: "Prepared", val_set: "Prep
         return probs, head_metrics(probs, val_set.targets, val_set.heads, checkpoint.labels)
 
     checkpoint.training["validation_before_stacking"] = plain_builtins(validation()[1])
-    checkpoint.training["stacking"] = stack_heads(checkpoint, clips, val_set, teacher_heads)
+    regress = tuple(h for h, (kind, _) in checkpoint.model_config.heads.items() if kind == "regress")
+    candidates = (teacher_heads,) + ((regress, teacher_heads + regress) if regress else ())
+    checkpoint.training["stacking"] = stack_heads(checkpoint, clips, val_set, candidates)
     probs, report = validation()
     checkpoint.training["validation"] = plain_builtins(report)
     calibrate_vocabulary(checkpoint, val_set, probs, out)

@@ -14,8 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from .defaults import (BATCH_SIZE, DECODE_WORKERS, DEVICES, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS, FINETUNE_EPOCHS,
-                       FINETUNE_MIN_COUNT, MODES, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
+from .defaults import (BATCH_SIZE, DECODE_WORKERS, DEVICES, ENGINES, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS,
+                       FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, MODES, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
 from .defaults import DEVICE_HELP, ID3_HELP, ID3_VERSION, ID3_VERSIONS
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
@@ -23,6 +23,21 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, context_settings={"
 
 DB_OPTION = typer.Option(None, "--db", help="Database file (default: in the user data dir).")
 MODEL_OPTION = typer.Option(None, "--model", help="Checkpoint to use (default: the shipped model).")
+THRESHOLD_OPTION = typer.Option(
+    None, show_default=False, help="Minimum score for a tag to be written (default: the model's own threshold per "
+    "tag, chosen on validation for a precision of " + ", ".join(f"{p:.0%} ({name})" for name, p in PRECISION_TARGET.items())
+    + f"; models without them: {THRESHOLD} for tags after the first).")
+MODE_OPTION = typer.Option("merge", help="One of " + ", ".join(MODES) + ". merge: keep the genres and moods already "
+                           "there; replace: ours only; skip-tagged: leave files with genres or moods musictag did not "
+                           "write alone.")
+ENGINE_OPTION = typer.Option("local", help="Where tracks are decoded and scored: " + " or ".join(ENGINES) + ". ray: "
+                             "on a Ray cluster (pip install 'musictag[ray]'); tags and the database are written here "
+                             "as results come back.")
+RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", show_default=False, help="With --engine ray: the cluster to "
+                                  "join (default: $RAY_ADDRESS, else a Ray started on this machine for the scan).")
+PARQUET_OPTION = typer.Option(None, "--parquet", show_default=False, help="Also write DIR/tracks.parquet: per track "
+                              "its path, model, every label score and its embedding (pip install "
+                              "'musictag[parquet]').")
 
 
 def _print_version(asked: bool) -> None:
@@ -102,23 +117,18 @@ def _bar(total: int, quiet: bool, unit: str = "file"):
 
 @app.command()
 def scan(
+    ctx: typer.Context,
     paths: List[Path] = typer.Argument(..., help="Folders or files to scan (recursively)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what the scan would change, with the counts "
                                  "the real scan then gives; writes no tags (stores the scores it computes)."),
     no_write: bool = typer.Option(False, "--no-write", help="Predict and store scores only."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Also write the results as CSV."),
-    threshold: Optional[float] = typer.Option(
-        None, show_default=False, help="Minimum score for a tag to be written (default: the model's own threshold "
-        "per tag, chosen on validation for a precision of " + ", ".join(
-            f"{p:.0%} ({name})" for name, p in PRECISION_TARGET.items()) + f"; models without them: {THRESHOLD} "
-        "for tags after the first)."),
+    threshold: Optional[float] = THRESHOLD_OPTION,
     fields: str = typer.Option("", "--fields", show_default=False, help="Fields to write, comma-separated, from: "
                                + ", ".join(ALL_FIELDS) + " (default " + ",".join(FIELDS) + ")."),
     top_k: str = typer.Option("", "--top-k", help="Most tags per field: N, or FIELD=N,... (default "
                               + ",".join(f"{name}={k}" for name, k in TOP_K.items()) + ")."),
-    mode: str = typer.Option("merge", help="One of " + ", ".join(MODES) + ". merge: keep the genres and moods "
-                             "already there; replace: ours only; skip-tagged: leave files with genres or moods "
-                             "musictag did not write alone."),
+    mode: str = MODE_OPTION,
     device: str = typer.Option("auto", help=DEVICE_HELP),
     batch_size: int = typer.Option(BATCH_SIZE, help="Windows per forward pass."),
     workers: int = typer.Option(0, help="Decode processes (0: one per CPU core)."),
@@ -130,22 +140,29 @@ def scan(
     id3_version: str = typer.Option(ID3_VERSION, "--id3-version", help=ID3_HELP, callback=_id3_version_choice),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file, then a summary object."),
+    engine: str = ENGINE_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    parquet: Optional[Path] = PARQUET_OPTION,
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Scan a music library: predict genres and moods and write them into the files' tags."""
     from . import api
 
     _check_scan_arguments(paths, mode, device)
-    written = _parse_fields(fields)
-    per_head, every_head = _parse_top_k(top_k)
+    _check_engine(engine, parquet)
+    (per_head, every_head), written = _parse_top_k(top_k), _parse_fields(fields)
     options = api.scan_options(per_head, every_head, write=not no_write, dry_run=dry_run, threshold=threshold,
                                mode=mode, batch_size=batch_size, workers=workers, force=force,
-                               whole_track=whole_track, excerpts=excerpts, id3_version=id3_version, fields=written)
+                               whole_track=whole_track, excerpts=excerpts, id3_version=id3_version, fields=written,
+                               engine=engine, ray_address=ray_address, ray_device=device,
+                               embeddings=parquet is not None)
+    if engine == "ray":
+        device = "cpu"  # the driver only decides and writes; the model actors run on --device
     bar = _FileBar(quiet)
     progress = _json_lines(bar.progress) if as_json else bar.progress
     with _database(db) as database, _terminate_as_interrupt():
         try:
-            result = _run_scan(model, device, workers, database, paths, options, progress)
+            result = _run_scan(model, device, workers, database, paths, _with_config(ctx, options), progress)
         except KeyboardInterrupt:
             database.commit()
             bar.close()
@@ -153,14 +170,33 @@ def scan(
                        err=True)
             raise typer.Exit(130)
         bar.close()
-        if csv:
-            with _csv_file(csv) as f:
-                api.export_csv(database, f, paths=[str(p) for p in paths])
+        _write_exports(database, result.model_id, paths, csv, parquet)
     if as_json:
         typer.echo(json.dumps({"summary": _summary(result, dry_run)}))
     else:
         _print_summary(result, dry_run)
     raise typer.Exit(1 if result.failed else 0)  # failed before: not again (README, Exit codes)
+
+
+CONFIGURABLE = ("fields", "top_k", "threshold", "mode", "id3_version")  # scan options the config file sets too
+
+
+def _with_config(ctx: typer.Context, options):
+    """The scan's options with the config file's values for those not given on the command line."""
+    from . import api
+
+    given = {name for name in CONFIGURABLE  # by the name: typer may carry its own copy of click's enum
+             if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
+    return api.apply_config(options, _config(), given)
+
+
+def _config():
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config()
+    except ConfigError as e:
+        _fail(str(e))
 
 
 def _json_lines(progress):
@@ -179,6 +215,33 @@ def _summary(result, dry_run: bool) -> dict:
             "failed_before": len(result.failed_before), "unconfident": result.unconfident}
 
 
+def _check_engine(engine: str, parquet: Optional[Path]) -> None:
+    """An engine or output whose optional extra is missing fails now, in one line, before any work."""
+    from . import api
+    from .errors import MusictagError
+
+    _check_choice("--engine", engine, ENGINES)
+    try:
+        api.check_extras(engine, parquet is not None)
+    except MusictagError as e:
+        _fail(str(e))
+
+
+def _write_exports(database, model_id: str, paths: List[Path], csv: Optional[Path], parquet: Optional[Path]) -> None:
+    """scan's --csv and --parquet, written from the database once the scan is done."""
+    from . import api
+    from .errors import MusictagError
+
+    if csv:
+        with _csv_file(csv) as f:
+            api.export_csv(database, f, paths=[str(p) for p in paths])
+    if parquet:
+        try:
+            api.write_parquet(database, parquet, model_id, [str(p) for p in paths])
+        except MusictagError as e:
+            _fail(str(e))
+
+
 def _check_scan_arguments(paths: List[Path], mode: str, device: str) -> None:
     _check_choice("--mode", mode, MODES)
     _check_device(device)
@@ -194,9 +257,17 @@ def _run_scan(model: Optional[Path], device: str, workers: int, database, paths:
     from .errors import CheckpointError, DatabaseError, DeviceError
 
     try:
-        return api.scan(api.scan_model(model, database, device, workers), database, paths, options, progress)
+        return _said_leftovers(api.scan(api.scan_model(model, database, device, workers), database, paths,
+                                        options, progress))
     except (CheckpointError, DatabaseError, DeviceError) as e:
         _fail(str(e))
+
+
+def _said_leftovers(result):
+    """The run's result, once the temporary copies it removed (left by a killed run) are named."""
+    for path in result.leftovers:
+        typer.echo(f"removed {path}: a temporary copy left by an interrupted run", err=True)
+    return result
 
 
 class _FileBar:
@@ -319,7 +390,7 @@ def undo(
         _fail(f"no such file or folder: {', '.join(missing)}")
     with _database(db) as database:
         try:
-            result = api.undo(database, [str(p) for p in paths] if paths else None)
+            result = _said_leftovers(api.undo(database, [str(p) for p in paths] if paths else None))
         except DatabaseError as e:  # disk full: one line, not a traceback
             _fail(str(e))
     typer.echo(f"restored: {result.tagged}, left as changed since musictag wrote them: {result.kept_fields} "
@@ -504,6 +575,15 @@ def evaluate(
         typer.echo(api.evaluation_tables(report))
     for failure in report["failures"]:
         typer.echo(f"failed: {failure}", err=True)
+
+
+@app.command("config")
+def config_command() -> None:
+    """Print the config file's path and every setting's effective value, with where it comes from."""
+    from .config import describe
+
+    for line in describe(_config()):
+        typer.echo(line)
 
 
 @app.command("model-card")

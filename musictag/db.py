@@ -7,15 +7,25 @@ concurrent writers wait instead of failing. Commits are batched; every committed
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import socket
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import numpy as np
+
 from .errors import DatabaseError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks
+    fcntl = None
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
@@ -36,6 +46,11 @@ CREATE TABLE IF NOT EXISTS models (
     labels TEXT,            -- JSON {head: [label names]}: with the vocabulary, all a re-scan needs to decide tags
     vocabulary TEXT         -- JSON, as the checkpoint stores it
 );
+CREATE TABLE IF NOT EXISTS temporaries (
+    path TEXT PRIMARY KEY,  -- a tagged copy's name, recorded before the copy exists
+    pid INTEGER NOT NULL,   -- the process writing it, on
+    host TEXT NOT NULL      -- this machine: a copy whose process is gone was left by a killed run
+);
 CREATE TABLE IF NOT EXISTS undo (
     path TEXT PRIMARY KEY,
     previous TEXT NOT NULL, -- JSON {field: [values]} as they were before musictag first touched them
@@ -44,7 +59,9 @@ CREATE TABLE IF NOT EXISTS undo (
 """
 # columns added since the first release: (table, column, type), added to older databases when opened
 ADDED_COLUMNS = (("tracks", "decided", "TEXT"), ("models", "labels", "TEXT"), ("undo", "bare", "INTEGER"),
-                 ("models", "vocabulary", "TEXT"))
+                 ("tracks", "pending", "TEXT"),  # JSON: `written` to be, recorded before the tagged copy replaces the file
+                 ("models", "vocabulary", "TEXT"),
+                 ("tracks", "embedding", "BLOB"))  # float32 bytes of the track's embedding, kept for --parquet
 
 
 def _key(path: str) -> str | bytes:
@@ -78,6 +95,7 @@ class Known(NamedTuple):
     written: bool
     failed: bool  # the last attempt failed (see Track.error)
     decided: str | None  # fingerprint of the options the written tags were decided under
+    embedded: bool = False  # its embedding is stored with its scores
 
 
 @dataclass
@@ -109,6 +127,7 @@ class Database:
         self._commit_every = commit_every
         self._in_transaction = False
         self._last_commit = time.monotonic()
+        self._locks = None  # the lock file, opened on first use (file_lock)
 
     def _add_new_columns(self) -> None:
         for table, column, kind in ADDED_COLUMNS:
@@ -123,6 +142,8 @@ class Database:
     def close(self) -> None:
         self.commit()
         self._conn.close()
+        if self._locks is not None:
+            self._locks.close()
 
     def __enter__(self):
         return self
@@ -173,19 +194,22 @@ class Database:
             chunk = [_key(p) for p in paths[i:i + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self._conn.execute(f"SELECT path, size, mtime_ns, model, scores IS NOT NULL, written IS NOT "
-                                          f"NULL, error IS NOT NULL, decided FROM tracks WHERE path IN ({marks})",
+                                          f"NULL, error IS NOT NULL, decided, embedding IS NOT NULL FROM tracks WHERE path IN ({marks})",
                                           chunk):
-                found[_path(row[0])] = Known(row[1], row[2], row[3], bool(row[4]), bool(row[5]), bool(row[6]), row[7])
+                found[_path(row[0])] = Known(row[1], row[2], row[3], bool(row[4]), bool(row[5]), bool(row[6]), row[7],
+                                             bool(row[8]))
         return found
 
     def put_scores(self, path: str, size: int, mtime_ns: int, model: str, duration: float,
-                   scores: dict[str, dict[str, float]]) -> None:
-        self._write("INSERT INTO tracks (path, size, mtime_ns, model, duration, scores, error, written, updated) "
-                    "VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?) ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
-                    "mtime_ns=excluded.mtime_ns, model=excluded.model, duration=excluded.duration, "
-                    "scores=excluded.scores, error=NULL, updated=excluded.updated, "
+                   scores: dict[str, dict[str, float]], embedding: np.ndarray | None = None) -> None:
+        """A track's scores (and embedding, or None: an embedding stored before belongs to other scores)."""
+        blob = None if embedding is None else np.asarray(embedding, "<f4").tobytes()
+        self._write("INSERT INTO tracks (path, size, mtime_ns, model, duration, scores, error, written, updated, "
+                    "embedding) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "size=excluded.size, mtime_ns=excluded.mtime_ns, model=excluded.model, duration=excluded.duration, "
+                    "scores=excluded.scores, error=NULL, updated=excluded.updated, embedding=excluded.embedding, "
                     "decided=NULL",  # written stays (it is what the file holds); new scores need a new decision
-                    (_key(path), size, mtime_ns, model, duration, json.dumps(scores), time.time()))
+                    (_key(path), size, mtime_ns, model, duration, json.dumps(scores), time.time(), blob))
 
     def put_error(self, path: str, size: int, mtime_ns: int, model: str, error: str) -> None:
         self._write("INSERT INTO tracks (path, size, mtime_ns, model, error, updated) VALUES (?, ?, ?, ?, ?, ?) "
@@ -197,11 +221,56 @@ class Database:
                     decided: str | None = None) -> None:
         """Record what was written, under which options (`decided`: a scan's decision, which also ends a
         remembered write error; None: undo's), and the file's new stat (a tag write changes both)."""
-        self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, decided = ?, "
+        self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, decided = ?, pending = NULL, "
                     "error = CASE WHEN ? IS NULL THEN error END, updated = ? WHERE path = ?",
                     (json.dumps(written) if written is not None else None, size, mtime_ns, decided, decided,
                      time.time(), _key(path)))
         self.commit()  # the file changed: its record must not lag behind
+
+    def put_pending(self, path: str, written: dict[str, list[str]]) -> None:
+        """What the file will hold of ours once its tagged copy replaces it, committed before that: after a
+        kill in between, undo and the next scan know whether the file holds it (see `pending`)."""
+        self._write("UPDATE tracks SET pending = ? WHERE path = ?", (json.dumps(written), _key(path)))
+        self.commit()
+
+    def pending(self, path: str) -> dict[str, list[str]] | None:
+        row = self._conn.execute("SELECT pending FROM tracks WHERE path = ?", (_key(path),)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    @contextlib.contextmanager
+    def file_lock(self, path: str):
+        """Scans and undos sharing this database take one file at a time: a POSIX lock on one byte of a
+        file beside the database, chosen by the path (released by the system if the process dies)."""
+        self.commit()  # never wait for a file while holding the database
+        if fcntl is None:
+            yield
+            return
+        if self._locks is None:
+            self._locks = open(f"{self.path}.locks", "a+b")
+        offset = int.from_bytes(hashlib.blake2b(os.fsencode(path), digest_size=6).digest(), "big")
+        fcntl.lockf(self._locks, fcntl.LOCK_EX, 1, offset)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._locks, fcntl.LOCK_UN, 1, offset)
+
+    def announce_temporary(self, path: str) -> None:
+        """Record a temporary copy before it is created (committed), with this process and machine."""
+        self._write("INSERT OR REPLACE INTO temporaries (path, pid, host) VALUES (?, ?, ?)",
+                    (_key(path), os.getpid(), socket.gethostname()))
+        self.commit()
+
+    def temporaries_done(self) -> None:
+        """This process's temporary copies are gone (renamed or removed)."""
+        self._write("DELETE FROM temporaries WHERE pid = ? AND host = ?", (os.getpid(), socket.gethostname()))
+
+    def leftover_temporaries(self) -> list[str]:
+        """Recorded temporary copies whose process, on this machine, no longer runs."""
+        rows = self._conn.execute("SELECT path, pid FROM temporaries WHERE host = ?", (socket.gethostname(),))
+        return [_path(path) for path, pid in rows.fetchall() if not _running(pid)]
+
+    def forget_temporary(self, path: str) -> None:
+        self._write("DELETE FROM temporaries WHERE path = ?", (_key(path),))
 
     def put_write_error(self, path: str, error: str) -> None:
         """A scored file whose tags could not be written: its scores stay, the error is remembered."""
@@ -255,11 +324,30 @@ class Database:
     def undo_paths(self) -> list[str]:
         return [_path(row[0]) for row in self._conn.execute("SELECT path FROM undo ORDER BY path")]
 
+    def embedded(self) -> Iterator[tuple[str, str, float, dict[str, dict[str, float]], np.ndarray]]:
+        """(path, model, duration, scores, embedding) of every track scored with its embedding, by path."""
+        rows = self._conn.execute("SELECT path, model, duration, scores, embedding FROM tracks "
+                                  "WHERE scores IS NOT NULL AND embedding IS NOT NULL ORDER BY path")
+        for path, model, duration, scores, blob in rows:
+            yield _path(path), model, duration, json.loads(scores), np.frombuffer(blob, "<f4")
+
     def tracks(self) -> Iterator[Track]:
         rows = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
                                   "FROM tracks ORDER BY path")
         for row in rows:
             yield _track(row)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
 
 
 def _track(row) -> Track:

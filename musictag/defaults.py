@@ -18,6 +18,7 @@ ID3_VERSION = "keep"
 ID3_HELP = ("ID3v2 version of the mp3, WAV and AIFF files written: keep (each file's own; new tags v2.4), 3 or 4 "
             "(convert them).")
 MODES = ("merge", "replace", "skip-tagged")  # how scan treats the genres and moods a file already has
+MODE = "merge"
 DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when available; cuda:N picks one of several GPUs
 DEVICE_HELP = "auto (CUDA when it works, else the CPU), cpu, cuda or cuda:N."
 BATCH_SIZE = 48  # windows per forward pass
@@ -33,6 +34,8 @@ OPT_IN_FIELDS = ("instrument", "voice")  # ... and these when asked (scan --fiel
 TOP_K = {"genre": 2, "mood": 1, "quadrant": 1, "voice": 1}  # most tags written per field ...
 OTHER_TOP_K = 3  # ... and for heads not named there
 EXPORT_TOP_K = 3  # labels per head in the wide CSV export
+EMBEDDING = "embedding"  # the key of a track's embedding beside its heads' scores (Tagger(embedding=True))
+ENGINES = ("local", "ray")  # scan engines: this machine's processes, or a Ray cluster (ray_engine.py)
 DECODE_WORKERS = 0  # decode processes of training, finetuning and evaluation; 0: usable_cpus()
 GPU_PARENT_THREADS = 2  # torch threads of a GPU scan's parent: it only stacks and copies; the cores decode
 VAL_FRACTION = 0.2  # share held out for validation (whole artists at a time)

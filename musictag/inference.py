@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
-from .defaults import WINDOW_SECONDS
+from .defaults import EMBEDDING, WINDOW_SECONDS
 from .errors import DeviceError, WindowError
 from .features import LogMel
 from .model import min_frames, probabilities
@@ -73,8 +73,9 @@ def set_cpu_threads(threads: int) -> None:
 class Tagger:
     """A loaded model with its feature extractor, ready to score batches of equal-length windows."""
 
-    def __init__(self, checkpoint: Checkpoint, device: str = "auto"):
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", embedding: bool = False):
         self.checkpoint = checkpoint
+        self.embedding = embedding  # predict also gives each window's embedding (under EMBEDDING)
         self.device = pick_device(device)
         use_device(self.device)
         self.mean = float(checkpoint.normalization["mean"])
@@ -124,8 +125,10 @@ class Tagger:
         """`predict` once per named transform, computing each window's log-mel only once (so a transform
         must return a new tensor, not change its input). Out of memory, passes are halved and retried;
         a window that does not fit alone raises WindowError with its index."""
-        out = {name: {head: np.zeros((len(windows), len(names)), np.float32) for head, names in self.labels.items()}
-               for name in transforms}
+        widths = {head: len(names) for head, names in self.labels.items()}
+        if self.embedding:
+            widths[EMBEDDING] = self.model.trunk_channels
+        out = {name: {key: np.zeros((len(windows), n), np.float32) for key, n in widths.items()} for name in transforms}
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
             by_length.setdefault(len(w), []).append(i)
@@ -156,8 +159,8 @@ class Tagger:
         try:
             x = self._inputs(torch.from_numpy(np.stack([windows[i] for i in indices])))
             for name, transform in transforms.items():
-                for head, p in self._network(x if transform is None else transform(x)).items():
-                    out[name][head][indices] = p
+                for key, p in self._network(x if transform is None else transform(x)).items():
+                    out[name][key][indices] = p
             return ""
         except RuntimeError as e:
             if not is_out_of_memory(e):
@@ -177,10 +180,13 @@ class Tagger:
         # fp16 for the trunk on a GPU; the heads (and the log-mel) stay fp32, so scores match the CPU's
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
-                logits = self.model(x)
+                logits, embedding = self.model.outputs(x)
         else:
-            logits = self.model(x.contiguous(memory_format=torch.channels_last))
-        return {head: p.cpu().numpy() for head, p in probabilities(logits, self.checkpoint.model_config).items()}
+            logits, embedding = self.model.outputs(x.contiguous(memory_format=torch.channels_last))
+        out = probabilities(logits, self.checkpoint.model_config)
+        if self.embedding:
+            out[EMBEDDING] = embedding
+        return {key: value.cpu().numpy() for key, value in out.items()}
 
 
 def ready_tagger(checkpoint: Checkpoint, device: str = "auto", warn: Callable[[str], None] | None = None) -> Tagger:

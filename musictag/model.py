@@ -1,7 +1,9 @@
 """CP-ResNet: the receptive-field regularized ResNet of Koutini et al. (arXiv 2007.13503).
 
 Pure: a config dataclass and the network, no file I/O. One shared trunk, one 1x1-conv head per label
-group (single-label heads are trained with softmax, multi-label heads with sigmoids).
+group (single-label heads are trained with softmax, multi-label heads with sigmoids). A "regress" head
+predicts a vector, not labels (the teacher's embedding, in distillation): it has no label names, is never
+scored or written, and exists for the stacked heads that read it.
 
 Layout (as in the authors' code): a 5x5 stride-2 stem, 3 stages x 4 basic residual blocks with
 width, 2*width, 4*width channels, 2x2 max-pooling after blocks 1, 2 and 4 of stage 1, and per head a
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEAD_KINDS = ("single", "multi")
+HEAD_KINDS = ("single", "multi", "regress")
 BLOCKS_PER_STAGE = 4
 POOL_AFTER_BLOCKS = (1, 2, 4)  # of stage 1
 
@@ -55,11 +57,13 @@ class ModelConfig:
         for name, sources in self.stacked.items():
             if name not in self.heads or any(s not in self.heads or s in self.stacked for s in sources):
                 raise ValueError(f"stacked head {name!r} must read existing heads that are not stacked themselves")
+            if self.heads[name][0] == "regress":
+                raise ValueError(f"stacked head {name!r} must be a labelled head, not a regression")
 
     @property
     def kinds(self) -> dict[str, str]:
-        """Head -> "single" | "multi"."""
-        return {name: kind for name, (kind, _) in self.heads.items()}
+        """Scored head -> "single" | "multi" (the heads with label names; regress heads are left out)."""
+        return {name: kind for name, (kind, _) in self.heads.items() if kind != "regress"}
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -235,6 +239,11 @@ class CPResNet(nn.Module):
         return self.body(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.outputs(x)[0]
+
+    def outputs(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The logits per head, and the embedding: the trunk's feature map averaged over frequency and
+        time, (batch, trunk_channels), what every head reads."""
         features = self.trunk(x)
         # the heads in fp32 even under autocast: fp16 logits differ from the CPU's by about 1e-3, enough
         # to flip a label close to its threshold
@@ -243,7 +252,7 @@ class CPResNet(nn.Module):
             logits = {name: head(features).mean(dim=(2, 3)) for name, head in self.heads.items()}
             for name, sources in self.config.stacked.items():
                 logits[name] = self.stacks[name](torch.cat([logits[s] for s in sources], dim=-1))
-            return logits
+            return logits, features.mean(dim=(2, 3))
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -269,6 +278,13 @@ def replace_heads(model: CPResNet, heads: dict[str, tuple[str, int]]) -> CPResNe
 
 
 def probabilities(logits: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Softmax for single-label heads, sigmoid for multi-label heads."""
-    return {name: (F.softmax(x.float(), dim=-1) if config.heads[name][0] == "single" else torch.sigmoid(x.float()))
-            for name, x in logits.items()}
+    """Softmax for single-label heads, sigmoid for multi-label heads; regress heads are left out."""
+    kinds = config.kinds
+    return {name: (F.softmax(x.float(), dim=-1) if kinds[name] == "single" else torch.sigmoid(x.float()))
+            for name, x in logits.items() if name in kinds}
+
+
+def head_outputs(logits: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """probabilities, plus each regress head's raw prediction."""
+    return {**{name: x.float() for name, x in logits.items() if name not in config.kinds},
+            **probabilities(logits, config)}

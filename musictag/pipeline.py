@@ -8,6 +8,10 @@ audio crosses processes. On a GPU the workers only decode and the parent batches
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -70,14 +74,43 @@ def decode_clip(job: tuple[str, int, float]) -> tuple[str, np.ndarray | None, st
 def quiet_worker() -> None:
     """Decode workers: C decoders (mpg123) print notes on damaged files straight to fd 2, which would
     tear the progress bar; every error reaches the parent as a string anyway."""
+    die_with_parent()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+
+
+def die_with_parent() -> None:
+    """A worker ends when the process that started it does, even by SIGKILL: no orphan goes on decoding
+    with a model in memory. Linux: PR_SET_PDEATHSIG; elsewhere a thread watching the parent."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    parent_pid = parent.pid if parent is not None else os.getppid()
+    if not (sys.platform.startswith("linux") and _parent_death_signal()):
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was asked for
+        os._exit(1)
+
+
+def _parent_death_signal() -> bool:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 _worker_model: dict = {}  # in workers that score their own tracks: "tagger" and "batch_size"
 
 
-def start_worker(checkpoint=None, batch_size: int = BATCH_SIZE) -> None:
+def start_worker(checkpoint=None, batch_size: int = BATCH_SIZE, embedding: bool = False) -> None:
     """Pool initializer: quiet stderr and, given a checkpoint, load the model with one torch thread
     (one per worker: the workers already use every core)."""
     quiet_worker()
@@ -85,7 +118,7 @@ def start_worker(checkpoint=None, batch_size: int = BATCH_SIZE) -> None:
         from .inference import Tagger, set_cpu_threads
 
         set_cpu_threads(1)
-        _worker_model.update(tagger=Tagger(checkpoint, "cpu"), batch_size=batch_size)
+        _worker_model.update(tagger=Tagger(checkpoint, "cpu", embedding), batch_size=batch_size)
 
 
 def analyse_track(job: Job) -> Decoded:
@@ -113,6 +146,33 @@ def worker_pool(workers: int, initializer: Callable = quiet_worker, initargs: tu
     """A pool of `workers` spawned processes, each started by `initializer(*initargs)`."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                initializer=initializer, initargs=initargs)
+
+
+def score_locally(tagger, jobs: Iterable[Job], workers: int, batch_size: int, in_workers: bool
+                  ) -> Iterator[Decoded]:
+    """The local engine: every job's track with its mean probabilities per head (`scores`), or the reason
+    it failed, in the order they finish. Decoded in `workers` processes; scored there too when
+    `in_workers` (the CPU: no audio crosses processes), else by `tagger` here, in batches of windows
+    from several tracks (a GPU)."""
+    failed: list[Decoded] = []  # tracks with a window that cannot be scored even alone: they fail alone
+    batcher = WindowBatcher(tagger.predict, batch_size,
+                            on_failure=lambda track, reason: failed.append(Decoded(track[0], error=reason)))
+    init = (tagger.checkpoint if in_workers else None, batch_size, tagger.embedding)
+    with worker_pool(workers, start_worker, init) as pool:
+        for track in bounded_map(pool, analyse_track, jobs, 4 * workers):
+            if track.windows is None:
+                yield track
+                continue
+            yield from _scored(batcher.add((track.path, track.duration), track.windows), failed)
+        yield from _scored(batcher.flush(), failed)
+
+
+def _scored(finished: list, failed: list[Decoded]) -> Iterator[Decoded]:
+    """The batcher's finished tracks as Decoded, and the failures it reported meanwhile."""
+    for (path, duration), means in finished:
+        yield Decoded(path, duration, scores=means)
+    yield from failed
+    failed.clear()
 
 
 def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -> Iterator:

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 
 from . import __version__
+from .config import canonical_genres, genre_key
 from .db import Database
-from .defaults import BATCH_SIZE, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
+from .defaults import MODE
+from .defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
 from .defaults import ID3_VERSION
 from .errors import DatabaseError, FileChangedError, MusictagError
 from .library import walk, within
-from .pipeline import Job, WindowBatcher, analyse_track, bounded_map, start_worker, worker_pool
+from .pipeline import Decoded, Job, score_locally
 from .progress import Progress, no_progress
 from .tags import check_writable, file_state, lacks_tag_block, read_fields, write_fields
 from .vocabulary import OPT_IN_FIELDS, FieldVocabulary, available, choose, track_term_scores, vocabulary_from_dict
@@ -42,11 +44,15 @@ USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
 class ScanOptions:
     write: bool = True
     dry_run: bool = False
-    threshold: float | None = None  # None: the model's per-label thresholds (older models: THRESHOLD)
+    threshold: float | dict[str, float] | None = None  # None: the model's per-label thresholds (older models:
+    # THRESHOLD); a dict: per field (config file), fields not named keep theirs
     fields: tuple[str, ...] | None = None  # fields written; None: all but the opt-in ones (defaults.OPT_IN_FIELDS)
     top_k: dict[str, int] = field(default_factory=lambda: dict(TOP_K))
     default_top_k: int = OTHER_TOP_K
-    mode: str = "merge"
+    mode: str = MODE
+    separator: str = ""  # genres and moods written as one value joined by it; "": one tag entry per value
+    genre_aliases: dict[str, str] = field(default_factory=dict)  # another name of a genre -> the name written
+    genre_whitelist: tuple[str, ...] | None = None  # the only genres written; None: the model's all
     batch_size: int = BATCH_SIZE  # windows per forward pass
     workers: int = 0  # 0: one per CPU core
     force: bool = False
@@ -54,6 +60,10 @@ class ScanOptions:
     excerpts: int = EXCERPT_COUNT  # windows per track in the excerpt plan
     model_in_workers: bool | None = None  # None: on the CPU yes, on a GPU no (the parent batches)
     id3_version: str = ID3_VERSION  # "keep" each file's ID3v2 version, or convert the files written to "3" / "4"
+    engine: str = "local"  # where tracks are decoded and scored: defaults.ENGINES
+    ray_address: str | None = None  # the Ray cluster to join; None: RAY_ADDRESS, else a Ray started for the scan
+    ray_device: str = "auto"  # the device of the Ray engine's model actors (auto: GPUs where the cluster has them)
+    embeddings: bool = False  # store each track's embedding too (--parquet); one scored without it is scored again
 
 
 def decision_key(options: ScanOptions, model_id: str) -> str:
@@ -62,6 +72,10 @@ def decision_key(options: ScanOptions, model_id: str) -> str:
     decides = {"model": model_id, "mode": options.mode, "threshold": options.threshold,
                "fields": sorted(options.fields) if options.fields is not None else None, "top_k": sorted(options.top_k.items()),
                "default_top_k": options.default_top_k}
+    plain = ScanOptions()
+    for name in ("separator", "genre_aliases", "genre_whitelist"):  # the config file's
+        if getattr(options, name) != getattr(plain, name):  # only then: fingerprints from before them stay valid
+            decides[name] = getattr(options, name)
     if options.id3_version != ID3_VERSION:  # only then: fingerprints from before the option stay valid
         decides["id3_version"] = options.id3_version
     return hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:16]
@@ -107,6 +121,8 @@ class ScanResult:
     kept_fields: int = 0  # undo: fields left as they are, changed since musictag wrote them ...
     kept_files: int = 0  # ... and the files that have at least one
     changes: list[Change] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # temporary copies of killed runs, removed
+    model_id: str = ""  # the model the scan used
 
 
 def writes(name: str, options: ScanOptions) -> bool:
@@ -114,11 +130,16 @@ def writes(name: str, options: ScanOptions) -> bool:
     return name not in OPT_IN_FIELDS if options.fields is None else name in options.fields
 
 
+def field_threshold(options: ScanOptions, name: str, default: float | None = None) -> float | None:
+    """The threshold asked for field `name` (one for every field, or per field); `default` when none is."""
+    threshold = options.threshold.get(name) if isinstance(options.threshold, dict) else options.threshold
+    return default if threshold is None else threshold
+
+
 def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], options: ScanOptions
                   ) -> dict[str, list[str]]:
     """For a model without a vocabulary, per head: the argmax for single-label heads; for multi-label
     heads the labels scoring at least the threshold, best first, at most top-k, and always the best one."""
-    threshold = THRESHOLD if options.threshold is None else options.threshold
     chosen = {}
     for head, label_scores in scores.items():
         if not writes(head, options):
@@ -127,7 +148,7 @@ def choose_labels(scores: dict[str, dict[str, float]], kinds: dict[str, str], op
         if kinds.get(head) == "single":
             chosen[head] = ranked[:1]
             continue
-        k = options.top_k.get(head, options.default_top_k)
+        k, threshold = options.top_k.get(head, options.default_top_k), field_threshold(options, head, THRESHOLD)
         chosen[head] = ranked[:1] + [label for label in ranked[1:k] if label_scores[label] >= threshold]
     return chosen
 
@@ -141,7 +162,7 @@ def choose_terms(vocabulary: tuple[FieldVocabulary, ...], scores: dict[str, dict
         if not writes(f.name, options):
             continue
         k = 1 if kinds.get(f.truth_head) == "single" else options.top_k.get(f.name, options.default_top_k)
-        terms = choose(f, track_term_scores(f, scores), k, options.threshold)
+        terms = choose(f, track_term_scores(f, scores), k, field_threshold(options, f.name))
         if terms:
             chosen[f.name] = terms
         else:
@@ -156,15 +177,17 @@ class Scanner:
         self.db = db
         self.options = options
         self.progress = progress or no_progress
-        self.result = ScanResult()
+        self.result = ScanResult(model_id=self.model.model_id)
         self.model_id = self.model.model_id
         self.kinds = self.model.kinds
         stored = self.model.vocabulary
         self.vocabulary = available(vocabulary_from_dict(stored), self.model.labels) if stored else ()
         self.decision = decision_key(options, self.model_id)
         self.deciding = options.write or options.dry_run  # else scores are only stored
+        self.rescore: list[str] = []  # files replaced between their decode and their write
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
+        self.result.leftovers = remove_leftovers(self.db)
         self.db.put_model(self.model_id, self.kinds, self.model.labels, self.model.vocabulary)
         unreadable = []
         files = list(walk(paths, on_error=lambda path, reason: unreadable.append((path, reason))))
@@ -173,8 +196,20 @@ class Scanner:
             self._fail(path, None, reason)
         todo = self._triage(files)
         self._score(todo)
+        self._score_again()
         self.db.commit()
         return self.result
+
+    def _score_again(self) -> None:
+        """Files replaced between their decode and their write, decoded again (twice at most)."""
+        for _ in range(2):
+            again, self.rescore = self.rescore, []
+            self._score([(path, st) for path in again if (st := _stat(path)) is not None])
+            for path in again:
+                if _stat(path) is None:
+                    self._fail(path, None, "deleted while it was scanned")
+        for path in self.rescore:
+            self._fail(path, None, "the file kept changing while it was scanned; left as it is")
 
     def _triage(self, files: list[str]) -> list[tuple[str, os.stat_result]]:
         """Settle cached files at once (a re-scan is stat + one query, and opens only files whose tags
@@ -189,62 +224,69 @@ class Scanner:
                 continue
             record = known.get(path)
             fresh = (record is not None and (record.size, record.mtime_ns, record.model)
-                     == (st.st_size, st.st_mtime_ns, self.model_id) and not self.options.force)
+                     == (st.st_size, st.st_mtime_ns, self.model_id) and not self.options.force
+                     and (record.embedded or not self.options.embeddings))
             if fresh and record.failed and not record.scored:  # not decoded: the same bytes fail the same way
                 self._failed_before(path, self.db.get(path).error)
             elif not fresh or not record.scored:
                 todo.append((path, st))
             elif self.deciding and (not record.written or record.decided != self.decision):
-                self._write(path, self.db.get(path).scores)  # scored earlier; not written, or under other options
+                self._write(path, self.db.get(path).scores, st)  # scored earlier; not written, or under other options
             else:
                 self.result.unchanged += 1
                 self._done(path, "unchanged")
         return todo
 
     def _score(self, todo: list[tuple[str, os.stat_result]]) -> None:
+        """Decode and score the tracks (on this machine or a Ray cluster); decide and write each one's
+        tags here, as its scores come back."""
         if not todo:
             return
         stats = dict(todo)
         tagger = self.model.tagger
-        workers = decode_workers(self.options.workers)
-        in_workers = self.options.model_in_workers
+        tagger.embedding = self.options.embeddings
+        jobs = [Job(path, tagger.sample_rate, self.options.whole_track, self.options.excerpts, tagger.min_samples)
+                for path, _ in todo]
+        for track in self._engine(tagger, jobs):
+            if track.scores is not None:
+                self._finish(track.path, stats[track.path], track.duration, track.scores)
+            else:
+                self._fail(track.path, stats[track.path], track.error)
+
+    def _engine(self, tagger: "Tagger", jobs: list[Job]) -> Iterable[Decoded]:
+        options = self.options
+        if options.engine == "ray":
+            from .ray_engine import score_on_ray
+
+            return score_on_ray(tagger.checkpoint, jobs, options.batch_size, options.ray_address, options.ray_device,
+                                options.embeddings)
+        in_workers = options.model_in_workers
         if in_workers is None:
             in_workers = tagger.device.type == "cpu"
-        jobs = (Job(path, tagger.sample_rate, self.options.whole_track, self.options.excerpts, tagger.min_samples)
-                for path, _ in todo)
-        # the parent's forward passes; a track with a window that cannot be scored even alone fails alone
-        batcher = WindowBatcher(tagger.predict, self.options.batch_size,
-                                on_failure=lambda track, reason: self._fail(track[0], stats[track[0]], reason))
-        init = (tagger.checkpoint if in_workers else None, self.options.batch_size)
-        with worker_pool(workers, start_worker, init) as pool:
-            for track in bounded_map(pool, analyse_track, jobs, 4 * workers):
-                if track.scores is not None:
-                    self._finish(track.path, stats[track.path], track.duration, track.scores)
-                elif track.windows is not None:
-                    self._finish_all(batcher.add((track.path, track.duration), track.windows), stats)
-                else:
-                    self._fail(track.path, stats[track.path], track.error)
-            self._finish_all(batcher.flush(), stats)
-
-    def _finish_all(self, finished: list, stats: dict) -> None:
-        for (path, duration), probs in finished:
-            self._finish(path, stats[path], duration, probs)
+        return score_locally(tagger, jobs, decode_workers(options.workers), options.batch_size, in_workers)
 
     def _finish(self, path: str, st: os.stat_result, duration: float, probs: dict[str, np.ndarray]) -> None:
+        if _identity(_stat(path) or st) != _identity(st):  # replaced while it was decoded: scored again
+            self.rescore.append(path)
+            return
         scores = {head: {label: round(float(probs[head][j]), 5) for j, label in enumerate(names)}
                   for head, names in self.model.labels.items()}
         # a dry run stores scores too (README): the real run then decides from them without decoding
-        self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, duration, scores)
+        self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, duration, scores, probs.get(EMBEDDING))
         if self.deciding:
-            self._write(path, scores)
+            self._write(path, scores, st)
         else:
             self.result.scored += 1
             self._done(path, "scored")
 
-    def _write(self, path: str, scores: dict[str, dict[str, float]]) -> None:
+    def _write(self, path: str, scores: dict[str, dict[str, float]], decoded_at: os.stat_result) -> None:
         ours, unconfident = self._ours(scores)
         try:
-            status, change = self._apply_tags_as_it_is_now(path, ours)
+            with self.db.file_lock(path):  # an undo of this file waits for this write, and this for an undo
+                status, change = self._apply_tags_as_it_is_now(path, ours, decoded_at)
+        except _Replaced:
+            self.rescore.append(path)  # another file than the one decoded: its scores are not this one's
+            return
         except DatabaseError:
             raise  # not this file's fault: the run cannot record anything more
         except MusictagError as e:
@@ -262,16 +304,16 @@ class Scanner:
                 self.result.unconfident[name] = self.result.unconfident.get(name, 0) + 1
         self._done(path, status, change=change)
 
-    def _apply_tags_as_it_is_now(self, path: str, ours: dict[str, list[str]], attempts: int = 3
-                                 ) -> tuple[str, Change | None]:
+    def _apply_tags_as_it_is_now(self, path: str, ours: dict[str, list[str]], decoded_at: os.stat_result,
+                                 attempts: int = 3) -> tuple[str, Change | None]:
         """_apply_tags, decided again when another program (a tag editor, a second scan) saved the file
         while it was being tagged: merging with what the file holds now keeps that program's values."""
         for _ in range(attempts - 1):
             try:
-                return self._apply_tags(path, ours)
+                return self._apply_tags(path, ours, decoded_at)
             except FileChangedError:
                 continue
-        return self._apply_tags(path, ours)  # still changing under us: reported as a failed file
+        return self._apply_tags(path, ours, decoded_at)  # still changing under us: reported as a failed file
 
     def _ours(self, scores: dict[str, dict[str, float]]) -> tuple[dict[str, list[str]], list[str]]:
         """The values this scan would write, per field, and the fields with nothing confident."""
@@ -279,17 +321,24 @@ class Scanner:
             ours, unconfident = choose_terms(self.vocabulary, scores, self.kinds, self.options)
         else:
             ours, unconfident = choose_labels(scores, self.kinds, self.options), []
+        if "genre" in ours:  # as the user names genres (config file): aliases, whitelist
+            ours["genre"] = canonical_genres(ours["genre"], self.options.genre_aliases, self.options.genre_whitelist)
+            if not ours["genre"]:
+                del ours["genre"]  # none the user wants: the field is left as it is
         if writes("model", self.options):
             ours["model"] = [f"musictag {__version__} model {self.model_id}"]
         return ours, unconfident
 
-    def _apply_tags(self, path: str, ours: dict[str, list[str]]) -> tuple[str, Change | None]:
+    def _apply_tags(self, path: str, ours: dict[str, list[str]], decoded_at: os.stat_result
+                    ) -> tuple[str, Change | None]:
         """What the file's tags become under this scan's options, written unless this is a dry run: the
-        status, and the fields that change."""
+        status, and the fields that change. A file that is not the one decoded (`decoded_at`) is _Replaced."""
         read_at = file_state(path)
+        if _identity(read_at) != _identity(decoded_at):
+            raise _Replaced(path)
         current = read_fields(path, list(ours), as_stored=True)
         record = self.db.get(path)
-        written = (record.written or {}) if record else {}
+        written = _settled((record.written or {}) if record else {}, self.db.pending(path), current)
         previous = self.db.previous_values(path)
         if self.options.mode == "skip-tagged" and _tagged_by_user(current, written, previous):
             self.result.skipped += 1
@@ -309,7 +358,8 @@ class Scanner:
             self.result.scored += 1
             return "would change", change
         self.db.remember_previous(path, {name: current[name] for name in changed}, lacks_tag_block(path))
-        write_fields(path, changed, read_at, self.options.id3_version)
+        self.db.put_pending(path, new)  # before the rename: a kill after it leaves undo what it needs
+        _write_file(self.db, path, changed, read_at, id3_version=self.options.id3_version)
         self._record_written(path, new)
         self.result.tagged += 1
         return "tagged", change
@@ -323,11 +373,25 @@ class Scanner:
     def _merged(self, name: str, current: list[str], labels: list[str], written: dict[str, list[str]],
                 previous: dict[str, list[str]]) -> list[str]:
         if self.options.mode != "merge" or name not in USER_FIELDS:
-            return labels
-        ours_before = set(written.get(name, [])) - set(previous.get(name, []))
-        kept = [v for v in current if v not in ours_before]  # the user's values, not our stale ones
-        known = {v.casefold() for v in kept}
-        return kept + [label for label in labels if label.casefold() not in known]
+            return self._joined(name, labels)
+        ours_before = set(self._split(written.get(name, []))) - set(self._split(previous.get(name, [])))
+        kept = [v for v in self._split(current) if v not in ours_before]  # the user's values, not our stale ones
+        aliases = self.options.genre_aliases if name == "genre" else {}
+        known = {genre_key(v, aliases) for v in kept}  # "Hip Hop" and "Hip-Hop" are one genre
+        return self._joined(name, kept + [label for label in labels if genre_key(label, aliases) not in known])
+
+    def _split(self, values: list[str]) -> list[str]:
+        """Values as one per entry: a value joined by the separator (config file) is split."""
+        mark = self.options.separator.strip() or self.options.separator
+        if not mark:
+            return list(values)
+        return [part.strip() for value in values for part in value.split(mark) if part.strip()]
+
+    def _joined(self, name: str, values: list[str]) -> list[str]:
+        """A user field's values as they are written: with a separator, one value joining them all."""
+        if self.options.separator and name in USER_FIELDS and len(values) > 1:
+            return [self.options.separator.join(values)]
+        return values
 
     def _fail(self, path: str, st: os.stat_result | None, reason: str) -> None:
         """A new failure. Remembered with the file's stat (not by a dry run, whose real run must report it
@@ -348,6 +412,56 @@ class Scanner:
         self.progress("file", data)
 
 
+class _Replaced(Exception):
+    """The file is not the one decoded: replaced since (size, time or inode differ)."""
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _settled(written: dict[str, list[str]], pending: dict[str, list[str]] | None,
+             current: dict[str, list[str]]) -> dict[str, list[str]]:
+    """What the file holds of ours: `pending` (recorded before a write) when the file holds it, the write
+    having replaced the file before a kill kept it from being recorded; else what was recorded."""
+    if pending and all(current[name] == values for name, values in pending.items() if name in current):
+        return pending
+    return written
+
+
+def _write_file(db: Database, path: str, values: dict[str, list[str] | None], read_at: os.stat_result,
+                **options) -> None:
+    """write_fields, its temporary copy known to the database before it exists."""
+    try:
+        write_fields(path, values, read_at, announce=db.announce_temporary, **options)
+    finally:
+        db.temporaries_done()
+
+
+def remove_leftovers(db: Database) -> list[str]:
+    """Temporary copies a killed run left: the database recorded each before it existed, with the
+    process writing it, now gone. Removed; their names returned."""
+    removed = []
+    for path in db.leftover_temporaries():
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass  # renamed or removed before the kill
+        except OSError:
+            continue  # kept in the database: tried again next time
+        db.forget_temporary(path)
+    db.commit()
+    return removed
+
+
 def _tagged_by_user(current: dict[str, list[str]], written: dict[str, list[str]],
                     previous: dict[str, list[str]]) -> bool:
     """Whether genre or mood holds a value musictag did not write (skip-tagged leaves such files alone)."""
@@ -361,26 +475,21 @@ def _tagged_by_user(current: dict[str, list[str]], written: dict[str, list[str]]
 def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | None = None) -> ScanResult:
     """Restore the values musictag replaced or added, for the given files/folders or for all."""
     progress = progress or no_progress
-    result = ScanResult()
+    result = ScanResult(leftovers=remove_leftovers(db))
     targets = db.undo_paths()
     if paths:
         targets = list(filter(within(paths), targets))
     progress("start", {"total": len(targets)})
     for path in targets:
         try:
-            read_at = file_state(path)
-            restore, kept = _still_ours(db, path)
-            if restore:
-                write_fields(path, restore, read_at, drop_empty_tag=db.added_tag_block(path))
+            with db.file_lock(path):  # a scan writing this file finishes first, and waits for this
+                restore, kept = _undo_file(db, path)
         except DatabaseError:
             raise  # not this file's fault: the run cannot record anything more
         except MusictagError as e:
             result.failed.append((path, getattr(e, "reason", str(e))))
             progress("file", {"path": path, "status": "failed", "reason": str(e)})
             continue
-        db.forget_previous(path)
-        st = os.stat(path)
-        db.put_written(path, None, st.st_size, st.st_mtime_ns)
         if restore:
             result.tagged += 1
         else:
@@ -392,6 +501,17 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
     return result
 
 
+def _undo_file(db: Database, path: str) -> tuple[dict[str, list[str]], int]:
+    read_at = file_state(path)
+    restore, kept = _still_ours(db, path)
+    if restore:
+        _write_file(db, path, restore, read_at, drop_empty_tag=db.added_tag_block(path))
+    db.forget_previous(path)
+    st = os.stat(path)
+    db.put_written(path, None, st.st_size, st.st_mtime_ns)
+    return restore, kept
+
+
 def _still_ours(db: Database, path: str) -> tuple[dict[str, list[str]], int]:
     """The previous values of the fields that still hold what musictag wrote, and how many fields were
     changed since (the user edited them in another program): those keep the user's values, undo takes
@@ -400,6 +520,7 @@ def _still_ours(db: Database, path: str) -> tuple[dict[str, list[str]], int]:
     record = db.get(path)
     written = (record.written or {}) if record else {}
     current = read_fields(path, list(previous), as_stored=True)
+    written = _settled(written, db.pending(path), current)
     restore = {name: values for name, values in previous.items()
                if name in written and current[name] == written[name]}
     return restore, sum(name in written and current[name] != written[name] for name in previous)

@@ -112,13 +112,16 @@ def _short_of_memory(tagger, fits: int, error: Exception):
     """The tagger's network raises `error` for passes of more than `fits` windows (a fake allocator)."""
     network, passes = tagger.model, []
 
-    def forward(x):
-        passes.append(x.shape[0])
-        if x.shape[0] > fits:
-            raise error
-        return network(x)
+    class ShortOfMemory:
+        trunk_channels = network.trunk_channels
 
-    tagger.__dict__["model"] = forward
+        def outputs(self, x):
+            passes.append(x.shape[0])
+            if x.shape[0] > fits:
+                raise error
+            return network.outputs(x)
+
+    tagger.__dict__["model"] = ShortOfMemory()
     return passes
 
 

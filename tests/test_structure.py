@@ -9,8 +9,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "musictag"
 # top to bottom; a module may import from its own layer or any below it, never from one above
 LAYERS = [
     {"cli", "api", "__main__"},
-    {"scan", "train", "evaluate", "modelcard", "export", "finetuning"},
-    {"pipeline", "library", "library_labels", "metrics", "manifest", "cache", "inference", "distill"},
+    {"scan", "train", "evaluate", "modelcard", "export", "finetuning", "parquet"},
+    {"pipeline", "ray_engine", "library", "library_labels", "metrics", "manifest", "cache", "inference", "distill",
+     "config"},
     {"audio", "features", "model", "checkpoint", "modelfile", "db", "tags", "codec", "errors", "defaults",
      "progress", "vocabulary", "__init__"},
 ]

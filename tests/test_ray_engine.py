@@ -1,0 +1,208 @@
+"""scan --engine ray: the local engine's results from a Ray cluster (a local Ray limited to 2 CPUs, and a
+simulated two-node cluster), faults included; and --parquet for both engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_track
+from musictag.cli import app
+from musictag.db import Database
+from musictag.pipeline import Decoded
+from musictag.ray_engine import RAY_MISSING, SCORE_PREFIX, TrackAssembler
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """Twelve tracks of 1 to 3 windows (lengths differ, so windows of several lengths share batches)
+    and one file that is not audio."""
+    root = tmp_path_factory.mktemp("catalog")
+    for i in range(12):
+        write_track(root / f"track{i:02d}.flac", seconds=3 + 4 * (i % 3), freq=200 + 60 * i, seed=i)
+    (root / "broken.mp3").write_bytes(b"this is not audio" * 200)
+    return root
+
+
+@pytest.fixture
+def library(catalog, tmp_path):
+    """A fresh copy of the catalog (scans write tags into it)."""
+    import shutil
+
+    return shutil.copytree(catalog, tmp_path / "library")
+
+
+def _scan(library, model, db, *extra):
+    return runner.invoke(app, ["scan", str(library), "--model", str(model), "--db", str(db), "--json", "--quiet",
+                               "--batch-size", "4", *extra])
+
+
+def _summary(result) -> dict:
+    """The summary object `scan --json` ends with."""
+    return json.loads(result.stdout.splitlines()[-1])["summary"]
+
+
+def _rows(db_path, root) -> dict:
+    """The database's rows with paths relative to the library (two libraries compare)."""
+    with Database(db_path) as db:
+        return {os.path.relpath(t.path, root): (t.scores, t.written, t.error is not None) for t in db.tracks()}
+
+
+def _same_rows(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for path in a:
+        (scores_a, written_a, failed_a), (scores_b, written_b, failed_b) = a[path], b[path]
+        assert failed_a == failed_b and written_a == written_b, path
+        if scores_a is not None:
+            diff = max(abs(scores_a[h][label] - scores_b[h][label]) for h in scores_a for label in scores_a[h])
+            assert diff <= 1e-3, (path, diff)
+
+
+@pytest.fixture(scope="module")
+def local_run(catalog, tiny_checkpoint, tmp_path_factory):
+    """The local engine's scan of a copy of the catalog: what every Ray run must equal."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("local")
+    library = shutil.copytree(catalog, root / "library")
+    result = _scan(library, tiny_checkpoint, root / "db.sqlite", "--engine", "local")
+    assert result.exit_code == 1  # the broken file
+    return _summary(result), _rows(root / "db.sqlite", library)
+
+
+def test_engine_ray_without_the_extra_says_how_to_install_it(library, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError, as without the extra
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    result = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db",
+                                 str(tmp_path / "db.sqlite"), "--engine", "ray"])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {RAY_MISSING}"
+    assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_track_assembler_counts_each_window_once_and_fails_a_track_once():
+    heads = {SCORE_PREFIX + "genre": np.array([[0.2], [0.4], [0.4], [np.nan], [0.9]], np.float32)}
+    batch = {"path": np.array(["a", "a", "a", "b", "b"], object), "index": np.array([0, 1, 1, -1, 0]),
+             "count": np.array([3, 3, 3, 0, 1]), "duration": np.array([30.0] * 5),
+             "error": np.array(["", "", "", "cannot decode", ""], object), **heads}
+    assembler = TrackAssembler()
+    assert assembler.add(batch) == [Decoded("b", error="cannot decode")]  # its late window is ignored
+    last = {key: value[:1] for key, value in batch.items()}
+    last["index"], last[SCORE_PREFIX + "genre"] = np.array([2]), np.array([[0.6]], np.float32)
+    (track,) = assembler.add(last)
+    assert track.path == "a" and track.duration == 30.0
+    assert track.scores["genre"] == pytest.approx([0.4])  # (0.2 + 0.4 + 0.6) / 3: the repeated window once
+    assert assembler.add(last) == []  # a finished track is not finished again
+
+
+def test_local_ray_gives_the_local_engines_scores_tags_rows_and_summary(library, tiny_checkpoint, tmp_path,
+                                                                       local_run):
+    pytest.importorskip("ray.data")
+    import ray
+
+    assert not ray.is_initialized()
+    result = _scan(library, tiny_checkpoint, tmp_path / "db.sqlite", "--engine", "ray")
+    assert result.exit_code == 1, result.output
+    summary, rows = local_run
+    assert _summary(result) == summary
+    _same_rows(_rows(tmp_path / "db.sqlite", library), rows)
+    assert not ray.is_initialized()  # the Ray it started for the scan is stopped
+    again = _scan(library, tiny_checkpoint, tmp_path / "db.sqlite", "--engine", "ray")
+    assert _summary(again)["unchanged"] == 12 and _summary(again)["failed_before"] == 1
+
+
+@pytest.fixture
+def two_node_cluster():
+    pytest.importorskip("ray.data")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_a_simulated_two_node_cluster_gives_the_same_results(library, tiny_checkpoint, tmp_path, local_run,
+                                                            two_node_cluster):
+    import ray
+
+    assert len(ray.nodes()) == 2
+    result = _scan(library, tiny_checkpoint, tmp_path / "db.sqlite", "--engine", "ray",
+                   "--ray-address", two_node_cluster.address)
+    summary, rows = local_run
+    assert _summary(result) == summary
+    _same_rows(_rows(tmp_path / "db.sqlite", library), rows)
+
+
+def _model_actor_pids() -> list[int]:
+    """Processes of the model actors (Ray titles them after the callable class)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"WindowScorer" in f.read():
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return [pid for pid in pids if pid != os.getpid()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor's process in /proc")
+def test_a_model_actor_killed_mid_run_still_ends_with_every_file_done_once(library, tiny_checkpoint, tmp_path,
+                                                                          local_run):
+    pytest.importorskip("ray.data")
+    import ray
+
+    from musictag import api
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    outcomes, killed = [], []
+
+    def progress(event, data):
+        if event == "file":
+            outcomes.append(data["path"])
+            if len(outcomes) == 2:  # the first tracks are back: the model actor is mid-run
+                killed.extend(_model_actor_pids())
+                for pid in killed:
+                    os.kill(pid, signal.SIGKILL)
+
+    try:
+        with Database(tmp_path / "db.sqlite") as db:
+            options = api.scan_options(batch_size=2, engine="ray")
+            result = api.scan(api.scan_model(tiny_checkpoint, db, "cpu"), db, [library], options, progress)
+    finally:
+        ray.shutdown()
+    assert killed
+    assert sorted(outcomes) == sorted(set(outcomes)) and len(outcomes) == 13  # every file once
+    assert result.tagged == 12 and len(result.failed) == 1
+    _same_rows(_rows(tmp_path / "db.sqlite", library), local_run[1])
+
+
+def test_parquet_has_a_row_per_track_with_every_score_and_the_embedding(library, tiny_checkpoint, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    db = tmp_path / "db.sqlite"
+    assert _scan(library, tiny_checkpoint, db, "--no-write").exit_code == 1
+    result = _scan(library, tiny_checkpoint, db, "--no-write", "--parquet", str(tmp_path / "out"))
+    assert _summary(result)["scored"] == 12  # scored before without embeddings: scored again, with them
+    table = pq.read_table(tmp_path / "out" / "tracks.parquet").to_pydict()
+    assert len(table["path"]) == 12 and len(set(table["path"])) == 12
+    with Database(db) as database:
+        stored = {t.path: t.scores for t in database.tracks() if t.scores}
+    for i, path in enumerate(table["path"]):
+        assert table["genre:Jazz"][i] == pytest.approx(stored[path]["genre"]["Jazz"], abs=1e-6)
+        assert len(table["embedding"][i]) == 32 and np.isfinite(table["embedding"][i]).all()  # width 8 x 4
+    assert len({tuple(e) for e in table["embedding"]}) == 12  # each track its own
+    again = _scan(library, tiny_checkpoint, db, "--no-write", "--parquet", str(tmp_path / "out"))
+    assert _summary(again)["unchanged"] == 12  # embeddings stored: nothing decoded again
+    assert pq.read_table(tmp_path / "out" / "tracks.parquet").to_pydict() == table
