@@ -35,7 +35,7 @@ VERSION = 1
 class Checkpoint:
     model_config: ModelConfig
     feature_config: FeatureConfig
-    labels: dict[str, list[str]]  # head -> label names, in output order
+    labels: dict[str, list[str]]  # scored head -> label names, in output order (regress heads have none)
     state_dict: dict[str, torch.Tensor]
     normalization: dict[str, float] = field(default_factory=lambda: {"mean": 0.0, "std": 1.0})
     training: dict = field(default_factory=dict)  # data, recipe, metrics: free-form, builtins only
@@ -160,10 +160,12 @@ def _from_payload(payload, path: Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(path, f"incompatible checkpoint contents ({type(e).__name__}: {e})") from None
-    if set(checkpoint.labels) != set(checkpoint.model_config.heads):
+    scored = checkpoint.model_config.kinds  # regress heads have no label names
+    if set(checkpoint.labels) != set(scored):
         raise CheckpointError(path, f"label lists {sorted(checkpoint.labels)} do not match the heads "
-                                    f"{sorted(checkpoint.model_config.heads)}")
-    for head, (_, n) in checkpoint.model_config.heads.items():
+                                    f"{sorted(scored)}")
+    for head in scored:
+        n = checkpoint.model_config.heads[head][1]
         if len(checkpoint.labels[head]) != n:
             raise CheckpointError(path, f"head {head!r} has {n} outputs but {len(checkpoint.labels[head])} labels")
     return checkpoint

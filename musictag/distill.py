@@ -7,6 +7,9 @@ about each 3 s patch of a file, turned into training targets for the student.
   segment gets the mean teacher taggrams over its patches, and pseudo-labels for the 4Q heads from a
   linear probe fitted on the teacher's embeddings of the labelled training clips (weighted lower than
   real labels).
+- Both also carry the teacher's embedding (clip mean, segment mean) as a target for an optional regress
+  head (TrainConfig.embedding_weight > 0), standardised with the training set's mean and std, so that
+  the 4Q heads can afterwards be stacked on the student's own embedding: the probe, run on the student.
 
 Targets are (examples, labels) float arrays; a row the example has no target for is NaN and its weight 0,
 so one batch can mix labelled clips and unlabelled segments. The probe is a logistic regression in torch
@@ -45,6 +48,7 @@ TEACHER_LABELS = {"msd": list(MSD_LABELS), "mtt": list(MTT_LABELS)}
 TEACHER_VERSION = "musicnn-0.1.0"
 SEGMENT_PATCHES = 2  # 2 x 2.99 s: a segment just longer than one 5 s training crop
 PSEUDO_WEIGHT = 0.5  # pseudo-labels count half as much as real labels
+EMBEDDING_HEAD = "embedding"  # the regress head that predicts the teacher's embedding
 
 
 def teacher_key(path: str) -> str:
@@ -165,8 +169,8 @@ class DistillSet:
 
 def labelled_set(features: list[np.ndarray], encoded: dict[str, np.ndarray], vocab: dict[str, list[str]],
                  teachers: list[TeacherOutput | None], names: list[str]) -> DistillSet:
-    """Labelled clips: their labels (manifest.encode_targets), plus clip-mean teacher taggrams where the
-    teacher analysed them."""
+    """Labelled clips: their labels (manifest.encode_targets), plus clip-mean teacher taggrams and
+    embedding where the teacher analysed them."""
     n = len(features)
     targets = {h: target_rows(t, len(vocab[h])) for h, t in encoded.items()}
     weights = {h: np.where(np.isnan(t).any(axis=1), 0.0, 1.0).astype(np.float32) for h, t in targets.items()}
@@ -176,13 +180,19 @@ def labelled_set(features: list[np.ndarray], encoded: dict[str, np.ndarray], voc
             if teacher is not None:
                 t[i] = teacher.probs[head].mean(axis=0)
         targets[head], weights[head] = t, (~np.isnan(t).any(axis=1)).astype(np.float32)
+    heard = next(x for x in teachers if x is not None)
+    embedding = np.full((n, heard.embeddings.shape[1]), np.nan, np.float32)
+    for i, teacher in enumerate(teachers):
+        if teacher is not None:
+            embedding[i] = teacher.embeddings.mean(axis=0)
+    targets[EMBEDDING_HEAD], weights[EMBEDDING_HEAD] = embedding, (~np.isnan(embedding).any(axis=1)).astype(np.float32)
     return DistillSet(list(features), targets, weights, list(names))
 
 
 def unlabelled_set(tracks: list[tuple[str, np.ndarray, TeacherOutput]], frames_per_second: float,
                    probes: dict[str, LinearProbe], pseudo_weight: float = PSEUDO_WEIGHT) -> DistillSet:
-    """Unlabelled tracks cut into segments: teacher taggrams as targets for the teacher heads, the
-    probes' predictions from the teacher embedding as pseudo-labels for the labelled heads."""
+    """Unlabelled tracks cut into segments: teacher taggrams and embedding as targets for the teacher
+    heads, the probes' predictions from the teacher embedding as pseudo-labels for the labelled heads."""
     features, names, probs, embeddings = [], [], {h: [] for h in TEACHER_HEADS}, []
     for name, mel, teacher in tracks:
         for k, seg in enumerate(segments(teacher, mel.shape[1], frames_per_second)):
@@ -193,8 +203,9 @@ def unlabelled_set(tracks: list[tuple[str, np.ndarray, TeacherOutput]], frames_p
                 probs[h].append(seg.probs[h])
     n = len(features)
     targets = {h: np.stack(p).astype(np.float32) for h, p in probs.items()}
-    weights = {h: np.ones(n, np.float32) for h in TEACHER_HEADS}
-    x = np.stack(embeddings)
+    x = np.stack(embeddings).astype(np.float32)
+    targets[EMBEDDING_HEAD] = x
+    weights = {h: np.ones(n, np.float32) for h in (*TEACHER_HEADS, EMBEDDING_HEAD)}
     for head, probe in probes.items():
         targets[head] = probe.predict(x).astype(np.float32)
         weights[head] = np.full(n, pseudo_weight, np.float32)
@@ -211,6 +222,14 @@ def concat(a: DistillSet, b: DistillSet) -> DistillSet:
         targets[h] = np.concatenate(parts)
         weights[h] = np.concatenate([s.weights.get(h, np.zeros(len(s), np.float32)) for s in (a, b)])
     return DistillSet(a.features + b.features, targets, weights, a.names + b.names)
+
+
+def standardised(targets: np.ndarray) -> np.ndarray:
+    """Regression targets with zero mean and unit variance per column over the rows that have one (NaN
+    rows stay NaN), so every embedding dimension counts alike in the squared error."""
+    known = ~np.isnan(targets).any(axis=1)
+    mean, std = targets[known].mean(axis=0), targets[known].std(axis=0) + 1e-6
+    return ((targets - mean) / std).astype(np.float32)
 
 
 PROBE_L2 = 1e-2  # what bench/teacher_probe.py picks from 1e-3, 1e-2, 1e-1 on the 4Q artist split

@@ -32,7 +32,7 @@ from .inference import pick_device, startup_fault, use_device
 from .manifest import Example, target_rows
 from .metrics import head_metrics, summary_score
 from .distill import fit_probe
-from .model import CPResNet, ModelConfig, count_parameters, probabilities
+from .model import CPResNet, ModelConfig, count_parameters, head_outputs
 from .progress import Progress, no_progress
 
 
@@ -60,6 +60,7 @@ class TrainConfig:
     trunk_lr_scale: float = 1.0  # ... then the trunk at this fraction of the rate
     labelled_share: float = 0.5  # with unlabelled audio mixed in: share of each batch from labelled clips
     pseudo_weight: float = 0.5  # loss weight of a probe's pseudo-label against a real label's 1
+    embedding_weight: float = 0.0  # distilling: weight of the MSE on the teacher's embedding (0: no regress head)
     seed: int = 0
 
     @classmethod
@@ -194,15 +195,19 @@ def _permutation_within(groups: np.ndarray, rng: np.random.Generator) -> np.ndar
     return perm
 
 
-def loss_fn(logits: dict, batch: Batch, heads: dict[str, str], label_count_power: float = 0.0) -> torch.Tensor:
-    """Cross-entropy per single-label head plus BCE per multi-label head (soft targets alike), each a
-    weighted mean over the examples that have a target for it. A mean over 62 mood labels gives the
-    shared trunk a far weaker signal than one 4-way cross-entropy; the power rebalances it."""
+def loss_fn(logits: dict, batch: Batch, heads: dict[str, str], label_count_power: float = 0.0,
+            regress_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy per single-label head plus BCE per multi-label head (soft targets alike), plus
+    `regress_weight` times the mean squared error per regress head, each a weighted mean over the examples
+    that have a target for it. A mean over 62 mood labels gives the shared trunk a far weaker signal than
+    one 4-way cross-entropy; the power rebalances it."""
     total = torch.zeros((), device=batch.x.device)
     for head, kind in heads.items():
         weights, target = batch.weights[head], batch.targets[head]
         if kind == "single":
             per_example = torch.sum(-target * F.log_softmax(logits[head], dim=-1), dim=-1)
+        elif kind == "regress":
+            per_example = regress_weight * (logits[head] - target).square().mean(dim=-1)
         else:
             per_example = F.binary_cross_entropy_with_logits(logits[head], target, reduction="none").mean(dim=-1)
             per_example = per_example * logits[head].shape[1] ** label_count_power
@@ -221,7 +226,8 @@ def window_slices(n_frames: int, features: FeatureConfig, window: float) -> list
 @torch.inference_mode()
 def predict_features(model: CPResNet, mels: list[np.ndarray], norm: tuple[float, float],
                      features: FeatureConfig, window: float, batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Per-clip probabilities: the mean over the clip's excerpt windows, on the model's device, in fp32."""
+    """Per-clip probabilities (and regress heads' predictions): the mean over the clip's excerpt windows, on
+    the model's device, in fp32."""
     model.eval()
     device = next(model.parameters()).device
     crops, owner = [], []
@@ -239,7 +245,7 @@ def predict_features(model: CPResNet, mels: list[np.ndarray], norm: tuple[float,
         offset = 0
         for group in groups:
             x = (torch.from_numpy(np.stack(group).astype(np.float32))[:, None].to(device) - norm[0]) / norm[1]
-            probs = probabilities(model(x), model.config)
+            probs = head_outputs(model(x), model.config)
             for head, p in probs.items():
                 acc = sums.setdefault(head, np.zeros((len(mels), p.shape[1]), np.float32))
                 np.add.at(acc, rows[offset:offset + len(group)], p.cpu().numpy())
@@ -292,7 +298,9 @@ class TrainData:
 
     @property
     def vocab_sizes(self) -> dict[str, int]:
-        return {head: len(labels) for head, labels in self.vocab.items()}
+        """Outputs per head: its labels, or for a regress head (no labels) the width of its targets."""
+        regress = {head: self.train.targets[head].shape[1] for head, kind in self.train.heads.items() if kind == "regress"}
+        return {**regress, **{head: len(labels) for head, labels in self.vocab.items()}}
 
 
 class WeightAverage:
@@ -473,7 +481,7 @@ def _step(run: _Run, data: TrainData, config: TrainConfig, batch: np.ndarray, fr
     examples = mixup(examples, config.mixup_alpha, rng)
     with torch.autocast(run.device.type, dtype=run.autocast or torch.float32, enabled=run.autocast is not None):
         logits = run.model(examples.x)  # the heads leave autocast (model.py): logits and loss are fp32
-    loss = loss_fn(logits, examples, data.train.heads, config.label_count_power)
+    loss = loss_fn(logits, examples, data.train.heads, config.label_count_power, config.embedding_weight)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)  # an fp16 step with inf/NaN gradients is skipped and the scale lowered
@@ -534,44 +542,54 @@ def plain_builtins(report: dict) -> dict:
     return report
 
 
-def stack_heads(checkpoint: Checkpoint, clips: Prepared, val: Prepared, sources: tuple[str, ...],
+def stack_heads(checkpoint: Checkpoint, clips: Prepared, val: Prepared, candidates: tuple[tuple[str, ...], ...],
                 l2_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1)) -> dict:
-    """Refit each labelled head as a logistic regression on the logits of the `sources` heads (those
-    distilled from the teacher), fitted on the training clips; keep it where it beats the head trained
-    with the trunk on the validation clips' headline metric. Updates `checkpoint`; returns what was tried."""
+    """Refit each labelled head as a logistic regression on the outputs of one of the `candidates` sets
+    of source heads (those distilled from the teacher: taggram heads read as logits, a regress head's
+    embedding as it is), fitted on the training clips; the source set and L2 with the best validation
+    headline win, and the refit is kept where it beats the head trained with the trunk. Updates
+    `checkpoint`; returns what was tried."""
     model = checkpoint.build_model()
     norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
     kinds = checkpoint.model_config.kinds
-    train_probs, val_probs = (predict_features(model, data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
-                              for data in (clips, val))
-    x_train, x_val = (np.concatenate([_logit(p[s]) for s in sources], axis=1) for p in (train_probs, val_probs))
-    direct = head_metrics(val_probs, val.targets, val.heads, checkpoint.labels)
+    train_out, val_out = (predict_features(model, data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
+                          for data in (clips, val))
+    direct = head_metrics(val_out, val.targets, val.heads, checkpoint.labels)
     tried, probes = {}, {}
     for head in val.heads:
         y = target_rows(clips.targets[head], len(checkpoint.labels[head]))
         keep = ~np.isnan(y).any(axis=1)
         best = None
-        for l2 in l2_grid:
-            probe = fit_probe(x_train[keep], y[keep], kinds[head], l2)
-            report = head_metrics({head: probe.predict(x_val)}, val.targets, {head: val.heads[head]}, checkpoint.labels)
-            if best is None or _headline_value(report[head]) > _headline_value(best[1][head]):
-                best = (probe, report, l2)
-        adopted = _headline_value(best[1][head]) > _headline_value(direct[head])
-        tried[head] = {"l2": best[2], "stacked": _headline_value(best[1][head]),
+        for sources in candidates:
+            x_train, x_val = (_stack_inputs(out, sources, kinds) for out in (train_out, val_out))
+            for l2 in l2_grid:
+                probe = fit_probe(x_train[keep], y[keep], kinds[head], l2)
+                value = _headline_value(head_metrics({head: probe.predict(x_val)}, val.targets,
+                                                     {head: val.heads[head]}, checkpoint.labels)[head])
+                if best is None or value > best["stacked"]:
+                    best = {"stacked": value, "l2": l2, "sources": list(sources), "probe": probe}
+        adopted = best["stacked"] > _headline_value(direct[head])
+        tried[head] = {"l2": best["l2"], "sources": best["sources"], "stacked": best["stacked"],
                        "direct": _headline_value(direct[head]), "adopted": adopted}
         if adopted:
-            probes[head] = best[0]
-    _install_stacks(checkpoint, probes, list(sources))
+            probes[head] = (best["probe"], best["sources"])
+    _install_stacks(checkpoint, probes)
     return tried
 
 
-def _install_stacks(checkpoint: Checkpoint, probes: dict, sources: list[str]) -> None:
-    """Fold each probe (standardisation included) into a linear stacked head of the checkpoint."""
+def _stack_inputs(out: dict[str, np.ndarray], sources: tuple[str, ...], kinds: dict[str, str]) -> np.ndarray:
+    """The source heads' outputs side by side: logits of labelled heads, a regress head's raw prediction."""
+    return np.concatenate([_logit(out[s]) if s in kinds else out[s] for s in sources], axis=1)
+
+
+def _install_stacks(checkpoint: Checkpoint, probes: dict[str, tuple]) -> None:
+    """Fold each (probe, its source heads) (standardisation included) into a linear stacked head."""
     if not probes:
         return
-    config = ModelConfig(**{**checkpoint.model_config.__dict__, "stacked": {h: sources for h in probes}})
+    stacked = {h: list(sources) for h, (_, sources) in probes.items()}
+    config = ModelConfig(**{**checkpoint.model_config.__dict__, "stacked": stacked})
     state = dict(checkpoint.state_dict)
-    for head, probe in probes.items():
+    for head, (probe, _) in probes.items():
         weight = (probe.weight / probe.std[:, None]).T
         state[f"stacks.{head}.weight"] = torch.from_numpy(weight.astype(np.float32))
         state[f"stacks.{head}.bias"] = torch.from_numpy((probe.bias - (probe.mean / probe.std) @ probe.weight)

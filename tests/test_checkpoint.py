@@ -168,3 +168,20 @@ def test_label_lists_must_match_the_heads(tmp_path):
 
     with pytest.raises(CheckpointError, match="head 'g' has 3 outputs but 2 labels"):
         load_checkpoint(save_payload(tmp_path, short_list))
+
+
+def test_a_regress_head_has_no_labels_and_loads_with_weights_only(tmp_path):
+    config = ModelConfig(rho=3, width=8, n_mels=32, heads={"q": ("single", 2), "emb": ("regress", 5)},
+                         stacked={"q": ["emb"]})
+    model = CPResNet(config).eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(Checkpoint(config, FeatureConfig(n_mels=32), {"q": ["a", "b"]}, model.state_dict()), path,
+                    half=True)
+    loaded = load_checkpoint(path)
+    assert loaded.labels == {"q": ["a", "b"]} and loaded.model_config.heads["emb"] == ("regress", 5)
+    x = torch.randn(2, 1, 32, 60)
+    assert torch.allclose(model(x)["emb"], loaded.build_model()(x)["emb"], rtol=0.05, atol=0.2)  # fp16 weights
+    save_checkpoint(Checkpoint(config, FeatureConfig(n_mels=32), {"q": ["a", "b"], "emb": list("vwxyz")},
+                               model.state_dict()), path)
+    with pytest.raises(CheckpointError, match="label lists .* do not match the heads"):
+        load_checkpoint(path)

@@ -101,3 +101,21 @@ def test_teacher_step_caches_both_taggrams_and_embeddings(tmp_path):
     assert not np.allclose(out.embeddings[0], out.embeddings[1])  # musicnn's extractor would repeat patch 0
     with np.load(tmp_path / "cache" / f"{teacher_key(str(clip))}.npz") as z:  # the heads' names are musicnn's
         assert [list(z["msd_labels"]), list(z["mtt_labels"])] == [TEACHER_LABELS["msd"], TEACHER_LABELS["mtt"]]
+
+
+def test_both_sets_carry_the_teacher_embedding_and_it_is_standardised_over_known_rows():
+    from musictag.distill import EMBEDDING_HEAD, standardised
+
+    mel = np.zeros((8, 300), np.float16)
+    t = teacher(3)
+    clips = labelled_set([mel, mel], {"quadrant": np.array([0, 1])}, {"quadrant": ["Q1", "Q2"]},
+                         [t, None], ["a.mp3", "b.mp3"])
+    np.testing.assert_allclose(clips.targets[EMBEDDING_HEAD][0], t.embeddings.mean(axis=0), rtol=1e-5)
+    assert np.isnan(clips.targets[EMBEDDING_HEAD][1]).all() and clips.weights[EMBEDDING_HEAD].tolist() == [1.0, 0.0]
+    songs = unlabelled_set([("song", np.zeros((8, 600), np.float16), teacher(4, seed=1))], 22050 / 512, {})
+    assert songs.targets[EMBEDDING_HEAD].shape == (2, 400) and songs.weights[EMBEDDING_HEAD].tolist() == [1.0, 1.0]
+    z = standardised(concat(clips, songs).targets[EMBEDDING_HEAD])
+    known = ~np.isnan(z).any(axis=1)
+    assert known.tolist() == [True, False, True, True]
+    np.testing.assert_allclose(z[known].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z[known].std(axis=0), 1.0, atol=1e-3)

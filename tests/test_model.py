@@ -123,3 +123,19 @@ def test_min_frames_is_the_shortest_input_the_network_accepts():
     model(torch.randn(1, 1, 32, shortest))
     with pytest.raises(RuntimeError):
         model(torch.randn(1, 1, 32, shortest - 1))
+
+
+def test_a_regress_head_is_predicted_raw_and_never_scored():
+    from musictag.model import head_outputs, probabilities
+
+    config = ModelConfig(rho=3, width=8, n_mels=32, heads={"q": ("single", 2), "emb": ("regress", 6)},
+                         stacked={"q": ["emb"]})
+    assert config.kinds == {"q": "single"}  # the scored heads
+    model = CPResNet(config).eval()
+    logits = model(torch.randn(3, 1, 32, 40))
+    assert logits["emb"].shape == (3, 6)
+    assert set(probabilities(logits, config)) == {"q"}
+    out = head_outputs(logits, config)
+    assert torch.equal(out["emb"], logits["emb"]) and torch.allclose(out["q"].sum(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match="labelled head, not a regression"):
+        ModelConfig(heads={"q": ("single", 2), "emb": ("regress", 6)}, stacked={"emb": ["q"]})

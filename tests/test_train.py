@@ -271,11 +271,11 @@ def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
     assert f"| 20 | no | - | 0 | F1 {f1:.3f} |" in row  # epochs, teacher, pseudo-label weight, segments
 
 
-def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabulary(tmp_path):
-    """Generated data end to end: labelled clips, unlabelled tracks, and a teacher cache in the format
+def train_distilled(tmp_path, recipe: dict):
+    """Distil on generated data: labelled clips, unlabelled tracks, and a teacher cache in the format
     scripts/teacher_targets.py writes (generated here: the teacher itself runs in its own venv)."""
     from musictag import api
-    from musictag.distill import TEACHER_LABELS, Teacher, teacher_key
+    from musictag.distill import Teacher, teacher_key
 
     manifest = make_dataset(tmp_path / "data")
     songs = [write_track(tmp_path / "songs" / f"s{i}.ogg", seconds=9.0, freq=200.0 + 400 * i, seed=i)
@@ -290,10 +290,18 @@ def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabular
         outputs.update({f"{h}_emb": rng.normal(size=(patches, 200)).astype(np.float16) for h in ("msd", "mtt")})
         np.savez(cache / f"{teacher_key(str(path))}.npz", patch_seconds=np.float32(2.992), **outputs)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(FAST))
+    config.write_text(json.dumps(recipe))
     model_config, features, train_config = api.training_configs(config, epochs=3)
-    checkpoint, _ = api.train(manifest, tmp_path / "model.pt", model_config, features, train_config,
-                              val_fraction=0.25, teacher=Teacher(cache, [str(s) for s in songs]))
+    return api.train(manifest, tmp_path / "model.pt", model_config, features, train_config,
+                     val_fraction=0.25, teacher=Teacher(cache, [str(s) for s in songs]))
+
+
+def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabulary(tmp_path):
+    """Generated data end to end: labelled clips, unlabelled tracks, and a teacher cache in the format
+    scripts/teacher_targets.py writes (generated here: the teacher itself runs in its own venv)."""
+    from musictag.distill import TEACHER_LABELS
+
+    checkpoint, _ = train_distilled(tmp_path, FAST)
     assert checkpoint.labels["msd"] == TEACHER_LABELS["msd"] and checkpoint.model_config.heads["mtt"] == ("multi", 50)
     record = checkpoint.training["distillation"]
     assert (record["unlabelled_tracks"], record["unlabelled_segments"]) == (3, 3)  # one 2-patch segment each
@@ -315,6 +323,36 @@ def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabular
     row = next(line for line in text.splitlines() if line.startswith("| mood | calm | mood:calm | calm, peaceful"))
     assert row.endswith(f"| {threshold:.3f} |")
     assert "| model.pt | 3 | yes | 0.5 | 3 |" in text and "Teacher: musicnn 0.1.0" in text
+
+
+def test_a_regressed_teacher_embedding_is_stacked_on_and_never_scored_or_written(tmp_path):
+    """embedding_weight > 0: a regress head learns the teacher's embedding; the labelled heads may be
+    stacked on it; the model loads with weights_only, and scan, evaluate and export-csv see only the
+    labelled heads."""
+    recipe = {**FAST, "train": {**FAST["train"], "embedding_weight": 1.0}}
+    checkpoint, _ = train_distilled(tmp_path, recipe)
+    assert checkpoint.model_config.heads["embedding"] == ("regress", 400)
+    assert checkpoint.training["distillation"]["embedding_weight"] == 1.0
+    saved = load_checkpoint(tmp_path / "model.pt")  # weights_only=True
+    assert "embedding" not in saved.labels and "embedding" not in saved.model_config.kinds
+    stacking = saved.training["stacking"]
+    assert all(s["sources"] in (["msd", "mtt"], ["embedding"], ["msd", "mtt", "embedding"]) for s in stacking.values())
+    assert saved.model_config.stacked == {h: s["sources"] for h, s in stacking.items() if s["adopted"]}
+    manifest = tmp_path / "data" / "manifest.csv"
+    result = runner.invoke(app, ["evaluate", "--data", str(manifest), "--model", str(tmp_path / "model.pt"),
+                                 "--json", "--quiet", "--predictions", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["scores"]
+    assert "embedding" not in scores and {"msd", "mtt", "quadrant", "mood"} <= set(scores)
+    write_track(tmp_path / "lib" / "song.flac", seconds=2.0, freq=1800.0)
+    db, csv_out = str(tmp_path / "db"), str(tmp_path / "out.csv")
+    result = runner.invoke(app, ["scan", str(tmp_path / "lib"), "--model", str(tmp_path / "model.pt"), "--db", db,
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export-csv", "--out", csv_out, "--db", db, "--long"])
+    assert result.exit_code == 0, result.output
+    heads = {row["head"] for row in csv.DictReader(open(csv_out))}
+    assert "embedding" not in heads and "quadrant" in heads
 
 
 # --- training on a device (issue 15) ---
@@ -409,10 +447,53 @@ def test_a_stacked_head_computes_exactly_the_probe_it_was_folded_from():
     probe = fit_probe(teacher_logits, labels, "single", 1e-2)
     checkpoint = Checkpoint(config, FeatureConfig(n_mels=32), {"quadrant": ["a", "b", "c"], "msd": list("vwxyz")},
                             model.state_dict())
-    _install_stacks(checkpoint, {"quadrant": probe}, ["msd"])
+    _install_stacks(checkpoint, {"quadrant": (probe, ["msd"])})
     stacked = checkpoint.build_model()
     assert checkpoint.model_config.stacked == {"quadrant": ["msd"]}
     with torch.no_grad():
         probs = probabilities(stacked(x), stacked.config)
     np.testing.assert_allclose(probs["quadrant"].numpy(), probe.predict(teacher_logits), atol=1e-5)
     np.testing.assert_allclose(probs["msd"].numpy(), 1 / (1 + np.exp(-teacher_logits)), atol=1e-6)
+
+
+def test_a_regress_head_adds_its_weighted_mean_squared_error():
+    from musictag.train import Batch, loss_fn
+
+    torch.manual_seed(0)
+    heads = {"quadrant": "single", "embedding": "regress"}
+    logits = {"quadrant": torch.randn(3, 4), "embedding": torch.randn(3, 6)}
+    target = torch.randn(3, 6)
+    targets = {"quadrant": torch.eye(4)[[0, 1, 2]], "embedding": target}
+    weights = {"quadrant": torch.ones(3), "embedding": torch.tensor([1.0, 1.0, 0.0])}  # clip 2: no teacher
+    ce = torch.nn.functional.cross_entropy(logits["quadrant"], torch.arange(3))
+    mse = (logits["embedding"][:2] - target[:2]).square().mean()
+    batch = Batch(torch.zeros(3, 1, 2, 2), targets, weights)
+    assert loss_fn(logits, batch, heads, regress_weight=0.3) == pytest.approx(float(ce + 0.3 * mse), rel=1e-5)
+
+
+def test_a_head_stacked_on_a_regress_head_reads_its_raw_prediction():
+    from musictag.checkpoint import Checkpoint
+    from musictag.distill import fit_probe
+    from musictag.features import FeatureConfig
+    from musictag.model import CPResNet, ModelConfig, probabilities
+    from musictag.train import _install_stacks, _stack_inputs
+
+    torch.manual_seed(0)
+    config = ModelConfig(rho=3, width=8, n_mels=32, heads={"quadrant": ("single", 3), "msd": ("multi", 5),
+                                                           "embedding": ("regress", 4)})
+    model = CPResNet(config).eval()
+    x = 0.01 * torch.randn(40, 1, 32, 40)  # logits of an untrained net in eval mode stay in a sigmoid's range
+    with torch.no_grad():
+        raw = {h: v.numpy() for h, v in model(x).items()}
+    inputs = _stack_inputs({"msd": 1 / (1 + np.exp(-raw["msd"])), "embedding": raw["embedding"]},
+                           ("msd", "embedding"), config.kinds)
+    np.testing.assert_allclose(inputs, np.concatenate([raw["msd"], raw["embedding"]], axis=1), atol=1e-4)
+    labels = np.eye(3, dtype=np.float32)[(raw["embedding"][:, 0] > 0).astype(int) + (raw["msd"][:, 1] > 0)]
+    probe = fit_probe(inputs, labels, "single", 1e-2)
+    checkpoint = Checkpoint(config, FeatureConfig(n_mels=32), {"quadrant": ["a", "b", "c"], "msd": list("vwxyz")},
+                            model.state_dict())
+    _install_stacks(checkpoint, {"quadrant": (probe, ["msd", "embedding"])})
+    stacked = checkpoint.build_model()
+    with torch.no_grad():
+        probs = probabilities(stacked(x), stacked.config)
+    np.testing.assert_allclose(probs["quadrant"].numpy(), probe.predict(inputs), atol=1e-5)
