@@ -2,6 +2,7 @@
 memory does it hold? Also: a cached re-scan, and how often excerpt predictions agree with whole tracks.
 
     python bench/scan_speed.py [LIBRARY] [--tracks 40] [--workers 2] [--model PATH] [--copies 5]
+    python bench/scan_speed.py [LIBRARY] --engine ray    # the Ray engine beside the local one (engine_speed.py)
 
 With no LIBRARY it builds one under --build-dir: full-length tracks in mp3, flac, ogg, opus and m4a,
 made from real music (Debian's warzone2100-music and wesnoth-1.16-music, fetched with
@@ -238,7 +239,16 @@ def main() -> None:
                              "(torch import, model load: the cached re-scan time) does not dominate")
     parser.add_argument("--cached", type=int, default=10000, help="files in the cached re-scan test")
     parser.add_argument("--excerpts", type=int, default=5)
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: compare `scan --engine ray` (one node, and a simulated two-node cluster) with the "
+                             "local engine on the same tracks, instead of the figures above")
     args = parser.parse_args()
+    if args.engine == "ray":
+        from engine_speed import compare_engines
+
+        library = Path(args.library) if args.library else build_library(Path(args.build_dir), args.tracks)
+        compare_engines(library, args.model, args.copies)
+        return
 
     from musictag.audio import probe_duration
     from musictag.checkpoint import load_checkpoint
