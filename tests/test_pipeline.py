@@ -93,3 +93,44 @@ def test_cgroup_quota_is_read_in_whole_cpus(monkeypatch, tmp_path):
     files.clear()
     files.update({"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "400000\n", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"})
     assert defaults._cgroup_cpu_quota() == 4
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", """
+import os, time
+from musictag.pipeline import worker_pool
+with worker_pool(2) as pool:
+    list(pool.map(time.sleep, [0.3, 0.3]))
+    print(" ".join(str(pid) for pid in pool._processes), flush=True)
+    time.sleep(60)
+"""], stdout=subprocess.PIPE)
+    line = parent.stdout.readline()
+    workers = [int(pid) for pid in line.split()]
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _alive(pid)]
+        time.sleep(0.2)
+    assert workers and not alive
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    if not os.path.exists("/proc"):
+        import pytest
+
+        pytest.skip("needs /proc")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

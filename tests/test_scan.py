@@ -706,3 +706,98 @@ def test_id3_version_option_converts_the_files_written(library, tiny_checkpoint,
     assert tags.version == (2, 3, 0) and tags.getall("TXXX:MOOD") and not tags.getall("TMOO")
     result = runner.invoke(app, ["scan", str(mp3), "--id3-version", "5", "--db", str(tmp_path / "db")])
     assert result.exit_code == 2 and "--id3-version must be one of keep, 3, 4" in result.output
+
+
+FOUR = ["genre", "mood", "quadrant", "model"]
+
+
+def test_a_kill_between_the_rename_and_its_record_loses_no_undo_data(library, tiny_checkpoint, tmp_path, monkeypatch):
+    from musictag.db import Database
+
+    db, user = tmp_path / "db.sqlite", library / "a" / "two.flac"
+    write_fields(user, {"genre": ["Shoegaze"]})
+    before = read_fields(user, FOUR)
+    put_written = Database.put_written
+
+    def killed_after_the_rename(self, path, written, *args, **kwargs):
+        if path == str(user) and written is not None:
+            raise KeyboardInterrupt  # the run stops here, as a kill would
+        return put_written(self, path, written, *args, **kwargs)
+
+    monkeypatch.setattr(Database, "put_written", killed_after_the_rename)
+    assert scan([user], tiny_checkpoint, db).exit_code == 130
+    assert read_fields(user, ["genre"])["genre"][1:]  # our genres reached the file
+    monkeypatch.undo()
+    result = runner.invoke(app, ["undo", "--db", str(db)])
+    assert "restored: 1" in result.output, result.output
+    assert read_fields(user, FOUR) == before
+
+
+def test_undo_and_scan_take_a_file_one_at_a_time(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from musictag.db import Database
+
+    db_path, path = tmp_path / "db.sqlite", str(tmp_path / "x.flac")
+    Database(db_path).close()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from musictag.db import Database; "
+                               "lock = Database(sys.argv[1]).file_lock(sys.argv[2]); lock.__enter__(); "
+                               "print('held', flush=True); time.sleep(1.5)", str(db_path), path],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        with Database(db_path) as db:
+            start = time.monotonic()
+            with db.file_lock(str(tmp_path / "another.flac")):
+                other = time.monotonic() - start
+            with db.file_lock(path):
+                same = time.monotonic() - start
+    finally:
+        holder.wait()
+    assert other < 0.5 and same > 1.0
+
+
+def test_a_file_replaced_between_its_decode_and_its_write_is_scored_again(tiny_checkpoint, tmp_path, monkeypatch):
+    from musictag.db import Database
+    from musictag.scan import Scanner
+
+    root, db = tmp_path / "lib", tmp_path / "db.sqlite"
+    target = write_track(root / "target.flac", seconds=3.0, freq=220.0, seed=1)
+    write_track(root / "twin.flac", seconds=4.0, freq=880.0, seed=7)  # what target is replaced with
+    finish, replaced = Scanner._finish, []
+
+    def replaced_after_the_decode(self, path, *args):
+        if path == str(target) and not replaced:
+            replaced.append(path)
+            shutil.copyfile(root / "twin.flac", root / ".new")
+            os.replace(root / ".new", target)
+        return finish(self, path, *args)
+
+    monkeypatch.setattr(Scanner, "_finish", replaced_after_the_decode)
+    assert scan([root], tiny_checkpoint, db).exit_code == 0 and replaced
+    with Database(db) as database:
+        assert database.get(str(target)).scores == database.get(str(root / "twin.flac")).scores
+    assert read_fields(target, ["genre"]) == read_fields(root / "twin.flac", ["genre"])
+
+
+def test_a_temporary_copy_left_by_a_killed_write_is_removed_by_the_next_run(library, tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    db, target = tmp_path / "db.sqlite", library / "a" / "two.flac"
+    killed = subprocess.run([sys.executable, "-c", """
+import os, sys
+import musictag.tags as tags
+from musictag.db import Database
+tags._verify = lambda *args: os._exit(9)  # killed while the tagged copy is being written
+tags.write_fields(sys.argv[2], {"genre": ["Jazz"]}, announce=Database(sys.argv[1]).announce_temporary)
+""", str(db), str(target)])
+    assert killed.returncode == 9
+    left = [p for p in os.listdir(target.parent) if ".musictag-tmp" in p]
+    assert len(left) == 1
+    result = scan([library / "b"], tiny_checkpoint, db)  # any run with this database
+    assert result.exit_code == 0, result.output
+    assert f"removed {target.parent / left[0]}: a temporary copy left by an interrupted run" in result.output
+    assert not [p for p in os.listdir(target.parent) if ".musictag-tmp" in p]
