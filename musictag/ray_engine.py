@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -55,10 +57,15 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, **quiet) if address else ray.init(num_cpus=usable_cpus(), **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise EngineError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
+    # Ray's core worker replaces the SIGTERM handler with one that aborts the process, mid tag write if it
+    # comes to that; the caller's comes back (scan's ends the run as Ctrl-C does, resumable)
+    if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:

@@ -206,3 +206,27 @@ def test_parquet_has_a_row_per_track_with_every_score_and_the_embedding(library,
     again = _scan(library, tiny_checkpoint, db, "--no-write", "--parquet", str(tmp_path / "out"))
     assert _summary(again)["unchanged"] == 12  # embeddings stored: nothing decoded again
     assert pq.read_table(tmp_path / "out" / "tracks.parquet").to_pydict() == table
+
+
+def test_sigterm_ends_a_ray_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoint, tmp_path):
+    """Ray's core worker aborts the process on SIGTERM (mid tag write, if it comes to that); the scan's
+    own handler must win: exit 130, everything done so far saved, the same command resumes."""
+    pytest.importorskip("ray.data")
+    import subprocess
+
+    db = tmp_path / "db.sqlite"
+    command = [sys.executable, "-m", "musictag", "scan", str(library), "--model", str(tiny_checkpoint), "--db",
+               str(db), "--json", "--quiet", "--batch-size", "2", "--engine"]
+    proc = subprocess.Popen(command + ["ray"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first = proc.stdout.readline()  # the first file is done: the run is under way
+    proc.send_signal(signal.SIGTERM)
+    rest, errors = proc.communicate(timeout=120)
+    assert '"status"' in first and proc.returncode == 130, errors
+    assert "interrupted: everything finished so far is saved" in errors
+    done = [json.loads(line)["path"] for line in [first, *rest.splitlines()] if '"status"' in line]
+    assert not [p for p in library.rglob("*") if p.name.startswith(".")]  # no temporary copy left
+    resumed = subprocess.run(command + ["local"], capture_output=True, text=True, timeout=300)
+    summary = json.loads(resumed.stdout.splitlines()[-1])["summary"]
+    assert summary["unchanged"] == len([p for p in done if not p.endswith("broken.mp3")])
+    assert summary["tagged"] + summary["unchanged"] == 12
