@@ -60,6 +60,7 @@ def isolated_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.delenv("MUSICTAG_CONFIG", raising=False)  # the config file too (config.py)
 
 
 @pytest.fixture(autouse=True)

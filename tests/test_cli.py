@@ -72,7 +72,7 @@ def test_shell_completion_is_offered():
     assert result.exit_code == 0 and "complete" in result.output
 
 
-@pytest.mark.parametrize("command", ["scan", "train", "finetune", "evaluate", "undo", "export-csv"])
+@pytest.mark.parametrize("command", ["scan", "train", "finetune", "evaluate", "undo", "export-csv", "config"])
 def test_every_option_has_help(command):
     import typer.main
 
@@ -110,3 +110,67 @@ def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path):
     reader.stdout.close()
     assert reader.wait(timeout=60) == 0
     assert reader.stderr.read() == b""
+
+
+def write_config(tmp_path, monkeypatch, text):
+    path = tmp_path / "musictag.toml"
+    path.write_text(text, encoding="utf-8")
+    monkeypatch.setenv("MUSICTAG_CONFIG", str(path))
+    return path
+
+
+def test_config_prints_its_path_and_every_effective_value_with_its_source(tmp_path, monkeypatch):
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0
+    assert str(tmp_path / "xdg-config" / "musictag" / "config.toml") in result.output  # the user config dir
+    assert 'mode = "merge"  # default' in result.output
+    path = write_config(tmp_path, monkeypatch, 'mode = "replace"\nid3_version = 3\ntop_k = {genre = 3}\n'
+                                               '[genre_aliases]\n"Rap" = "Hip Hop"\n')
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    assert f"# config file: {path}" in result.output
+    assert 'mode = "replace"  # config file' in result.output and 'id3_version = "3"  # config file' in result.output
+    assert 'top_k = {"genre" = 3, "mood" = 1, "quadrant" = 1, "voice" = 1}  # config file' in result.output
+    assert 'genre_aliases = {"Rap" = "Hip Hop"}  # config file' in result.output
+    assert 'fields = ["genre", "mood", "quadrant", "model"]  # default' in result.output
+
+
+@pytest.mark.parametrize("text, named", [('mode = "merg"\n', "mode: must be one of merge, replace, skip-tagged"),
+                                         ("top_k = {genr = 2}\n", "top_k: unknown field genr"),
+                                         ("threshold = 2\n", "threshold: expected a number from 0 to 1"),
+                                         ('colour = "red"\n', "unknown key 'colour'"),
+                                         ("mode = \n", "not valid TOML")])
+def test_an_invalid_config_file_is_one_line_naming_the_file_and_the_key(tmp_path, monkeypatch, text, named):
+    path = write_config(tmp_path, monkeypatch, text)
+    result = runner.invoke(app, ["scan", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [result.output.strip()]
+    assert result.output.startswith(f"error: {path}: {named}")
+
+
+def scan_library(tmp_path, model, *args):
+    return runner.invoke(app, ["scan", str(tmp_path / "lib"), "--model", str(model), "--db", str(tmp_path / "db"),
+                               "--quiet", "--workers", "1", *args])
+
+
+def test_the_config_file_sets_scan_defaults_and_the_command_line_wins(tiny_checkpoint, tmp_path, monkeypatch):
+    track = write_track(tmp_path / "lib" / "a.flac", seconds=2.0)
+    write_config(tmp_path, monkeypatch, "threshold = 0.0\ntop_k = {genre = 1}\nfields = \"genre\"\n")
+    assert scan_library(tmp_path, tiny_checkpoint).exit_code == 0
+    assert len(read_fields(track, ["genre"])["genre"]) == 1
+    assert read_fields(track, ["mood", "quadrant"]) == {"mood": [], "quadrant": []}
+    assert scan_library(tmp_path, tiny_checkpoint, "--top-k", "genre=3").exit_code == 0
+    assert len(read_fields(track, ["genre"])["genre"]) == 3
+
+
+def test_genre_aliases_and_whitelist_make_the_users_genre_and_ours_one(tiny_checkpoint, tmp_path, monkeypatch):
+    track = write_track(tmp_path / "lib" / "a.flac", seconds=2.0)
+    write_fields(track, {"genre": ["hip-hop"]})
+    write_config(tmp_path, monkeypatch, 'threshold = 0.0\ntop_k = 5\nfields = ["genre"]\n'
+                                        '[genre_aliases]\n"Rap" = "Hip Hop"\n')
+    assert scan_library(tmp_path, tiny_checkpoint).exit_code == 0
+    assert sorted(read_fields(track, ["genre"])["genre"]) == ["Blues", "Jazz", "Pop/Rock", "Vocal", "hip-hop"]
+    write_config(tmp_path, monkeypatch, 'threshold = 0.0\ntop_k = 5\nfields = ["genre"]\nseparator = "; "\n'
+                                        'genre_whitelist = ["Jazz", "Hip Hop"]\n[genre_aliases]\n"Rap" = "Hip Hop"\n')
+    assert scan_library(tmp_path, tiny_checkpoint).exit_code == 0
+    assert read_fields(track, ["genre"])["genre"] == ["hip-hop; Jazz"]  # one value, joined by the separator
