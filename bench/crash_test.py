@@ -3,9 +3,11 @@ moments, each resumed by the next run, on a copy of a library, checked against a
 
     python bench/crash_test.py LIBRARY --trials 100 [--model PATH] [--workers 2] [--seed 0]
 
-LIBRARY is copied twice under --work-dir (it is never touched): one copy is scanned and undone once,
-uninterrupted (the reference); the other is scanned and undone by runs killed after a random delay
-(uniform up to the length of the last complete run of that kind), until each run completes, in turn.
+LIBRARY is copied twice under --work-dir (it is never touched): one copy is scanned, undone and scanned
+again (from the stored scores) uninterrupted: the reference. The other goes through the same cycle (scan,
+undo, re-scan, undo, ...) by runs killed with SIGKILL after a random delay, uniform from a second before
+the reference run of that kind finished its first file to its end; each kind is run again until a run of
+it completes.
 After every run: every file's tags parse and its audio packets (demuxed by PyAV, not decoded) are the
 original's; no process of the run survives it by more than --orphan-wait seconds; a temporary copy a kill
 left is gone after a later run. After every complete scan the tags of every file and what the database
@@ -38,7 +40,8 @@ TEMPORARY_MARK = ".musictag-tmp"
 class Tally:
     runs: int = 0
     kills: int = 0
-    scan_kills: int = 0
+    scan_kills: int = 0  # scans that decode
+    rescan_kills: int = 0  # scans after an undo, deciding from the stored scores (writes only)
     undo_kills: int = 0
     kills_during_a_write: int = 0  # a temporary copy was there after the kill
     kills_with_a_write_pending: int = 0  # the database held a write not yet recorded as done
@@ -199,21 +202,35 @@ def pending_writes(db: Path) -> int:
         return 0
 
 
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """Run `cmd` to its end: (seconds until its first line of output, seconds in all). A scan with --json
+    prints a line per file as it is done, so the first line marks the end of its start-up."""
+    start, first = time.monotonic(), None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    for _ in proc.stdout:
+        first = first or time.monotonic() - start
+    if proc.wait() != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed in the uninterrupted run")
+    total = time.monotonic() - start
+    return first or 0.3 * total, total
+
+
 def reference(library: Path, work: Path, model: str | None, workers: int, env: dict) -> dict:
-    """An uninterrupted scan and undo of a copy: what every run must end at, and how long each takes."""
+    """An uninterrupted scan, undo and re-scan (from the stored scores) of a copy: what every run must end
+    at, and when each does its work: kills are drawn from a second before its first file to its end."""
     root, db = work / "reference", work / "reference.sqlite3"
     shutil.copytree(library, root)
     original = snapshot(root)
-    start = time.monotonic()
-    subprocess.run(command("scan", root, db, model, workers), check=True, env=env, capture_output=True)
-    scan_s = time.monotonic() - start
+    windows = {"scan": timed(command("scan", root, db, model, workers) + ["--json"], env)}
     scanned, rows = snapshot(root), database_rows(db, root)
-    start = time.monotonic()
-    subprocess.run(command("undo", root, db, model, workers), check=True, env=env, capture_output=True)
-    undo_s = time.monotonic() - start
+    windows["undo"] = timed(command("undo", root, db, model, workers), env)
+    windows["undo"] = (0.3 * windows["undo"][1], windows["undo"][1])
     undone = snapshot(root)
+    windows["rescan"] = timed(command("scan", root, db, model, workers) + ["--json"], env)
+    if snapshot(root) != scanned:
+        raise SystemExit("the uninterrupted re-scan did not give the first scan's tags")
     return {"original": original, "scanned": scanned, "rows": rows, "undone": undone,
-            "seconds": {"scan": scan_s, "undo": undo_s}}
+            "windows": {kind: (max(first - 1.0, 0.0), total) for kind, (first, total) in windows.items()}}
 
 
 def run_trials(library: Path, trials: int, work: Path, model: str | None = None, workers: int = 2,
@@ -226,16 +243,17 @@ def run_trials(library: Path, trials: int, work: Path, model: str | None = None,
         tally.problem("the uninterrupted undo did not restore the original tags")
     root, db = work / "crash", work / "crash.sqlite3"
     shutil.copytree(library, root)
-    rng, kind, seconds, waiting = random.Random(seed), "scan", dict(ref["seconds"]), set()
+    rng, kind, waiting = random.Random(seed), "scan", set()
     while tally.kills < trials and tally.runs < 4 * trials + 4:
         tally.runs += 1
-        delay = rng.uniform(0.25, 1.05) * seconds[kind]  # start-up is the first quarter, or more
-        code, took, out = run_once(command(kind, root, db, model, workers), delay, orphan_wait, tally, env)
+        delay = rng.uniform(*ref["windows"][kind])
+        code, _, out = run_once(command(kind.replace("rescan", "scan"), root, db, model, workers), delay,
+                                   orphan_wait, tally, env)
         waiting = _removed(waiting, tally)
         check_files(root, ref["original"], tally, f"run {tally.runs} ({kind})")
         if code is None:
             tally.kills += 1
-            setattr(tally, f"{kind}_kills", getattr(tally, f"{kind}_kills") + 1)
+            setattr(tally, f"{kind}_kills", getattr(tally, f"{kind}_kills") + 1)  # rescan: from stored scores
             left = temporaries(root) - waiting
             tally.kills_during_a_write += bool(left)
             tally.kills_with_a_write_pending += pending_writes(db) > 0
@@ -243,7 +261,6 @@ def run_trials(library: Path, trials: int, work: Path, model: str | None = None,
         elif code not in (0, 1):  # 1: files that cannot be tagged, as in the reference
             tally.problem(f"run {tally.runs} ({kind}) ended with {code}: {out[-400:]}")
         else:
-            seconds[kind] = took
             kind = _check_complete(kind, root, db, ref, tally)
     if waiting:  # a last run removes what the last kill left
         tally.runs += 1
@@ -263,7 +280,7 @@ def _removed(waiting: set[Path], tally: Tally) -> set[Path]:
 def _check_complete(kind: str, root: Path, db: Path, ref: dict, tally: Tally) -> str:
     """After a complete run: its end state against the reference's; the next run's kind."""
     now = snapshot(root)
-    if kind == "scan":
+    if kind in ("scan", "rescan"):
         tally.complete_scans += 1
         for rel in ref["scanned"]:
             if now.get(rel, {}).get("tags") != ref["scanned"][rel]["tags"]:
@@ -275,10 +292,10 @@ def _check_complete(kind: str, root: Path, db: Path, ref: dict, tally: Tally) ->
     for rel in ref["original"]:
         if now.get(rel, {}).get("tags") != ref["original"][rel]["tags"]:
             tally.problem(f"complete undo {tally.complete_undos}: {rel}: tags differ from the original")
-    return "scan"
+    return "rescan"
 
 
-TABLE = ("runs", "kills", "scan_kills", "undo_kills", "kills_during_a_write", "kills_with_a_write_pending",
+TABLE = ("runs", "kills", "scan_kills", "rescan_kills", "undo_kills", "kills_during_a_write", "kills_with_a_write_pending",
          "leftovers_removed", "leftovers_remaining", "orphans", "complete_scans", "complete_undos", "mismatches")
 
 
