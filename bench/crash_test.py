@@ -5,7 +5,7 @@ moments, each resumed by the next run, on a copy of a library, checked against a
 
 LIBRARY is copied twice under --work-dir (it is never touched): one copy is scanned, undone and scanned
 again (from the stored scores) uninterrupted: the reference. The other goes through the same cycle (scan,
-undo, re-scan, undo, ...) by runs killed with SIGKILL after a random delay, uniform from a second before
+undo, re-scan, undo, scan --force, undo, re-scan, ...) by runs killed with SIGKILL after a random delay, uniform from a second before
 the reference run of that kind finished its first file to its end; each kind is run again until a run of
 it completes.
 After every run: every file's tags parse and its audio packets (demuxed by PyAV, not decoded) are the
@@ -42,6 +42,7 @@ class Tally:
     kills: int = 0
     scan_kills: int = 0  # scans that decode
     rescan_kills: int = 0  # scans after an undo, deciding from the stored scores (writes only)
+    forced_kills: int = 0  # scan --force after an undo (decodes again, then writes)
     undo_kills: int = 0
     kills_during_a_write: int = 0  # a temporary copy was there after the kill
     kills_with_a_write_pending: int = 0  # the database held a write not yet recorded as done
@@ -138,9 +139,12 @@ def same_rows(a: dict, b: dict, tolerance: float = 1e-4) -> list[str]:
 
 
 def command(kind: str, library: Path, db: Path, model: str | None, workers: int) -> list[str]:
-    cmd = [sys.executable, "-m", "musictag", kind]
-    if kind == "scan":
+    """kind: scan, rescan (a scan deciding from stored scores, after an undo), forced (scan --force: decodes
+    again, after an undo) or undo."""
+    cmd = [sys.executable, "-m", "musictag", "undo" if kind == "undo" else "scan"]
+    if kind != "undo":
         cmd += [str(library), "--quiet", "--workers", str(workers)] + (["--model", model] if model else [])
+        cmd += ["--force"] if kind == "forced" else []
     return cmd + ["--db", str(db)]
 
 
@@ -194,12 +198,13 @@ def check_files(root: Path, original: dict, tally: Tally, when: str) -> None:
             tally.problem(f"{when}: {rel}: audio changed")
 
 
-def pending_writes(db: Path) -> int:
+def pending_writes(db: Path) -> set[tuple]:
+    """The writes the database holds as begun and not recorded as done: (path, what they write)."""
     try:
         with sqlite3.connect(db) as conn:
-            return conn.execute("SELECT COUNT(*) FROM tracks WHERE pending IS NOT NULL").fetchone()[0]
+            return set(conn.execute("SELECT path, pending FROM tracks WHERE pending IS NOT NULL").fetchall())
     except sqlite3.Error:
-        return 0
+        return set()
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, float]:
@@ -229,8 +234,9 @@ def reference(library: Path, work: Path, model: str | None, workers: int, env: d
     windows["rescan"] = timed(command("scan", root, db, model, workers) + ["--json"], env)
     if snapshot(root) != scanned:
         raise SystemExit("the uninterrupted re-scan did not give the first scan's tags")
+    windows = {kind: (max(first - 1.0, 0.0), total) for kind, (first, total) in windows.items()}
     return {"original": original, "scanned": scanned, "rows": rows, "undone": undone,
-            "windows": {kind: (max(first - 1.0, 0.0), total) for kind, (first, total) in windows.items()}}
+            "windows": {**windows, "forced": windows["scan"]}}
 
 
 def run_trials(library: Path, trials: int, work: Path, model: str | None = None, workers: int = 2,
@@ -246,17 +252,16 @@ def run_trials(library: Path, trials: int, work: Path, model: str | None = None,
     rng, kind, waiting = random.Random(seed), "scan", set()
     while tally.kills < trials and tally.runs < 4 * trials + 4:
         tally.runs += 1
-        delay = rng.uniform(*ref["windows"][kind])
-        code, _, out = run_once(command(kind.replace("rescan", "scan"), root, db, model, workers), delay,
-                                   orphan_wait, tally, env)
+        delay, pending = rng.uniform(*ref["windows"][kind]), pending_writes(db)
+        code, _, out = run_once(command(kind, root, db, model, workers), delay, orphan_wait, tally, env)
         waiting = _removed(waiting, tally)
         check_files(root, ref["original"], tally, f"run {tally.runs} ({kind})")
         if code is None:
             tally.kills += 1
-            setattr(tally, f"{kind}_kills", getattr(tally, f"{kind}_kills") + 1)  # rescan: from stored scores
+            setattr(tally, f"{kind}_kills", getattr(tally, f"{kind}_kills") + 1)
             left = temporaries(root) - waiting
             tally.kills_during_a_write += bool(left)
-            tally.kills_with_a_write_pending += pending_writes(db) > 0
+            tally.kills_with_a_write_pending += bool(pending_writes(db) - pending)  # begun by this run
             waiting |= left
         elif code not in (0, 1):  # 1: files that cannot be tagged, as in the reference
             tally.problem(f"run {tally.runs} ({kind}) ended with {code}: {out[-400:]}")
@@ -280,7 +285,7 @@ def _removed(waiting: set[Path], tally: Tally) -> set[Path]:
 def _check_complete(kind: str, root: Path, db: Path, ref: dict, tally: Tally) -> str:
     """After a complete run: its end state against the reference's; the next run's kind."""
     now = snapshot(root)
-    if kind in ("scan", "rescan"):
+    if kind != "undo":
         tally.complete_scans += 1
         for rel in ref["scanned"]:
             if now.get(rel, {}).get("tags") != ref["scanned"][rel]["tags"]:
@@ -292,10 +297,10 @@ def _check_complete(kind: str, root: Path, db: Path, ref: dict, tally: Tally) ->
     for rel in ref["original"]:
         if now.get(rel, {}).get("tags") != ref["original"][rel]["tags"]:
             tally.problem(f"complete undo {tally.complete_undos}: {rel}: tags differ from the original")
-    return "rescan"
+    return "forced" if tally.complete_undos % 2 == 0 else "rescan"
 
 
-TABLE = ("runs", "kills", "scan_kills", "rescan_kills", "undo_kills", "kills_during_a_write", "kills_with_a_write_pending",
+TABLE = ("runs", "kills", "scan_kills", "rescan_kills", "forced_kills", "undo_kills", "kills_during_a_write", "kills_with_a_write_pending",
          "leftovers_removed", "leftovers_remaining", "orphans", "complete_scans", "complete_undos", "mismatches")
 
 
