@@ -3,6 +3,7 @@ simulated two-node cluster), faults included; and --parquet for both engines."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,18 +120,35 @@ def test_local_ray_gives_the_local_engines_scores_tags_rows_and_summary(library,
     assert _summary(again)["unchanged"] == 12 and _summary(again)["failed_before"] == 1
 
 
+@contextlib.contextmanager
+def _ray(**init):
+    """This process connected to a Ray, and afterwards as before: Ray replaces the SIGTERM handler, which
+    later tests of scan's own handling of SIGTERM would otherwise find."""
+    import ray
+
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    ray.init(**init)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
 @pytest.fixture
 def two_node_cluster():
     pytest.importorskip("ray.data")
-    import ray
     from ray.cluster_utils import Cluster
 
+    on_sigterm = signal.getsignal(signal.SIGTERM)  # the head node, started in this process, sets its own
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    try:
+        with _ray(address=cluster.address, log_to_driver=False):
+            yield cluster
+    finally:
+        cluster.shutdown()
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def test_a_simulated_two_node_cluster_gives_the_same_results(library, tiny_checkpoint, tmp_path, local_run,
@@ -162,11 +180,8 @@ def _model_actor_pids() -> list[int]:
 def test_a_model_actor_killed_mid_run_still_ends_with_every_file_done_once(library, tiny_checkpoint, tmp_path,
                                                                           local_run):
     pytest.importorskip("ray.data")
-    import ray
-
     from musictag import api
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     outcomes, killed = [], []
 
     def progress(event, data):
@@ -177,12 +192,9 @@ def test_a_model_actor_killed_mid_run_still_ends_with_every_file_done_once(libra
                 for pid in killed:
                     os.kill(pid, signal.SIGKILL)
 
-    try:
-        with Database(tmp_path / "db.sqlite") as db:
-            options = api.scan_options(batch_size=2, engine="ray")
-            result = api.scan(api.scan_model(tiny_checkpoint, db, "cpu"), db, [library], options, progress)
-    finally:
-        ray.shutdown()
+    with _ray(num_cpus=2, include_dashboard=False, log_to_driver=False), Database(tmp_path / "db.sqlite") as db:
+        options = api.scan_options(batch_size=2, engine="ray")
+        result = api.scan(api.scan_model(tiny_checkpoint, db, "cpu"), db, [library], options, progress)
     assert killed
     assert sorted(outcomes) == sorted(set(outcomes)) and len(outcomes) == 13  # every file once
     assert result.tagged == 12 and len(result.failed) == 1
