@@ -348,9 +348,10 @@ class Scanner:
                for name, labels in ours.items()}
         changed = {name: values for name, values in new.items() if values != current[name]}
         change = Change(path, {name: current[name] for name in changed}, changed)
+        held = {**written, **new}  # fields this scan does not write (--fields, nothing confident) stay ours
         if not changed:
             self.result.unchanged += 1
-            self._record_written(path, new)
+            self._record_written(path, held)
             return "unchanged", None
         if self.options.dry_run:
             check_writable(path)  # a file the real run could not write fails here too
@@ -358,9 +359,9 @@ class Scanner:
             self.result.scored += 1
             return "would change", change
         self.db.remember_previous(path, {name: current[name] for name in changed}, lacks_tag_block(path))
-        self.db.put_pending(path, new)  # before the rename: a kill after it leaves undo what it needs
+        self.db.put_pending(path, held)  # before the rename: a kill after it leaves undo what it needs
         _write_file(self.db, path, changed, read_at, id3_version=self.options.id3_version)
-        self._record_written(path, new)
+        self._record_written(path, held)
         self.result.tagged += 1
         return "tagged", change
 

@@ -543,6 +543,20 @@ def test_fields_chooses_what_is_written_and_unknown_names_are_errors(library, ti
         assert refused.exit_code == 2 and valid in refused.output, refused.output
 
 
+def test_a_scan_writing_fewer_fields_still_knows_and_undoes_the_others(tmp_path, tiny_checkpoint):
+    """A re-scan with --fields genre keeps musictag's record of the mood, quadrant and model it wrote
+    before: undo removes them, and a later merge does not take our old mood for the user's."""
+    db, one = tmp_path / "db.sqlite", write_track(tmp_path / "music" / "one.flac", seconds=3.0)
+    names = ["genre", "mood", "quadrant", "model"]
+    before = read_fields(one, names)
+    assert scan([one], tiny_checkpoint, db).exit_code == 0
+    narrower = scan([one, "--fields", "genre", "--threshold", "0", "--top-k", "genre=4"], tiny_checkpoint, db)
+    assert summary(narrower.output)["tagged"] == 1, narrower.output
+    assert len(read_fields(one, ["genre"])["genre"]) == 4 and read_fields(one, ["mood"])["mood"]
+    assert runner.invoke(app, ["undo", "--db", str(db)]).exit_code == 0
+    assert read_fields(one, names) == before
+
+
 def test_unchanged_failed_files_are_failed_before_and_only_new_failures_exit_1(library, tiny_checkpoint, tmp_path):
     db, broken = tmp_path / "db.sqlite", library / "broken"
     broken.mkdir()
