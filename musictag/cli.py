@@ -30,14 +30,21 @@ THRESHOLD_OPTION = typer.Option(
 MODE_OPTION = typer.Option("merge", help="One of " + ", ".join(MODES) + ". merge: keep the genres and moods already "
                            "there; replace: ours only; skip-tagged: leave files with genres or moods musictag did not "
                            "write alone.")
+
+
+def _install_hint(extra: str) -> str:
+    """pip install 'musictag[EXTRA]' for a help text: Typer's Rich help reads [ray] as markup, and drops it."""
+    bracket = "\\[" if typer.core.DEFAULT_MARKUP_MODE == "rich" else "["
+    return f"pip install 'musictag{bracket}{extra}]'"
+
+
 ENGINE_OPTION = typer.Option("local", help="Where tracks are decoded and scored: " + " or ".join(ENGINES) + ". ray: "
-                             "on a Ray cluster (pip install 'musictag[ray]'); tags and the database are written here "
+                             f"on a Ray cluster ({_install_hint('ray')}); tags and the database are written here "
                              "as results come back.")
 RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", show_default=False, help="With --engine ray: the cluster to "
                                   "join (default: $RAY_ADDRESS, else a Ray started on this machine for the scan).")
 PARQUET_OPTION = typer.Option(None, "--parquet", show_default=False, help="Also write DIR/tracks.parquet: per track "
-                              "its path, model, every label score and its embedding (pip install "
-                              "'musictag[parquet]').")
+                              f"its path, model, every label score and its embedding ({_install_hint('parquet')}).")
 
 
 def _print_version(asked: bool) -> None:

@@ -587,6 +587,7 @@ def test_version_short_help_and_choices_are_one_line_errors(library, tiny_checkp
     helped = runner.invoke(app, ["scan", "-h"], terminal_width=200)
     text = " ".join(helped.output.replace("│", "").split())
     assert helped.exit_code == 0 and "One of merge, replace, skip-tagged" in text and "cuda:N" in text
+    assert "pip install 'musictag[ray]'" in text and "pip install 'musictag[parquet]'" in text  # not Rich markup
     for option, value, message in (("--device", "gpu", "error: --device must be one of auto, cpu, cuda or cuda:N"),
                                    ("--mode", "merge-all", "error: --mode must be one of merge, replace, skip-tagged")):
         result = scan([library, option, value], tiny_checkpoint, tmp_path / "db")
