@@ -106,19 +106,20 @@ def _fields(value) -> tuple[str, ...]:
     names = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else _strings(value)
     unknown = [name for name in names if name not in ALL_FIELDS]
     if unknown or not names:
-        raise ValueError(f"unknown field {', '.join(unknown) or '(none given)'} (valid: {', '.join(ALL_FIELDS)})")
+        what = f"unknown field {', '.join(unknown)}" if unknown else "no field named"
+        raise ValueError(f"{what} (valid: {', '.join(ALL_FIELDS)})")
     return tuple(names)
 
 
 def _top_k(value) -> int | dict[str, int]:
     if isinstance(value, dict):
         return {name: _count(n, name) for name, n in _field_table(value).items()}
-    return _count(value, "top_k")
+    return _count(value)
 
 
-def _count(n, what: str) -> int:
+def _count(n, field: str = "") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{what}: expected a whole number of at least 1, got {n!r}")
+        raise ValueError(f"{field + ': ' if field else ''}expected a whole number of at least 1, got {n!r}")
     return n
 
 

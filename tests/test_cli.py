@@ -138,6 +138,8 @@ def test_config_prints_its_path_and_every_effective_value_with_its_source(tmp_pa
 @pytest.mark.parametrize("text, named", [('mode = "merg"\n', "mode: must be one of merge, replace, skip-tagged"),
                                          ("top_k = {genr = 2}\n", "top_k: unknown field genr"),
                                          ("threshold = 2\n", "threshold: expected a number from 0 to 1"),
+                                         ("top_k = 0\n", "top_k: expected a whole number of at least 1, got 0"),
+                                         ("fields = []\n", "fields: no field named (valid: genre, mood"),
                                          ('colour = "red"\n', "unknown key 'colour'"),
                                          ("mode = \n", "not valid TOML")])
 def test_an_invalid_config_file_is_one_line_naming_the_file_and_the_key(tmp_path, monkeypatch, text, named):
