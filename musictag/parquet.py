@@ -8,6 +8,7 @@ pyarrow comes with the `ray` and `parquet` extras; without it --parquet says how
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def write_parquet(db: Database, out_dir: str | os.PathLike, model_id: str, paths
         writer.close()
         os.replace(temporary, out)
     except OSError as e:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # DIR a file: no temporary either
+            temporary.unlink(missing_ok=True)
         raise ParquetError(f"{out}: cannot write the Parquet file ({e.strerror or e})") from None
     return out, rows + len(buffer)
 

@@ -220,6 +220,15 @@ def test_parquet_has_a_row_per_track_with_every_score_and_the_embedding(library,
     assert pq.read_table(tmp_path / "out" / "tracks.parquet").to_pydict() == table
 
 
+def test_parquet_into_a_file_is_one_line(tiny_checkpoint, tmp_path):
+    pytest.importorskip("pyarrow.parquet")
+    write_track(tmp_path / "lib" / "one.flac", seconds=3)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    result = _scan(tmp_path / "lib", tiny_checkpoint, tmp_path / "db.sqlite", "--parquet", str(tmp_path / "taken"))
+    assert result.exit_code == 2, result.output  # not a traceback
+    assert f"error: {tmp_path / 'taken' / 'tracks.parquet'}: cannot write the Parquet file" in result.stderr
+
+
 def test_sigterm_ends_a_ray_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoint, tmp_path):
     """Ray's core worker aborts the process on SIGTERM (mid tag write, if it comes to that); the scan's
     own handler must win: exit 130, everything done so far saved, the same command resumes."""
