@@ -119,7 +119,11 @@ def _data(checkpoint, sources: list[Path]) -> str:
                   f"{d['clips_with_teacher_targets']} labelled clips and {d['unlabelled_segments']} segments of "
                   f"{d['unlabelled_tracks']} unlabelled tracks ({d['unlabelled_hours']} h); a logistic regression "
                   "on its embeddings of the labelled training clips gives those segments pseudo-labels for the "
-                  f"4Q heads, weighted {d['pseudo_weight']} against a real label's 1.",
+                  f"4Q heads, weighted {d['pseudo_weight']} against a real label's 1."
+                  + (f" The `embedding` head regresses the teacher's 400-d embedding (msd and mtt penultimate "
+                     f"layers; clip or segment mean, standardised), its squared error weighted "
+                     f"{d['embedding_weight']}; it is not scored or written, but the 4Q heads may read it."
+                     if d.get("embedding_weight") else ""),
                   "", "4Q: Panda, Malheiro & Paiva, IEEE Trans. Affective Computing 2018. musicnn: Pons & Serra, "
                   "ISMIR 2019 LBD; its code and models are ISC-licensed."]
     return "\n".join(lines)
@@ -139,9 +143,11 @@ def _stacking(checkpoint) -> str:
     if not t.get("stacking"):
         return ""
     lines = ["## Stacked heads (validation split, headline figure: quadrant macro-F1, genre and mood PR-AUC)", "",
-             "| head | trained with the trunk | probe on the teacher heads | L2 | kept |", "|---|---|---|---|---|"]
+             "| head | trained with the trunk | refit as a probe on the teacher heads | reads | L2 | kept |",
+             "|---|---|---|---|---|---|"]
     for head, s in t["stacking"].items():
-        lines.append(f"| {head} | {_fmt(s['direct'])} | {_fmt(s['stacked'])} | {s['l2']} | "
+        reads = " + ".join(s.get("sources", ["msd", "mtt"]))  # older models: always both taggram heads
+        lines.append(f"| {head} | {_fmt(s['direct'])} | {_fmt(s['stacked'])} | {reads} | {s['l2']} | "
                      f"{'stacked' if s['adopted'] else 'trained'} |")
     if t.get("validation_before_stacking"):
         lines += ["", "Before stacking:", "", metrics_table(t["validation_before_stacking"])]
@@ -205,14 +211,15 @@ def probe_table(probe: dict, metrics: dict) -> str:
 
 def _ablations(paths: list[Path]) -> str:
     lines = ["## Ablations (same data and split; validation split)", "",
-             "| checkpoint | epochs | teacher | pseudo-label weight | unlabelled segments | quadrant | genre | mood "
-             "| score |", "|---|---|---|---|---|---|---|---|---|"]
+             "| checkpoint | epochs | teacher | pseudo-label weight | unlabelled segments | embedding weight | quadrant "
+             "| genre | mood | score |", "|---|---|---|---|---|---|---|---|---|---|"]
     for path in paths:
         a = load_checkpoint(path)
         v, recipe, d = a.training.get("validation", {}), a.training.get("recipe", {}), a.training.get("distillation")
         cells = [_headline(v[h]) if h in v else "n/a" for h in ("quadrant", "genre", "mood")]
         lines.append(f"| {path.name} | {recipe.get('epochs', '?')} | {'yes' if d else 'no'} | "
                      f"{d['pseudo_weight'] if d else '-'} | {d['unlabelled_segments'] if d else 0} | "
+                     f"{d.get('embedding_weight', 0.0) if d else '-'} | "
                      + " | ".join(cells) + f" | {summary_score(v):.3f} |")
     lines += ["", "score: mean of quadrant macro-F1, genre PR-AUC and mood PR-AUC (fixed before the runs)."]
     return "\n".join(lines)

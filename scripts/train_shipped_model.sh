@@ -8,6 +8,7 @@
 #   3. the teacher's outputs on the 4Q clips and on both sets of Debian music (scripts/teacher_targets.py)
 #   4. the baseline to beat: musicnn embeddings + logistic regression on the same split (bench/teacher_probe.py)
 #   5. ablations (short runs): 4Q labels only; teacher targets without pseudo-labels; the full recipe
+#      without regressing the teacher's embedding; the full recipe
 #   6. the shipped recipe on an artist-disjoint 80/20 split of ../shared/data/4q: the 20% choose the
 #      written vocabulary's thresholds and give the validation metrics, so the shipped weights are this run
 #   7. fp16 copy into weights/, sha256 sidecar; teacher agreement on unseen music; model card
@@ -52,6 +53,14 @@ json.dump(config, open(sys.argv[2], "w"))
 PY
   musictag train "${common[@]}" --config "$RUNS/no_pseudo.json" "${distil[@]}" --epochs "$ABLATION_EPOCHS" \
     --out "$RUNS/ablation_no_pseudo.pt" > "$RUNS/ablation_no_pseudo.log"
+  python - "$CONFIG" "$RUNS/no_embedding.json" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["train"]["embedding_weight"] = 0.0
+json.dump(config, open(sys.argv[2], "w"))
+PY
+  musictag train "${common[@]}" --config "$RUNS/no_embedding.json" "${distil[@]}" --epochs "$ABLATION_EPOCHS" \
+    --out "$RUNS/ablation_no_embedding.pt" > "$RUNS/ablation_no_embedding.log"
   musictag train "${common[@]}" "${distil[@]}" --epochs "$ABLATION_EPOCHS" --out "$RUNS/ablation_full.pt" \
     > "$RUNS/ablation_full.log"
 fi

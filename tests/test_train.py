@@ -268,7 +268,7 @@ def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
     checkpoint = load_checkpoint(out)
     f1 = checkpoint.training["validation"]["quadrant"]["macro_f1"]
     row = next(line for line in text.splitlines() if line.startswith(f"| {out.name} |"))
-    assert f"| 20 | no | - | 0 | F1 {f1:.3f} |" in row  # epochs, teacher, pseudo-label weight, segments
+    assert f"| 20 | no | - | 0 | - | F1 {f1:.3f} |" in row  # epochs, teacher, pseudo-label weight, segments, embedding
 
 
 def train_distilled(tmp_path, recipe: dict):
@@ -322,7 +322,7 @@ def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabular
     threshold = fields["mood"]["terms"][0]["threshold"]
     row = next(line for line in text.splitlines() if line.startswith("| mood | calm | mood:calm | calm, peaceful"))
     assert row.endswith(f"| {threshold:.3f} |")
-    assert "| model.pt | 3 | yes | 0.5 | 3 |" in text and "Teacher: musicnn 0.1.0" in text
+    assert "| model.pt | 3 | yes | 0.5 | 3 | 0.0 |" in text and "Teacher: musicnn 0.1.0" in text
 
 
 def test_a_regressed_teacher_embedding_is_stacked_on_and_never_scored_or_written(tmp_path):
