@@ -42,25 +42,21 @@ python bench/teacher_probe.py --data "$DATA" --teacher-cache "$WORK/teacher" --j
 
 common=(--data "$DATA" --min-count 30 --config "$CONFIG" --resume --quiet)
 distil=(--teacher-cache "$WORK/teacher" --unlabelled "$WORK/unlabelled.txt")
+without() {  # the recipe with one teacher signal off: train.$1 = 0, run as ablation_$2
+  python - "$CONFIG" "$1" "$RUNS/$2.json" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["train"][sys.argv[2]] = 0.0
+json.dump(config, open(sys.argv[3], "w"))
+PY
+  musictag train "${common[@]}" --config "$RUNS/$2.json" "${distil[@]}" --epochs "$ABLATION_EPOCHS" \
+    --out "$RUNS/ablation_$2.pt" > "$RUNS/ablation_$2.log"
+}
 if [ "${SKIP_ABLATIONS:-0}" != 1 ]; then
   musictag train "${common[@]}" --epochs "$ABLATION_EPOCHS" --out "$RUNS/ablation_labels_only.pt" \
     > "$RUNS/ablation_labels_only.log"
-  python - "$CONFIG" "$RUNS/no_pseudo.json" <<'PY'
-import json, sys
-config = json.load(open(sys.argv[1]))
-config["train"]["pseudo_weight"] = 0.0
-json.dump(config, open(sys.argv[2], "w"))
-PY
-  musictag train "${common[@]}" --config "$RUNS/no_pseudo.json" "${distil[@]}" --epochs "$ABLATION_EPOCHS" \
-    --out "$RUNS/ablation_no_pseudo.pt" > "$RUNS/ablation_no_pseudo.log"
-  python - "$CONFIG" "$RUNS/no_embedding.json" <<'PY'
-import json, sys
-config = json.load(open(sys.argv[1]))
-config["train"]["embedding_weight"] = 0.0
-json.dump(config, open(sys.argv[2], "w"))
-PY
-  musictag train "${common[@]}" --config "$RUNS/no_embedding.json" "${distil[@]}" --epochs "$ABLATION_EPOCHS" \
-    --out "$RUNS/ablation_no_embedding.pt" > "$RUNS/ablation_no_embedding.log"
+  without pseudo_weight no_pseudo
+  without embedding_weight no_embedding
   musictag train "${common[@]}" "${distil[@]}" --epochs "$ABLATION_EPOCHS" --out "$RUNS/ablation_full.pt" \
     > "$RUNS/ablation_full.log"
 fi
