@@ -57,19 +57,45 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    on_sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        ray.init(address=address, **quiet) if address else ray.init(num_cpus=usable_cpus(), **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise EngineError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}") from None
     # Ray's core worker replaces the SIGTERM handler with one that aborts the process, mid tag write if it
     # comes to that; the caller's comes back (scan's ends the run as Ctrl-C does, resumable)
-    if threading.current_thread() is threading.main_thread() and on_sigterm is not None:
-        signal.signal(signal.SIGTERM, on_sigterm)
+    with _signals_held(hold=not address) as held:
+        try:
+            ray.init(address=address, **quiet) if address else ray.init(num_cpus=usable_cpus(), **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            error = EngineError(f"cannot start or join Ray{f' at {address}' if address else ''}: {e}")
+        else:
+            error = None
     try:
+        for signum in held:  # Ctrl-C or SIGTERM while the local Ray started: now that it can be stopped
+            signal.raise_signal(signum)
+        if error:
+            raise error from None
         yield
     finally:
-        ray.shutdown()
+        if error is None:
+            ray.shutdown()
+
+
+@contextmanager
+def _signals_held(hold: bool) -> Iterator[list[int]]:
+    """The caller's SIGINT and SIGTERM handlers, put back on leaving. With `hold`, the signals that come
+    in between are only noted (the caller raises them again): Ctrl-C while ray.init starts the local Ray's
+    processes would leave its dashboard and runtime-env agents running, orphaned, once the driver exits."""
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    if hold:
+        for signum in handlers:
+            signal.signal(signum, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def score_on_ray(checkpoint, jobs: list[Job], batch_size: int, address: str | None = None, device: str = "auto",

@@ -229,6 +229,54 @@ def test_parquet_into_a_file_is_one_line(tiny_checkpoint, tmp_path):
     assert f"error: {tmp_path / 'taken' / 'tracks.parquet'}: cannot write the Parquet file" in result.stderr
 
 
+def _processes_of(node_id: str) -> list[int]:
+    """The processes whose command line or environment names this Ray node (raylet, agents, workers)."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        for part in ("cmdline", "environ"):
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/{part}", "rb") as f:
+                if node_id.encode() in f.read():
+                    pids.append(int(entry))
+                    break
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="looks for the node's processes in /proc")
+def test_ctrl_c_while_the_local_ray_starts_leaves_none_of_its_processes(monkeypatch):
+    """Ctrl-C while ray.init starts the local Ray (before its raylet registered) left the dashboard and
+    runtime-env agents running, orphaned; now the signal waits for ray.init, then Ray is stopped."""
+    import time
+
+    ray = pytest.importorskip("ray")
+    from ray._private import node
+
+    from musictag.ray_engine import ray_session
+
+    assert not ray.is_initialized()
+    start, started = node.Node.start_ray_processes, []
+
+    def interrupted(self):
+        start(self)
+        started.append(self._node_id)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    monkeypatch.setattr(node.Node, "start_ray_processes", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt), ray_session():
+            pytest.fail("interrupted: the scan must not run")
+        assert started and not ray.is_initialized()
+        deadline = time.monotonic() + 30
+        while _processes_of(started[0]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _processes_of(started[0]) == []
+    finally:
+        for pid in _processes_of(started[0]) if started else []:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)  # this test's own leftovers
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+
+
 def test_sigterm_ends_a_ray_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoint, tmp_path):
     """Ray's core worker aborts the process on SIGTERM (mid tag write, if it comes to that); the scan's
     own handler must win: exit 130, everything done so far saved, the same command resumes."""
