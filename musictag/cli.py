@@ -261,12 +261,12 @@ def _run_scan(model: Optional[Path], device: str, workers: int, database, paths:
     """api.scan with the model loaded only if a file needs scoring; its load errors, and a database that
     refuses writes (disk full), end the run cleanly."""
     from . import api
-    from .errors import CheckpointError, DatabaseError, DeviceError
+    from .errors import CheckpointError, DatabaseError, DeviceError, EngineError
 
     try:
         return _said_leftovers(api.scan(api.scan_model(model, database, device, workers), database, paths,
                                         options, progress))
-    except (CheckpointError, DatabaseError, DeviceError) as e:
+    except (CheckpointError, DatabaseError, DeviceError, EngineError) as e:
         _fail(str(e))
 
 

@@ -57,3 +57,7 @@ class WindowError(MusictagError):
     def __init__(self, index: int, reason: str):
         self.index, self.reason = index, reason
         super().__init__(reason)
+
+
+class EngineError(MusictagError):
+    """The engine cannot run (Ray not installed, a cluster that cannot be reached): one line."""

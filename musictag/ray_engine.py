@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -24,17 +25,14 @@ from typing import Iterator
 import numpy as np
 
 from .defaults import EMBEDDING, usable_cpus
-from .errors import DeviceError, MusictagError
+from .errors import DeviceError, EngineError
 from .pipeline import Decoded, Job, WindowBatcher, decode_track
 
 RAY_MISSING = ("--engine ray needs Ray, an optional extra: pip install 'musictag[ray]' "
                "(pipx: pipx install 'musictag[ray]')")
 FILES_PER_BLOCK = 8  # jobs per decode task at most: small blocks keep results streaming back
+CONNECT_TIMEOUT = 10  # seconds --ray-address may take to answer before the scan gives up
 SCORE_PREFIX = "s:"  # model actors' output columns: s:<head> (and s:embedding), (rows, width), NaN if unscored
-
-
-class EngineError(MusictagError):
-    """The engine cannot run (Ray not installed, a cluster that cannot be reached): one line."""
 
 
 def require_ray() -> None:
@@ -56,6 +54,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     # Ray's core worker replaces the SIGTERM handler with one that aborts the process, mid tag write if it
     # comes to that; the caller's comes back (scan's ends the run as Ctrl-C does, resumable)
@@ -75,6 +75,19 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     finally:
         if error is None:
             ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A cluster's HOST:PORT that nothing answers on is one line at once: ray.init would retry for minutes,
+    printing a warning every few seconds. Other forms (ray://, auto) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise EngineError(f"cannot join Ray at {address}: {e.strerror or e} (is `ray start --head` "
+                          "running there, on that port?)") from None
 
 
 @contextmanager

@@ -277,6 +277,23 @@ def test_ctrl_c_while_the_local_ray_starts_leaves_none_of_its_processes(monkeypa
             ray.shutdown()
 
 
+def test_a_ray_address_nothing_answers_on_is_one_line_at_once(tiny_checkpoint, tmp_path):
+    """ray.init retried such an address for minutes, a warning every few seconds."""
+    pytest.importorskip("ray.data")
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"  # free once closed: nothing listens there
+    write_track(tmp_path / "lib" / "one.flac", seconds=3)
+    run = subprocess.run([sys.executable, "-m", "musictag", "scan", str(tmp_path / "lib"), "--model",
+                          str(tiny_checkpoint), "--db", str(tmp_path / "db"), "--quiet", "--engine", "ray",
+                          "--ray-address", address], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"error: cannot join Ray at {address}: ") and run.stderr.count("\n") == 1
+
+
 def test_sigterm_ends_a_ray_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoint, tmp_path):
     """Ray's core worker aborts the process on SIGTERM (mid tag write, if it comes to that); the scan's
     own handler must win: exit 130, everything done so far saved, the same command resumes."""
