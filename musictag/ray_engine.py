@@ -29,7 +29,7 @@ from .errors import DeviceError, EngineError
 from .pipeline import Decoded, Job, WindowBatcher, decode_track
 
 RAY_MISSING = ("--engine ray needs Ray, an optional extra: pip install 'musictag[ray]' "
-               "(pipx: pipx install 'musictag[ray]')")
+               "(installed with pipx: pipx inject musictag 'ray[data]')")
 FILES_PER_BLOCK = 8  # jobs per decode task at most: small blocks keep results streaming back
 CONNECT_TIMEOUT = 10  # seconds --ray-address may take to answer before the scan gives up
 SCORE_PREFIX = "s:"  # model actors' output columns: s:<head> (and s:embedding), (rows, width), NaN if unscored
