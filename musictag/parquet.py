@@ -41,9 +41,6 @@ def write_parquet(db: Database, out_dir: str | os.PathLike, model_id: str, paths
     """DIR/tracks.parquet for the tracks under `paths` (all when None) that `model_id` scored with their
     embedding; returns the file and its number of rows."""
     require_pyarrow()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     labels = db.model_info(model_id)[1]
     out = Path(out_dir) / PARQUET_FILE
     temporary = out.with_name(f".{PARQUET_FILE}.tmp")
@@ -56,9 +53,9 @@ def write_parquet(db: Database, out_dir: str | os.PathLike, model_id: str, paths
                 continue
             buffer.append(track)
             if len(buffer) == ROWS_PER_GROUP:
-                writer = _write_group(writer, buffer, labels, temporary, pa, pq)
+                writer = _write_group(writer, buffer, labels, temporary)
                 rows, buffer = rows + len(buffer), []
-        writer = _write_group(writer, buffer, labels, temporary, pa, pq, last=True)
+        writer = _write_group(writer, buffer, labels, temporary, last=True)
         writer.close()
         os.replace(temporary, out)
     except OSError as e:
@@ -68,8 +65,11 @@ def write_parquet(db: Database, out_dir: str | os.PathLike, model_id: str, paths
     return out, rows + len(buffer)
 
 
-def _write_group(writer, tracks: list, labels: dict[str, list[str]], path: Path, pa, pq, last: bool = False):
+def _write_group(writer, tracks: list, labels: dict[str, list[str]], path: Path, last: bool = False):
     """Append one row group (the writer is opened with the first; an empty catalog still gets a file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if not tracks and (writer is not None or not last):
         return writer
     columns = {"path": pa.array([t[0] for t in tracks], pa.string()),
