@@ -106,6 +106,14 @@ class Tagger:
     def labels(self) -> dict[str, list[str]]:
         return self.checkpoint.labels
 
+    @property
+    def output_widths(self) -> dict[str, int]:
+        """What predict gives per window: each head's labels, and the embedding's width when asked for."""
+        widths = {head: len(names) for head, names in self.labels.items()}
+        if self.embedding:
+            widths[EMBEDDING] = self.model.trunk_channels
+        return widths
+
     def warm_up(self) -> None:
         """Score one silent window: builds the network on the device and runs every kind of kernel once."""
         self.predict([np.zeros(int(WINDOW_SECONDS * self.sample_rate), np.float32)])
@@ -125,10 +133,8 @@ class Tagger:
         """`predict` once per named transform, computing each window's log-mel only once (so a transform
         must return a new tensor, not change its input). Out of memory, passes are halved and retried;
         a window that does not fit alone raises WindowError with its index."""
-        widths = {head: len(names) for head, names in self.labels.items()}
-        if self.embedding:
-            widths[EMBEDDING] = self.model.trunk_channels
-        out = {name: {key: np.zeros((len(windows), n), np.float32) for key, n in widths.items()} for name in transforms}
+        out = {name: {key: np.zeros((len(windows), n), np.float32) for key, n in self.output_widths.items()}
+               for name in transforms}
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
             by_length.setdefault(len(w), []).append(i)

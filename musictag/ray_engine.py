@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .defaults import EMBEDDING, usable_cpus
+from .defaults import usable_cpus
 from .errors import DeviceError, EngineError
 from .pipeline import Decoded, Job, WindowBatcher, decode_track
 
@@ -194,9 +194,6 @@ class WindowScorer:
         self.tagger = Tagger(ray.get(checkpoint[0]), device, embedding)
         if self.tagger.device.type == "cpu":
             set_cpu_threads(int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-        self.widths = {head: len(names) for head, names in self.tagger.labels.items()}
-        if embedding:
-            self.widths[EMBEDDING] = self.tagger.model.trunk_channels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(batch["path"])
@@ -209,7 +206,7 @@ class WindowScorer:
         finished += batcher.flush()
         out = {key: batch[key] for key in ("path", "index", "count", "duration")}
         out["error"] = np.array(errors, dtype=object)
-        for key, width in self.widths.items():
+        for key, width in self.tagger.output_widths.items():
             scores = np.full((rows, width), np.nan, np.float32)
             for row, means in finished:
                 scores[row] = means[key]
