@@ -19,7 +19,6 @@ so one batch can mix labelled clips and unlabelled segments. The probe is a logi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +51,14 @@ EMBEDDING_HEAD = "embedding"  # the regress head that predicts the teacher's emb
 
 
 def teacher_key(path: str) -> str:
-    """Cache name of a file's teacher outputs (scripts/teacher_targets.py writes the same)."""
-    stat = os.stat(path)
-    text = json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, TEACHER_VERSION])
-    return hashlib.sha1(text.encode()).hexdigest()
+    """Cache name of a file's teacher outputs (scripts/teacher_targets.py writes the same): a hash of the
+    file's bytes, so an edited file is analysed again while a copied, moved or touched one is not (the
+    shared 4Q clips are copied afresh, with new times, onto each machine)."""
+    digest = hashlib.sha1(TEACHER_VERSION.encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass

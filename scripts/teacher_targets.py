@@ -6,8 +6,8 @@ Runs only in the teacher venv (scripts/teacher_env.sh), never inside musictag:
 
     .teacher-venv/bin/python scripts/teacher_targets.py --list FILES.txt --out CACHE_DIR
 
-One .npz per audio file, named by musictag.distill.teacher_key's recipe (absolute path, size, mtime), so
-an edited file is analysed again and a finished one never is: an interrupted run resumes. Each .npz holds
+One .npz per audio file, named by musictag.distill.teacher_key's recipe (a hash of the file's bytes), so
+an edited file is analysed again and a finished one never is, wherever it lies: an interrupted run resumes. Each .npz holds
 `msd`, `mtt` (patches, 50) float16, `msd_emb`, `mtt_emb` (patches, 200) float16 and `patch_seconds`.
 
 Why not musicnn.extractor.extractor: with extract_features=True it repeats the first patch's features for
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -36,9 +35,11 @@ MAX_SECONDS = 600.0  # as musictag's training cache: later audio is never croppe
 
 def teacher_key(path: str) -> str:
     """Keep in step with musictag.distill.teacher_key (this file cannot import musictag)."""
-    stat = os.stat(path)
-    text = json.dumps([os.path.abspath(path), stat.st_size, stat.st_mtime_ns, "musicnn-0.1.0"])
-    return hashlib.sha1(text.encode()).hexdigest()
+    digest = hashlib.sha1(b"musicnn-0.1.0")
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Teacher:

@@ -85,6 +85,17 @@ def test_teacher_cache_names_agree_between_the_script_and_musictag(tmp_path):
     assert _teacher_script().teacher_key(str(audio)) == teacher_key(str(audio))
 
 
+def test_teacher_cache_name_follows_the_bytes_not_the_path_or_time(tmp_path):
+    audio, copy = tmp_path / "a.wav", tmp_path / "elsewhere" / "b.wav"
+    audio.write_bytes(b"RIFF one")
+    copy.parent.mkdir()
+    copy.write_bytes(b"RIFF one")
+    os.utime(copy, (1, 1))
+    assert teacher_key(str(copy)) == teacher_key(str(audio))
+    audio.write_bytes(b"RIFF two")
+    assert teacher_key(str(audio)) != teacher_key(str(copy))
+
+
 @pytest.mark.skipif(not TEACHER_PYTHON.is_file(),
                     reason=f"the teacher venv (TensorFlow + musicnn) is not installed at {TEACHER_PYTHON}: "
                            "scripts/teacher_env.sh makes it; musictag itself never needs it")
