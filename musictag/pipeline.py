@@ -155,7 +155,7 @@ def score_locally(tagger, jobs: Iterable[Job], workers: int, batch_size: int, in
     `in_workers` (the CPU: no audio crosses processes), else by `tagger` here, in batches of windows
     from several tracks (a GPU)."""
     failed: list[Decoded] = []  # tracks with a window that cannot be scored even alone: they fail alone
-    batcher = WindowBatcher(tagger.predict, batch_size,
+    batcher = WindowBatcher(tagger.predict_later, batch_size, deferred=True,
                             on_failure=lambda track, reason: failed.append(Decoded(track[0], error=reason)))
     init = (tagger.checkpoint if in_workers else None, batch_size, tagger.embedding)
     with worker_pool(workers, start_worker, init) as pool:
@@ -189,18 +189,23 @@ def bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, in_flight: int) -
 class WindowBatcher:
     """Packs the windows of several tracks into forward passes of about `batch_size` windows (a GPU
     needs big batches to stay busy) and hands each track back, with its mean output per key, as soon
-    as its last window is scored. `predict` maps a list of windows to {key: (windows, n) array}."""
+    as its last window is scored. `predict` maps a list of windows to {key: (windows, n) array}; with
+    `deferred`, to a function that gives it (Tagger.predict_later): then one pass is kept in flight, its
+    outputs taken only after the next pass has started, so a GPU computes while this thread stacks the
+    next batch and turns the previous one's outputs into tracks."""
 
     def __init__(self, predict: Callable[[list[np.ndarray]], dict], batch_size: int,
-                 on_failure: Callable[[object, str], None] | None = None):
+                 on_failure: Callable[[object, str], None] | None = None, deferred: bool = False):
         self.predict = predict
         self.batch_size = batch_size
         self.on_failure = on_failure  # (track, reason) of a track with a window that cannot be scored alone
+        self.deferred = deferred
         self.windows: list[np.ndarray] = []
         self.owners: list = []  # the track of each queued window
         self.sums: dict = {}  # track -> {key: sum of its scored rows}
         self.total: dict = {}  # track -> its number of windows
         self.left: dict = {}  # track -> its windows not yet scored
+        self.in_flight: tuple[list, Callable[[], dict]] | None = None  # a started pass: its owners, its outputs
 
     def add(self, track, windows: list[np.ndarray]) -> list[tuple[object, dict[str, np.ndarray]]]:
         """Queue a track's windows (at least one); returns the tracks finished by the passes this ran."""
@@ -217,28 +222,41 @@ class WindowBatcher:
         finished = []
         while self.windows:
             finished += self._pass()
-        return finished
+        return finished + self._collect()
 
     def _pass(self) -> list[tuple[object, dict[str, np.ndarray]]]:
-        """One forward pass over the first batch_size queued windows (a track may span passes)."""
+        """Start a forward pass over the first batch_size queued windows (a track may span passes), then
+        take the outputs of the one before it; returns the tracks those finished."""
         n = self.batch_size
         windows, owners = self.windows[:n], self.owners[:n]
         self.windows, self.owners = self.windows[n:], self.owners[n:]
-        owners, outputs = self._predict(windows, owners)
+        started = self._predict(windows, owners)
+        finished, self.in_flight = self._collect(), started
+        return finished if self.deferred else finished + self._collect()
+
+    def _collect(self) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """Add the pass in flight's outputs (waiting for them) to its tracks; returns those it finished."""
+        if self.in_flight is None:
+            return []
+        (owners, outputs), self.in_flight = self.in_flight, None
+        outputs = outputs()
         for row, track in enumerate(owners):
-            sums = self.sums[track]
+            sums = self.sums.get(track)
+            if sums is None:  # failed by a later pass's window while this one was in flight (_drop)
+                continue
             for key, values in outputs.items():
                 sums[key] = sums.get(key, 0) + values[row]
             self.left[track] -= 1
-        return [(t, self._pop_mean(t)) for t in dict.fromkeys(owners) if self.left[t] == 0]
+        return [(t, self._pop_mean(t)) for t in dict.fromkeys(owners) if self.left.get(t) == 0]
 
-    def _predict(self, windows: list[np.ndarray], owners: list) -> tuple[list, dict]:
-        """predict; where one window cannot be scored even alone (WindowError), its track is dropped and
-        reported to on_failure, and the pass runs again without it. Without on_failure the error ends
-        the run, as any other would."""
+    def _predict(self, windows: list[np.ndarray], owners: list) -> tuple[list, Callable[[], dict]]:
+        """predict (as a deferred result); where one window cannot be scored even alone (WindowError), its
+        track is dropped and reported to on_failure, and the pass runs again without it. Without
+        on_failure the error ends the run, as any other would."""
         while windows:
             try:
-                return owners, self.predict(windows)
+                outputs = self.predict(windows)
+                return owners, (outputs if self.deferred else lambda: outputs)
             except WindowError as e:
                 if self.on_failure is None:
                     raise
@@ -246,7 +264,7 @@ class WindowBatcher:
             keep = [i for i, track in enumerate(owners) if track != failed]
             windows, owners = [windows[i] for i in keep], [owners[i] for i in keep]
             self._drop(failed, reason)
-        return [], {}
+        return [], lambda: {}
 
     def _drop(self, track, reason: str) -> None:
         """Forget a failed track: its queued windows and partial sums; report it."""

@@ -178,3 +178,68 @@ def test_cuda_scores_equal_the_cpu_scores():
     expected, got = cpu.predict(windows), gpu.predict(windows)
     for head in expected:
         assert np.abs(got[head] - expected[head]).max() < 2e-3, head
+
+
+# --- the staging buffer and passes kept in flight (issue 15, item 6) ---
+
+def _reference(tagger, windows):
+    """Scores as predict gave them before the staging buffer: a fresh stack per pass, features, network."""
+    from musictag.model import probabilities
+
+    with torch.inference_mode():
+        x = tagger.features(torch.from_numpy(np.stack(windows)).to(tagger.device))
+        logits = tagger.model(x if tagger.device.type == "cuda" else x.contiguous(memory_format=torch.channels_last))
+        return {head: p.float().cpu().numpy() for head, p in probabilities(logits, tagger.checkpoint.model_config).items()}
+
+
+def test_the_reusable_staging_buffer_gives_the_same_scores_and_is_not_pinned_on_the_cpu(tiny_checkpoint):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger
+
+    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
+    rng = np.random.default_rng(7)
+    batches = [[0.1 * rng.standard_normal(n).astype(np.float32) for _ in range(k)]
+               for n, k in ((tagger.sample_rate, 5), (tagger.sample_rate, 2), (tagger.sample_rate // 2, 3),
+                            (2 * tagger.sample_rate, 4))]  # same size, fewer, shorter (a view), bigger (grows)
+    for windows in batches:
+        expected, got = _reference(tagger, windows), tagger.predict(windows)
+        for head in expected:
+            np.testing.assert_allclose(got[head], expected[head], rtol=1e-5, atol=1e-6)
+    buffer = tagger.staging.buffers[0]
+    assert len(tagger.staging.buffers) == 1 and not buffer.is_pinned()
+    tagger.predict(batches[1])
+    assert tagger.staging.buffers[0].data_ptr() == buffer.data_ptr()  # reused, not allocated again
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda_only)])
+def test_passes_started_before_the_last_ones_are_taken_keep_their_own_scores(tiny_checkpoint, device):
+    """Three passes in flight at once: the third is stacked into the first one's buffer (two on CUDA, one on
+    the CPU) before anything is taken; each still gives exactly its own windows' scores."""
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger
+
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    tagger, cpu = Tagger(checkpoint, device), Tagger(checkpoint, "cpu")
+    batches = [_windows(tagger, 6, seed=s) for s in (11, 12, 13)]
+    started = [tagger.predict_later(windows) for windows in batches]
+    for windows, outputs in zip(batches, started):
+        expected, got = cpu.predict(windows), outputs()
+        for head in expected:
+            assert np.abs(got[head] - expected[head]).max() < (2e-3 if device == "cuda" else 1e-6), head
+
+
+@cuda_only
+def test_cuda_stages_in_two_pinned_buffers_and_copies_on_a_side_stream(tiny_checkpoint):
+    from musictag.checkpoint import load_checkpoint
+    from musictag.inference import Tagger
+
+    tagger = Tagger(load_checkpoint(tiny_checkpoint), "cuda")
+    finish = [tagger.predict_later(_windows(tagger, 4, seed=s)) for s in (1, 2)]
+    staging = tagger.staging
+    assert len(staging.buffers) == 2 and all(b.is_pinned() for b in staging.buffers)
+    assert staging.buffers[0].data_ptr() != staging.buffers[1].data_ptr()
+    assert staging.stream != torch.cuda.current_stream() and all(e is not None for e in staging.copied)
+    pointers = [b.data_ptr() for b in staging.buffers]
+    finish += [tagger.predict_later(_windows(tagger, 4, seed=s)) for s in (3, 4)]
+    assert [b.data_ptr() for b in staging.buffers] == pointers  # reused pass after pass
+    assert all(np.isfinite(f()["genre"]).all() for f in finish)

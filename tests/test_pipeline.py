@@ -134,3 +134,56 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+def test_a_deferred_batcher_keeps_one_pass_in_flight_and_averages_as_the_plain_one():
+    """With deferred passes (the GPU path) a pass's outputs are taken only after the next has started."""
+    from musictag.pipeline import WindowBatcher
+
+    log = []
+
+    def predict_later(windows):
+        n = sum(entry.startswith("start") for entry in log)
+        log.append(f"start {n}")
+
+        def outputs():
+            log.append(f"take {n}")
+            return {"x": np.stack([w[:2] for w in windows])}
+        return outputs
+
+    rng = np.random.default_rng(4)
+    tracks = {name: [rng.standard_normal(4).astype(np.float32) for _ in range(n)]
+              for name, n in [("a", 2), ("b", 7), ("c", 1), ("d", 3)]}
+    plain = WindowBatcher(lambda windows: predict_later(windows)(), batch_size=4)
+    expected = [item for name, windows in tracks.items() for item in plain.add(name, windows)] + plain.flush()
+    log.clear()
+    batcher = WindowBatcher(predict_later, batch_size=4, deferred=True)
+    finished = [item for name, windows in tracks.items() for item in batcher.add(name, windows)]
+    assert log == ["start 0", "start 1", "take 0", "start 2", "take 1"] and [t for t, _ in finished] == ["a"]
+    finished += batcher.flush()
+    assert log[-3:] == ["start 3", "take 2", "take 3"]
+    assert [t for t, _ in finished] == [t for t, _ in expected] == ["a", "b", "c", "d"]
+    for (_, means), (_, plain_means) in zip(finished, expected):
+        np.testing.assert_allclose(means["x"], plain_means["x"], rtol=1e-6)
+    assert batcher.in_flight is None and not batcher.sums and not batcher.left
+
+
+def test_a_track_failing_while_its_earlier_windows_are_in_flight_fails_once_and_alone():
+    from musictag.errors import WindowError
+    from musictag.pipeline import WindowBatcher
+
+    def predict_later(windows):  # a window holding 99 does not fit even alone: raised when the pass starts
+        bad = [i for i, w in enumerate(windows) if w[0] == 99]
+        if bad:
+            raise WindowError(bad[0], "out of memory on a single window")
+        stacked = np.stack(windows)
+        return lambda: {"x": stacked}
+
+    tracks = {"a": [np.full(2, 1.0)], "b": [np.full(2, 5.0), np.full(2, 99.0)], "c": [np.full(2, 2.0)]}
+    failed = []
+    batcher = WindowBatcher(predict_later, batch_size=2, deferred=True,
+                            on_failure=lambda track, reason: failed.append(track))
+    finished = [item for name, windows in tracks.items() for item in batcher.add(name, windows)]
+    finished += batcher.flush()  # b's first window was in flight when its second failed
+    assert failed == ["b"] and {t: m["x"][0] for t, m in finished} == {"a": 1.0, "c": 2.0}
+    assert not batcher.sums and not batcher.left and batcher.in_flight is None

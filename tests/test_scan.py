@@ -667,15 +667,15 @@ def test_a_track_whose_window_cannot_be_scored_even_alone_fails_alone(tiny_check
     good = write_track(tmp_path / "music" / "good.flac", seconds=2.0, seed=1)
     bad = write_track(tmp_path / "music" / "bad.flac", seconds=3.0, seed=2)
     tagger = api.load_tagger(tiny_checkpoint, "cpu")
-    real, bad_length = tagger.predict, 3 * tagger.sample_rate
+    real, bad_length = tagger.predict_later, 3 * tagger.sample_rate
 
-    def predict(windows):
+    def predict_later(windows):  # the parent starts its passes with predict_later (one kept in flight)
         for i, window in enumerate(windows):
             if len(window) == bad_length:
                 raise WindowError(i, "out of GPU memory even for one window")
         return real(windows)
 
-    tagger.predict = predict
+    tagger.predict_later = predict_later
     with Database(tmp_path / "db.sqlite") as db:
         result = api.scan(tagger, db, [tmp_path / "music"], ScanOptions(model_in_workers=False, workers=1))
     assert result.failed == [(str(bad), "out of GPU memory even for one window")]
