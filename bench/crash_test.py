@@ -1,7 +1,7 @@
 """Is musictag exact under every fault? Scans and undos killed (SIGKILL, the parent alone) at random
 moments, each resumed by the next run, on a copy of a library, checked against an uninterrupted run.
 
-    python bench/crash_test.py LIBRARY --trials 100 [--model PATH] [--workers 2] [--seed 0]
+    python bench/crash_test.py LIBRARY --trials 100 [--write-mode copy|inplace|auto] [--model PATH] [--workers 2] [--seed 0]
 
 LIBRARY is copied twice under --work-dir (it is never touched): one copy is scanned, undone and scanned
 again (from the stored scores) uninterrupted: the reference. The other goes through the same cycle (scan,
@@ -10,10 +10,11 @@ the reference run of that kind finished its first file to its end; each kind is 
 it completes.
 After every run: every file's tags parse and its audio packets (demuxed by PyAV, not decoded) are the
 original's; no process of the run survives it by more than --orphan-wait seconds; a temporary copy a kill
-left is gone after a later run. After every complete scan the tags of every file and what the database
+left is gone after a later run, and an in-place write a kill cut short (its journal record was there after
+the kill) is repaired by the next run, which says so. After every complete scan the tags of every file and what the database
 recorded (written values, scores) equal the reference's; after every complete undo the tags equal the
 original tag dump exactly (ID3: version and every frame's bytes; ID3v1/APEv2 bytes; other formats: every
-field). Prints a table; --json FILE writes it too.
+field). Every run, the reference's too, writes tags in --write-mode. Prints a table; --json FILE writes it too.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class Tally:
     forced_kills: int = 0  # scan --force after an undo (decodes again, then writes)
     undo_kills: int = 0
     kills_during_a_write: int = 0  # a temporary copy was there after the kill
+    kills_during_an_inplace_write: int = 0  # an in-place write's journal record was there after the kill
+    repairs: int = 0  # files a later run repaired (an in-place write cut short; a complete run says so)
+    journal_remaining: int = 0  # journal records no run repaired
+    reference_in_place: int = 0  # files the reference scan tagged in place (same inode) ...
+    reference_copied: int = 0  # ... and by copy (a new inode)
     kills_with_a_write_pending: int = 0  # the database held a write not yet recorded as done
     leftovers_removed: int = 0  # temporary copies a later run removed
     leftovers_remaining: int = 0
@@ -138,14 +144,14 @@ def same_rows(a: dict, b: dict, tolerance: float = 1e-4) -> list[str]:
     return differ
 
 
-def command(kind: str, library: Path, db: Path, model: str | None, workers: int) -> list[str]:
+def command(kind: str, library: Path, db: Path, model: str | None, workers: int, write_mode: str) -> list[str]:
     """kind: scan, rescan (a scan deciding from stored scores, after an undo), forced (scan --force: decodes
     again, after an undo) or undo."""
     cmd = [sys.executable, "-m", "musictag", "undo" if kind == "undo" else "scan"]
     if kind != "undo":
         cmd += [str(library), "--quiet", "--workers", str(workers)] + (["--model", model] if model else [])
         cmd += ["--force"] if kind == "forced" else []
-    return cmd + ["--db", str(db)]
+    return cmd + ["--write-mode", write_mode, "--db", str(db)]
 
 
 def group_members(pgid: int) -> list[int]:
@@ -207,6 +213,19 @@ def pending_writes(db: Path) -> set[tuple]:
         return set()
 
 
+def journalled(db: Path) -> set[str]:
+    """The files the database's journal holds an in-place write of (begun, not yet done or repaired)."""
+    try:
+        with sqlite3.connect(db) as conn:
+            return {os.fsdecode(p) if isinstance(p, bytes) else p for (p,) in conn.execute("SELECT path FROM journal")}
+    except sqlite3.Error:  # no database yet, or one from before the journal
+        return set()
+
+
+def inodes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_ino for p in root.rglob("*") if p.is_file()}
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, float]:
     """Run `cmd` to its end: (seconds until its first line of output, seconds in all). A scan with --json
     prints a line per file as it is done, so the first line marks the end of its start-up."""
@@ -220,59 +239,76 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
     return first or 0.3 * total, total
 
 
-def reference(library: Path, work: Path, model: str | None, workers: int, env: dict) -> dict:
+def reference(library: Path, work: Path, model: str | None, workers: int, env: dict, write_mode: str) -> dict:
     """An uninterrupted scan, undo and re-scan (from the stored scores) of a copy: what every run must end
     at, and when each does its work: kills are drawn from a second before its first file to its end."""
     root, db = work / "reference", work / "reference.sqlite3"
     shutil.copytree(library, root)
-    original = snapshot(root)
-    windows = {"scan": timed(command("scan", root, db, model, workers) + ["--json"], env)}
-    scanned, rows = snapshot(root), database_rows(db, root)
-    windows["undo"] = timed(command("undo", root, db, model, workers), env)
+    original, before = snapshot(root), inodes(root)
+    windows = {"scan": timed(command("scan", root, db, model, workers, write_mode) + ["--json"], env)}
+    scanned, rows, after = snapshot(root), database_rows(db, root), inodes(root)
+    tagged = [rel for rel in original if scanned[rel]["tags"] != original[rel]["tags"]]
+    windows["undo"] = timed(command("undo", root, db, model, workers, write_mode), env)
     windows["undo"] = (0.3 * windows["undo"][1], windows["undo"][1])
     undone = snapshot(root)
-    windows["rescan"] = timed(command("scan", root, db, model, workers) + ["--json"], env)
+    windows["rescan"] = timed(command("scan", root, db, model, workers, write_mode) + ["--json"], env)
     if snapshot(root) != scanned:
         raise SystemExit("the uninterrupted re-scan did not give the first scan's tags")
     windows = {kind: (max(first - 1.0, 0.0), total) for kind, (first, total) in windows.items()}
     return {"original": original, "scanned": scanned, "rows": rows, "undone": undone,
-            "windows": {**windows, "forced": windows["scan"]}}
+            "windows": {**windows, "forced": windows["scan"]},
+            "in_place": sum(before[rel] == after[rel] for rel in tagged), "copied": sum(before[rel] != after[rel] for rel in tagged)}
 
 
 def run_trials(library: Path, trials: int, work: Path, model: str | None = None, workers: int = 2,
-               seed: int = 0, orphan_wait: float = 5.0) -> Tally:
+               seed: int = 0, orphan_wait: float = 5.0, write_mode: str = "copy") -> Tally:
     """Kill `trials` runs (scans, then undos once a scan completes, and so on); every check above."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    ref = reference(library, work, model, workers, env)
-    tally = Tally()
+    ref = reference(library, work, model, workers, env, write_mode)
+    tally = Tally(reference_in_place=ref["in_place"], reference_copied=ref["copied"])
     if ref["undone"] != ref["original"]:
         tally.problem("the uninterrupted undo did not restore the original tags")
     root, db = work / "crash", work / "crash.sqlite3"
     shutil.copytree(library, root)
-    rng, kind, waiting = random.Random(seed), "scan", set()
+    rng, kind, waiting, cut = random.Random(seed), "scan", set(), set()
     while tally.kills < trials and tally.runs < 4 * trials + 4:
         tally.runs += 1
         delay, pending = rng.uniform(*ref["windows"][kind]), pending_writes(db)
-        code, _, out = run_once(command(kind, root, db, model, workers), delay, orphan_wait, tally, env)
-        waiting = _removed(waiting, tally)
+        code, _, out = run_once(command(kind, root, db, model, workers, write_mode), delay, orphan_wait, tally, env)
+        waiting, cut = _removed(waiting, tally), _repaired(cut, db, code, out, tally, f"run {tally.runs} ({kind})")
         check_files(root, ref["original"], tally, f"run {tally.runs} ({kind})")
         if code is None:
             tally.kills += 1
             setattr(tally, f"{kind}_kills", getattr(tally, f"{kind}_kills") + 1)
             left = temporaries(root) - waiting
             tally.kills_during_a_write += bool(left)
+            tally.kills_during_an_inplace_write += bool(journalled(db))
             tally.kills_with_a_write_pending += bool(pending_writes(db) - pending)  # begun by this run
-            waiting |= left
+            waiting, cut = waiting | left, cut | journalled(db)
         elif code not in (0, 1):  # 1: files that cannot be tagged, as in the reference
             tally.problem(f"run {tally.runs} ({kind}) ended with {code}: {out[-400:]}")
         else:
             kind = _check_complete(kind, root, db, ref, tally)
-    if waiting:  # a last run removes what the last kill left
+    if waiting or cut:  # a last run removes what the last kill left
         tally.runs += 1
-        run_once(command("undo", root, db, model, workers), None, orphan_wait, tally, env)
-        waiting = _removed(waiting, tally)
-    tally.leftovers_remaining = len(waiting)
+        code, _, out = run_once(command("undo", root, db, model, workers, write_mode), None, orphan_wait, tally, env)
+        waiting, cut = _removed(waiting, tally), _repaired(cut, db, code, out, tally, "the last run")
+    tally.leftovers_remaining, tally.journal_remaining = len(waiting), len(journalled(db))
     return tally
+
+
+def _repaired(cut: set[str], db: Path, code: int | None, out: str, tally: Tally, when: str) -> set[str]:
+    """In-place writes a kill cut short that are still in the journal. Those gone from it were repaired by
+    the run just ended, which must have said so when it completed (a killed run says nothing)."""
+    said = {line.split(": ", 1)[0][len("repaired "):] for line in out.splitlines() if line.startswith("repaired ")}
+    still = journalled(db)
+    done = cut - still
+    tally.repairs += len(done)
+    for path in said - done:
+        tally.problem(f"{when}: said it repaired {path}, which no kill was known to have cut short")
+    for path in done - said if code is not None else ():
+        tally.problem(f"{when}: repaired {path} without saying so")
+    return cut & still
 
 
 def _removed(waiting: set[Path], tally: Tally) -> set[Path]:
@@ -300,8 +336,10 @@ def _check_complete(kind: str, root: Path, db: Path, ref: dict, tally: Tally) ->
     return "forced" if tally.complete_undos % 2 == 0 else "rescan"
 
 
-TABLE = ("runs", "kills", "scan_kills", "rescan_kills", "forced_kills", "undo_kills", "kills_during_a_write", "kills_with_a_write_pending",
-         "leftovers_removed", "leftovers_remaining", "orphans", "complete_scans", "complete_undos", "mismatches")
+TABLE = ("runs", "kills", "scan_kills", "rescan_kills", "forced_kills", "undo_kills", "kills_during_a_write",
+         "kills_during_an_inplace_write", "kills_with_a_write_pending", "leftovers_removed", "leftovers_remaining",
+         "repairs", "journal_remaining", "orphans", "complete_scans", "complete_undos", "mismatches",
+         "reference_in_place", "reference_copied")
 
 
 def main() -> None:
@@ -310,13 +348,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100, help="runs to kill")
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--write-mode", default="copy", choices=("copy", "inplace", "auto"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--orphan-wait", type=float, default=5.0)
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="musictag-crash-", dir=args.work_dir))
-    tally = run_trials(args.library, args.trials, work, args.model, args.workers, args.seed, args.orphan_wait)
+    tally = run_trials(args.library, args.trials, work, args.model, args.workers, args.seed, args.orphan_wait,
+                       args.write_mode)
     width = max(map(len, TABLE))
     for name in TABLE:
         print(f"{name:<{width}}  {getattr(tally, name)}")
@@ -325,7 +365,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(asdict(tally), indent=1))
     shutil.rmtree(work, ignore_errors=True)
-    sys.exit(1 if tally.mismatches or tally.orphans or tally.leftovers_remaining else 0)
+    sys.exit(1 if tally.mismatches or tally.orphans or tally.leftovers_remaining or tally.journal_remaining else 0)
 
 
 if __name__ == "__main__":

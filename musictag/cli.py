@@ -16,7 +16,7 @@ import typer
 
 from .defaults import (BATCH_SIZE, DECODE_WORKERS, DEVICES, ENGINES, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS,
                        FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, MODES, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
-from .defaults import DEVICE_HELP, ID3_HELP, ID3_VERSION, ID3_VERSIONS
+from .defaults import DEVICE_HELP, ID3_HELP, ID3_VERSION, ID3_VERSIONS, WRITE_MODE, WRITE_MODE_HELP, WRITE_MODES
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Tag a music library with genres and moods predicted by a CP-ResNet.")
@@ -69,6 +69,14 @@ def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
 def _id3_version_choice(value: str) -> str:
     _check_choice("--id3-version", value, ID3_VERSIONS)
     return value
+
+
+def _write_mode_choice(value: str) -> str:
+    _check_choice("--write-mode", value, WRITE_MODES)
+    return value
+
+
+WRITE_MODE_OPTION = typer.Option(WRITE_MODE, "--write-mode", help=WRITE_MODE_HELP, callback=_write_mode_choice)
 
 
 def _check_device(device: str) -> None:
@@ -145,6 +153,7 @@ def scan(
     excerpts: Optional[int] = typer.Option(None, min=1, show_default=False,
                                            help=f"10-second excerpts analysed per track (default {EXCERPT_COUNT})."),
     id3_version: str = typer.Option(ID3_VERSION, "--id3-version", help=ID3_HELP, callback=_id3_version_choice),
+    write_mode: str = WRITE_MODE_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file, then a summary object."),
     engine: str = ENGINE_OPTION,
@@ -161,7 +170,7 @@ def scan(
     options = api.scan_options(per_head, every_head, write=not no_write, dry_run=dry_run, threshold=threshold,
                                mode=mode, batch_size=batch_size, workers=workers, force=force,
                                whole_track=whole_track, excerpts=excerpts, id3_version=id3_version, fields=written,
-                               engine=engine, ray_address=ray_address, ray_device=device,
+                               write_mode=write_mode, engine=engine, ray_address=ray_address, ray_device=device,
                                embeddings=parquet is not None)
     if engine == "ray":
         device = "cpu"  # the driver only decides and writes; the model actors run on --device
@@ -178,14 +187,19 @@ def scan(
             raise typer.Exit(130)
         bar.close()
         _write_exports(database, result.model_id, paths, csv, parquet)
+    _report(result, dry_run, as_json)
+    raise typer.Exit(1 if result.failed else 0)  # failed before: not again (README, Exit codes)
+
+
+def _report(result, dry_run: bool, as_json: bool) -> None:
+    """The scan's summary: one JSON object (--json), or the text summary."""
     if as_json:
         typer.echo(json.dumps({"summary": _summary(result, dry_run)}))
     else:
         _print_summary(result, dry_run)
-    raise typer.Exit(1 if result.failed else 0)  # failed before: not again (README, Exit codes)
 
 
-CONFIGURABLE = ("fields", "top_k", "threshold", "mode", "id3_version")  # scan options the config file sets too
+CONFIGURABLE = ("fields", "top_k", "threshold", "mode", "id3_version", "write_mode")  # scan options the config file sets too
 
 
 def _with_config(ctx: typer.Context, options):
@@ -271,9 +285,13 @@ def _run_scan(model: Optional[Path], device: str, workers: int, database, paths:
 
 
 def _said_leftovers(result):
-    """The run's result, once the temporary copies it removed (left by a killed run) are named."""
+    """The run's result, once the temporary copies it removed and the files it repaired (an in-place write
+    cut short) are named: what a killed run left."""
     for path in result.leftovers:
         typer.echo(f"removed {path}: a temporary copy left by an interrupted run", err=True)
+    for path in result.repaired:
+        typer.echo(f"repaired {path}: an interrupted run's in-place tag write was cut short; its original tag "
+                   "bytes are back", err=True)
     return result
 
 
@@ -385,7 +403,9 @@ def _quiet_broken_pipe():
 
 @app.command()
 def undo(
+    ctx: typer.Context,
     paths: Optional[List[Path]] = typer.Argument(None, help="Files or folders (default: everything)."),
+    write_mode: str = WRITE_MODE_OPTION,
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Restore the exact tag values musictag replaced or added (fields you changed since stay yours)."""
@@ -395,9 +415,12 @@ def undo(
     missing = [str(p) for p in paths or [] if not p.exists()]
     if missing:
         _fail(f"no such file or folder: {', '.join(missing)}")
+    if getattr(ctx.get_parameter_source("write_mode"), "name", "") not in ("COMMANDLINE", "ENVIRONMENT"):
+        write_mode = _config().value("write_mode")  # the config file's, else the default
     with _database(db) as database:
         try:
-            result = _said_leftovers(api.undo(database, [str(p) for p in paths] if paths else None))
+            result = _said_leftovers(api.undo(database, [str(p) for p in paths] if paths else None,
+                                              write_mode=write_mode))
         except DatabaseError as e:  # disk full: one line, not a traceback
             _fail(str(e))
     typer.echo(f"restored: {result.tagged}, left as changed since musictag wrote them: {result.kept_fields} "

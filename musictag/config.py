@@ -9,6 +9,7 @@ over the file, the file over musictag's defaults (defaults.py):
     threshold = 0.5                                    # or per field: {genre = 0.6, mood = 0.4}
     mode = "merge"                                     # merge, replace, skip-tagged
     id3_version = "keep"                               # keep, 3, 4
+    write_mode = "copy"                                # copy, inplace, auto (scan and undo)
     separator = "; "                                   # genres and moods as one joined value
     genre_whitelist = ["Rock", "Hip-Hop", "Jazz"]      # the only genres musictag writes
     [genre_aliases]                                    # another name -> the name written
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .defaults import FIELDS, ID3_VERSION, ID3_VERSIONS, MODE, MODES, OPT_IN_FIELDS, OTHER_TOP_K, TOP_K
+from .defaults import WRITE_MODE, WRITE_MODES
 from .errors import MusictagError
 
 try:
@@ -40,6 +42,7 @@ ENVIRONMENT = "MUSICTAG_CONFIG"  # another config file than the one in the user 
 ALL_FIELDS = FIELDS + OPT_IN_FIELDS
 RANKED_FIELDS = tuple(name for name in ALL_FIELDS if name != "model")  # the fields top-k applies to
 DEFAULTS = {"fields": FIELDS, "top_k": dict(TOP_K), "threshold": None, "mode": MODE, "id3_version": ID3_VERSION,
+            "write_mode": WRITE_MODE,
             "separator": "", "genre_aliases": {}, "genre_whitelist": None}
 MEANING = {  # what a key's default means, where its value does not say it
     "top_k": f"fields not named: {OTHER_TOP_K}",
@@ -171,7 +174,7 @@ def _aliases(value) -> dict[str, str]:
 
 
 CHECKS = {"fields": _fields, "top_k": _top_k, "threshold": _threshold, "mode": _choice(MODES),
-          "id3_version": _choice(ID3_VERSIONS), "separator": _string, "genre_aliases": _aliases,
+          "id3_version": _choice(ID3_VERSIONS), "write_mode": _choice(WRITE_MODES), "separator": _string, "genre_aliases": _aliases,
           "genre_whitelist": lambda value: tuple(_strings(value))}
 
 

@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS temporaries (
     pid INTEGER NOT NULL,   -- the process writing it, on
     host TEXT NOT NULL      -- this machine: a copy whose process is gone was left by a killed run
 );
+CREATE TABLE IF NOT EXISTS journal (
+    path TEXT PRIMARY KEY,  -- a file being written in place
+    record BLOB NOT NULL,   -- what the write overwrites, and with what (tags.Overwrite), synced before it starts
+    pid INTEGER NOT NULL,   -- the process writing it, on
+    host TEXT NOT NULL      -- this machine: a record whose process is gone is a write a kill cut short
+);
 CREATE TABLE IF NOT EXISTS undo (
     path TEXT PRIMARY KEY,
     previous TEXT NOT NULL, -- JSON {field: [values]} as they were before musictag first touched them
@@ -271,6 +277,29 @@ class Database:
 
     def forget_temporary(self, path: str) -> None:
         self._write("DELETE FROM temporaries WHERE path = ?", (_key(path),))
+
+    def keep_original(self, path: str, record: bytes) -> None:
+        """Journal what an in-place write of `path` overwrites, on disk when this returns: synchronous=FULL
+        syncs the WAL at this commit (NORMAL may leave the last commits to a power cut), because the
+        file's own bytes are overwritten next."""
+        self.commit()
+        self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            self._write("INSERT OR REPLACE INTO journal (path, record, pid, host) VALUES (?, ?, ?, ?)",
+                        (_key(path), record, os.getpid(), socket.gethostname()))
+            self.commit()
+        finally:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def release_original(self, path: str) -> None:
+        """The in-place write of `path` is done, or undone: its journal record is not needed."""
+        self._write("DELETE FROM journal WHERE path = ?", (_key(path),))
+        self.commit()
+
+    def interrupted_writes(self) -> list[tuple[str, bytes]]:
+        """(path, record) of the in-place writes whose process, on this machine, no longer runs."""
+        rows = self._conn.execute("SELECT path, record, pid FROM journal WHERE host = ?", (socket.gethostname(),))
+        return [(_path(path), bytes(record)) for path, record, pid in rows.fetchall() if not _running(pid)]
 
     def put_write_error(self, path: str, error: str) -> None:
         """A scored file whose tags could not be written: its scores stay, the error is remembered."""

@@ -17,6 +17,14 @@ ID3_VERSIONS = ("keep", "3", "4")
 ID3_VERSION = "keep"
 ID3_HELP = ("ID3v2 version of the mp3, WAV and AIFF files written: keep (each file's own; new tags v2.4), 3 or 4 "
             "(convert them).")
+# how tags are written: copy (a tagged copy renamed over the file), inplace (in the file's own tag space,
+# its original bytes journalled first; a tag that does not fit is an error), auto (in place when it fits,
+# else by copy)
+WRITE_MODES = ("copy", "inplace", "auto")
+WRITE_MODE = "copy"
+WRITE_MODE_HELP = ("How tags are written: copy (a tagged copy renamed over the file), inplace (into the file's own "
+                   "tag space when the new tags fit, journalled first; files they do not fit fail) or auto (in place "
+                   "when they fit, else by copy).")
 MODES = ("merge", "replace", "skip-tagged")  # how scan treats the genres and moods a file already has
 MODE = "merge"
 DEVICES = ("auto", "cpu", "cuda")  # auto: cuda when available; cuda:N picks one of several GPUs

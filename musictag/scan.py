@@ -26,12 +26,12 @@ from .config import canonical_genres, genre_key
 from .db import Database
 from .defaults import MODE
 from .defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
-from .defaults import ID3_VERSION
+from .defaults import ID3_VERSION, WRITE_MODE
 from .errors import DatabaseError, FileChangedError, MusictagError
 from .library import walk, within
 from .pipeline import Decoded, Job, score_locally
 from .progress import Progress, no_progress
-from .tags import check_writable, file_state, lacks_tag_block, read_fields, write_fields
+from .tags import Journal, check_writable, file_state, lacks_tag_block, read_fields, restore_original, write_fields
 from .vocabulary import OPT_IN_FIELDS, FieldVocabulary, available, choose, track_term_scores, vocabulary_from_dict
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class ScanOptions:
     excerpts: int = EXCERPT_COUNT  # windows per track in the excerpt plan
     model_in_workers: bool | None = None  # None: on the CPU yes, on a GPU no (the parent batches)
     id3_version: str = ID3_VERSION  # "keep" each file's ID3v2 version, or convert the files written to "3" / "4"
+    write_mode: str = WRITE_MODE  # copy, inplace or auto (defaults.WRITE_MODES); the tags written are the same
     engine: str = "local"  # where tracks are decoded and scored: defaults.ENGINES
     ray_address: str | None = None  # the Ray cluster to join; None: RAY_ADDRESS, else a Ray started for the scan
     ray_device: str = "auto"  # the device of the Ray engine's model actors (auto: GPUs where the cluster has them)
@@ -122,6 +123,7 @@ class ScanResult:
     kept_files: int = 0  # ... and the files that have at least one
     changes: list[Change] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # temporary copies of killed runs, removed
+    repaired: list[str] = field(default_factory=list)  # files an in-place write of a killed run was cut short in
     model_id: str = ""  # the model the scan used
 
 
@@ -188,6 +190,7 @@ class Scanner:
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
         self.result.leftovers = remove_leftovers(self.db)
+        self.result.repaired = repair_interrupted(self.db, self.result.failed)
         self.db.put_model(self.model_id, self.kinds, self.model.labels, self.model.vocabulary)
         unreadable = []
         files = list(walk(paths, on_error=lambda path, reason: unreadable.append((path, reason))))
@@ -360,7 +363,8 @@ class Scanner:
             return "would change", change
         self.db.remember_previous(path, {name: current[name] for name in changed}, lacks_tag_block(path))
         self.db.put_pending(path, held)  # before the rename: a kill after it leaves undo what it needs
-        _write_file(self.db, path, changed, read_at, id3_version=self.options.id3_version)
+        _write_file(self.db, path, changed, read_at, id3_version=self.options.id3_version,
+                    write_mode=self.options.write_mode)
         self._record_written(path, held)
         self.result.tagged += 1
         return "tagged", change
@@ -439,9 +443,11 @@ def _settled(written: dict[str, list[str]], pending: dict[str, list[str]] | None
 
 def _write_file(db: Database, path: str, values: dict[str, list[str] | None], read_at: os.stat_result,
                 **options) -> None:
-    """write_fields, its temporary copy known to the database before it exists."""
+    """write_fields, its temporary copy known to the database before it exists, and an in-place write's
+    original bytes journalled there before it begins."""
     try:
-        write_fields(path, values, read_at, announce=db.announce_temporary, **options)
+        write_fields(path, values, read_at, announce=db.announce_temporary,
+                     journal=Journal(db.keep_original, db.release_original), **options)
     finally:
         db.temporaries_done()
 
@@ -463,6 +469,26 @@ def remove_leftovers(db: Database) -> list[str]:
     return removed
 
 
+def repair_interrupted(db: Database, failed: list[tuple[str, str]]) -> list[str]:
+    """Files whose in-place write a killed run cut short, given back their original bytes from the
+    journal; their names returned. One that another program saved since is left as it is, in `failed`."""
+    repaired = []
+    for path, record in db.interrupted_writes():
+        with db.file_lock(path):
+            try:
+                restored = restore_original(path, record)
+            except MusictagError as e:
+                failed.append((path, getattr(e, "reason", str(e))))
+                continue  # kept in the journal: tried again next time
+        if restored:
+            repaired.append(path)
+        elif os.path.exists(path):
+            failed.append((path, "an interrupted run was writing its tags in place, and another program has "
+                                 "saved it since; left as it is"))
+        db.release_original(path)
+    return repaired
+
+
 def _tagged_by_user(current: dict[str, list[str]], written: dict[str, list[str]],
                     previous: dict[str, list[str]]) -> bool:
     """Whether genre or mood holds a value musictag did not write (skip-tagged leaves such files alone)."""
@@ -473,10 +499,12 @@ def _tagged_by_user(current: dict[str, list[str]], written: dict[str, list[str]]
     return False
 
 
-def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | None = None) -> ScanResult:
+def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | None = None,
+         write_mode: str = WRITE_MODE) -> ScanResult:
     """Restore the values musictag replaced or added, for the given files/folders or for all."""
     progress = progress or no_progress
     result = ScanResult(leftovers=remove_leftovers(db))
+    result.repaired = repair_interrupted(db, result.failed)
     targets = db.undo_paths()
     if paths:
         targets = list(filter(within(paths), targets))
@@ -484,7 +512,7 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
     for path in targets:
         try:
             with db.file_lock(path):  # a scan writing this file finishes first, and waits for this
-                restore, kept = _undo_file(db, path)
+                restore, kept = _undo_file(db, path, write_mode)
         except DatabaseError:
             raise  # not this file's fault: the run cannot record anything more
         except MusictagError as e:
@@ -502,11 +530,11 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
     return result
 
 
-def _undo_file(db: Database, path: str) -> tuple[dict[str, list[str]], int]:
+def _undo_file(db: Database, path: str, write_mode: str = WRITE_MODE) -> tuple[dict[str, list[str]], int]:
     read_at = file_state(path)
     restore, kept = _still_ours(db, path)
     if restore:
-        _write_file(db, path, restore, read_at, drop_empty_tag=db.added_tag_block(path))
+        _write_file(db, path, restore, read_at, drop_empty_tag=db.added_tag_block(path), write_mode=write_mode)
     db.forget_previous(path)
     st = os.stat(path)
     db.put_written(path, None, st.st_size, st.st_mtime_ns)

@@ -1,9 +1,17 @@
 """Reading and writing tag fields, one declaration per field, one storage style per tag format.
 
 Every mutagen call goes through `_tag_errors`, which turns failures into TagReadError or TagWriteError
-carrying the path. Writes are atomic per file: the file is copied beside itself, the copy is tagged and read back,
-and only then renamed over the original. A failure at any point leaves the original untouched, and
-audio data is never re-encoded (mutagen rewrites tag blocks only).
+carrying the path. Audio data is never re-encoded (mutagen rewrites tag blocks only). Two ways to write
+(`write_mode`, defaults.WRITE_MODES):
+
+- copy: the file is copied beside itself, the copy is tagged and read back, and only then renamed over the
+  original. A failure at any point leaves the original untouched.
+- in place: when the new tags fit in the space of the old ones (the padding mutagen and encoders leave),
+  the save is first made into an overlay that records which bytes it would change without touching the file;
+  those bytes' originals go to a journal (the database, synced) before the first byte of the file is
+  written; then the file is written, synced and read back. The file keeps its size, so no audio byte moves;
+  a kill mid-write is repaired from the journal by the next run (`restore_original`). Hard links and the
+  file's inode stay; no free space is needed. A tag that does not fit is written by copy (auto) or refused.
 
 A write changes only the fields it is given: ID3 tags keep their version (v2.3 stays v2.3, where the mood
 is TXXX:MOOD as other taggers write it) and every other frame as stored; ID3v1 and APEv2 tags keep their
@@ -17,10 +25,11 @@ import os
 import secrets
 import shutil
 import stat
+import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from .defaults import ID3_VERSION
+from .defaults import ID3_VERSION, WRITE_MODE, WRITE_MODES
 from .errors import FileChangedError, FileError, TagReadError, TagWriteError
 
 Values = list[str]
@@ -74,8 +83,9 @@ class _Style:
     def get(self, tags, field: Field) -> Values:
         raise NotImplementedError
 
-    def save(self, audio) -> None:
-        audio.save()
+    def save(self, audio, target, padding=None) -> None:
+        """Save `audio`'s tags into `target` (an open file); `padding`: mutagen's padding function."""
+        audio.save(target, padding=padding)
 
     def set(self, tags, field: Field, values: Values) -> None:
         raise NotImplementedError
@@ -102,19 +112,20 @@ class _ID3Style(_Style):
 
         return frame.genres if self.named_genres and isinstance(frame, id3.TCON) else frame.text
 
-    def save(self, audio) -> None:
+    def save(self, audio, target, padding=None) -> None:
         from mutagen.id3 import ID3FileType
 
-        options = {"v2_version": self.version, "v23_sep": None}  # several values: null-separated in v2.3 too
+        # several values: null-separated in v2.3 too
+        options = {"v2_version": self.version, "v23_sep": None, "padding": padding}
         if not isinstance(audio, ID3FileType):  # WAV, AIFF: the tag is a chunk, there is no ID3v1
-            audio.save(**options)
+            audio.save(target, **options)
             return
-        tail = _id3v1_tail(audio.filename)
-        audio.save(v1=1, **options)  # 1: an ID3v1 tag is rewritten where there is one, never added ...
-        if tail:
-            with open(audio.filename, "rb+") as f:  # ... and then given back its own bytes
-                f.seek(-len(tail), os.SEEK_END)
-                f.write(tail)
+        tail = _id3v1_tail(target)
+        target.seek(0)  # mutagen reads the ID3 header where the file is
+        audio.save(target, v1=1, **options)  # 1: an ID3v1 tag is rewritten where there is one, never added ...
+        if tail:  # ... and then given back its own bytes
+            target.seek(-len(tail), os.SEEK_END)
+            target.write(tail)
 
     def set(self, tags, field, values):
         key = field.id3_key(self.version)
@@ -139,14 +150,14 @@ class _ID3Style(_Style):
         tags.delall(field.id3_key(self.version))
 
     @staticmethod
-    def remove_tag(audio) -> None:
-        """Remove the ID3v2 tag block (an ID3v1 tag stays)."""
+    def remove_tag(audio, target) -> None:
+        """Remove the ID3v2 tag block from `target`, an open file (an ID3v1 tag stays)."""
         from mutagen.id3 import ID3FileType, delete
 
         if isinstance(audio, ID3FileType):
-            delete(audio.filename, delete_v1=False, delete_v2=True)
+            delete(target, delete_v1=False, delete_v2=True)
         else:
-            audio.tags.delete(audio.filename)
+            audio.tags.delete(target)
 
 
 def _add_frame(tags, key: str, values: Values, encoding: int = 3) -> None:
@@ -158,14 +169,12 @@ def _add_frame(tags, key: str, values: Values, encoding: int = 3) -> None:
         tags.add(getattr(id3, key)(encoding=encoding, text=list(values)))
 
 
-def _id3v1_tail(path: str) -> bytes:
-    """The file's ID3v1 tag (its last 128 bytes when they start with TAG), or b""."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() < 128:
-            return b""
-        f.seek(-128, os.SEEK_END)
-        tail = f.read(128)
+def _id3v1_tail(f) -> bytes:
+    """The ID3v1 tag of an open file (its last 128 bytes when they start with TAG), or b""."""
+    if f.seek(0, os.SEEK_END) < 128:
+        return b""
+    f.seek(-128, os.SEEK_END)
+    tail = f.read(128)
     return tail if tail.startswith(b"TAG") else b""
 
 
@@ -318,20 +327,55 @@ def read_fields(path: str | os.PathLike, names: list[str], as_stored: bool = Fal
 
 
 TEMPORARY_MARK = ".musictag-tmp"  # in the name of every temporary copy
+# Most bytes an in-place write may change; the journal holds them twice (before, after). A tag with cover
+# art fits; anything larger is written by copy, which needs no journal.
+IN_PLACE_LIMIT = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class Journal:
+    """Where an in-place write keeps what it overwrites. `keep(path, record)` must have the record on disk
+    (written and synced) when it returns: the file is overwritten next. `release(path)` once the file is
+    whole again (written and read back, or put back as it was). A record left by a killed process is
+    given to `restore_original` by the next run."""
+
+    keep: Callable[[str, bytes], None]
+    release: Callable[[str], None]
 
 
 def write_fields(path: str | os.PathLike, values: dict[str, Values | None],
                  read_at: os.stat_result | None = None, id3_version: str = ID3_VERSION,
-                 drop_empty_tag: bool = False, announce: Callable[[str], None] | None = None) -> None:
+                 drop_empty_tag: bool = False, announce: Callable[[str], None] | None = None,
+                 write_mode: str = WRITE_MODE, journal: Journal | None = None) -> str:
     """Set each named field to its values (None or [] deletes it), atomically for the whole file; nothing
     else in the tags changes (ID3: in the file's own version unless `id3_version` says "3" or "4").
     `read_at`: the file's stat when the caller read what these values were decided from (its audio, its
-    tags); a save by another program since then is a FileChangedError (default: since the copy made here).
+    tags); a save by another program since then is a FileChangedError (default: since this call began).
     `drop_empty_tag`: an ID3v2 tag left without frames is removed (undo of a tag block musictag added).
-    `announce(temporary)` is called before the temporary copy exists, so a kill leaves nothing unknown."""
+    `write_mode` (defaults.WRITE_MODES): "copy", "inplace" (in the file when the tags fit, else a
+    TagWriteError) or "auto" (in the file when they fit, else by copy). In place needs a `journal`; without
+    one, auto writes by copy. `announce(temporary)` is called before a temporary copy exists, so a kill
+    leaves nothing unknown. Returns how the file was written: "in place" or "copy"."""
+    if write_mode not in WRITE_MODES or (write_mode == "inplace" and journal is None):
+        raise ValueError(f"write_mode {write_mode!r} (with journal {journal!r})")
     path = os.path.realpath(os.fspath(path))  # tag the target of a symlink, keep the link
     original = file_state(path)
     _check_writable(path, original)
+    read_at = read_at or original
+    if write_mode != "copy" and journal is not None:
+        if _write_in_place(path, values, read_at, id3_version, drop_empty_tag, journal):
+            return "in place"
+        if write_mode == "inplace":
+            raise TagWriteError(path, "the new tags do not fit in the space of the old ones (write mode inplace "
+                                      "never copies the file; auto would); left as it is")
+    _write_by_copy(path, values, read_at, id3_version, drop_empty_tag, announce)
+    return "copy"
+
+
+def _write_by_copy(path: str, values: dict[str, Values | None], read_at: os.stat_result, id3_version: str,
+                   drop_empty_tag: bool, announce: Callable[[str], None] | None) -> None:
+    """Tag a copy beside the file, read it back, sync it and rename it over the file."""
+    original = file_state(path)
     tmp = temporary_name(path)
     if announce is not None:
         announce(tmp)
@@ -341,30 +385,232 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None],
         with _tag_errors(path, "copying before writing tags"):
             shutil.copy2(path, tmp)
             _keep_owner(path, tmp, original)
-        with _tag_errors(path, "writing tags"):
-            _write_copy(tmp, values, id3_version, drop_empty_tag)
+        with _tag_errors(path, "writing tags"), open(tmp, "rb+") as f:
+            _write_tags(tmp, f, values, id3_version, drop_empty_tag)
         _verify(tmp, path, values)
         with _tag_errors(path, "replacing the file with its tagged copy"):
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            _check_unchanged(path, read_at or original)
+            _check_unchanged(path, read_at)
             os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _write_copy(tmp: str, values: dict[str, Values | None], id3_version: str, drop_empty_tag: bool) -> None:
-    audio, style = _open(tmp, id3_version=id3_version)
+def _write_tags(source: str, target, values: dict[str, Values | None], id3_version: str, drop_empty_tag: bool,
+                padding: Callable | None = None) -> None:
+    """The tags of `source` with `values` set, saved into `target` (an open file: the copy, or an overlay
+    of the file itself); `padding`: mutagen's padding function (None: its own)."""
+    audio, style = _open(source, id3_version=id3_version)
     for name, new in values.items():
         if new:
             style.set(audio.tags, field_for(name), new)
         else:
             style.delete(audio.tags, field_for(name))
+    target.seek(0)  # mutagen reads a file from where it is, as if just opened
     if drop_empty_tag and isinstance(style, _ID3Style) and not len(audio.tags) and not audio.tags.unknown_frames:
-        style.remove_tag(audio)
+        style.remove_tag(audio, target)
     else:
-        style.save(audio)
+        style.save(audio, target, padding)
+
+
+@dataclass(frozen=True)
+class Overwrite:
+    """One in-place write: the file's size and (atime, mtime) before it, and each region it changes as
+    (offset, the bytes there before, the bytes written). `dump` encodes it for the journal, `load` reads it."""
+
+    size: int
+    times_ns: tuple[int, int]
+    regions: tuple[tuple[int, bytes, bytes], ...]
+
+    MAGIC = b"musictag-overwrite-1"
+
+    def dump(self) -> bytes:
+        head = self.MAGIC + struct.pack("<qqqq", self.size, *self.times_ns, len(self.regions))
+        return head + b"".join(struct.pack("<qq", offset, len(old)) + old + new for offset, old, new in self.regions)
+
+    @classmethod
+    def load(cls, record: bytes) -> "Overwrite":
+        if not record.startswith(cls.MAGIC):
+            raise ValueError("not an in-place write record")
+        at = len(cls.MAGIC)
+        size, atime, mtime, count = struct.unpack_from("<qqqq", record, at)
+        at, regions = at + 32, []
+        for _ in range(count):
+            offset, length = struct.unpack_from("<qq", record, at)
+            at += 16
+            regions.append((offset, record[at:at + length], record[at + length:at + 2 * length]))
+            at += 2 * length
+        return cls(size, (atime, mtime), tuple(regions))
+
+
+class _DoesNotFit(Exception):
+    """The save would change the file's size (its audio would move) or too many of its bytes."""
+
+
+class _Overlay:
+    """The file as a save would leave it, the file itself untouched: mutagen saves into this; reads come
+    from the file with the writes made so far laid over them. A save that would change the file's size
+    (insert or delete bytes: move the audio) or more than IN_PLACE_LIMIT bytes stops at once."""
+
+    def __init__(self, f, size: int):
+        self._f, self.size, self._pos = f, size, 0
+        self.writes: list[tuple[int, bytes]] = []
+        self.written, self.too_big = 0, False
+
+    def read(self, n: int = -1) -> bytes:
+        start = min(self._pos, self.size)
+        end = self.size if n is None or n < 0 else min(self.size, start + n)
+        self._f.seek(start)
+        data = bytearray(self._f.read(end - start))
+        for offset, chunk in self.writes:
+            lo, hi = max(offset, start), min(offset + len(chunk), end)
+            if lo < hi:
+                data[lo - start:hi - start] = chunk[lo - offset:hi - offset]
+        self._pos = start + len(data)
+        return bytes(data)
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        if self._pos + len(data) > self.size or self.written + len(data) > IN_PLACE_LIMIT:
+            self.does_not_fit()
+        if data:
+            self.writes.append((self._pos, data))
+            self.written += len(data)
+            self._pos += len(data)
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        if (self._pos if size is None else size) != self.size:
+            self.does_not_fit()
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+    def keep_size(self, info) -> int:
+        """mutagen's padding function: the padding that keeps the tag block's size, when there is room."""
+        if info.padding < 0:
+            self.does_not_fit()
+        return info.padding
+
+    def does_not_fit(self) -> None:
+        self.too_big = True
+        raise _DoesNotFit
+
+    def changes(self) -> list[tuple[int, bytes, bytes]]:
+        """(offset, bytes before, bytes after) of every stretch the writes changed."""
+        spans: list[list[int]] = []
+        for offset, chunk in sorted(self.writes):
+            if spans and offset <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], offset + len(chunk))
+            else:
+                spans.append([offset, offset + len(chunk)])
+        changed = []
+        for lo, hi in spans:
+            self._f.seek(lo)
+            old = self._f.read(hi - lo)
+            self.seek(lo)
+            new = self.read(hi - lo)
+            if old != new:
+                changed.append((lo, old, new))
+        return changed
+
+
+def _write_in_place(path: str, values: dict[str, Values | None], read_at: os.stat_result, id3_version: str,
+                    drop_empty_tag: bool, journal: Journal) -> bool:
+    """Write the tags into the file itself when they fit: the bytes to change are worked out first (the
+    file untouched), journalled, then written, synced and read back; a failure or interruption puts the
+    original bytes back. False when they do not fit (the file untouched, nothing journalled)."""
+    plan = _plan_in_place(path, values, read_at, id3_version, drop_empty_tag)
+    if plan is None:
+        return False
+    if not plan.regions:
+        return True  # the file already holds these values, byte for byte
+    _check_unchanged(path, read_at)
+    journal.keep(path, plan.dump())
+    try:
+        with _tag_errors(path, "writing tags in place"):
+            _overwrite(path, plan, new=True)
+        _verify(path, path, values)
+    except BaseException:  # Ctrl-C and SIGTERM too: the write is undone, as a copy would be removed
+        with _tag_errors(path, "putting the original tags back (the next run will)"):
+            _overwrite(path, plan, new=False)
+        journal.release(path)
+        raise
+    journal.release(path)
+    return True
+
+
+def _plan_in_place(path: str, values: dict[str, Values | None], read_at: os.stat_result, id3_version: str,
+                   drop_empty_tag: bool) -> Overwrite | None:
+    """The in-place write that sets `values`, made into an overlay of the file; None when it does not fit."""
+    with _tag_errors(path, "reading the file to write it in place"):
+        f = open(path, "rb")
+    with f:
+        st = os.fstat(f.fileno())
+        _check_unchanged(path, read_at, st)
+        overlay = _Overlay(f, st.st_size)
+        try:
+            with _tag_errors(path, "writing tags"):
+                _write_tags(path, overlay, values, id3_version, drop_empty_tag, overlay.keep_size)
+        except TagWriteError:
+            if overlay.too_big:
+                return None
+            raise
+        if overlay.too_big:  # mutagen caught _DoesNotFit itself
+            return None
+        return Overwrite(st.st_size, (st.st_atime_ns, st.st_mtime_ns), tuple(overlay.changes()))
+
+
+def _overwrite(path: str, plan: Overwrite, new: bool) -> None:
+    """Write the plan's new bytes (`new`) or its original ones into the file, and sync it. The original
+    bytes come with the original times: the file is then the one a scan decoded, and is not decoded again."""
+    with open(path, "rb+") as f:
+        for offset, old, data in plan.regions:
+            f.seek(offset)
+            f.write(data if new else old)
+        f.flush()
+        os.fsync(f.fileno())
+    if not new:
+        os.utime(path, ns=plan.times_ns)
+
+
+def restore_original(path: str, record: bytes) -> bool:
+    """Put back what an in-place write cut short by a kill overwrote, from its journal record. True when
+    restored: the file had the record's size and every changed byte was either the original or the one
+    being written. False, the file left as it is, when it is gone or holds other bytes (another program
+    saved it since)."""
+    if not os.path.exists(path):
+        return False
+    with _tag_errors(path, "repairing a tag write cut short"):
+        plan = Overwrite.load(record)
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != plan.size:
+                return False
+            for offset, old, new in plan.regions:
+                f.seek(offset)
+                if not _between(f.read(len(old)), old, new):
+                    return False
+        _overwrite(path, plan, new=False)
+    return True
+
+
+def _between(now: bytes, old: bytes, new: bytes) -> bool:
+    """Whether every byte of `now` is the one of `old` or of `new` there (a write cut anywhere; the pages a
+    power cut kept or lost)."""
+    if len(now) != len(old):
+        return False
+    return all(n == o or n == w for n, o, w in zip(now, old, new))
 
 
 def temporary_name(path: str) -> str:
@@ -395,9 +641,9 @@ def _keep_owner(path: str, tmp: str, original: os.stat_result) -> None:
                                 ) from None
 
 
-def _check_unchanged(path: str, original: os.stat_result) -> None:
-    """Another program may have saved the file since it was copied; replacing it would undo that."""
-    now = os.stat(path)  # a file replaced by another of the same size and time is another inode
+def _check_unchanged(path: str, original: os.stat_result, now: os.stat_result | None = None) -> None:
+    """Another program may have saved the file since it was read; writing it would undo that."""
+    now = now or os.stat(path)  # a file replaced by another of the same size and time is another inode
     if (now.st_size, now.st_mtime_ns, now.st_ino) != (original.st_size, original.st_mtime_ns, original.st_ino):
         raise FileChangedError(path, "the file changed while its tags were being written; left as it is")
 
@@ -431,11 +677,11 @@ def _check_writable(path: str, state: os.stat_result) -> None:
         raise TagWriteError(path, "its folder is read-only (the tagged copy is written beside the file)")
 
 
-def _verify(tmp: str, path: str, values: dict[str, Values | None]) -> None:
+def _verify(written: str, path: str, values: dict[str, Values | None]) -> None:
+    """Read the tags back from `written` (the tagged copy, or the file written in place)."""
     with _tag_errors(path, "verifying written tags"):
-        audio, style = _open(tmp, named_genres=False)
+        audio, style = _open(written, named_genres=False)
         for name, new in values.items():
             got = style.get(audio.tags, field_for(name))
             if got != list(new or []):
-                raise TagWriteError(path, f"tags not written: the tagged copy read {name} back as {got!r} "
-                                          "(file left as it was)")
+                raise TagWriteError(path, f"tags not written: {name} read back as {got!r} (file left as it was)")

@@ -1,0 +1,214 @@
+"""In-place tag writes (issue 16 item 5): the tags rewritten in the file's own tag space, the original bytes
+journalled first, a write cut short repaired by the next run, a tag that does not fit copied (auto) or
+refused (inplace)."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+
+import av
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_track
+from musictag.cli import app
+from musictag.db import Database
+from musictag.errors import TagWriteError
+from musictag.tags import Journal, read_fields, write_fields
+
+runner = CliRunner()
+FORMATS = (".mp3", ".flac", ".ogg", ".opus", ".m4a", ".wav", ".aiff", ".wma")
+
+
+def packets(path) -> str:
+    """A hash of the audio packets as stored (demuxed, not decoded)."""
+    h = hashlib.sha256()
+    with av.open(str(path)) as container:
+        for packet in container.demux(audio=0):
+            if packet.size:
+                h.update(bytes(packet))
+    return h.hexdigest()
+
+
+def tagged(path, **fields):
+    """A track whose tags a tagger already wrote (so they carry mutagen's padding)."""
+    write_track(path, seconds=1.0)
+    write_fields(path, {"genre": ["Folk"], "mood": ["calm"], **fields})
+    return path
+
+
+def journal_of(db: Database) -> Journal:
+    return Journal(db.keep_original, db.release_original)
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_a_tag_that_fits_is_written_in_place_keeping_hard_links_and_every_audio_packet(tmp_path, ext):
+    path = tagged(tmp_path / f"track{ext}")
+    link = tmp_path / f"link{ext}"
+    os.link(path, link)
+    before, audio = os.stat(path), packets(path)
+    with Database(tmp_path / "db.sqlite") as db:
+        how = write_fields(path, {"genre": ["Folk", "Jazz"], "mood": ["happy"]}, write_mode="inplace",
+                           journal=journal_of(db))
+        assert db.interrupted_writes() == [] and not db._conn.execute("SELECT * FROM journal").fetchall()
+    after = os.stat(path)
+    assert how == "in place" and (after.st_ino, after.st_size, after.st_nlink) == (before.st_ino, before.st_size, 2)
+    assert read_fields(link, ["genre", "mood"]) == {"genre": ["Folk", "Jazz"], "mood": ["happy"]}
+    assert packets(path) == audio
+    assert not [p for p in os.listdir(tmp_path) if ".musictag-tmp" in p]
+
+
+def test_a_tag_that_does_not_fit_is_copied_in_auto_and_refused_in_inplace(tmp_path):
+    from mutagen import id3
+
+    bigger = {"genre": ["Folk", "A genre name long enough to need more room than the tag has " * 4]}
+    paths = []
+    for name in ("auto.mp3", "inplace.mp3"):
+        path = write_track(tmp_path / name, seconds=1.0)
+        tags = id3.ID3()
+        tags.add(id3.TCON(encoding=3, text=["Folk"]))
+        tags.save(path, padding=lambda info: 0)  # no room to grow
+        paths.append(path)
+    original = paths[1].read_bytes()
+    with Database(tmp_path / "db.sqlite") as db:
+        inode = os.stat(paths[0]).st_ino
+        assert write_fields(paths[0], bigger, write_mode="auto", journal=journal_of(db)) == "copy"
+        assert os.stat(paths[0]).st_ino != inode and read_fields(paths[0], ["genre"]) == bigger
+        with pytest.raises(TagWriteError, match="do not fit in the space of the old ones") as e:
+            write_fields(paths[1], bigger, write_mode="inplace", journal=journal_of(db))
+        assert e.value.path == str(paths[1])
+    assert paths[1].read_bytes() == original
+
+
+def test_a_file_without_a_tag_block_is_copied_in_auto(tmp_path):
+    path = write_track(tmp_path / "bare.wav", seconds=1.0)
+    with Database(tmp_path / "db.sqlite") as db:
+        assert write_fields(path, {"genre": ["Jazz"]}, write_mode="auto", journal=journal_of(db)) == "copy"
+    assert read_fields(path, ["genre"]) == {"genre": ["Jazz"]}
+
+
+def test_auto_without_a_journal_copies(tmp_path):
+    path = tagged(tmp_path / "track.flac")
+    inode = os.stat(path).st_ino
+    assert write_fields(path, {"genre": ["Jazz"]}, write_mode="auto") == "copy"
+    assert os.stat(path).st_ino != inode
+    with pytest.raises(ValueError):
+        write_fields(path, {"genre": ["Jazz"]}, write_mode="inplace")  # never unjournalled
+
+
+def test_a_write_that_reads_back_wrong_puts_the_original_bytes_back(tmp_path, monkeypatch):
+    import musictag.tags as tags
+
+    path = tagged(tmp_path / "track.ogg")
+    original, times = path.read_bytes(), os.stat(path).st_mtime_ns
+
+    def wrong(written, shown, values):
+        assert written == shown == str(path) and read_fields(path, ["genre"]) == {"genre": ["Jazz"]}  # written
+        raise TagWriteError(shown, "read back wrong")
+
+    monkeypatch.setattr(tags, "_verify", wrong)
+    with Database(tmp_path / "db.sqlite") as db:
+        with pytest.raises(TagWriteError, match="read back wrong"):
+            write_fields(path, {"genre": ["Jazz"]}, write_mode="inplace", journal=journal_of(db))
+        assert db.interrupted_writes() == [] and not db._conn.execute("SELECT * FROM journal").fetchall()
+    assert path.read_bytes() == original and os.stat(path).st_mtime_ns == times
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+import musictag.tags as tags
+from musictag.db import Database
+
+def cut(path, plan, new):  # the first region half written, then the process is killed
+    offset, old, data = plan.regions[0]
+    with open(path, "rb+") as f:
+        f.seek(offset)
+        f.write(data[:len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+tags._overwrite = cut
+db = Database(sys.argv[1])
+tags.write_fields(sys.argv[2], {"genre": ["Jazz", "Blues"], "mood": ["happy"]}, write_mode="inplace",
+                  journal=tags.Journal(db.keep_original, db.release_original))
+"""
+
+
+def killed_mid_write(db, path):
+    """`path` with an in-place write cut short by SIGKILL, as a killed scan leaves it."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(db), str(path)])
+    assert killed.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("ext", (".mp3", ".flac", ".m4a"))
+def test_an_in_place_write_killed_midway_is_repaired_exactly_by_the_next_run(tmp_path, ext):
+    path, db = tagged(tmp_path / f"track{ext}"), tmp_path / "db.sqlite"
+    original, times = path.read_bytes(), os.stat(path).st_mtime_ns
+    killed_mid_write(db, path)
+    assert path.read_bytes() != original  # half written: the journal is all that knows the old bytes
+    with Database(db) as database:
+        assert [p for p, _ in database.interrupted_writes()] == [str(path)]
+    result = runner.invoke(app, ["undo", "--db", str(db)])  # any run with this database
+    assert result.exit_code == 0, result.output
+    assert (f"repaired {path}: an interrupted run's in-place tag write was cut short; its original tag bytes are "
+            "back") in result.output
+    assert path.read_bytes() == original and os.stat(path).st_mtime_ns == times  # the file the scan decoded
+    with Database(db) as database:
+        assert database.interrupted_writes() == []
+    assert "repaired" not in runner.invoke(app, ["undo", "--db", str(db)]).output  # once
+
+
+def test_a_scan_repairs_a_cut_write_before_anything_else(tmp_path, tiny_checkpoint):
+    path, db = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    original = path.read_bytes()
+    killed_mid_write(db, path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["scan", str(empty), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"repaired {path}:" in result.output and path.read_bytes() == original
+
+
+def test_a_cut_write_the_user_has_overwritten_since_is_left_alone(tmp_path):
+    path, db = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    killed_mid_write(db, path)
+    write_fields(path, {"genre": ["The user's own"]}, write_mode="copy")  # another program saved it since
+    theirs = path.read_bytes()
+    result = runner.invoke(app, ["undo", "--db", str(db)])
+    assert result.exit_code == 1 and "another program has saved it since; left as it is" in result.output
+    assert path.read_bytes() == theirs
+    with Database(db) as database:
+        assert database.interrupted_writes() == []  # said once
+
+
+@pytest.mark.parametrize("mode, given", [("inplace", "command line"), ("auto", "config file")])
+def test_scan_and_undo_in_place_give_back_the_original_file_byte_for_byte(tmp_path, tiny_checkpoint, monkeypatch,
+                                                                          mode, given):
+    library, db = tmp_path / "music", tmp_path / "db.sqlite"
+    paths = [tagged(library / f"track{ext}") for ext in FORMATS]
+    before = {p: (p.read_bytes(), os.stat(p).st_ino) for p in paths}
+    option = ["--write-mode", mode] if given == "command line" else []
+    if given == "config file":
+        (tmp_path / "musictag.toml").write_text(f'write_mode = "{mode}"\n')
+        monkeypatch.setenv("MUSICTAG_CONFIG", str(tmp_path / "musictag.toml"))
+    scanned = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet",
+                                  "--workers", "1", *option])
+    assert scanned.exit_code == 0, scanned.output
+    assert f"tagged: {len(paths)}" in scanned.output
+    assert all(os.stat(p).st_ino == before[p][1] and p.read_bytes() != before[p][0] for p in paths)
+    undone = runner.invoke(app, ["undo", "--db", str(db), *option])
+    assert undone.exit_code == 0, undone.output
+    assert {p: (p.read_bytes(), os.stat(p).st_ino) for p in paths} == before
+
+
+def test_the_write_mode_comes_from_the_command_line_or_the_config_file(tmp_path, monkeypatch):
+    result = runner.invoke(app, ["undo", "--db", str(tmp_path / "db.sqlite"), "--write-mode", "never"])
+    assert result.exit_code == 2 and "--write-mode must be one of copy, inplace, auto (got 'never')" in result.output
+    config = tmp_path / "musictag.toml"
+    config.write_text('write_mode = "inplace"\n')
+    monkeypatch.setenv("MUSICTAG_CONFIG", str(config))
+    assert 'write_mode = "inplace"  # config file' in runner.invoke(app, ["config"]).output
+    config.write_text('write_mode = "sometimes"\n')
+    result = runner.invoke(app, ["undo", "--db", str(tmp_path / "db.sqlite")])
+    assert result.exit_code == 2 and "write_mode: must be one of copy, inplace, auto" in result.output
