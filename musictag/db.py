@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -244,9 +244,12 @@ class Database:
         return json.loads(row[0]) if row and row[0] else None
 
     @contextlib.contextmanager
-    def file_lock(self, path: str):
+    def file_lock(self, path: str, before_waiting: Callable[[], None] | None = None):
         """Scans and undos sharing this database take one file at a time: a POSIX lock on one byte of a
-        file beside the database, chosen by the path (released by the system if the process dies)."""
+        file beside the database, chosen by the path (released by the system if the process dies).
+        `before_waiting` runs when another process holds the file, before this one waits for it: a scan
+        holding the locks of several writes under way (threads) lets them finish there, so two scans
+        never each wait for a file the other holds."""
         self.commit()  # never wait for a file while holding the database
         if fcntl is None:
             yield
@@ -254,7 +257,13 @@ class Database:
         if self._locks is None:
             self._locks = open(f"{self.path}.locks", "a+b")
         offset = int.from_bytes(hashlib.blake2b(os.fsencode(path), digest_size=6).digest(), "big")
-        fcntl.lockf(self._locks, fcntl.LOCK_EX, 1, offset)
+        try:
+            fcntl.lockf(self._locks, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:  # held by another process (EACCES or EAGAIN)
+            if before_waiting is not None:
+                before_waiting()
+                self.commit()
+            fcntl.lockf(self._locks, fcntl.LOCK_EX, 1, offset)
         try:
             yield
         finally:

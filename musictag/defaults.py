@@ -46,6 +46,9 @@ EMBEDDING = "embedding"  # the key of a track's embedding beside its heads' scor
 ENGINES = ("local", "ray")  # scan engines: this machine's processes, or a Ray cluster (ray_engine.py)
 DECODE_WORKERS = 0  # decode processes of training, finetuning and evaluation; 0: usable_cpus()
 GPU_PARENT_THREADS = 2  # torch threads of a GPU scan's parent: it only stacks and copies; the cores decode
+# threads writing a scan's tags (each a whole-file copy, read-back and fsync: mostly waiting on the disk), so
+# writes keep up with a GPU; 0 writes on the scan's own thread. bench/scan_speed.py --writes measures it
+WRITE_THREADS = 4
 VAL_FRACTION = 0.2  # share held out for validation (whole artists at a time)
 FINETUNE_EPOCHS = 20
 FINETUNE_MIN_COUNT = 5  # a label needs this many tracks to be learnt when finetuning

@@ -2,8 +2,10 @@
 
 Tracks are decoded and scored through pipeline.py (worker processes, a bounded number of tracks in
 flight, so memory stays flat however large the library). The parent chooses each track's labels and
-writes its tags. Results are committed to the database as they come, so an interrupted run resumes where
-it stopped.
+writes its tags: it decides them, and records what was written, on its own thread (the one SQLite
+connection, the per-file locks), while the file writes themselves run on a few threads (writepool.py), so
+a GPU scan is not capped by one whole-file copy and fsync at a time. Results are committed to the database
+as they come, so an interrupted run resumes where it stopped.
 
 A re-scan decodes only new or changed files. An unchanged file whose tags were decided under other
 options (--top-k, --threshold, --mode, fields) is decided again from its stored scores; one decided under
@@ -12,11 +14,12 @@ these options is not even opened. The model is loaded only when some file needs 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
@@ -27,12 +30,14 @@ from .db import Database
 from .defaults import MODE
 from .defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
 from .defaults import ID3_VERSION, WRITE_MODE
+from .defaults import WRITE_THREADS
 from .errors import DatabaseError, FileChangedError, MusictagError
 from .library import walk, within
 from .pipeline import Decoded, Job, score_locally
 from .progress import Progress, no_progress
 from .tags import Journal, check_writable, file_state, lacks_tag_block, read_fields, restore_original, write_fields
 from .vocabulary import OPT_IN_FIELDS, FieldVocabulary, available, choose, track_term_scores, vocabulary_from_dict
+from .writepool import WritePool
 
 if TYPE_CHECKING:
     from .inference import Tagger
@@ -65,6 +70,7 @@ class ScanOptions:
     ray_address: str | None = None  # the Ray cluster to join; None: RAY_ADDRESS, else a Ray started for the scan
     ray_device: str = "auto"  # the device of the Ray engine's model actors (auto: GPUs where the cluster has them)
     embeddings: bool = False  # store each track's embedding too (--parquet); one scored without it is scored again
+    write_threads: int = WRITE_THREADS  # tag writes under way at once (writepool.py); 0: one at a time, on the scan's thread
 
 
 def decision_key(options: ScanOptions, model_id: str) -> str:
@@ -187,8 +193,30 @@ class Scanner:
         self.decision = decision_key(options, self.model_id)
         self.deciding = options.write or options.dry_run  # else scores are only stored
         self.rescore: list[str] = []  # files replaced between their decode and their write
+        self.writes = WritePool(0)  # the run's (_write_pool)
+        self.writing: dict[str, _Write] = {}  # the writes under way, each holding its file's lock
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
+        with self._write_pool():
+            return self._run(paths)
+
+    @contextlib.contextmanager
+    def _write_pool(self):
+        """Tag writes on a few threads for the run (a dry run, or one that writes nothing, starts none). On
+        an error or an interrupt, writes not started never start and those under way finish, unrecorded:
+        the database holds what each will contain (put_pending), so the next run settles them."""
+        self.writes = WritePool(self.options.write_threads if self.options.write and not self.options.dry_run else 0)
+        try:
+            yield
+            self.writes.close()
+        except BaseException:
+            self.writes.abandon()
+            for job in self.writing.values():
+                job.lock.close()
+            self.writing.clear()
+            raise
+
+    def _run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
         self.result.leftovers = remove_leftovers(self.db)
         self.result.repaired = repair_interrupted(self.db, self.result.failed)
         self.db.put_model(self.model_id, self.kinds, self.model.labels, self.model.vocabulary)
@@ -206,11 +234,13 @@ class Scanner:
     def _score_again(self) -> None:
         """Files replaced between their decode and their write, decoded again (twice at most)."""
         for _ in range(2):
+            self.writes.drain()  # every write settled: a file found replaced meanwhile is in rescore now
             again, self.rescore = self.rescore, []
             self._score([(path, st) for path in again if (st := _stat(path)) is not None])
             for path in again:
                 if _stat(path) is None:
                     self._fail(path, None, "deleted while it was scanned")
+        self.writes.drain()
         for path in self.rescore:
             self._fail(path, None, "the file kept changing while it was scanned; left as it is")
 
@@ -283,40 +313,69 @@ class Scanner:
             self._done(path, "scored")
 
     def _write(self, path: str, scores: dict[str, dict[str, float]], decoded_at: os.stat_result) -> None:
+        """Decide the file's tags and start their write; it ends in _write_ended, at once or, on a thread,
+        later. The file's lock is held from the decision to the record."""
         ours, unconfident = self._ours(scores)
-        try:
-            with self.db.file_lock(path):  # an undo of this file waits for this write, and this for an undo
-                status, change = self._apply_tags_as_it_is_now(path, ours, decoded_at)
-        except _Replaced:
-            self.rescore.append(path)  # another file than the one decoded: its scores are not this one's
-            return
-        except DatabaseError:
-            raise  # not this file's fault: the run cannot record anything more
-        except MusictagError as e:
-            reason = getattr(e, "reason", str(e))
-            if self.db.get(path).error == reason:  # kept only while the file is unchanged (new scores clear it)
-                self._failed_before(path, reason)
-                return
-            if not self.options.dry_run:
-                self.db.put_write_error(path, reason)
-            self.result.failed.append((path, reason))
-            self._done(path, "failed", reason)
-            return
-        if status != "skipped":  # a field left alone is counted for the files the scan decided
-            for name in unconfident:
-                self.result.unconfident[name] = self.result.unconfident.get(name, 0) + 1
-        self._done(path, status, change=change)
+        job = _Write(path, ours, unconfident, decoded_at)
+        self.db.commit()  # never wait for writes with a transaction open: another process may be waiting
+        self.writes.make_room()
+        if path in self.writing:  # not while its last write is under way (a scan writes a file once at a time)
+            self.writes.drain()
+        self.writing[path] = job
+        # an undo of this file waits for this write, and this for an undo; before waiting for another
+        # process, the writes under way finish and let their locks go: two scans never wait for each other
+        job.lock.enter_context(self.db.file_lock(path, before_waiting=self.writes.drain))
+        self._decide(job)
 
-    def _apply_tags_as_it_is_now(self, path: str, ours: dict[str, list[str]], decoded_at: os.stat_result,
-                                 attempts: int = 3) -> tuple[str, Change | None]:
-        """_apply_tags, decided again when another program (a tag editor, a second scan) saved the file
-        while it was being tagged: merging with what the file holds now keeps that program's values."""
-        for _ in range(attempts - 1):
-            try:
-                return self._apply_tags(path, ours, decoded_at)
-            except FileChangedError:
-                continue
-        return self._apply_tags(path, ours, decoded_at)  # still changing under us: reported as a failed file
+    def _decide(self, job: _Write) -> None:
+        """_apply_tags; the file write it leaves goes to the pool."""
+        try:
+            status, write = self._apply_tags(job)
+        except Exception as e:
+            self._write_ended(job, e)
+            return
+        if write is None:
+            self._settle(job, status)
+        else:
+            self.writes.submit(write, partial(self._write_ended, job))
+
+    def _write_ended(self, job: _Write, error: BaseException | None) -> None:
+        """A file write (or its decision) ended, on the scan's thread: recorded; or decided again when another
+        program (a tag editor, a second scan) saved the file while it was being tagged, as merging with what
+        it holds now keeps that program's values (twice; a third time it is a failed file); or failed."""
+        if isinstance(error, FileChangedError) and job.attempts > 1:
+            job.attempts -= 1
+            self._decide(job)
+            return
+        if error is None:
+            self._record_written(job.path, job.held)
+            self.result.tagged += 1
+        self._settle(job, "tagged", error)
+
+    def _settle(self, job: _Write, status: str, error: BaseException | None = None) -> None:
+        """The end of a file's write: its lock released, its outcome counted and reported."""
+        job.lock.close()
+        del self.writing[job.path]
+        if isinstance(error, _Replaced):
+            self.rescore.append(job.path)  # another file than the one decoded: its scores are not this one's
+        elif isinstance(error, DatabaseError) or not isinstance(error, (MusictagError, type(None))):
+            raise error  # not this file's fault (the database, a bug): the run cannot record anything more
+        elif error is not None:
+            self._write_failed(job.path, getattr(error, "reason", str(error)))
+        else:
+            if status != "skipped":  # a field left alone is counted for the files the scan decided
+                for name in job.unconfident:
+                    self.result.unconfident[name] = self.result.unconfident.get(name, 0) + 1
+            self._done(job.path, status, change=job.change)
+
+    def _write_failed(self, path: str, reason: str) -> None:
+        if self.db.get(path).error == reason:  # kept only while the file is unchanged (new scores clear it)
+            self._failed_before(path, reason)
+            return
+        if not self.options.dry_run:
+            self.db.put_write_error(path, reason)
+        self.result.failed.append((path, reason))
+        self._done(path, "failed", reason)
 
     def _ours(self, scores: dict[str, dict[str, float]]) -> tuple[dict[str, list[str]], list[str]]:
         """The values this scan would write, per field, and the fields with nothing confident."""
@@ -332,10 +391,11 @@ class Scanner:
             ours["model"] = [f"musictag {__version__} model {self.model_id}"]
         return ours, unconfident
 
-    def _apply_tags(self, path: str, ours: dict[str, list[str]], decoded_at: os.stat_result
-                    ) -> tuple[str, Change | None]:
-        """What the file's tags become under this scan's options, written unless this is a dry run: the
-        status, and the fields that change. A file that is not the one decoded (`decoded_at`) is _Replaced."""
+    def _apply_tags(self, job: _Write) -> tuple[str, Callable[[], None] | None]:
+        """What the file's tags become under this scan's options (job.change: the fields that change), and
+        the status; where they change (not in a dry run), the file write, to be run (on a pool thread) and
+        recorded (job.held) still. A file that is not the one decoded (`decoded_at`) is _Replaced."""
+        path, ours, decoded_at = job.path, job.ours, job.decoded_at
         read_at = file_state(path)
         if _identity(read_at) != _identity(decoded_at):
             raise _Replaced(path)
@@ -346,28 +406,28 @@ class Scanner:
         if self.options.mode == "skip-tagged" and _tagged_by_user(current, written, previous):
             self.result.skipped += 1
             self._record_written(path, written)  # the file still holds what we wrote before, if anything
+            job.change = None
             return "skipped", None
         new = {name: self._merged(name, current[name], labels, written, previous)
                for name, labels in ours.items()}
         changed = {name: values for name, values in new.items() if values != current[name]}
-        change = Change(path, {name: current[name] for name in changed}, changed)
-        held = {**written, **new}  # fields this scan does not write (--fields, nothing confident) stay ours
+        job.change = Change(path, {name: current[name] for name in changed}, changed)
+        job.held = {**written, **new}  # fields this scan does not write (--fields, nothing confident) stay ours
         if not changed:
             self.result.unchanged += 1
-            self._record_written(path, held)
+            self._record_written(path, job.held)
+            job.change = None
             return "unchanged", None
         if self.options.dry_run:
             check_writable(path)  # a file the real run could not write fails here too
-            self.result.changes.append(change)
+            self.result.changes.append(job.change)
             self.result.scored += 1
-            return "would change", change
+            return "would change", None
         self.db.remember_previous(path, {name: current[name] for name in changed}, lacks_tag_block(path))
-        self.db.put_pending(path, held)  # before the rename: a kill after it leaves undo what it needs
-        _write_file(self.db, path, changed, read_at, id3_version=self.options.id3_version,
-                    write_mode=self.options.write_mode)
-        self._record_written(path, held)
-        self.result.tagged += 1
-        return "tagged", change
+        self.db.put_pending(path, job.held)  # before the rename: a kill after it leaves undo what it needs
+        # run on a pool thread: the database calls of the write go through the proxy, to this thread
+        return "tagged", partial(_write_file, self.writes.owner_proxy(self.db), path, changed, read_at,
+                                 id3_version=self.options.id3_version, write_mode=self.options.write_mode)
 
     def _record_written(self, path: str, written: dict[str, list[str]]) -> None:
         """What the file now holds of ours, decided under this scan's options (a dry run records nothing)."""
@@ -417,6 +477,21 @@ class Scanner:
         self.progress("file", data)
 
 
+@dataclass
+class _Write:
+    """A file's tag write under way: decided on the scan's thread, which holds the file's lock from the
+    decision to the record; the file write itself may run on a pool thread (writepool.py)."""
+
+    path: str
+    ours: dict[str, list[str]]
+    unconfident: list[str]
+    decoded_at: os.stat_result
+    lock: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    attempts: int = 3  # decisions left: another program saving the file during the write costs one
+    change: Change | None = None  # the fields that change
+    held: dict[str, list[str]] = field(default_factory=dict)  # what the file holds of ours once written
+
+
 class _Replaced(Exception):
     """The file is not the one decoded: replaced since (size, time or inode differ)."""
 
@@ -444,12 +519,19 @@ def _settled(written: dict[str, list[str]], pending: dict[str, list[str]] | None
 def _write_file(db: Database, path: str, values: dict[str, list[str] | None], read_at: os.stat_result,
                 **options) -> None:
     """write_fields, its temporary copy known to the database before it exists, and an in-place write's
-    original bytes journalled there before it begins."""
+    original bytes journalled there before it begins. `db` may be a pool's proxy of the database (a write
+    on a pool thread): every call below then runs on the scan's thread."""
+    announced = []  # this write's copy: writes under way on other threads keep theirs recorded
+
+    def announce(temporary: str) -> None:
+        db.announce_temporary(temporary)
+        announced.append(temporary)
     try:
-        write_fields(path, values, read_at, announce=db.announce_temporary,
+        write_fields(path, values, read_at, announce=announce,
                      journal=Journal(db.keep_original, db.release_original), **options)
     finally:
-        db.temporaries_done()
+        for temporary in announced:
+            db.forget_temporary(temporary)
 
 
 def remove_leftovers(db: Database) -> list[str]:

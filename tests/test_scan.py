@@ -3,6 +3,7 @@
 import csv
 import io
 import os
+import re
 import shutil
 import stat
 
@@ -228,8 +229,10 @@ def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoin
     assert not [p for p in library.rglob("*") if p.name.endswith(".musictag-tmp")]
     monkeypatch.undo()
     resumed = scan([library], tiny_checkpoint, db)
-    assert resumed.exit_code == 0 and "unchanged: 3," in resumed.output
-    assert f"tagged: {len(GOOD) - 3}," in resumed.output
+    counts = dict(re.findall(r"(tagged|unchanged): (\d+)", resumed.output))
+    # the 3 files done, and the writes under way at the SIGTERM (finished, not recorded), are unchanged now
+    assert resumed.exit_code == 0 and int(counts["unchanged"]) >= 3, resumed.output
+    assert int(counts["tagged"]) + int(counts["unchanged"]) == len(GOOD), resumed.output
 
 
 def test_scoring_in_workers_matches_scoring_in_the_parent(library, tiny_checkpoint, tmp_path):

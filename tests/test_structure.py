@@ -11,7 +11,7 @@ LAYERS = [
     {"cli", "api", "__main__"},
     {"scan", "train", "evaluate", "modelcard", "export", "finetuning", "parquet"},
     {"pipeline", "ray_engine", "library", "library_labels", "metrics", "manifest", "cache", "inference", "distill",
-     "config"},
+     "config", "writepool"},
     {"audio", "features", "model", "checkpoint", "modelfile", "db", "tags", "codec", "errors", "defaults",
      "progress", "vocabulary", "__init__"},
 ]
