@@ -46,7 +46,7 @@ class Tally:
     forced_kills: int = 0  # scan --force after an undo (decodes again, then writes)
     undo_kills: int = 0
     kills_during_a_write: int = 0  # a temporary copy was there after the kill
-    kills_during_an_inplace_write: int = 0  # an in-place write's journal record was there after the kill
+    kills_during_an_inplace_write: int = 0  # the killed run left an in-place write's journal record
     repairs: int = 0  # files a later run repaired (an in-place write cut short; a complete run says so)
     journal_remaining: int = 0  # journal records no run repaired
     reference_in_place: int = 0  # files the reference scan tagged in place (same inode) ...
@@ -213,11 +213,12 @@ def pending_writes(db: Path) -> set[tuple]:
         return set()
 
 
-def journalled(db: Path) -> set[str]:
-    """The files the database's journal holds an in-place write of (begun, not yet done or repaired)."""
+def journalled(db: Path) -> set[tuple[str, int]]:
+    """The in-place writes the database's journal holds (begun, not yet done or repaired): (file, process)."""
     try:
         with sqlite3.connect(db) as conn:
-            return {os.fsdecode(p) if isinstance(p, bytes) else p for (p,) in conn.execute("SELECT path FROM journal")}
+            return {(os.fsdecode(p) if isinstance(p, bytes) else p, pid)
+                    for p, pid in conn.execute("SELECT path, pid FROM journal")}
     except sqlite3.Error:  # no database yet, or one from before the journal
         return set()
 
@@ -233,7 +234,7 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     for _ in proc.stdout:
         first = first or time.monotonic() - start
-    if proc.wait() != 0:
+    if proc.wait() not in (0, 1):  # 1: files that cannot be tagged (inplace: tags that do not fit), every time
         raise SystemExit(f"{' '.join(cmd)} failed in the uninterrupted run")
     total = time.monotonic() - start
     return first or 0.3 * total, total
@@ -282,7 +283,7 @@ def run_trials(library: Path, trials: int, work: Path, model: str | None = None,
             setattr(tally, f"{kind}_kills", getattr(tally, f"{kind}_kills") + 1)
             left = temporaries(root) - waiting
             tally.kills_during_a_write += bool(left)
-            tally.kills_during_an_inplace_write += bool(journalled(db))
+            tally.kills_during_an_inplace_write += bool(journalled(db) - cut)  # this run's, not an older one
             tally.kills_with_a_write_pending += bool(pending_writes(db) - pending)  # begun by this run
             waiting, cut = waiting | left, cut | journalled(db)
         elif code not in (0, 1):  # 1: files that cannot be tagged, as in the reference
@@ -297,17 +298,20 @@ def run_trials(library: Path, trials: int, work: Path, model: str | None = None,
     return tally
 
 
-def _repaired(cut: set[str], db: Path, code: int | None, out: str, tally: Tally, when: str) -> set[str]:
+def _repaired(cut: set[tuple[str, int]], db: Path, code: int | None, out: str, tally: Tally, when: str
+              ) -> set[tuple[str, int]]:
     """In-place writes a kill cut short that are still in the journal. Those gone from it were repaired by
     the run just ended, which must have said so when it completed (a killed run says nothing)."""
     said = {line.split(": ", 1)[0][len("repaired "):] for line in out.splitlines() if line.startswith("repaired ")}
     still = journalled(db)
-    done = cut - still
-    tally.repairs += len(done)
+    done = {path for path, _ in cut - still}
+    tally.repairs += len(cut - still)
     for path in said - done:
         tally.problem(f"{when}: said it repaired {path}, which no kill was known to have cut short")
     for path in done - said if code is not None else ():
         tally.problem(f"{when}: repaired {path} without saying so")
+    if code is not None and still:
+        tally.problem(f"{when}: a complete run left in-place writes in the journal: {sorted(still)}")
     return cut & still
 
 

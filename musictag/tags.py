@@ -357,7 +357,8 @@ def write_fields(path: str | os.PathLike, values: dict[str, Values | None],
     one, auto writes by copy. `announce(temporary)` is called before a temporary copy exists, so a kill
     leaves nothing unknown. Returns how the file was written: "in place" or "copy"."""
     if write_mode not in WRITE_MODES or (write_mode == "inplace" and journal is None):
-        raise ValueError(f"write_mode {write_mode!r} (with journal {journal!r})")
+        raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}, inplace with a journal "
+                         f"(got {write_mode!r}, journal {journal!r})")
     path = os.path.realpath(os.fspath(path))  # tag the target of a symlink, keep the link
     original = file_state(path)
     _check_writable(path, original)

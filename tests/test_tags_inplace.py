@@ -82,6 +82,16 @@ def test_a_tag_that_does_not_fit_is_copied_in_auto_and_refused_in_inplace(tmp_pa
     assert paths[1].read_bytes() == original
 
 
+def test_a_write_changing_more_than_the_limit_is_copied(tmp_path, monkeypatch):
+    import musictag.tags as tags
+
+    path = tagged(tmp_path / "track.flac")
+    monkeypatch.setattr(tags, "IN_PLACE_LIMIT", 64)  # smaller than the tag block mutagen writes
+    with Database(tmp_path / "db.sqlite") as db:
+        assert write_fields(path, {"genre": ["Jazz"]}, write_mode="auto", journal=journal_of(db)) == "copy"
+    assert read_fields(path, ["genre"]) == {"genre": ["Jazz"]}
+
+
 def test_a_file_without_a_tag_block_is_copied_in_auto(tmp_path):
     path = write_track(tmp_path / "bare.wav", seconds=1.0)
     with Database(tmp_path / "db.sqlite") as db:
