@@ -3,6 +3,7 @@ memory does it hold? Also: a cached re-scan, and how often excerpt predictions a
 
     python bench/scan_speed.py [LIBRARY] [--tracks 40] [--workers 2] [--model PATH] [--copies 5]
     python bench/scan_speed.py [LIBRARY] --engine ray    # the Ray engine beside the local one (engine_speed.py)
+    python bench/scan_speed.py --writes 200              # tag writes one at a time vs threaded (write_speed.py)
 
 With no LIBRARY it builds one under --build-dir: full-length tracks in mp3, flac, ogg, opus and m4a,
 made from real music (Debian's warzone2100-music and wesnoth-1.16-music, fetched with
@@ -242,7 +243,16 @@ def main() -> None:
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="ray: compare `scan --engine ray` (one node, and a simulated two-node cluster) with the "
                              "local engine on the same tracks, instead of the figures above")
+    parser.add_argument("--writes", type=int, default=0,
+                        help="instead of the figures above: this many small files tagged from stored scores, one "
+                             "write at a time and on the pool of threads, and a fresh scan of a fifth of them")
+    parser.add_argument("--write-seconds", type=float, default=30.0, help="length of the --writes files")
     args = parser.parse_args()
+    if args.writes:
+        from write_speed import compare_writes
+
+        compare_writes(Path(args.build_dir), args.model, args.writes, args.write_seconds, args.workers)
+        return
     if args.engine == "ray":
         from engine_speed import compare_engines
 
