@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 _REPLY_POLL_S = 0.5  # how often a worker waiting for the owner checks that the pool is still there
+_LOST_AFTER_S = 2.0  # abandon: no call from the workers for this long, a worker still waiting lost its call
 
 
 class PoolClosed(Exception):
@@ -34,6 +35,7 @@ class WritePool:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.futures: set[Future] = set()  # the workers' tasks, for abandon
         self.running = 0
+        self.answering: Future | None = None  # the reply of the worker's call the owner is running
         self.gone = False  # abandoned: calls to the owner fail instead of waiting forever
 
     def submit(self, write: Callable[[], object], done: Callable[[Exception | None], None]) -> None:
@@ -67,7 +69,7 @@ class WritePool:
                 try:
                     return reply.result(timeout=_REPLY_POLL_S)
                 except TimeoutError:
-                    if self.gone:
+                    if self.gone and self.answering is not reply:
                         raise PoolClosed(f"{getattr(fn, '__name__', fn)}: the scan has stopped") from None
         return call
 
@@ -107,13 +109,17 @@ class WritePool:
         try:
             for future in list(self.futures):
                 future.cancel()
+            quiet = 0.0
             while self.futures:
                 try:
                     call, reply = self.events.get(timeout=0.05)
-                except queue.Empty:
+                except queue.Empty:  # a call taken but never answered (an interrupt came between): let it fail
+                    quiet += 0.05
+                    self.gone = self.gone or quiet >= _LOST_AFTER_S
                     continue
+                quiet = 0.0
                 if isinstance(reply, Future):
-                    _answer(call, reply)
+                    self._answer(call, reply)
         finally:  # also after a second Ctrl-C here: a worker waiting for the owner then stops within _REPLY_POLL_S
             self.gone = True
             if self.executor is not None:
@@ -122,10 +128,27 @@ class WritePool:
     def _run(self, event: tuple) -> None:
         call, detail = event
         if isinstance(detail, Future):  # a worker's call, detail its reply
-            _answer(call, detail)
+            self._answer(call, detail)
             return
         self.running -= 1
         call(detail)
+
+
+    def _answer(self, call: Callable[[], None], reply: Future) -> None:
+        """Run a worker's call on the owner; its exception (a full database disk) goes back to the worker,
+        and an interrupt here ends the worker's wait too before it goes up."""
+        self.answering = reply
+        try:
+            call()
+        except Exception as e:
+            if not reply.done():
+                reply.set_exception(e)
+        except BaseException:
+            if not reply.done():
+                reply.set_exception(PoolClosed("the scan was interrupted"))
+            raise
+        finally:
+            self.answering = None
 
 
 class _OwnerProxy:
@@ -143,10 +166,3 @@ def _outcome(write: Callable[[], object]) -> Exception | None:
         return e
     return None
 
-
-def _answer(call: Callable[[], None], reply: Future) -> None:
-    """Run a worker's call on the owner; its exception (a full database disk) goes back to the worker."""
-    try:
-        call()
-    except Exception as e:
-        reply.set_exception(e)

@@ -236,3 +236,24 @@ def test_the_pool_runs_done_and_owner_calls_on_its_owner_and_an_abandoned_pool_s
     threading.Timer(0.2, stop.set).start()
     pool.abandon()  # waits for the write under way; the two queued never start
     assert started == [0] and not [t for t in threading.enumerate() if t.name.startswith("musictag-write")]
+
+
+def test_an_interrupt_while_the_owner_runs_a_writes_call_ends_that_write_and_abandon_does_not_hang():
+    from musictag.writepool import PoolClosed, WritePool
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    outcomes = []
+    for lose_it in (False, True):
+        pool = WritePool(1)
+        call = pool.on_owner(interrupted)
+        pool.submit(lambda: outcomes.append(pytest.raises(PoolClosed, call)), lambda error: None)
+        event = pool.events.get(timeout=5)  # the write's call
+        if not lose_it:
+            with pytest.raises(KeyboardInterrupt):
+                pool._run(event)  # the interrupt goes up, the write's wait ends
+        start = time.monotonic()
+        pool.abandon()  # taken and never answered (an interrupt between): given up after a while, not forever
+        assert time.monotonic() - start < 5
+    assert len(outcomes) == 2
