@@ -112,7 +112,8 @@ def _data(checkpoint, sources: list[Path]) -> str:
                     "ships)" if "4q" in str(t.get("data", "")) else "?") + " |")
     for path in sources:
         for row in json.loads(Path(path).read_text()):
-            lines.append(f"| Debian `{row['package']}` | {row['tracks']} unlabelled tracks | {row['hours']} | "
+            source = f"Debian `{row['package']}`" if "package" in row else row["source"]
+            lines.append(f"| {source} | {row['tracks']} unlabelled tracks | {row['hours']} | "
                          f"{', '.join(row['licences'])} |")
     if d:
         lines += ["", f"Teacher: {d['teacher']}: its taggrams are soft targets for the `msd` and `mtt` heads on "

@@ -258,13 +258,19 @@ def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
     evaluation.write_text(result.output[result.output.index("{"):])
     notes = tmp_path / "notes.md"
     notes.write_text("## Why\n\nBecause the split said so.\n")
+    sources = tmp_path / "sources.json"  # bench/real_music.py --describe and scripts/mix_clips.py --describe
+    sources.write_text(json.dumps([{"package": "ufoai-music", "tracks": 3, "hours": 0.2, "licences": ["GPL-2"]},
+                                   {"source": "mixtures of two clips", "tracks": 9, "hours": 0.1,
+                                    "licences": ["as the clips"]}]))
     card = tmp_path / "CARD.md"
     result = runner.invoke(app, ["model-card", str(out), "--out", str(card), "--evaluation", str(evaluation),
-                                 "--ablation", str(out), "--notes", str(notes)])
+                                 "--ablation", str(out), "--notes", str(notes), "--sources", str(sources)])
     assert result.exit_code == 0, result.output
     text = card.read_text()
     assert hashlib.sha256(out.read_bytes()).hexdigest() in text
     assert "Because the split said so." in text and "## Evaluation" in text
+    assert "| Debian `ufoai-music` | 3 unlabelled tracks | 0.2 | GPL-2 |" in text
+    assert "| mixtures of two clips | 9 unlabelled tracks | 0.1 | as the clips |" in text
     checkpoint = load_checkpoint(out)
     f1 = checkpoint.training["validation"]["quadrant"]["macro_f1"]
     row = next(line for line in text.splitlines() if line.startswith(f"| {out.name} |"))
