@@ -247,11 +247,13 @@ def main() -> None:
                         help="instead of the figures above: this many small files tagged from stored scores, one "
                              "write at a time and on the pool of threads, and a fresh scan of a fifth of them")
     parser.add_argument("--write-seconds", type=float, default=30.0, help="length of the --writes files")
+    parser.add_argument("--write-mode", default="copy", help="the scans' --write-mode in --writes")
     args = parser.parse_args()
     if args.writes:
         from write_speed import compare_writes
 
-        compare_writes(Path(args.build_dir), args.model, args.writes, args.write_seconds, args.workers)
+        compare_writes(Path(args.build_dir), args.model, args.writes, args.write_seconds, args.workers,
+                       args.write_mode)
         return
     if args.engine == "ray":
         from engine_speed import compare_engines

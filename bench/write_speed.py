@@ -4,7 +4,7 @@ The write-heavy case: many small files whose scores the database already holds (
 options, or a scan after `--no-write`), so the scan only decides and writes, no decoding, no model. And,
 so that the CPU path is known not to get slower, a fresh scan (decode, score, write) of a few of them.
 
-    python bench/scan_speed.py --writes 200 [--write-seconds 30] [--model PATH]
+    python bench/scan_speed.py --writes 200 [--write-seconds 30] [--write-mode copy] [--model PATH]
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def copies(sources: list[Path], target: Path, count: int) -> Path:
     return target
 
 
-def timed_rewrite(sources: list[Path], count: int, model: str | None, threads: int, work: Path) -> float:
+def timed_rewrite(sources: list[Path], count: int, model: str | None, threads: int, work: Path,
+                  write_mode: str) -> float:
     """Seconds for a scan that writes `count` files from stored scores."""
     from musictag import api
     from musictag.db import Database
@@ -68,14 +69,14 @@ def timed_rewrite(sources: list[Path], count: int, model: str | None, threads: i
                 db.put_scores(str(path), st.st_size, st.st_mtime_ns, scan_model.model_id, 30.0, scores)
             db.commit()
             start = time.perf_counter()
-            result = Scanner(scan_model, db, ScanOptions(write_threads=threads)).run([library])
+            result = Scanner(scan_model, db, ScanOptions(write_threads=threads, write_mode=write_mode)).run([library])
             seconds = time.perf_counter() - start
     assert result.tagged == count and not result.failed, (result.tagged, result.failed[:3])
     return seconds
 
 
 def timed_fresh_scan(sources: list[Path], count: int, model: str | None, threads: int, workers: int,
-                     work: Path) -> float:
+                     work: Path, write_mode: str) -> float:
     """Seconds for a fresh scan (decode, score on the CPU, write) of `count` files, the model loaded before."""
     from musictag import api
     from musictag.db import Database
@@ -86,24 +87,26 @@ def timed_fresh_scan(sources: list[Path], count: int, model: str | None, threads
         with Database(Path(tmp) / "db.sqlite") as db:
             tagger = api.load_tagger(model, "cpu", workers)
             start = time.perf_counter()
-            result = Scanner(tagger, db, ScanOptions(workers=workers, write_threads=threads)).run([library])
+            options = ScanOptions(workers=workers, write_threads=threads, write_mode=write_mode)
+            result = Scanner(tagger, db, options).run([library])
             seconds = time.perf_counter() - start
     assert result.tagged == count and not result.failed, (result.tagged, result.failed[:3])
     return seconds
 
 
 def compare_writes(build_dir: Path, model: str | None, count: int, seconds: float, workers: int,
-                   rounds: int = 2) -> None:
+                   write_mode: str = "copy", rounds: int = 2) -> None:
     from musictag.defaults import WRITE_THREADS
 
     sources = small_sources(build_dir, seconds)
     size = sum(os.path.getsize(s) for s in sources) / len(sources) / 1e6
     print(f"write-heavy case: {count} files of {seconds:g} s ({size:.2f} MB on average) tagged from stored scores; "
-          f"cores={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; {rounds} rounds, order alternated")
+          f"--write-mode {write_mode}; cores={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; {rounds} rounds, "
+          "order alternated")
     fresh = max(count // 5, 10)
-    cases = [("re-write from stored scores", count, lambda t: timed_rewrite(sources, count, model, t, build_dir)),
+    cases = [("re-write from stored scores", count, lambda t: timed_rewrite(sources, count, model, t, build_dir, write_mode)),
              (f"fresh scan, CPU, {workers} workers", fresh,
-              lambda t: timed_fresh_scan(sources, fresh, model, t, workers, build_dir))]
+              lambda t: timed_fresh_scan(sources, fresh, model, t, workers, build_dir, write_mode))]
     print(f"\n{'case':34} {'files':>5} {'serial s':>9} {'threads s':>10} {'serial f/s':>11} {'threads f/s':>12} "
           f"{'speed-up':>9}")
     for name, files, run in cases:
