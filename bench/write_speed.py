@@ -104,7 +104,8 @@ def compare_writes(build_dir: Path, model: str | None, count: int, seconds: floa
           f"--write-mode {write_mode}; cores={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; {rounds} rounds, "
           "order alternated")
     fresh = max(count // 5, 10)
-    cases = [("re-write from stored scores", count, lambda t: timed_rewrite(sources, count, model, t, build_dir, write_mode)),
+    cases = [("re-write from stored scores", count,
+              lambda t: timed_rewrite(sources, count, model, t, build_dir, write_mode)),
              (f"fresh scan, CPU, {workers} workers", fresh,
               lambda t: timed_fresh_scan(sources, fresh, model, t, workers, build_dir, write_mode))]
     print(f"\n{'case':34} {'files':>5} {'serial s':>9} {'threads s':>10} {'serial f/s':>11} {'threads f/s':>12} "

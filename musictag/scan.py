@@ -70,7 +70,7 @@ class ScanOptions:
     ray_address: str | None = None  # the Ray cluster to join; None: RAY_ADDRESS, else a Ray started for the scan
     ray_device: str = "auto"  # the device of the Ray engine's model actors (auto: GPUs where the cluster has them)
     embeddings: bool = False  # store each track's embedding too (--parquet); one scored without it is scored again
-    write_threads: int = WRITE_THREADS  # tag writes under way at once (writepool.py); 0: one at a time, on the scan's thread
+    write_threads: int = WRITE_THREADS  # tag writes under way at once (writepool.py); 0: one at a time, here
 
 
 def decision_key(options: ScanOptions, model_id: str) -> str:

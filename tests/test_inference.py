@@ -189,7 +189,8 @@ def _reference(tagger, windows):
     with torch.inference_mode():
         x = tagger.features(torch.from_numpy(np.stack(windows)).to(tagger.device))
         logits = tagger.model(x if tagger.device.type == "cuda" else x.contiguous(memory_format=torch.channels_last))
-        return {head: p.float().cpu().numpy() for head, p in probabilities(logits, tagger.checkpoint.model_config).items()}
+        probs = probabilities(logits, tagger.checkpoint.model_config)
+        return {head: p.float().cpu().numpy() for head, p in probs.items()}
 
 
 def test_the_reusable_staging_buffer_gives_the_same_scores_and_is_not_pinned_on_the_cpu(tiny_checkpoint):
