@@ -262,8 +262,10 @@ def reference(library: Path, work: Path, model: str | None, workers: int, env: d
 
 
 def run_trials(library: Path, trials: int, work: Path, model: str | None = None, workers: int = 2,
-               seed: int = 0, orphan_wait: float = 5.0, write_mode: str = "copy") -> Tally:
-    """Kill `trials` runs (scans, then undos once a scan completes, and so on); every check above."""
+               seed: int = 0, orphan_wait: float = 5.0, write_mode: str = "copy", in_a_row: int = 0) -> Tally:
+    """Kill `trials` runs (scans, then undos once a scan completes, and so on); every check above.
+    `in_a_row`: after that many kills of one kind in a row its next run is not killed (0: no limit), so the
+    cycle goes on when the machine is busier than during the reference run (runs last longer than it did)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ref = reference(library, work, model, workers, env, write_mode)
     tally = Tally(reference_in_place=ref["in_place"], reference_copied=ref["copied"])
@@ -271,13 +273,15 @@ def run_trials(library: Path, trials: int, work: Path, model: str | None = None,
         tally.problem("the uninterrupted undo did not restore the original tags")
     root, db = work / "crash", work / "crash.sqlite3"
     shutil.copytree(library, root)
-    rng, kind, waiting, cut = random.Random(seed), "scan", set(), set()
+    rng, kind, waiting, cut, streak = random.Random(seed), "scan", set(), set(), 0
     while tally.kills < trials and tally.runs < 4 * trials + 4:
         tally.runs += 1
         delay, pending = rng.uniform(*ref["windows"][kind]), pending_writes(db)
+        delay = None if in_a_row and streak >= in_a_row else delay
         code, _, out = run_once(command(kind, root, db, model, workers, write_mode), delay, orphan_wait, tally, env)
         waiting, cut = _removed(waiting, tally), _repaired(cut, db, code, out, tally, f"run {tally.runs} ({kind})")
         check_files(root, ref["original"], tally, f"run {tally.runs} ({kind})")
+        streak = streak + 1 if code is None else 0
         if code is None:
             tally.kills += 1
             setattr(tally, f"{kind}_kills", getattr(tally, f"{kind}_kills") + 1)
@@ -303,6 +307,9 @@ def _repaired(cut: set[tuple[str, int]], db: Path, code: int | None, out: str, t
     """In-place writes a kill cut short that are still in the journal. Those gone from it were repaired by
     the run just ended, which must have said so when it completed (a killed run says nothing)."""
     said = {line.split(": ", 1)[0][len("repaired "):] for line in out.splitlines() if line.startswith("repaired ")}
+    for line in out.splitlines():  # nothing else writes the files here: a cut write must be put back
+        if "saved it since" in line:
+            tally.problem(f"{when}: {line}")
     still = journalled(db)
     done = {path for path, _ in cut - still}
     tally.repairs += len(cut - still)

@@ -9,7 +9,7 @@ over the file, the file over musictag's defaults (defaults.py):
     threshold = 0.5                                    # or per field: {genre = 0.6, mood = 0.4}
     mode = "merge"                                     # merge, replace, skip-tagged
     id3_version = "keep"                               # keep, 3, 4
-    write_mode = "copy"                                # copy, inplace, auto (scan and undo)
+    write_mode = "auto"                                # auto, copy, inplace (scan and undo)
     separator = "; "                                   # genres and moods as one joined value
     genre_whitelist = ["Rock", "Hip-Hop", "Jazz"]      # the only genres musictag writes
     [genre_aliases]                                    # another name -> the name written

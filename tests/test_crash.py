@@ -29,7 +29,7 @@ def test_killed_scans_and_undos_leave_every_file_and_the_database_exact(tiny_che
     work = tmp_path / "work"
     work.mkdir()
     tally = crash_test.run_trials(library, trials=3, work=work, model=str(tiny_checkpoint), workers=1, seed=1,
-                                  write_mode=write_mode)
+                                  write_mode=write_mode, in_a_row=2)  # a busy machine still completes a run
     assert tally.kills == 3 and tally.complete_scans + tally.complete_undos >= 1, tally
     assert (tally.mismatches, tally.orphans, tally.leftovers_remaining, tally.journal_remaining) == (0, 0, 0, 0), \
         tally.problems

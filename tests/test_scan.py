@@ -97,19 +97,22 @@ def test_undo_keeps_what_the_user_changed_after_the_scan(library, tiny_checkpoin
     assert read_fields(wholly, list(mine)) == mine
 
 
-def test_a_tag_editor_saving_during_the_scan_keeps_its_values(library, tiny_checkpoint, tmp_path, monkeypatch):
+@pytest.mark.parametrize("write_mode, step", [("copy", "_verify"), ("auto", "_plan_in_place")])
+def test_a_tag_editor_saving_during_the_scan_keeps_its_values(library, tiny_checkpoint, tmp_path, monkeypatch,
+                                                              write_mode, step):
     import musictag.tags
 
-    target, verify, saved = library / "a" / "two.flac", musictag.tags._verify, []
+    target, done, saved = library / "a" / "two.flac", getattr(musictag.tags, step), []
 
-    def verify_while_the_user_saves(tmp, original, values):
-        verify(tmp, original, values)
-        if original == str(target) and not saved:  # once, between our copy and our rename
-            saved.append(original)
-            write_fields(original, {"genre": ["Saved by the editor"]})
+    def step_while_the_user_saves(*args):
+        outcome = done(*args)
+        if str(target) in args[:2] and not saved:  # once: between our copy and our rename, or between
+            saved.append(target)  # working out an in-place write and journalling it
+            write_fields(target, {"genre": ["Saved by the editor"]}, write_mode="copy")
+        return outcome
 
-    monkeypatch.setattr(musictag.tags, "_verify", verify_while_the_user_saves)
-    result = scan([library], tiny_checkpoint, tmp_path / "db.sqlite")
+    monkeypatch.setattr(musictag.tags, step, step_while_the_user_saves)
+    result = scan([library, "--write-mode", write_mode], tiny_checkpoint, tmp_path / "db.sqlite")
     assert result.exit_code == 0 and saved, result.output
     genres = read_fields(target, ["genre"])["genre"]
     assert genres[0] == "Saved by the editor" and len(genres) > 1  # merged with ours, decided again
