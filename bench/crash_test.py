@@ -1,20 +1,22 @@
 """Is musictag exact under every fault? Scans and undos killed (SIGKILL, the parent alone) at random
 moments, each resumed by the next run, on a copy of a library, checked against an uninterrupted run.
 
-    python bench/crash_test.py LIBRARY --trials 100 [--write-mode copy|inplace|auto] [--model PATH] [--workers 2] [--seed 0]
+    python bench/crash_test.py LIBRARY --trials 100 [--write-mode copy|inplace|auto] [--model PATH]
+        [--workers 2] [--seed 0]
 
 LIBRARY is copied twice under --work-dir (it is never touched): one copy is scanned, undone and scanned
 again (from the stored scores) uninterrupted: the reference. The other goes through the same cycle (scan,
-undo, re-scan, undo, scan --force, undo, re-scan, ...) by runs killed with SIGKILL after a random delay, uniform from a second before
-the reference run of that kind finished its first file to its end; each kind is run again until a run of
-it completes.
+undo, re-scan, undo, scan --force, undo, re-scan, ...) by runs killed with SIGKILL after a random delay,
+uniform from a second before the reference run of that kind finished its first file to its end; each kind is
+run again until a run of it completes.
 After every run: every file's tags parse and its audio packets (demuxed by PyAV, not decoded) are the
 original's; no process of the run survives it by more than --orphan-wait seconds; a temporary copy a kill
 left is gone after a later run, and an in-place write a kill cut short (its journal record was there after
-the kill) is repaired by the next run, which says so. After every complete scan the tags of every file and what the database
-recorded (written values, scores) equal the reference's; after every complete undo the tags equal the
-original tag dump exactly (ID3: version and every frame's bytes; ID3v1/APEv2 bytes; other formats: every
-field). Every run, the reference's too, writes tags in --write-mode. Prints a table; --json FILE writes it too.
+the kill) is repaired by the next run, which says so. After every complete scan the tags of every file and
+what the database recorded (written values, scores) equal the reference's; after every complete undo the
+tags equal the original tag dump exactly (ID3: version and every frame's bytes; ID3v1/APEv2 bytes; other
+formats: every field). Every run, the reference's too, writes tags in --write-mode. Prints a table; --json
+FILE writes it too.
 """
 
 from __future__ import annotations
@@ -258,7 +260,8 @@ def reference(library: Path, work: Path, model: str | None, workers: int, env: d
     windows = {kind: (max(first - 1.0, 0.0), total) for kind, (first, total) in windows.items()}
     return {"original": original, "scanned": scanned, "rows": rows, "undone": undone,
             "windows": {**windows, "forced": windows["scan"]},
-            "in_place": sum(before[rel] == after[rel] for rel in tagged), "copied": sum(before[rel] != after[rel] for rel in tagged)}
+            "in_place": sum(before[rel] == after[rel] for rel in tagged),
+            "copied": sum(before[rel] != after[rel] for rel in tagged)}
 
 
 def run_trials(library: Path, trials: int, work: Path, model: str | None = None, workers: int = 2,

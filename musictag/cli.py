@@ -199,7 +199,8 @@ def _report(result, dry_run: bool, as_json: bool) -> None:
         _print_summary(result, dry_run)
 
 
-CONFIGURABLE = ("fields", "top_k", "threshold", "mode", "id3_version", "write_mode")  # scan options the config file sets too
+# scan options the config file sets too
+CONFIGURABLE = ("fields", "top_k", "threshold", "mode", "id3_version", "write_mode")
 
 
 def _with_config(ctx: typer.Context, options):

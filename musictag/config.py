@@ -174,7 +174,8 @@ def _aliases(value) -> dict[str, str]:
 
 
 CHECKS = {"fields": _fields, "top_k": _top_k, "threshold": _threshold, "mode": _choice(MODES),
-          "id3_version": _choice(ID3_VERSIONS), "write_mode": _choice(WRITE_MODES), "separator": _string, "genre_aliases": _aliases,
+          "id3_version": _choice(ID3_VERSIONS), "write_mode": _choice(WRITE_MODES), "separator": _string,
+          "genre_aliases": _aliases,
           "genre_whitelist": lambda value: tuple(_strings(value))}
 
 
