@@ -66,10 +66,16 @@ def test_a_finetuned_vocabulary_keeps_the_other_fields_and_writes_the_new_labels
     assert [t.name for t in fields["mood"].terms] == ["calm", "sad"]
 
 
-def test_shell_completion_is_offered():
+def test_shell_completion_is_offered(monkeypatch):
+    import shellingham
+
+    # typer asks shellingham for the nearest shell among pytest's parents; under sh (dash), as when the suite is
+    # started from a script, that shell has no completion script and the test failed. "bash" after the flag is
+    # not read as the shell: it never was.
+    monkeypatch.setattr(shellingham, "detect_shell", lambda *args, **kwargs: ("bash", "/bin/bash"))
     assert "--install-completion" in runner.invoke(app, ["--help"]).output
-    result = runner.invoke(app, ["--show-completion", "bash"])
-    assert result.exit_code == 0 and "complete" in result.output
+    result = runner.invoke(app, ["--show-completion"])
+    assert result.exit_code == 0 and "complete -o default -F _" in result.output, result.output
 
 
 @pytest.mark.parametrize("command", ["scan", "train", "finetune", "evaluate", "undo", "export-csv", "config"])
