@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
 _REPLY_POLL_S = 0.5  # how often a worker waiting for the owner checks that the pool is still there
@@ -65,12 +65,12 @@ class WritePool:
                 return fn(*args, **kwargs)
             reply: Future = Future()
             self.events.put((lambda: reply.set_result(fn(*args, **kwargs)), reply))
-            while True:
-                try:
-                    return reply.result(timeout=_REPLY_POLL_S)
-                except TimeoutError:
-                    if self.gone and self.answering is not reply:
-                        raise PoolClosed(f"{getattr(fn, '__name__', fn)}: the scan has stopped") from None
+            # wait(), not result(timeout): on Python 3.10 the timeout raises concurrent.futures.TimeoutError, not
+            # the builtin, and a write whose owner was busy for one poll failed with it
+            while not wait([reply], timeout=_REPLY_POLL_S).done:
+                if self.gone and self.answering is not reply:
+                    raise PoolClosed(f"{getattr(fn, '__name__', fn)}: the scan has stopped")
+            return reply.result()
         return call
 
     def owner_proxy(self, target: object) -> "_OwnerProxy":
@@ -132,7 +132,6 @@ class WritePool:
             return
         self.running -= 1
         call(detail)
-
 
     def _answer(self, call: Callable[[], None], reply: Future) -> None:
         """Run a worker's call on the owner; its exception (a full database disk) goes back to the worker,

@@ -257,3 +257,20 @@ def test_an_interrupt_while_the_owner_runs_a_writes_call_ends_that_write_and_aba
         pool.abandon()  # taken and never answered (an interrupt between): given up after a while, not forever
         assert time.monotonic() - start < 5
     assert len(outcomes) == 2
+
+
+def test_a_write_waiting_longer_than_one_poll_for_its_owner_gets_its_answer_as_on_python_3_10(monkeypatch):
+    import concurrent.futures._base
+
+    from musictag.writepool import _REPLY_POLL_S, WritePool
+
+    class FuturesTimeout(Exception):  # Python 3.10's concurrent.futures.TimeoutError: not the builtin
+        pass
+
+    monkeypatch.setattr(concurrent.futures._base, "TimeoutError", FuturesTimeout)
+    pool, outcomes = WritePool(1), []
+    ask = pool.on_owner(lambda: "answer")
+    pool.submit(lambda: outcomes.append(ask()), lambda error: outcomes.append(error))
+    time.sleep(2.5 * _REPLY_POLL_S)  # the scan's thread busy decoding: the write waits several polls
+    pool.close()
+    assert outcomes == ["answer", None]
