@@ -644,7 +644,10 @@ def _keep_owner(path: str, tmp: str, original: os.stat_result) -> None:
 
 def _check_unchanged(path: str, original: os.stat_result, now: os.stat_result | None = None) -> None:
     """Another program may have saved the file since it was read; writing it would undo that."""
-    now = now or os.stat(path)  # a file replaced by another of the same size and time is another inode
+    try:
+        now = now or os.stat(path)  # a file replaced by another of the same size and time is another inode
+    except OSError:  # moved or deleted: one line for this file (its decision is made again, and fails)
+        raise FileChangedError(path, "the file was moved or deleted while its tags were being written") from None
     if (now.st_size, now.st_mtime_ns, now.st_ino) != (original.st_size, original.st_mtime_ns, original.st_ino):
         raise FileChangedError(path, "the file changed while its tags were being written; left as it is")
 

@@ -222,3 +222,25 @@ def test_the_write_mode_comes_from_the_command_line_or_the_config_file(tmp_path,
     config.write_text('write_mode = "sometimes"\n')
     result = runner.invoke(app, ["undo", "--db", str(tmp_path / "db.sqlite")])
     assert result.exit_code == 2 and "write_mode: must be one of copy, inplace, auto" in result.output
+
+
+def test_a_file_moved_away_while_it_is_written_in_place_fails_alone_with_one_line(tmp_path, tiny_checkpoint,
+                                                                                  monkeypatch):
+    import musictag.tags
+
+    library, db = tmp_path / "music", tmp_path / "db.sqlite"
+    moved, kept = tagged(library / "moved.flac"), tagged(library / "kept.flac")
+    plan = musictag.tags._plan_in_place
+
+    def plan_then_the_user_moves_it(path, *args):
+        planned = plan(path, *args)
+        if path == str(moved):  # the user moves the file between the plan and the journal
+            os.rename(path, tmp_path / "elsewhere.flac")
+        return planned
+
+    monkeypatch.setattr(musictag.tags, "_plan_in_place", plan_then_the_user_moves_it)
+    result = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet",
+                                 "--workers", "1"])
+    assert result.exit_code == 1 and not isinstance(result.exception, OSError), result.output
+    assert f"{moved}: " in result.output and "tagged: 1" in result.output
+    assert read_fields(kept, ["genre"])["genre"] != ["Folk"]
