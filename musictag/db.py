@@ -310,6 +310,12 @@ class Database:
         rows = self._conn.execute("SELECT path, record, pid FROM journal WHERE host = ?", (socket.gethostname(),))
         return [(_path(path), bytes(record)) for path, record, pid in rows.fetchall() if not _running(pid)]
 
+    def interrupted_write(self, path: str) -> bytes | None:
+        """The record of `path` when it is still an interrupted write's (see interrupted_writes), else None."""
+        row = self._conn.execute("SELECT record, pid FROM journal WHERE path = ? AND host = ?",
+                                 (_key(path), socket.gethostname())).fetchone()
+        return bytes(row[0]) if row and not _running(row[1]) else None
+
     def put_write_error(self, path: str, error: str) -> None:
         """A scored file whose tags could not be written: its scores stay, the error is remembered."""
         self._write("UPDATE tracks SET error = ?, updated = ? WHERE path = ?", (error, time.time(), _key(path)))

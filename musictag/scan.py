@@ -555,19 +555,24 @@ def repair_interrupted(db: Database, failed: list[tuple[str, str]]) -> list[str]
     """Files whose in-place write a killed run cut short, given back their original bytes from the
     journal; their names returned. One that another program saved since is left as it is, in `failed`."""
     repaired = []
-    for path, record in db.interrupted_writes():
+    for path, _ in db.interrupted_writes():
         with db.file_lock(path):
+            # read again under the lock: a run started beside this one may have repaired the file and written
+            # it again since, and the old record would then undo that write
+            record = db.interrupted_write(path)
+            if record is None:
+                continue
             try:
                 restored = restore_original(path, record)
             except MusictagError as e:
                 failed.append((path, getattr(e, "reason", str(e))))
                 continue  # kept in the journal: tried again next time
-        if restored:
-            repaired.append(path)
-        elif os.path.exists(path):
-            failed.append((path, "an interrupted run was writing its tags in place, and another program has "
-                                 "saved it since; left as it is"))
-        db.release_original(path)
+            if restored:
+                repaired.append(path)
+            elif os.path.exists(path):
+                failed.append((path, "an interrupted run was writing its tags in place, and another program has "
+                                     "saved it since; left as it is"))
+            db.release_original(path)
     return repaired
 
 

@@ -244,3 +244,33 @@ def test_a_file_moved_away_while_it_is_written_in_place_fails_alone_with_one_lin
     assert result.exit_code == 1 and not isinstance(result.exception, OSError), result.output
     assert f"{moved}: " in result.output and "tagged: 1" in result.output
     assert read_fields(kept, ["genre"])["genre"] != ["Folk"]
+
+
+def test_a_repair_waiting_for_the_files_lock_reads_the_journal_again_and_never_reverts_a_later_write(tmp_path,
+                                                                                                   monkeypatch):
+    import contextlib
+
+    from musictag.scan import repair_interrupted
+    from musictag.tags import restore_original
+
+    path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    killed_mid_write(db_path, path)
+    with Database(db_path) as db:
+        lock, (stale,) = db.file_lock, db.interrupted_writes()
+
+        @contextlib.contextmanager
+        def meanwhile_another_run_repairs_and_writes_it_again(locked, **kwargs):
+            # what a second scan, started with this one, does before this one gets the file's lock: the same
+            # repair, then the same write, whole this time (the same bytes the killed one was writing)
+            assert restore_original(locked, stale[1])
+            db.release_original(locked)
+            write_fields(locked, {"genre": ["Jazz", "Blues"], "mood": ["happy"]}, write_mode="inplace",
+                         journal=journal_of(db))
+            with lock(locked, **kwargs):
+                yield
+
+        monkeypatch.setattr(db, "file_lock", meanwhile_another_run_repairs_and_writes_it_again)
+        failed = []
+        assert repair_interrupted(db, failed) == [] and failed == []
+        assert db.interrupted_writes() == []
+    assert read_fields(path, ["genre", "mood"]) == {"genre": ["Jazz", "Blues"], "mood": ["happy"]}
