@@ -310,6 +310,11 @@ class Database:
         rows = self._conn.execute("SELECT path, record, pid FROM journal WHERE host = ?", (socket.gethostname(),))
         return [(_path(path), bytes(record)) for path, record, pid in rows.fetchall() if not _running(pid)]
 
+    def journalled_by(self, path: str) -> tuple[int, str] | None:
+        """(pid, host) of the journal record of `path`, if it has one: an in-place write not yet released."""
+        row = self._conn.execute("SELECT pid, host FROM journal WHERE path = ?", (_key(path),)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def interrupted_write(self, path: str) -> bytes | None:
         """The record of `path` when it is still an interrupted write's (see interrupted_writes), else None."""
         row = self._conn.execute("SELECT record, pid FROM journal WHERE path = ? AND host = ?",

@@ -31,7 +31,7 @@ from .defaults import MODE
 from .defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
 from .defaults import ID3_VERSION, WRITE_MODE
 from .defaults import WRITE_THREADS
-from .errors import DatabaseError, FileChangedError, MusictagError
+from .errors import DatabaseError, FileChangedError, MusictagError, TagWriteError
 from .library import walk, within
 from .pipeline import Decoded, Job, score_locally
 from .progress import Progress, no_progress
@@ -521,6 +521,13 @@ def _write_file(db: Database, path: str, values: dict[str, list[str] | None], re
     """write_fields, its temporary copy known to the database before it exists, and an in-place write's
     original bytes journalled there before it begins. `db` may be a pool's proxy of the database (a write
     on a pool thread): every call below then runs on the scan's thread."""
+    # a file whose in-place write was cut short and is not repaired yet (its process id now another's, its
+    # machine another container's name): its original tag bytes are only in the journal, which a new write,
+    # in place (its record replaced) or by copy (the half-written bytes copied), would lose
+    journalled = db.journalled_by(os.path.realpath(path))
+    if journalled is not None:
+        raise TagWriteError(path, f"an in-place tag write of it (process {journalled[0]} on {journalled[1]}) was "
+                                  "cut short and is not repaired yet; left as it is")
     announced = []  # this write's copy: writes under way on other threads keep theirs recorded
 
     def announce(temporary: str) -> None:

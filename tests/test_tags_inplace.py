@@ -274,3 +274,21 @@ def test_a_repair_waiting_for_the_files_lock_reads_the_journal_again_and_never_r
         assert repair_interrupted(db, failed) == [] and failed == []
         assert db.interrupted_writes() == []
     assert read_fields(path, ["genre", "mood"]) == {"genre": ["Jazz", "Blues"], "mood": ["happy"]}
+
+
+def test_a_file_whose_cut_write_is_not_repaired_yet_is_not_written_again(tmp_path):
+    from musictag.scan import _write_file
+
+    path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    killed_mid_write(db_path, path)
+    half_written = path.read_bytes()
+    with Database(db_path) as db:
+        # the killed run's record, not repairable from here (its process id now another process's, or its
+        # machine another container's name): its original bytes exist nowhere else
+        db._conn.execute("UPDATE journal SET host = 'another-machine'")
+        (record,) = db._conn.execute("SELECT record FROM journal").fetchone()
+        for mode in ("auto", "copy"):  # a copy of the half-written file would lose them just the same
+            with pytest.raises(TagWriteError, match="not repaired yet"):
+                _write_file(db, str(path), {"genre": ["Jazz"]}, os.stat(path), write_mode=mode)
+        assert db._conn.execute("SELECT record FROM journal").fetchone()[0] == record  # kept, not replaced
+    assert path.read_bytes() == half_written
