@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,13 @@ def seeded_torch():
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_reaches_the_tests():
+    """Some tests send themselves SIGINT (Ctrl-C). A suite a script starts in the background (`cmd &`, nohup)
+    inherits SIGINT ignored, as POSIX shells ignore it in background jobs, and Python then never raises
+    KeyboardInterrupt: those tests failed only when the suite was started that way."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
