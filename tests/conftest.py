@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -81,3 +83,13 @@ def ctrl_c_reaches_the_tests():
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
+
+
+def hold_file_lock(db_path, path: str, seconds: float) -> subprocess.Popen:
+    """Another process holding the database's lock on `path` for `seconds`; returns once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from musictag.db import Database; "
+                               "lock = Database(sys.argv[1]).file_lock(sys.argv[2]); lock.__enter__(); "
+                               f"print('held', flush=True); time.sleep({seconds})", str(db_path), path],
+                              stdout=subprocess.PIPE)
+    assert holder.stdout.readline() == b"held\n"
+    return holder

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_track
+from conftest import hold_file_lock, write_track
 from musictag.audio import load_audio
 from musictag.cli import app
 from musictag.tags import read_fields, write_fields
@@ -755,20 +755,14 @@ def test_a_kill_between_the_rename_and_its_record_loses_no_undo_data(library, ti
 
 
 def test_undo_and_scan_take_a_file_one_at_a_time(tmp_path):
-    import subprocess
-    import sys
     import time
 
     from musictag.db import Database
 
     db_path, path = tmp_path / "db.sqlite", str(tmp_path / "x.flac")
     Database(db_path).close()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from musictag.db import Database; "
-                               "lock = Database(sys.argv[1]).file_lock(sys.argv[2]); lock.__enter__(); "
-                               "print('held', flush=True); time.sleep(1.5)", str(db_path), path],
-                              stdout=subprocess.PIPE)
+    holder = hold_file_lock(db_path, path, 1.5)
     try:
-        assert holder.stdout.readline() == b"held\n"
         with Database(db_path) as db:
             start = time.monotonic()
             with db.file_lock(str(tmp_path / "another.flac")):

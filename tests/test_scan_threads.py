@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from conftest import hold_file_lock
 from typer.testing import CliRunner
 
 from musictag.cli import app
@@ -186,13 +187,9 @@ def test_a_lock_another_process_holds_lets_the_writes_under_way_finish_before_wa
 
     db_path, path = tmp_path / "db.sqlite", str(tmp_path / "x.flac")
     Database(db_path).close()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from musictag.db import Database; "
-                               "lock = Database(sys.argv[1]).file_lock(sys.argv[2]); lock.__enter__(); "
-                               "print('held', flush=True); time.sleep(1.0)", str(db_path), path],
-                              stdout=subprocess.PIPE)
+    holder = hold_file_lock(db_path, path, 1.0)
     calls = []
     try:
-        assert holder.stdout.readline() == b"held\n"
         with Database(db_path) as db:
             with db.file_lock(str(tmp_path / "free.flac"), before_waiting=lambda: calls.append("free")):
                 pass
