@@ -72,11 +72,28 @@ def test_labelled_and_unlabelled_sets_mix_with_weights_and_missing_targets():
     assert isinstance(both, DistillSet)
 
 
-def _teacher_script():
-    spec = importlib.util.spec_from_file_location("teacher_targets", ROOT / "scripts" / "teacher_targets.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _teacher_script():
+    return _script("teacher_targets")
+
+
+def test_mixtures_pair_two_artists_at_their_own_loudness_within_full_scale():
+    mix_clips = _script("mix_clips")
+    draws = mix_clips.pairs(["a", "a", "b", "c"], 200, np.random.default_rng(0))
+    groups = ["a", "a", "b", "c"]
+    assert len(draws) == 200 and all(groups[i] != groups[j] for i, j, _ in draws)
+    assert all(mix_clips.SHARE[0] <= share <= mix_clips.SHARE[1] for _, _, share in draws)
+    quiet, loud = 0.01 * np.sin(np.arange(1000.0)), 0.9 * np.sign(np.sin(np.arange(800.0) / 7))
+    y = mix_clips.mix(quiet, loud, 0.5)
+    assert len(y) == 800 and np.abs(y).max() <= 1.0
+    # each clip brought to unit RMS first: the quiet one is as present in the mixture as the loud one
+    assert abs(np.corrcoef(y, quiet[:800])[0, 1] - np.corrcoef(y, loud)[0, 1]) < 0.1
 
 
 def test_teacher_cache_names_agree_between_the_script_and_musictag(tmp_path):
