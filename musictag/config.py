@@ -82,11 +82,15 @@ class Config:
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:
-    """The config file at `path` (default config_path()), checked; a missing file is an empty one."""
+    """The config file at `path` (default config_path()), checked; a missing file is an empty one, except
+    one $MUSICTAG_CONFIG names: a typo there must not quietly run with the defaults."""
+    named = path is None and bool(os.environ.get(ENVIRONMENT))
     path = Path(path) if path is not None else config_path()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        if named:
+            raise ConfigError(f"{path}: no such config file (named by ${ENVIRONMENT})") from None
         return Config(path, False)
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config file ({getattr(e, 'strerror', None) or e})") from None

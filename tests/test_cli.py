@@ -141,6 +141,15 @@ def test_config_prints_its_path_and_every_effective_value_with_its_source(tmp_pa
     assert 'fields = ["genre", "mood", "quadrant", "model"]  # default' in result.output
 
 
+def test_a_config_file_the_environment_names_must_exist(tmp_path, monkeypatch):
+    missing = tmp_path / "musictag.tmol"
+    monkeypatch.setenv("MUSICTAG_CONFIG", str(missing))
+    for args in (["config"], ["scan", str(tmp_path), "--dry-run"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{missing}: no such config file (named by $MUSICTAG_CONFIG)" in result.output
+
+
 @pytest.mark.parametrize("text, named", [('mode = "merg"\n', "mode: must be one of merge, replace, skip-tagged"),
                                          ("top_k = {genr = 2}\n", "top_k: unknown field genr"),
                                          ("threshold = 2\n", "threshold: expected a number from 0 to 1"),
