@@ -7,8 +7,9 @@ Runs only in the teacher venv (scripts/teacher_env.sh), never inside musictag:
     .teacher-venv/bin/python scripts/teacher_targets.py --list FILES.txt --out CACHE_DIR
 
 One .npz per audio file, named by musictag.distill.teacher_key's recipe (a hash of the file's bytes), so
-an edited file is analysed again and a finished one never is, wherever it lies: an interrupted run resumes. Each .npz holds
-`msd`, `mtt` (patches, 50) float16, `msd_emb`, `mtt_emb` (patches, 200) float16 and `patch_seconds`.
+an edited file is analysed again and a finished one never is, wherever it lies: an interrupted run
+resumes. Each .npz holds `msd`, `mtt` (patches, 50) float16, `msd_emb`, `mtt_emb` (patches, 200) float16
+and `patch_seconds`.
 
 Why not musicnn.extractor.extractor: with extract_features=True it repeats the first patch's features for
 every patch, and it feeds a whole track as one batch (a long track exhausted 24 GB). Here the graph is
@@ -101,7 +102,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [line.strip() for line in open(args.list, encoding="utf-8") if line.strip()]
-    todo = [p for p in paths if not (out / f"{teacher_key(p)}.npz").is_file()]
+    keys = {p: teacher_key(p) for p in paths}  # each file read once to hash it, not again per use
+    todo = [p for p in paths if not (out / f"{keys[p]}.npz").is_file()]
     print(f"{len(paths) - len(todo)} of {len(paths)} files already analysed", flush=True)
     if not todo:
         return
@@ -119,10 +121,10 @@ def main() -> None:
             if patches is None or len(patches) == 0:
                 continue
             result = teacher.run(patches)
-            tmp = out / f".{teacher_key(path)}.tmp.npz"
+            tmp = out / f".{keys[path]}.tmp.npz"
             np.savez(tmp, patch_seconds=np.float32(teacher.patch_seconds), msd_labels=np.array(teacher.labels["msd"]),
                      mtt_labels=np.array(teacher.labels["mtt"]), **result)
-            os.replace(tmp, out / f"{teacher_key(path)}.npz")
+            os.replace(tmp, out / f"{keys[path]}.npz")
             if (i + 1) % 20 == 0 or i + 1 == len(todo):
                 print(f"{i + 1}/{len(todo)} files, {time.time() - began:.0f} s", flush=True)
     print(f"done: {len(todo) - failed} analysed, {failed} failed", flush=True)
