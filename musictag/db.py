@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +50,16 @@ CREATE TABLE IF NOT EXISTS models (
 CREATE TABLE IF NOT EXISTS temporaries (
     path TEXT PRIMARY KEY,  -- a tagged copy's name, recorded before the copy exists
     pid INTEGER NOT NULL,   -- the process writing it, on
-    host TEXT NOT NULL      -- this machine: a copy whose process is gone was left by a killed run
+    host TEXT NOT NULL,     -- this machine (for messages; a container's name changes every run)
+    file TEXT               -- the file it is a copy of, whose lock (file_lock) its writer holds: a copy whose
+                            -- file's lock no process holds was left by a killed run
 );
 CREATE TABLE IF NOT EXISTS journal (
-    path TEXT PRIMARY KEY,  -- a file being written in place
+    path TEXT PRIMARY KEY,  -- a file being written in place; its writer holds its lock (file_lock) throughout
     record BLOB NOT NULL,   -- what the write overwrites, and with what (tags.Overwrite), synced before it starts
     pid INTEGER NOT NULL,   -- the process writing it, on
-    host TEXT NOT NULL      -- this machine: a record whose process is gone is a write a kill cut short
+    host TEXT NOT NULL      -- this machine (for messages): a record whose file's lock no process holds is a
+                            -- write a kill cut short
 );
 CREATE TABLE IF NOT EXISTS undo (
     path TEXT PRIMARY KEY,
@@ -67,7 +71,14 @@ CREATE TABLE IF NOT EXISTS undo (
 ADDED_COLUMNS = (("tracks", "decided", "TEXT"), ("models", "labels", "TEXT"), ("undo", "bare", "INTEGER"),
                  ("tracks", "pending", "TEXT"),  # JSON: `written` to be, recorded before the tagged copy replaces the file
                  ("models", "vocabulary", "TEXT"),
-                 ("tracks", "embedding", "BLOB"))  # float32 bytes of the track's embedding, kept for --parquet
+                 ("tracks", "embedding", "BLOB"),  # float32 bytes of the track's embedding, kept for --parquet
+                 ("temporaries", "file", "TEXT"))
+# The file locks this process holds or is taking, over every Database: (lock file's device, inode, byte) ->
+# how many. POSIX locks are the process's, not a file descriptor's or a thread's: asking the system whether
+# a lock is free (taking it and letting it go) would say free for one this process holds, and letting it go
+# would release it from under its holder. So the question is asked here first (Database._lock_free).
+_HELD: dict[tuple[int, int, int], int] = {}
+_HELD_GUARD = threading.Lock()
 
 
 def _key(path: str) -> str | bytes:
@@ -133,7 +144,8 @@ class Database:
         self._commit_every = commit_every
         self._in_transaction = False
         self._last_commit = time.monotonic()
-        self._locks = None  # the lock file, opened on first use (file_lock)
+        self._locks = None  # the lock file, opened on first use (_lock_file)
+        self._locks_id = (0, 0)  # its device and inode (keys of _HELD)
 
     def _add_new_columns(self) -> None:
         for table, column, kind in ADDED_COLUMNS:
@@ -148,7 +160,10 @@ class Database:
     def close(self) -> None:
         self.commit()
         self._conn.close()
-        if self._locks is not None:
+        # closing the lock file lets go every lock this process holds on it: not while one is still held (a
+        # write an interrupt left running on a thread), which would tell other runs that write was cut short;
+        # the system lets go of those when the process ends
+        if self._locks is not None and not self._holding_locks():
             self._locks.close()
 
     def __enter__(self):
@@ -249,14 +264,29 @@ class Database:
         file beside the database, chosen by the path (released by the system if the process dies).
         `before_waiting` runs when another process holds the file, before this one waits for it: a scan
         holding the locks of several writes under way (threads) lets them finish there, so two scans
-        never each wait for a file the other holds."""
+        never each wait for a file the other holds. A writer holds it from the journal record or the
+        temporary copy's announcement until the file is whole again: that is how other runs tell a write
+        under way from one a kill cut short (interrupted_writes, leftover_temporaries)."""
         self.commit()  # never wait for a file while holding the database
         if fcntl is None:
             yield
             return
-        if self._locks is None:
-            self._locks = open(f"{self.path}.locks", "a+b")
-        offset = int.from_bytes(hashlib.blake2b(os.fsencode(path), digest_size=6).digest(), "big")
+        key = self._lock_key(path)
+        with _HELD_GUARD:  # counted before it is taken: _lock_free never tests (and lets go) one being taken
+            _HELD[key] = _HELD.get(key, 0) + 1
+        try:
+            self._take_lock(key[2], before_waiting)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._locks, fcntl.LOCK_UN, 1, key[2])
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] -= 1
+                if not _HELD[key]:
+                    del _HELD[key]
+
+    def _take_lock(self, offset: int, before_waiting: Callable[[], None] | None) -> None:
         try:
             fcntl.lockf(self._locks, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError:  # held by another process (EACCES or EAGAIN)
@@ -264,15 +294,51 @@ class Database:
                 before_waiting()
                 self.commit()
             fcntl.lockf(self._locks, fcntl.LOCK_EX, 1, offset)
-        try:
-            yield
-        finally:
-            fcntl.lockf(self._locks, fcntl.LOCK_UN, 1, offset)
 
-    def announce_temporary(self, path: str) -> None:
-        """Record a temporary copy before it is created (committed), with this process and machine."""
-        self._write("INSERT OR REPLACE INTO temporaries (path, pid, host) VALUES (?, ?, ?)",
-                    (_key(path), os.getpid(), socket.gethostname()))
+    def _lock_file(self):
+        if self._locks is None:
+            self._locks = open(f"{self.path}.locks", "a+b")
+            st = os.fstat(self._locks.fileno())
+            self._locks_id = (st.st_dev, st.st_ino)
+        return self._locks
+
+    def _lock_key(self, path: str | bytes) -> tuple[int, int, int]:
+        """`path`'s lock: the lock file's device and inode, and the byte chosen by the path."""
+        self._lock_file()
+        offset = int.from_bytes(hashlib.blake2b(os.fsencode(path), digest_size=6).digest(), "big")
+        return (*self._locks_id, offset)
+
+    def _lock_free(self, path: str | bytes) -> bool:
+        """Whether no process, this one included, holds (or is taking) `path`'s lock: no one is writing the
+        file, whatever process id or machine name a record of it names (a container gets a new name every
+        run; a process id is reused)."""
+        key = self._lock_key(path)
+        with _HELD_GUARD:  # this process's own locks first (the system would say free for them)
+            if _HELD.get(key):
+                return False
+            try:
+                fcntl.lockf(self._locks, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, key[2])
+            except OSError:
+                return False  # another process holds it
+            fcntl.lockf(self._locks, fcntl.LOCK_UN, 1, key[2])
+            return True
+
+    def _holding_locks(self) -> bool:
+        with _HELD_GUARD:
+            return any(key[:2] == self._locks_id for key in _HELD)
+
+    def _writer_gone(self, path: str | bytes, pid: int, host: str) -> bool:
+        """Whether the process that recorded a write of `path` (pid, on host) no longer writes it."""
+        if fcntl is None:  # no locks to ask (Windows)
+            return _gone(pid, host)
+        return self._lock_free(path)
+
+    def announce_temporary(self, path: str, file: str | None = None) -> None:
+        """Record a temporary copy before it is created (committed), with this process and machine, and
+        the `file` it is a copy of, whose lock (file_lock) the caller holds until the copy is renamed or
+        removed. None: none held; the copy is then left over once this process no longer runs."""
+        self._write("INSERT OR REPLACE INTO temporaries (path, pid, host, file) VALUES (?, ?, ?, ?)",
+                    (_key(path), os.getpid(), socket.gethostname(), None if file is None else _key(file)))
         self.commit()
 
     def temporaries_done(self) -> None:
@@ -280,9 +346,11 @@ class Database:
         self._write("DELETE FROM temporaries WHERE pid = ? AND host = ?", (os.getpid(), socket.gethostname()))
 
     def leftover_temporaries(self) -> list[str]:
-        """Recorded temporary copies whose process, on this machine, no longer runs."""
-        rows = self._conn.execute("SELECT path, pid FROM temporaries WHERE host = ?", (socket.gethostname(),))
-        return [_path(path) for path, pid in rows.fetchall() if not _running(pid)]
+        """Recorded temporary copies no process is writing: no process holds their file's lock (a copy
+        announced without its file: its process, on this machine, no longer runs)."""
+        rows = self._conn.execute("SELECT path, pid, host, file FROM temporaries").fetchall()
+        return [_path(path) for path, pid, host, file in rows
+                if (_gone(pid, host) if file is None else self._writer_gone(file, pid, host))]
 
     def forget_temporary(self, path: str) -> None:
         self._write("DELETE FROM temporaries WHERE path = ?", (_key(path),))
@@ -306,9 +374,10 @@ class Database:
         self.commit()
 
     def interrupted_writes(self) -> list[tuple[str, bytes]]:
-        """(path, record) of the in-place writes whose process, on this machine, no longer runs."""
-        rows = self._conn.execute("SELECT path, record, pid FROM journal WHERE host = ?", (socket.gethostname(),))
-        return [(_path(path), bytes(record)) for path, record, pid in rows.fetchall() if not _running(pid)]
+        """(path, record) of the in-place writes a kill cut short: no process, on any machine, this one
+        included, holds their file's lock, which a writer holds from keep_original to release_original."""
+        rows = self._conn.execute("SELECT path, record, pid, host FROM journal").fetchall()
+        return [(_path(path), bytes(record)) for path, record, pid, host in rows if self._writer_gone(path, pid, host)]
 
     def journalled_by(self, path: str) -> tuple[int, str] | None:
         """(pid, host) of the journal record of `path`, if it has one: an in-place write not yet released."""
@@ -316,10 +385,18 @@ class Database:
         return (row[0], row[1]) if row else None
 
     def interrupted_write(self, path: str) -> bytes | None:
-        """The record of `path` when it is still an interrupted write's (see interrupted_writes), else None."""
-        row = self._conn.execute("SELECT record, pid FROM journal WHERE path = ? AND host = ?",
-                                 (_key(path), socket.gethostname())).fetchone()
-        return bytes(row[0]) if row and not _running(row[1]) else None
+        """The record of `path` when it is still an interrupted write's (see interrupted_writes), else None.
+        For a caller holding the file's lock (file_lock): no other process can be writing the file then, so
+        the record is a cut write's unless this process holds the lock a second time (a write of its own
+        under way on another thread)."""
+        row = self._conn.execute("SELECT record, pid, host FROM journal WHERE path = ?", (_key(path),)).fetchone()
+        if row is None:
+            return None
+        if fcntl is None:
+            return bytes(row[0]) if _gone(row[1], row[2]) else None
+        with _HELD_GUARD:
+            others_here = _HELD.get(self._lock_key(path), 0) - 1  # the caller's own taken away
+        return bytes(row[0]) if others_here <= 0 else None
 
     def put_write_error(self, path: str, error: str) -> None:
         """A scored file whose tags could not be written: its scores stay, the error is remembered."""
@@ -385,6 +462,12 @@ class Database:
                                   "FROM tracks ORDER BY path")
         for row in rows:
             yield _track(row)
+
+
+def _gone(pid: int, host: str) -> bool:
+    """Whether process `pid` of machine `host` is known to have ended: on this machine, and not running.
+    (Only where no lock tells: a container's machine name is new every run, so its records never match.)"""
+    return host == socket.gethostname() and not _running(pid)
 
 
 def _running(pid: int) -> bool:

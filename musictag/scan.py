@@ -519,11 +519,12 @@ def _settled(written: dict[str, list[str]], pending: dict[str, list[str]] | None
 def _write_file(db: Database, path: str, values: dict[str, list[str] | None], read_at: os.stat_result,
                 **options) -> None:
     """write_fields, its temporary copy known to the database before it exists, and an in-place write's
-    original bytes journalled there before it begins. `db` may be a pool's proxy of the database (a write
-    on a pool thread): every call below then runs on the scan's thread."""
-    # a file whose in-place write was cut short and is not repaired yet (its process id now another's, its
-    # machine another container's name): its original tag bytes are only in the journal, which a new write,
-    # in place (its record replaced) or by copy (the half-written bytes copied), would lose
+    original bytes journalled there before it begins. The caller holds `path`'s lock (Database.file_lock)
+    throughout: other runs tell this write from one a kill cut short by it. `db` may be a pool's proxy of
+    the database (a write on a pool thread): every call below then runs on the scan's thread."""
+    # a file whose in-place write was cut short and is not repaired yet (its repair failed, or the cut came
+    # after this run's repairs): its original tag bytes are only in the journal, which a new write, in place
+    # (its record replaced) or by copy (the half-written bytes copied), would lose
     journalled = db.journalled_by(os.path.realpath(path))
     if journalled is not None:
         raise TagWriteError(path, f"an in-place tag write of it (process {journalled[0]} on {journalled[1]}) was "
@@ -531,19 +532,25 @@ def _write_file(db: Database, path: str, values: dict[str, list[str] | None], re
     announced = []  # this write's copy: writes under way on other threads keep theirs recorded
 
     def announce(temporary: str) -> None:
-        db.announce_temporary(temporary)
+        db.announce_temporary(temporary, path)  # left over once no one holds path's lock
         announced.append(temporary)
+
+    def keep(written: str, record: bytes) -> None:
+        # the record must name the file whose lock is held: that lock is what says the write is under way
+        if written != path:
+            raise TagWriteError(path, "it became a link to another file while its tags were being written; left "
+                                      "as it is")
+        db.keep_original(written, record)
     try:
-        write_fields(path, values, read_at, announce=announce,
-                     journal=Journal(db.keep_original, db.release_original), **options)
+        write_fields(path, values, read_at, announce=announce, journal=Journal(keep, db.release_original), **options)
     finally:
         for temporary in announced:
             db.forget_temporary(temporary)
 
 
 def remove_leftovers(db: Database) -> list[str]:
-    """Temporary copies a killed run left: the database recorded each before it existed, with the
-    process writing it, now gone. Removed; their names returned."""
+    """Temporary copies a killed run left: the database recorded each before it existed, with the file
+    whose lock its writer held, now free. Removed; their names returned."""
     removed = []
     for path in db.leftover_temporaries():
         try:

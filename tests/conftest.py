@@ -93,3 +93,18 @@ def hold_file_lock(db_path, path: str, seconds: float) -> subprocess.Popen:
                               stdout=subprocess.PIPE)
     assert holder.stdout.readline() == b"held\n"
     return holder
+
+
+def cut_short_seen_elsewhere(db_path) -> dict[str, list[str]]:
+    """What another process sharing the database takes for a killed run's: the in-place writes it would
+    repair and the temporary copies it would remove (with every journal record and temporary, to compare)."""
+    import json
+
+    seen = subprocess.run([sys.executable, "-c", "import json, sys; from musictag.db import Database; "
+                           "db = Database(sys.argv[1]); print(json.dumps({"
+                           "'interrupted': [p for p, _ in db.interrupted_writes()], "
+                           "'leftover': db.leftover_temporaries(), "
+                           "'journal': [r[0] for r in db._conn.execute('SELECT path FROM journal')], "
+                           "'temporaries': [r[0] for r in db._conn.execute('SELECT path FROM temporaries')]}))",
+                           str(db_path)], capture_output=True, text=True, check=True)
+    return json.loads(seen.stdout)

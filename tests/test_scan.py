@@ -797,6 +797,50 @@ def test_a_file_replaced_between_its_decode_and_its_write_is_scored_again(tiny_c
     assert read_fields(target, ["genre"]) == read_fields(root / "twin.flac", ["genre"])
 
 
+KILLED_MID_COPY = """
+import os, socket, sys
+import musictag.tags as tags
+from musictag.db import Database
+from musictag.scan import _write_file
+
+if len(sys.argv) > 3:
+    socket.gethostname = lambda: sys.argv[3]  # a container's machine name, new every run
+tags._verify = lambda *args: os._exit(9)  # killed while the tagged copy is being written
+db = Database(sys.argv[1])
+with db.file_lock(sys.argv[2]):  # as a scan writes it
+    _write_file(db, sys.argv[2], {"genre": ["Jazz"]}, os.stat(sys.argv[2]), write_mode="copy")
+"""
+
+
+@pytest.mark.parametrize("host", [None, "d0c4e5a1b2c3"], ids=["this machine", "another machine"])
+def test_a_killed_writes_copy_is_removed_once_no_process_holds_its_files_lock(tmp_path, host):
+    """Whatever machine name its record has (a container's is new every run), a copy is left over once no
+    process holds its file's lock; while one does (a run writing that file), it is that run's."""
+    import subprocess
+    import sys
+
+    from musictag.db import Database
+    from musictag.scan import remove_leftovers
+
+    db_path, target = tmp_path / "db.sqlite", write_track(tmp_path / "track.flac", seconds=1.0)
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_COPY, str(db_path), str(target),
+                             *([host] if host else [])])
+    assert killed.returncode == 9
+    (left,) = [tmp_path / p for p in os.listdir(tmp_path) if ".musictag-tmp" in p]
+    holder = hold_file_lock(db_path, str(target), 60)
+    try:
+        with Database(db_path) as db:
+            assert db.leftover_temporaries() == [] and remove_leftovers(db) == []
+        assert left.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with Database(db_path) as db:
+        assert remove_leftovers(db) == [str(left)]
+        assert not db._conn.execute("SELECT * FROM temporaries").fetchall()
+    assert not left.exists()
+
+
 def test_a_temporary_copy_left_by_a_killed_write_is_removed_by_the_next_run(library, tiny_checkpoint, tmp_path):
     import subprocess
     import sys

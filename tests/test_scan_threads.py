@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import hold_file_lock
+from conftest import cut_short_seen_elsewhere, hold_file_lock, write_track
 from typer.testing import CliRunner
 
 from musictag.cli import app
@@ -106,6 +106,49 @@ def test_threaded_writes_equal_serial_ones_each_whole_and_under_its_files_lock(t
     assert state(tmp_path / "t.db", threaded) == state(tmp_path / "s.db", serial)
     rows, _, temporaries, leftovers = state(tmp_path / "t.db", threaded)
     assert temporaries == 0 and not leftovers and all(row[1] and row[5] is None for row in rows.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks checked from another process")
+@pytest.mark.parametrize("write_mode", ["inplace", "copy"])
+def test_a_write_on_a_pool_thread_is_under_way_for_another_process_from_its_record_to_its_end(tagger, tmp_path,
+                                                                                               monkeypatch, write_mode):
+    """The scan's thread holds the file's lock while a pool thread writes it: another run sharing the database
+    takes neither its journal record nor its temporary copy for a killed run's (and never repairs or removes it)."""
+    import musictag.tags
+    from musictag.db import Database
+    from musictag.scan import ScanOptions, Scanner
+    from musictag.tags import write_fields
+
+    root = tmp_path / "music"
+    for i, name in enumerate(("one.flac", "two.mp3", "three.ogg")):
+        write_track(root / name, seconds=1.0 + 0.5 * i, freq=220.0 * (i + 1), seed=i)
+        write_fields(root / name, {"genre": ["Folk"]})  # padded by a tagger: the scan's tags fit in place
+    overwrite, verify, seen = musictag.tags._overwrite, musictag.tags._verify, []
+
+    def look(path):
+        seen.append((threading.current_thread().name, str(path), cut_short_seen_elsewhere(tmp_path / "db.sqlite")))
+
+    def overwrite_looked_at(path, plan, new):
+        if new:  # journalled, not written yet
+            look(path)
+        overwrite(path, plan, new)
+
+    def verify_looked_at(written, path, values):
+        if written != path:  # a copy, announced and made
+            look(path)
+        verify(written, path, values)
+
+    monkeypatch.setattr(musictag.tags, "_overwrite", overwrite_looked_at)
+    monkeypatch.setattr(musictag.tags, "_verify", verify_looked_at)
+    with Database(tmp_path / "db.sqlite") as db:
+        Scanner(tagger, db, ScanOptions(workers=1, write=False)).run([root])
+        result = Scanner(tagger, db, ScanOptions(workers=1, write_threads=2, write_mode=write_mode)).run([root])
+    assert result.tagged == 3 and not result.failed and len(seen) == 3
+    for thread, path, elsewhere in seen:
+        records = elsewhere["journal"] if write_mode == "inplace" else elsewhere["temporaries"]
+        mine = os.path.join(os.path.dirname(path), "." + os.path.basename(path))  # its copy's name begins so
+        assert thread.startswith("musictag-write") and any(r == path or r.startswith(mine) for r in records), seen
+        assert elsewhere["interrupted"] == [] and elsewhere["leftover"] == [], seen
 
 
 def test_an_error_in_one_threaded_write_fails_that_file_alone_with_one_line(library, tiny_checkpoint, tmp_path,

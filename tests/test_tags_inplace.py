@@ -12,7 +12,7 @@ import av
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_track
+from conftest import cut_short_seen_elsewhere, hold_file_lock, write_track
 from musictag.cli import app
 from musictag.db import Database
 from musictag.errors import TagWriteError
@@ -127,9 +127,12 @@ def test_a_write_that_reads_back_wrong_puts_the_original_bytes_back(tmp_path, mo
 
 
 KILLED_MID_WRITE = """
-import os, signal, sys
+import os, signal, socket, sys
 import musictag.tags as tags
 from musictag.db import Database
+
+if len(sys.argv) > 3:
+    socket.gethostname = lambda: sys.argv[3]  # a container's machine name, new every run
 
 def cut(path, plan, new):  # the first region half written, then the process is killed
     offset, old, data = plan.regions[0]
@@ -145,9 +148,10 @@ tags.write_fields(sys.argv[2], {"genre": ["Jazz", "Blues"], "mood": ["happy"]}, 
 """
 
 
-def killed_mid_write(db, path):
-    """`path` with an in-place write cut short by SIGKILL, as a killed scan leaves it."""
-    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(db), str(path)])
+def killed_mid_write(db, path, host=None):
+    """`path` with an in-place write cut short by SIGKILL, as a killed scan leaves it (on machine `host`: a
+    name other than this machine's, as a container gets a new one every run)."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(db), str(path), *([host] if host else [])])
     assert killed.returncode == -signal.SIGKILL
 
 
@@ -283,8 +287,8 @@ def test_a_file_whose_cut_write_is_not_repaired_yet_is_not_written_again(tmp_pat
     killed_mid_write(db_path, path)
     half_written = path.read_bytes()
     with Database(db_path) as db:
-        # the killed run's record, not repairable from here (its process id now another process's, or its
-        # machine another container's name): its original bytes exist nowhere else
+        # the killed run's record, not repaired yet (its repair failed, or the kill came after this run's
+        # repairs): its original bytes exist nowhere else
         db._conn.execute("UPDATE journal SET host = 'another-machine'")
         (record,) = db._conn.execute("SELECT record FROM journal").fetchone()
         for mode in ("auto", "copy"):  # a copy of the half-written file would lose them just the same
@@ -292,3 +296,81 @@ def test_a_file_whose_cut_write_is_not_repaired_yet_is_not_written_again(tmp_pat
                 _write_file(db, str(path), {"genre": ["Jazz"]}, os.stat(path), write_mode=mode)
         assert db._conn.execute("SELECT record FROM journal").fetchone()[0] == record  # kept, not replaced
     assert path.read_bytes() == half_written
+
+
+@pytest.mark.parametrize("named", ["another machine", "a running process", "this process"])
+def test_a_cut_write_is_repaired_whatever_process_or_machine_its_record_names(tmp_path, tiny_checkpoint, named):
+    """No process holds the file's lock, so no one is writing it: a container's run (a new machine name every
+    time, and often the same process id) is repaired by the next one."""
+    path, db = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    original = path.read_bytes()
+    killed_mid_write(db, path, host="d0c4e5a1b2c3" if named == "another machine" else None)
+    if named != "another machine":  # its process id given to another process since, or to this one
+        with Database(db) as database:
+            database._conn.execute("UPDATE journal SET pid = ?", (os.getppid() if named == "a running process"
+                                                                   else os.getpid(),))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["scan", str(empty), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"repaired {path}:" in result.output and path.read_bytes() == original
+    with Database(db) as database:
+        assert not database._conn.execute("SELECT * FROM journal").fetchall()
+
+
+@pytest.mark.parametrize("host", [None, "d0c4e5a1b2c3"], ids=["this machine", "another machine"])
+def test_a_cut_write_whose_file_another_process_holds_is_left_alone_until_it_lets_go(tmp_path, host):
+    from musictag.scan import repair_interrupted
+
+    path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    original = path.read_bytes()
+    killed_mid_write(db_path, path, host)
+    half_written = path.read_bytes()
+    holder = hold_file_lock(db_path, str(path), 60)  # a run repairing or writing it: the record is its business
+    try:
+        with Database(db_path) as db:
+            failed = []
+            assert db.interrupted_writes() == [] and repair_interrupted(db, failed) == [] and failed == []
+        assert path.read_bytes() == half_written
+    finally:
+        holder.kill()
+        holder.wait()
+    with Database(db_path) as db:
+        assert repair_interrupted(db, []) == [str(path)]
+    assert path.read_bytes() == original
+
+
+def test_a_write_this_process_has_under_way_is_cut_short_for_no_one(tmp_path):
+    """This process's own lock: the system would let it take it again (POSIX locks are the process's), and
+    letting it go would take it from the write; a second database of this process closing must not either."""
+    path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    seen = []
+    with Database(db_path) as db:
+        def keep_then_look(written, record):
+            db.keep_original(written, record)
+            with Database(db_path) as other:  # a second scan of this process, say
+                seen.append(("other", other.interrupted_writes()))
+            seen.append(("this", db.interrupted_writes()))
+            seen.append(("elsewhere", cut_short_seen_elsewhere(db_path)))
+
+        with db.file_lock(str(path)):
+            write_fields(path, {"genre": ["Jazz"]}, write_mode="inplace", journal=Journal(keep_then_look,
+                                                                                         db.release_original))
+    assert seen == [("other", []), ("this", []), ("elsewhere", {"interrupted": [], "leftover": [],
+                                                                "journal": [str(path)], "temporaries": []})]
+    assert read_fields(path, ["genre"]) == {"genre": ["Jazz"]}
+
+
+def test_a_file_that_became_a_link_to_another_is_not_written_in_place_under_the_links_lock(tmp_path):
+    """The journal record names the file written, and other runs ask that file's lock whether the write is
+    under way: the lock held must be that file's."""
+    from musictag.scan import _write_file
+
+    target, link, db_path = tagged(tmp_path / "target.flac"), tmp_path / "link.flac", tmp_path / "db.sqlite"
+    os.symlink(target, link)  # the scanned file replaced by a link since the walk
+    before = target.read_bytes()
+    with Database(db_path) as db, db.file_lock(str(link)):
+        with pytest.raises(TagWriteError, match="became a link to another file"):
+            _write_file(db, str(link), {"genre": ["Jazz"]}, os.stat(link), write_mode="inplace")
+        assert not db._conn.execute("SELECT * FROM journal").fetchall()
+    assert target.read_bytes() == before
