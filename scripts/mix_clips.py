@@ -5,11 +5,14 @@ and consistent", CVPR 2022). They join the unlabelled audio, so the student lear
 embedding of each mixture and the probe's pseudo-labels, never the clips' own labels.
 
     python scripts/mix_clips.py --data MANIFEST.csv --out DIR [--count 1000] [--seed 0] [--describe JSON]
+                                [--training-list FILE]
 
 Only clips of the training side of `musictag train`'s artist split (same fraction and seed) are mixed,
 two different artists at a time, so no validation artist is heard. Existing files are kept: a rerun
 resumes. Prints the paths of all mixtures, one a line; --describe writes their count and hours as a
-data source for the model card (the same shape as bench/real_music.py --describe).
+data source for the model card (the same shape as bench/real_music.py --describe); --training-list writes
+the training side's clip paths (the same split), which the recipe also distils on: cut into segments, each
+with the teacher's view of that part of the clip rather than the whole clip's mean.
 """
 
 from __future__ import annotations
@@ -55,9 +58,13 @@ def main() -> None:
     parser.add_argument("--min-count", type=int, default=30, help="as given to musictag train (same split)")
     parser.add_argument("--seed", type=int, default=0, help="the training recipe's seed (same split)")
     parser.add_argument("--describe", help="also write the mixtures' count, hours and licence to this JSON file")
+    parser.add_argument("--training-list", help="also write the training side's clip paths to this file, one a "
+                        "line: the recipe hands them to the teacher in segments as well")
     args = parser.parse_args()
     examples = read_manifest(args.data, min_count=args.min_count).examples
     train, _ = split_by_group(examples, VAL_FRACTION, args.seed)
+    if args.training_list:
+        Path(args.training_list).write_text("".join(f"{e.path}\n" for e in train))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seconds = 0.0

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# How the shipped model is made, from nothing: about 2.5-3 h on 2 CPU cores (SKIP_ABLATIONS=1: about 2 h).
+# How the shipped model is made, from nothing: about 3-3.5 h on 2 CPU cores (SKIP_ABLATIONS=1: about 2.5 h).
 # Run it in the background with a log; every step resumes where an interrupted run stopped:
 #     nohup scripts/train_shipped_model.sh > runs/shipped.log 2>&1 &
 #   1. the teacher: musicnn 0.1.0 in its own venv (scripts/teacher_env.sh)
 #   2. unlabelled music: Debian's game-music packages (bench/real_music.py DISTILL_PACKAGES), and a
-#      second set never trained on (SCAN_PACKAGES: the scan benchmark's library) for the checks
-#   3. the teacher's outputs on the 4Q clips and on both sets of Debian music (scripts/teacher_targets.py)
+#      second set never trained on (SCAN_PACKAGES: the scan benchmark's library) for the checks; and
+#      mixtures of two 4Q training clips (scripts/mix_clips.py): more 4Q-like music for the teacher to label;
+#      the training clips themselves join the unlabelled audio too, in segments with the teacher's outputs
+#      on each (no validation clip: mix_clips.py --training-list writes the training side of the split)
+#   3. the teacher's outputs on the 4Q clips, both sets of Debian music and the mixtures (scripts/teacher_targets.py)
 #   4. the baseline to beat: musicnn embeddings + logistic regression on the same split (bench/teacher_probe.py)
 #   5. ablations (short runs): 4Q labels only; teacher targets without pseudo-labels; the full recipe
-#      without regressing the teacher's embedding; the full recipe
+#      without regressing the teacher's embedding; distilling on the Debian music only; the full recipe
 #   6. the shipped recipe on an artist-disjoint 80/20 split of ../shared/data/4q: the 20% choose the
 #      written vocabulary's thresholds and give the validation metrics, so the shipped weights are this run
 #   7. fp16 copy into weights/, sha256 sidecar; teacher agreement on unseen music; model card
@@ -34,14 +37,17 @@ python -c "from musictag.manifest import read_manifest; print('\n'.join(e.path f
   > "$WORK/labelled.txt"
 ls -d "$PWD/$WORK"/unlabelled/* > "$WORK/unlabelled.txt"
 ls -d "$PWD/$WORK"/unseen/* > "$WORK/unseen.txt"
-cat "$WORK/labelled.txt" "$WORK/unlabelled.txt" "$WORK/unseen.txt" > "$WORK/teacher-files.txt"
+python scripts/mix_clips.py --data "$DATA" --out "$WORK/mixes" --count "${MIXES:-1000}" --describe "$RUNS/mixes.json" \
+  --training-list "$WORK/training-clips.txt" > "$WORK/mixes.txt"
+cat "$WORK/unlabelled.txt" "$WORK/mixes.txt" "$WORK/training-clips.txt" > "$WORK/distil.txt"
+cat "$WORK/labelled.txt" "$WORK/unlabelled.txt" "$WORK/unseen.txt" "$WORK/mixes.txt" > "$WORK/teacher-files.txt"
 "$TEACHER_VENV/bin/python" scripts/teacher_targets.py --list "$WORK/teacher-files.txt" --out "$WORK/teacher"
 
 python bench/teacher_probe.py --data "$DATA" --teacher-cache "$WORK/teacher" --json "$RUNS/probe.json" \
   > "$RUNS/probe.txt"
 
 common=(--data "$DATA" --min-count 30 --config "$CONFIG" --resume --quiet)
-distil=(--teacher-cache "$WORK/teacher" --unlabelled "$WORK/unlabelled.txt")
+distil=(--teacher-cache "$WORK/teacher" --unlabelled "$WORK/distil.txt")
 without() {  # the recipe with one teacher signal off: train.$1 = 0, run as ablation_$2
   python - "$CONFIG" "$1" "$RUNS/$2.json" <<'PY'
 import json, sys
@@ -57,6 +63,8 @@ if [ "${SKIP_ABLATIONS:-0}" != 1 ]; then
     > "$RUNS/ablation_labels_only.log"
   without pseudo_weight no_pseudo
   without embedding_weight no_embedding
+  musictag train "${common[@]}" --teacher-cache "$WORK/teacher" --unlabelled "$WORK/unlabelled.txt" \
+    --epochs "$ABLATION_EPOCHS" --out "$RUNS/ablation_debian_only.pt" > "$RUNS/ablation_debian_only.log"
   musictag train "${common[@]}" "${distil[@]}" --epochs "$ABLATION_EPOCHS" --out "$RUNS/ablation_full.pt" \
     > "$RUNS/ablation_full.log"
 fi
@@ -87,4 +95,5 @@ fi
 musictag model-card weights/musictag.pt --out weights/MODEL_CARD.md --evaluation "$RUNS/distilled.eval.json" \
   --evaluation-title "validation split: 144 clips by artists held out of training (runs/distilled.pt)" \
   --probe "$RUNS/probe.json" --agreement "$RUNS/agreement.txt" --soundtracks "$RUNS/soundtracks.md" --sources "$RUNS/sources.json" \
+  --sources "$RUNS/mixes.json" \
   --speed "$RUNS/model_speed.txt" --notes scripts/model_card_notes.md "${ablations[@]}"

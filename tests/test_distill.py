@@ -96,6 +96,25 @@ def test_mixtures_pair_two_artists_at_their_own_loudness_within_full_scale():
     assert abs(np.corrcoef(y, quiet[:800])[0, 1] - np.corrcoef(y, loud)[0, 1]) < 0.1
 
 
+
+def test_mixtures_and_the_training_list_come_from_the_training_side_of_trains_split(tmp_path):
+    from musictag.defaults import VAL_FRACTION
+    from musictag.manifest import read_manifest, split_by_group
+    rows = ["path,artist,quadrant"]
+    for k in range(20):
+        clip = write_track(tmp_path / f"c{k}.wav", seconds=1.0, freq=200.0 + 30 * k)
+        rows.append(f"{clip},artist{k // 2},Q{1 + k % 4}")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    listed = tmp_path / "training.txt"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "mix_clips.py"), "--data", str(manifest),
+                           "--out", str(tmp_path / "mixes"), "--count", "6", "--min-count", "1",
+                           "--training-list", str(listed)], capture_output=True, text=True, check=True)
+    train, val = split_by_group(read_manifest(manifest, min_count=1).examples, VAL_FRACTION, 0)
+    assert listed.read_text().split() == [e.path for e in train]
+    assert val and not {e.path for e in val} & set(listed.read_text().split())
+    assert len(done.stdout.split()) == 6 and all(Path(p).is_file() for p in done.stdout.split())
+
 def test_teacher_cache_names_agree_between_the_script_and_musictag(tmp_path):
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"x")
