@@ -78,7 +78,11 @@ ADDED_COLUMNS = (("tracks", "decided", "TEXT"), ("models", "labels", "TEXT"), ("
 # a lock is free (taking it and letting it go) would say free for one this process holds, and letting it go
 # would release it from under its holder. So the question is asked here first (Database._lock_free).
 _HELD: dict[tuple[int, int, int], int] = {}
-_HELD_GUARD = threading.Lock()
+# Lock files of databases closed while this process held a lock on them, by device and inode: closing one
+# (close(), or the garbage collector once the database is unreferenced) would let go of those locks, which
+# go with any of the process's descriptors of the file. Closed with the last of them (_let_go).
+_KEPT_OPEN: dict[tuple[int, int], list] = {}
+_HELD_GUARD = threading.Lock()  # guards both, and every take, test and release of a lock against them
 
 
 def _key(path: str) -> str | bytes:
@@ -160,11 +164,18 @@ class Database:
     def close(self) -> None:
         self.commit()
         self._conn.close()
+        if self._locks is None:
+            return
         # closing the lock file lets go every lock this process holds on it: not while one is still held (a
-        # write an interrupt left running on a thread), which would tell other runs that write was cut short;
-        # the system lets go of those when the process ends
-        if self._locks is not None and not self._holding_locks():
-            self._locks.close()
+        # write an interrupt left running on a thread, another database's of this process), which would tell
+        # other runs that write was cut short. Decided and done under the guard: a lock taken meanwhile on
+        # another thread is counted first, so it is either seen here or taken after the close.
+        with _HELD_GUARD:
+            if any(key[:2] == self._locks_id for key in _HELD):
+                _KEPT_OPEN.setdefault(self._locks_id, []).append(self._locks)
+            else:
+                self._locks.close()
+        self._locks = None
 
     def __enter__(self):
         return self
@@ -272,28 +283,23 @@ class Database:
             yield
             return
         key = self._lock_key(path)
+        locks = self._locks  # the descriptor it is taken and let go with, whatever close() does meanwhile
         with _HELD_GUARD:  # counted before it is taken: _lock_free never tests (and lets go) one being taken
             _HELD[key] = _HELD.get(key, 0) + 1
         try:
-            self._take_lock(key[2], before_waiting)
-            try:
-                yield
-            finally:
-                fcntl.lockf(self._locks, fcntl.LOCK_UN, 1, key[2])
+            self._take_lock(locks, key[2], before_waiting)
+            yield
         finally:
-            with _HELD_GUARD:
-                _HELD[key] -= 1
-                if not _HELD[key]:
-                    del _HELD[key]
+            _let_go(key, locks)
 
-    def _take_lock(self, offset: int, before_waiting: Callable[[], None] | None) -> None:
+    def _take_lock(self, locks, offset: int, before_waiting: Callable[[], None] | None) -> None:
         try:
-            fcntl.lockf(self._locks, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            fcntl.lockf(locks, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError:  # held by another process (EACCES or EAGAIN)
             if before_waiting is not None:
                 before_waiting()
                 self.commit()
-            fcntl.lockf(self._locks, fcntl.LOCK_EX, 1, offset)
+            fcntl.lockf(locks, fcntl.LOCK_EX, 1, offset)
 
     def _lock_file(self):
         if self._locks is None:
@@ -323,14 +329,14 @@ class Database:
             fcntl.lockf(self._locks, fcntl.LOCK_UN, 1, key[2])
             return True
 
-    def _holding_locks(self) -> bool:
-        with _HELD_GUARD:
-            return any(key[:2] == self._locks_id for key in _HELD)
-
     def _writer_gone(self, path: str | bytes, pid: int, host: str) -> bool:
         """Whether the process that recorded a write of `path` (pid, on host) no longer writes it."""
         if fcntl is None:  # no locks to ask (Windows)
             return _gone(pid, host)
+        # Asked of every machine's records: the runs sharing a database share one kernel's locks (containers
+        # of one host; SQLite's WAL needs one host's shared memory anyway). A lock file on a network file
+        # system that keeps locks to each client (NFS mounted nolock or local_lock) would show another
+        # machine's write under way as cut short: the database must not be shared between machines.
         return self._lock_free(path)
 
     def announce_temporary(self, path: str, file: str | None = None) -> None:
@@ -462,6 +468,22 @@ class Database:
                                   "FROM tracks ORDER BY path")
         for row in rows:
             yield _track(row)
+
+
+def _let_go(key: tuple[int, int, int], locks) -> None:
+    """One hold of lock `key` (taken, or only counted when taking it failed) ends. The system's lock is the
+    process's, one however many hold it here: it is let go with the last hold, as letting it go with the
+    first would take it from a write still under way. With the last lock on their file, the lock files of
+    databases closed meanwhile are closed too."""
+    with _HELD_GUARD:
+        _HELD[key] -= 1
+        if _HELD[key]:
+            return
+        del _HELD[key]
+        fcntl.lockf(locks, fcntl.LOCK_UN, 1, key[2])
+        if not any(held[:2] == key[:2] for held in _HELD):
+            for kept in _KEPT_OPEN.pop(key[:2], []):
+                kept.close()
 
 
 def _gone(pid: int, host: str) -> bool:

@@ -374,3 +374,50 @@ def test_a_file_that_became_a_link_to_another_is_not_written_in_place_under_the_
             _write_file(db, str(link), {"genre": ["Jazz"]}, os.stat(link), write_mode="inplace")
         assert not db._conn.execute("SELECT * FROM journal").fetchall()
     assert target.read_bytes() == before
+
+
+def test_a_lock_this_process_takes_twice_is_held_until_both_let_go(tmp_path):
+    """POSIX locks are the process's: a second database of this process taking and letting go the lock of a
+    file being written (a second scan of it, finding it journalled, say) must not let it go for the writer,
+    or another run would repair the write under way."""
+    path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    seen = []
+    with Database(db_path) as db:
+        def keep_then_look(written, record):
+            db.keep_original(written, record)
+            with Database(db_path) as other, other.file_lock(written):
+                pass
+            seen.append(cut_short_seen_elsewhere(db_path)["interrupted"])
+
+        with db.file_lock(str(path)):
+            write_fields(path, {"genre": ["Jazz"]}, write_mode="inplace", journal=Journal(keep_then_look,
+                                                                                         db.release_original))
+    assert seen == [[]]
+    assert read_fields(path, ["genre"]) == {"genre": ["Jazz"]}
+
+
+def test_a_database_of_this_process_closed_while_a_lock_is_held_lets_it_go_not_even_when_collected(tmp_path):
+    """Its lock file is kept open while this process holds a lock on it: the garbage collector closing it
+    would let go of the lock as surely as close(). Closed once the last lock is let go (no descriptor kept)."""
+    import gc
+
+    import musictag.db
+
+    path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
+    seen = []
+    with Database(db_path) as db:
+        def look_from_a_second_database():
+            with Database(db_path) as other:  # a second scan of this process, say
+                other.interrupted_writes()  # opens its lock file: there is a journal record
+
+        def keep_then_look(written, record):
+            db.keep_original(written, record)
+            look_from_a_second_database()
+            gc.collect()
+            seen.append(cut_short_seen_elsewhere(db_path)["interrupted"])
+
+        with db.file_lock(str(path)):
+            write_fields(path, {"genre": ["Jazz"]}, write_mode="inplace", journal=Journal(keep_then_look,
+                                                                                         db.release_original))
+    assert seen == [[]]
+    assert not musictag.db._KEPT_OPEN
