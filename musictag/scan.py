@@ -611,9 +611,12 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
         targets = list(filter(within(paths), targets))
     progress("start", {"total": len(targets)})
     for path in targets:
+        # the file written: its path at the scan may lead elsewhere now (its folder moved, a link left in its
+        # place), and its lock is the one a scan of it takes and its journal record is asked by
+        real = os.path.realpath(path)
         try:
-            with db.file_lock(path):  # a scan writing this file finishes first, and waits for this
-                restore, kept = _undo_file(db, path, write_mode)
+            with db.file_lock(real):  # a scan writing this file finishes first, and waits for this
+                restore, kept = _undo_file(db, path, real, write_mode)
         except DatabaseError:
             raise  # not this file's fault: the run cannot record anything more
         except MusictagError as e:
@@ -631,11 +634,13 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
     return result
 
 
-def _undo_file(db: Database, path: str, write_mode: str = WRITE_MODE) -> tuple[dict[str, list[str]], int]:
+def _undo_file(db: Database, path: str, real: str, write_mode: str = WRITE_MODE
+               ) -> tuple[dict[str, list[str]], int]:
+    """Undo of the file the database knows as `path`, written as `real` (whose lock the caller holds)."""
     read_at = file_state(path)
     restore, kept = _still_ours(db, path)
     if restore:
-        _write_file(db, path, restore, read_at, drop_empty_tag=db.added_tag_block(path), write_mode=write_mode)
+        _write_file(db, real, restore, read_at, drop_empty_tag=db.added_tag_block(path), write_mode=write_mode)
     db.forget_previous(path)
     st = os.stat(path)
     db.put_written(path, None, st.st_size, st.st_mtime_ns)

@@ -421,3 +421,22 @@ def test_a_database_of_this_process_closed_while_a_lock_is_held_lets_it_go_not_e
                                                                                          db.release_original))
     assert seen == [[]]
     assert not musictag.db._KEPT_OPEN
+
+
+def test_undo_writes_in_place_a_file_whose_folder_was_moved_and_linked_since_the_scan(tmp_path):
+    """The database names the file by its path at the scan; the folder moved since and a link left in its
+    place: undo writes the file the link leads to, under that file's lock (the one a scan of it takes, and
+    the one its journal record is asked by), not failing it as a file that became a link mid-write."""
+    from musictag.scan import undo
+
+    (tmp_path / "moved").mkdir()
+    real = tagged(tmp_path / "moved" / "track.flac", genre=["Jazz"])
+    os.symlink(tmp_path / "moved", tmp_path / "music")  # the library was scanned as music/
+    path, st = str(tmp_path / "music" / "track.flac"), os.stat(real)
+    with Database(tmp_path / "db.sqlite") as db:
+        db.put_scores(path, st.st_size, st.st_mtime_ns, "m", 1.0, {})
+        db.put_written(path, {"genre": ["Jazz"]}, st.st_size, st.st_mtime_ns)
+        db.remember_previous(path, {"genre": ["Folk"]})
+        result = undo(db, write_mode="inplace")
+    assert result.failed == [] and result.tagged == 1
+    assert read_fields(real, ["genre"]) == {"genre": ["Folk"]} and os.stat(real).st_ino == st.st_ino
