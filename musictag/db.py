@@ -347,10 +347,6 @@ class Database:
                     (_key(path), os.getpid(), socket.gethostname(), None if file is None else _key(file)))
         self.commit()
 
-    def temporaries_done(self) -> None:
-        """This process's temporary copies are gone (renamed or removed)."""
-        self._write("DELETE FROM temporaries WHERE pid = ? AND host = ?", (os.getpid(), socket.gethostname()))
-
     def leftover_temporaries(self) -> list[str]:
         """Recorded temporary copies no process is writing: no process holds their file's lock (a copy
         announced without its file: its process, on this machine, no longer runs)."""
@@ -399,7 +395,7 @@ class Database:
         if row is None:
             return None
         if fcntl is None:
-            return bytes(row[0]) if _gone(row[1], row[2]) else None
+            return bytes(row[0]) if self._writer_gone(path, row[1], row[2]) else None
         with _HELD_GUARD:
             others_here = _HELD.get(self._lock_key(path), 0) - 1  # the caller's own taken away
         return bytes(row[0]) if others_here <= 0 else None
