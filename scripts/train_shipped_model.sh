@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the shipped model is made, from nothing: about 3-3.5 h on 2 CPU cores (SKIP_ABLATIONS=1: about 2.5 h).
+# How the shipped model is made, from nothing: about 3.5 h on 2 CPU cores (SKIP_ABLATIONS=1: about 3 h).
 # Run it in the background with a log; every step resumes where an interrupted run stopped:
 #     nohup scripts/train_shipped_model.sh > runs/shipped.log 2>&1 &
 #   1. the teacher: musicnn 0.1.0 in its own venv (scripts/teacher_env.sh)
