@@ -162,8 +162,15 @@ class Database:
                         raise
 
     def close(self) -> None:
-        self.commit()
-        self._conn.close()
+        """Commit and close; the connection and lock file are closed even when the commit fails (the
+        failure is still raised: rows it held are lost)."""
+        try:
+            self.commit()
+        finally:
+            self._conn.close()
+            self._close_locks()
+
+    def _close_locks(self) -> None:
         if self._locks is None:
             return
         # closing the lock file lets go every lock this process holds on it: not while one is still held (a

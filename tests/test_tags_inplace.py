@@ -440,3 +440,23 @@ def test_undo_writes_in_place_a_file_whose_folder_was_moved_and_linked_since_the
         result = undo(db, write_mode="inplace")
     assert result.failed == [] and result.tagged == 1
     assert read_fields(real, ["genre"]) == {"genre": ["Folk"]} and os.stat(real).st_ino == st.st_ino
+
+
+def test_a_database_whose_last_commit_fails_still_closes_its_connection_and_lock_file(tmp_path):
+    import sqlite3
+
+    db = Database(tmp_path / "db.sqlite")
+    with db.file_lock(str(tmp_path / "track.mp3")):
+        pass  # opens the lock file
+    locks = db._locks
+    assert locks is not None and not locks.closed
+
+    def failing_commit():
+        raise sqlite3.OperationalError("disk I/O error")
+
+    db.commit = failing_commit
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        db.close()  # the failure is reported, not swallowed
+    with pytest.raises(sqlite3.ProgrammingError):
+        db._conn.execute("SELECT 1")
+    assert locks.closed and db._locks is None
