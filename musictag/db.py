@@ -137,11 +137,7 @@ class Database:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=60000")
-            self._conn.executescript(SCHEMA)
-            self._add_new_columns()
+            self._set_up()
         except (sqlite3.Error, OSError) as e:
             raise DatabaseError(self.path, f"cannot open the scan database ({getattr(e, 'strerror', None) or e})"
                                 ) from None
@@ -150,6 +146,23 @@ class Database:
         self._last_commit = time.monotonic()
         self._locks = None  # the lock file, opened on first use (_lock_file)
         self._locks_id = (0, 0)  # its device and inode (keys of _HELD)
+
+    def _set_up(self, patience: float = 60.0) -> None:
+        """WAL mode and the schema. Switching a new database to WAL answers "database is locked" at once,
+        without waiting, while another run opening it at the same moment holds it: tried again meanwhile."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=60000")
+        self._conn.executescript(SCHEMA)
+        self._add_new_columns()
 
     def _add_new_columns(self) -> None:
         for table, column, kind in ADDED_COLUMNS:
