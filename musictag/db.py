@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS undo (
     bare INTEGER            -- 1: the file had no tag block then (musictag added it; undo removes it when empty)
 );
 """
+BUSY_SECONDS = 60  # how long a run waits for another run holding the database
 # columns added since the first release: (table, column, type), added to older databases when opened
 ADDED_COLUMNS = (("tracks", "decided", "TEXT"), ("models", "labels", "TEXT"), ("undo", "bare", "INTEGER"),
                  ("tracks", "pending", "TEXT"),  # JSON: `written` to be, recorded before the tagged copy replaces the file
@@ -136,7 +137,7 @@ class Database:
         self.path = Path(path) if path else default_db_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
             self._set_up()
         except (sqlite3.Error, OSError) as e:
             raise DatabaseError(self.path, f"cannot open the scan database ({getattr(e, 'strerror', None) or e})"
@@ -147,10 +148,10 @@ class Database:
         self._locks = None  # the lock file, opened on first use (_lock_file)
         self._locks_id = (0, 0)  # its device and inode (keys of _HELD)
 
-    def _set_up(self, patience: float = 60.0) -> None:
+    def _set_up(self) -> None:
         """WAL mode and the schema. Switching a new database to WAL answers "database is locked" at once,
         without waiting, while another run opening it at the same moment holds it: tried again meanwhile."""
-        deadline = time.monotonic() + patience
+        deadline = time.monotonic() + BUSY_SECONDS
         while True:
             try:
                 self._conn.execute("PRAGMA journal_mode=WAL")
@@ -160,7 +161,7 @@ class Database:
                     raise
                 time.sleep(0.05)
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=60000")
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
         self._conn.executescript(SCHEMA)
         self._add_new_columns()
 
