@@ -6,6 +6,10 @@ macro ROC-AUC over tags (tags that are in some tracks' top 5 and not in all). Th
 first 10 minutes (the teacher cache's limit) as 10 s windows, averaged; with --excerpts, only scan's
 excerpt plan.
 
+Then the written values whose thresholds were calibrated against the teacher (on other held-out tracks,
+`musictag train --calibration-audio`): how often a value the student would write is one musicnn ranks
+in its top 5 for the whole track, per value and per field; out of sample, on these tracks.
+
     python bench/teacher_agreement.py --teacher-cache CACHE [--model MODEL.pt] [--excerpts] TRACK...
 """
 
@@ -18,11 +22,12 @@ import numpy as np
 
 from musictag.audio import WINDOW_SECONDS, load_audio, load_excerpts
 from musictag.checkpoint import load_checkpoint
+from musictag.defaults import TEACHER_TOP
 from musictag.distill import TEACHER_HEADS, load_teacher
 from musictag.inference import Tagger
 from musictag.metrics import roc_auc
+from musictag.vocabulary import TEACHER, teacher_truth, term_matrix, vocabulary_from_dict
 
-TOP = 5
 MAX_SECONDS = 600.0
 
 
@@ -38,11 +43,30 @@ def student_track(tagger: Tagger, path: str, excerpts: bool) -> dict[str, np.nda
 
 
 def agreement(teacher: np.ndarray, student: np.ndarray) -> tuple[float, int]:
-    """Macro ROC-AUC of student scores against each track's top-TOP teacher tags."""
+    """Macro ROC-AUC of student scores against each track's top teacher tags (defaults.TEACHER_TOP)."""
     truth = np.zeros_like(teacher, dtype=bool)
-    np.put_along_axis(truth, np.argsort(-teacher, axis=1)[:, :TOP], True, axis=1)
+    np.put_along_axis(truth, np.argsort(-teacher, axis=1)[:, :TEACHER_TOP], True, axis=1)
     scored = [j for j in range(truth.shape[1]) if 0 < truth[:, j].sum() < len(truth)]
     return float(np.mean([roc_auc(truth[:, j], student[:, j]) for j in scored])), len(scored)
+
+
+def teacher_judged(tagger: Tagger, vocabulary: list[dict], teacher: dict[str, np.ndarray],
+                   student: dict[str, np.ndarray]) -> list[str]:
+    """Lines: per field, the values calibrated against the teacher, written where the student's score
+    reaches their threshold, judged right where the teacher ranks a source in its top tags."""
+    lines = []
+    for f in vocabulary_from_dict(vocabulary):
+        judged = [j for j, t in enumerate(f.terms) if t.calibrated_on == TEACHER]
+        if not judged:
+            continue
+        written = term_matrix(f, student, tagger.labels) >= np.array([t.threshold for t in f.terms])
+        right = written & teacher_truth(f, teacher, tagger.labels)
+        parts = [f"{f.terms[j].name} {right[:, j].sum()}/{written[:, j].sum()}" for j in judged]
+        total, hits = written[:, judged].sum(), right[:, judged].sum()
+        share = f"{hits / total:.0%}" if total else "-"
+        lines.append(f"{f.name}: teacher-calibrated values right {hits}/{total} ({share}); "
+                     f"{written[:, judged].any(axis=1).mean():.0%} of tracks get one; " + ", ".join(parts))
+    return lines
 
 
 def main() -> None:
@@ -56,7 +80,7 @@ def main() -> None:
     missing = [h for h in TEACHER_HEADS if h not in tagger.labels]
     if missing:
         sys.exit(f"the model has no {', '.join(missing)} head: it was not distilled from musicnn")
-    teacher_rows, student_rows = {h: [] for h in TEACHER_HEADS}, {h: [] for h in TEACHER_HEADS}
+    teacher_rows, student_rows = {h: [] for h in TEACHER_HEADS}, {h: [] for h in tagger.labels}
     for path in args.tracks:
         teacher = load_teacher(path, args.teacher_cache)
         if teacher is None:
@@ -65,13 +89,18 @@ def main() -> None:
         student = student_track(tagger, path, args.excerpts)
         for h in TEACHER_HEADS:
             teacher_rows[h].append(teacher.probs[h].mean(axis=0))
+        for h in student_rows:
             student_rows[h].append(student[h])
     n = len(teacher_rows[TEACHER_HEADS[0]])
     heard = "scan's excerpt plan" if args.excerpts else f"the first {MAX_SECONDS:.0f} s in 10 s windows"
-    print(f"{n} tracks; student hears {heard}; truth: each track's top-{TOP} musicnn tags")
+    print(f"{n} tracks; student hears {heard}; truth: each track's top-{TEACHER_TOP} musicnn tags")
     for h in TEACHER_HEADS:
         auc, tags = agreement(np.stack(teacher_rows[h]), np.stack(student_rows[h]))
         print(f"{h}: macro ROC-AUC {auc:.3f} over {tags} tags")
+    for line in teacher_judged(tagger, tagger.checkpoint.vocabulary or [],
+                               {h: np.stack(r) for h, r in teacher_rows.items()},
+                               {h: np.stack(r) for h, r in student_rows.items()}):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -232,22 +232,32 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
                                      resume=resume, metadata=metadata, progress=progress, device=on)
     if teacher is not None and val_set is not None:
         report = finish_distilled(checkpoint, clips, val_set, tuple(teacher.labels), Path(out))
+        if teacher.calibration:
+            calibrate_on_teacher(checkpoint, teacher, Path(out), workers, progress)
     return checkpoint, report
 
 
-def teacher(cache: str | Path, unlabelled: str | Path | None = None) -> "Teacher":
-    """A teacher for `train`: its output cache, and unlabelled audio as a folder or a file of paths."""
+def teacher(cache: str | Path, unlabelled: str | Path | None = None,
+            calibration: str | Path | None = None) -> "Teacher":
+    """A teacher for `train`: its output cache, unlabelled audio to distil on and held-out audio to
+    calibrate on, each a folder or a file of paths."""
     from .distill import Teacher
-    from .library import AUDIO_EXTENSIONS
 
-    files: list[str] = []
-    if unlabelled is not None and Path(unlabelled).is_dir():  # paths as found: teacher outputs are cached by path
-        files = sorted(str(p.absolute()) for p in Path(unlabelled).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    elif unlabelled is not None:
-        files = [line.strip() for line in Path(unlabelled).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not Path(cache).is_dir():
         raise ManifestError(f"{cache}: no such teacher cache folder")
-    return Teacher(Path(cache), files)
+    return Teacher(Path(cache), _audio_list(unlabelled), _audio_list(calibration))
+
+
+def _audio_list(where: str | Path | None) -> list[str]:
+    """The audio files of a folder (paths as found: teacher outputs are cached by path) or of a file that
+    lists one path per line."""
+    from .library import AUDIO_EXTENSIONS
+
+    if where is None:
+        return []
+    if Path(where).is_dir():
+        return sorted(str(p.absolute()) for p in Path(where).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    return [line.strip() for line in Path(where).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", features: "FeatureConfig",
@@ -316,11 +326,16 @@ def finish_distilled(checkpoint: "Checkpoint", clips: "Prepared", val_set: "Prep
 
 def clip_probabilities(checkpoint: "Checkpoint", data: "Prepared") -> dict:
     """Per-clip probabilities of every head, the clips scored as scan scores tracks (its excerpt windows)."""
+    return mel_probabilities(checkpoint, data.features)
+
+
+def mel_probabilities(checkpoint: "Checkpoint", mels: list) -> dict:
+    """clip_probabilities of clips given as log-mels."""
     from .defaults import WINDOW_SECONDS
     from .train import predict_features
 
     norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
-    return predict_features(checkpoint.build_model(), data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
+    return predict_features(checkpoint.build_model(), mels, norm, checkpoint.feature_config, WINDOW_SECONDS)
 
 
 def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", probs: dict, out: Path,
@@ -339,6 +354,37 @@ def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", probs: d
         fields.append(f)
     checkpoint.vocabulary = vocabulary_to_dict(tuple(fields))
     save_checkpoint(checkpoint, out)
+
+
+def calibrate_on_teacher(checkpoint: "Checkpoint", teacher: "Teacher", out: Path, workers: int = DECODE_WORKERS,
+                         progress: Progress | None = None) -> dict:
+    """Give the written terms the validation clips could not calibrate (too few positives, or no labels:
+    instruments, voice) thresholds chosen against the teacher on `teacher.calibration`, audio the model
+    never trained on: in 30 s stretches, a term is right where musicnn ranks one of its sources among
+    its top tags. Saves to `out`; returns what it used (also in the checkpoint's training record)."""
+    from .cache import cached_features
+    from .checkpoint import save_checkpoint
+    from .distill import calibration_clips, hours, load_teacher
+    from .vocabulary import TEACHER, calibrate, teacher_truth, term_matrix, vocabulary_from_dict, vocabulary_to_dict
+
+    features = checkpoint.feature_config
+    mels, failures = cached_features(teacher.calibration, features, workers=workers, progress=lambda done, total: (
+        progress or no_progress)("cache", {"done": done, "total": total}))
+    tracks = [(mel, t) for path, mel in zip(teacher.calibration, mels)
+              if mel is not None and (t := load_teacher(path, teacher.cache)) is not None]
+    clips, teacher_probs = calibration_clips(tracks, features.frames_per_second)
+    if not clips:
+        raise ManifestError(f"{teacher.cache}: no teacher outputs for the calibration audio")
+    probs = mel_probabilities(checkpoint, clips)
+    fields = [calibrate(f, term_matrix(f, probs, checkpoint.labels), teacher_truth(f, teacher_probs, teacher.labels),
+                        basis=TEACHER, keep_calibrated=True)
+              for f in vocabulary_from_dict(checkpoint.vocabulary)]
+    checkpoint.vocabulary = vocabulary_to_dict(tuple(fields))
+    record = {"tracks": len(tracks), "failures": len(failures), "clips": len(clips),
+              "hours": round(hours(clips, features.frames_per_second), 2)}
+    checkpoint.training["teacher_calibration"] = record
+    save_checkpoint(checkpoint, out)
+    return record
 
 
 def seeded_model(model_config: "ModelConfig", seed: int) -> "CPResNet":

@@ -523,6 +523,10 @@ def train(
         None, "--teacher-cache", help="Distil musicnn: its outputs cached by scripts/teacher_targets.py."),
     unlabelled: Optional[Path] = typer.Option(
         None, "--unlabelled", help="With --teacher-cache: unlabelled audio, a folder or a file listing paths."),
+    calibration_audio: Optional[Path] = typer.Option(
+        None, "--calibration-audio", help="With --teacher-cache: audio kept out of training (folder or list) on "
+        "which written values the validation labels cannot judge (instruments, voice, rare genres) get "
+        "thresholds against the teacher."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Train a model from labelled audio (manifest CSV or folder per class), optionally distilling musicnn."""
@@ -533,7 +537,7 @@ def train(
         config, epochs=epochs, seed=seed, n_mels=n_mels, rho=rho, width=width, activation=activation,
         frequency_aware=frequency_aware, shake_shake=shake_shake)
     try:
-        teacher = api.teacher(teacher_cache, unlabelled) if teacher_cache else None
+        teacher = api.teacher(teacher_cache, unlabelled, calibration_audio) if teacher_cache else None
         checkpoint, _ = api.train(data, out, model_config, features, train_config, val=val,
                                   val_fraction=val_fraction, min_count=min_count, ignore=_split_list(ignore),
                                   single=_split_list(single), resume=resume, workers=workers, teacher=teacher,

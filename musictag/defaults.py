@@ -38,6 +38,8 @@ THRESHOLD = 0.3  # models without a vocabulary: minimum score of a multi-label t
 # one mood each, 61% of clips get one and it is right 61% of the time.
 PRECISION_TARGET = {"genre": 0.8, "mood": 0.6, "quadrant": 0.8}
 DEFAULT_PRECISION_TARGET = 0.8  # fields not named there
+TEACHER_TOP = 5  # a teacher "says" a tag of a track when the tag is among its top 5 for it (teacher heads
+# are judged so: bench/teacher_agreement.py; and so are thresholds calibrated on the teacher)
 FIELDS = ("genre", "mood", "quadrant", "model")  # what scan writes (model: which model and musictag wrote them) ...
 OPT_IN_FIELDS = ("instrument", "voice")  # ... and these when asked (scan --fields); all are scored and stored
 TOP_K = {"genre": 2, "mood": 1, "quadrant": 1, "voice": 1}  # most tags written per field ...

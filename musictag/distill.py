@@ -10,6 +10,8 @@ about each 3 s patch of a file, turned into training targets for the student.
 - Both also carry the teacher's embedding (clip mean, segment mean) as a target for an optional regress
   head (TrainConfig.embedding_weight > 0), standardised with the training set's mean and std, so that
   the 4Q heads can afterwards be stacked on the student's own embedding: the probe, run on the student.
+- Held-out tracks (never trained on) are cut into clips of CALIBRATION_PATCHES patches, each with the
+  teacher's mean taggrams, on which the written terms that labels cannot judge get their thresholds.
 
 Targets are (examples, labels) float arrays; a row the example has no target for is NaN and its weight 0,
 so one batch can mix labelled clips and unlabelled segments. The probe is a logistic regression in torch
@@ -48,6 +50,7 @@ TEACHER_VERSION = "musicnn-0.1.0"
 SEGMENT_PATCHES = 2  # 2 x 2.99 s: a segment just longer than one 5 s training crop
 PSEUDO_WEIGHT = 0.5  # pseudo-labels count half as much as real labels
 EMBEDDING_HEAD = "embedding"  # the regress head that predicts the teacher's embedding
+CALIBRATION_PATCHES = 10  # 10 x 2.99 s: held-out stretches as long as a 4Q clip, judged like one
 
 
 def teacher_key(path: str) -> str:
@@ -215,6 +218,19 @@ def unlabelled_set(tracks: list[tuple[str, np.ndarray, TeacherOutput]], frames_p
     return DistillSet(features, targets, weights, names)
 
 
+def calibration_clips(tracks: list[tuple[np.ndarray, TeacherOutput]], frames_per_second: float
+                      ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Held-out tracks cut into consecutive CALIBRATION_PATCHES stretches: their log-mels, and the
+    teacher's mean taggrams over each ({head: (clips, labels)})."""
+    features, probs = [], {h: [] for h in TEACHER_HEADS}
+    for mel, teacher in tracks:
+        for seg in segments(teacher, mel.shape[1], frames_per_second, CALIBRATION_PATCHES):
+            features.append(mel[:, seg.frames])
+            for h in TEACHER_HEADS:
+                probs[h].append(seg.probs[h])
+    return features, {h: np.array(p, np.float32).reshape(len(features), -1) for h, p in probs.items()}
+
+
 def concat(a: DistillSet, b: DistillSet) -> DistillSet:
     """Both sets in one; a head only one of them has gets NaN targets and weight 0 in the other."""
     heads = list(dict.fromkeys([*a.targets, *b.targets]))
@@ -255,11 +271,12 @@ def fit_pseudo_labellers(teachers: list[TeacherOutput | None], encoded: dict[str
 
 @dataclass
 class Teacher:
-    """What a distilling run learns from besides its labels: the teacher's cached outputs, and the
-    unlabelled audio files it heard."""
+    """What a distilling run learns from besides its labels: the teacher's cached outputs, the
+    unlabelled audio files it heard, and held-out files (never trained on) to calibrate on."""
 
     cache: Path
     unlabelled: list[str]
+    calibration: list[str] = field(default_factory=list)
     labels: dict[str, list[str]] = field(default_factory=lambda: {h: list(v) for h, v in TEACHER_LABELS.items()})
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .defaults import PRECISION_TARGET
+from .defaults import DEFAULT_PRECISION_TARGET, PRECISION_TARGET, TEACHER_TOP
 from .metrics import summary_score
+from .vocabulary import MIN_POSITIVES, PRIOR_THRESHOLD
 
 
 def _fmt(value) -> str:
@@ -158,19 +159,26 @@ def _stacking(checkpoint) -> str:
 def _vocabulary(checkpoint) -> str:
     if not checkpoint.vocabulary:
         return ""
+    held_out = checkpoint.training.get("teacher_calibration")
     lines = ["## What scan writes: the vocabulary", "",
              "Each value's score is the mean of its sources' probabilities; it is written when the score reaches "
-             "its threshold, chosen on the validation split as the lowest score at which that value was right "
-             "for at least the field's target share of the clips given it (" + ", ".join(
-                 f"{name} {p:.0%}" for name, p in PRECISION_TARGET.items()) + "; fewer than 3 validation "
-             "positives, or no truth: the prior 0.5). Judged by: the AllMusic labels that make the value right.",
+             "its threshold, the lowest score at which that value was right for at least the field's target "
+             "share of the clips given it (" + ", ".join(f"{name} {p:.0%}" for name, p in PRECISION_TARGET.items())
+             + f"; other fields {DEFAULT_PRECISION_TARGET:.0%}). Calibrated on `validation`: the validation clips, "
+             "right when the clip carries one of the AllMusic labels under 'judged by'. Where those hold fewer "
+             f"than {MIN_POSITIVES} positives, or no labels at all (instruments, voice), on `teacher`: "
+             + (f"{held_out['clips']} stretches of 30 s from {held_out['tracks']} held-out tracks "
+                f"({held_out['hours']} h, never trained on)" if held_out else "held-out audio")
+             + f", right when musicnn ranks one of the value's sources among its top {TEACHER_TOP} tags. "
+             f"Neither: the prior {PRIOR_THRESHOLD}.",
              "",
-             "| field | value | sources | judged by | threshold |", "|---|---|---|---|---|"]
+             "| field | value | sources | judged by | threshold | calibrated on |", "|---|---|---|---|---|---|"]
     for f in checkpoint.vocabulary:
         for t in f["terms"]:
             sources = ", ".join(s.replace("_", " ") for s in t["sources"])
             judged = ", ".join(t["judged_by"]) or "-"
-            lines.append(f"| {f['name']} | {t['name']} | {sources} | {judged} | {t['threshold']:.3f} |")
+            basis = t.get("calibrated_on") or "prior"
+            lines.append(f"| {f['name']} | {t['name']} | {sources} | {judged} | {t['threshold']:.3f} | {basis} |")
     return "\n".join(lines)
 
 

@@ -4,8 +4,12 @@ carry it, each written only above a threshold chosen on validation for a stated 
 A term is one value a field can hold ("Jazz", "calm"). Its score is the mean of its sources' probabilities
 ("genre:Jazz" from the 4Q AllMusic head, "msd:jazz" from the head distilled from musicnn's Last.fm tags);
 `judged_by` names the AllMusic labels (of the head `truth_head`) that make it right on labelled data, so
-thresholds can be chosen and the written tags scored. A checkpoint stores its vocabulary with the chosen
-thresholds (`to_dict`); scan reads it back (`from_dict`), so thresholds always travel with their weights.
+thresholds can be chosen and the written tags scored. A term too rare in the labelled validation clips to
+calibrate there (instruments and voice have no labels at all) is calibrated against the teacher instead,
+on held-out audio the student never trained on: right when musicnn ranks one of the term's sources among
+its top tags for that stretch (`teacher_truth`). A checkpoint stores its vocabulary with the chosen
+thresholds and where each came from (`to_dict`); scan reads it back (`from_dict`), so thresholds always
+travel with their weights.
 
 Pure: no I/O, no torch. Probabilities come in as {head: {label: p}} (one track, as the database stores
 them) or {head: array (tracks, labels)} (evaluation).
@@ -17,10 +21,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from .defaults import DEFAULT_PRECISION_TARGET, OPT_IN_FIELDS, OTHER_TOP_K, PRECISION_TARGET, TOP_K
+from .defaults import DEFAULT_PRECISION_TARGET, OPT_IN_FIELDS, OTHER_TOP_K, PRECISION_TARGET, TEACHER_TOP, TOP_K
 
-MIN_POSITIVES = 3  # a term with fewer validation positives keeps its prior threshold
-PRIOR_THRESHOLD = 0.5  # terms nobody could calibrate (teacher-only tags: instruments, voice)
+MIN_POSITIVES = 3  # a term with fewer positives than this keeps its threshold (the prior, if nothing else)
+PRIOR_THRESHOLD = 0.5  # terms nobody could calibrate
+VALIDATION, TEACHER = "validation", "teacher"  # what a threshold was calibrated on ("": nothing, the prior)
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Term:
     sources: tuple[str, ...]  # "head:label" whose probabilities are averaged
     judged_by: tuple[str, ...] = ()  # labels of the truth head that make this term right
     threshold: float = PRIOR_THRESHOLD
+    calibrated_on: str = ""  # VALIDATION, TEACHER or "" (the prior)
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,8 @@ class FieldVocabulary:
     @classmethod
     def from_dict(cls, data: dict) -> "FieldVocabulary":
         terms = tuple(Term(t["name"], tuple(t["sources"]), tuple(t.get("judged_by", ())),
-                           float(t.get("threshold", PRIOR_THRESHOLD))) for t in data["terms"])
+                           float(t.get("threshold", PRIOR_THRESHOLD)), t.get("calibrated_on", ""))
+                      for t in data["terms"])
         return cls(data["name"], terms, data.get("truth_head", ""))
 
 
@@ -165,20 +172,39 @@ def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None 
 
 
 def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float | None = None,
-              min_positives: int = MIN_POSITIVES) -> FieldVocabulary:
-    """Per term, the lowest threshold at which the validation precision of "score >= threshold" reaches
-    `precision` (the terms' own columns of `scores` and `truth`, (tracks, terms)). A term that reaches it
-    nowhere gets a threshold above its highest score (never written); one with too few positives keeps
-    its prior. `precision` None: the field's target (defaults.PRECISION_TARGET)."""
+              min_positives: int = MIN_POSITIVES, basis: str = VALIDATION, keep_calibrated: bool = False
+              ) -> FieldVocabulary:
+    """Per term, the lowest threshold at which the precision of "score >= threshold" on these tracks reaches
+    `precision` (the terms' own columns of `scores` and `truth`, (tracks, terms)), recorded as calibrated
+    on `basis`. A term that reaches it nowhere gets a threshold above its highest score (never written);
+    one with too few positives keeps its threshold, and so does, with `keep_calibrated`, one calibrated
+    before (the teacher only fills in what the labels could not). `precision` None: the field's target
+    (defaults.PRECISION_TARGET)."""
     if precision is None:
         precision = PRECISION_TARGET.get(f.name, DEFAULT_PRECISION_TARGET)
     terms = []
     for j, term in enumerate(f.terms):
-        if truth[:, j].sum() < min_positives:
+        if truth[:, j].sum() < min_positives or (keep_calibrated and term.calibrated_on):
             terms.append(term)
             continue
-        terms.append(replace(term, threshold=precision_threshold(scores[:, j], truth[:, j], precision)))
+        threshold = precision_threshold(scores[:, j], truth[:, j], precision)
+        terms.append(replace(term, threshold=threshold, calibrated_on=basis))
     return replace(f, terms=tuple(terms))
+
+
+def teacher_truth(f: FieldVocabulary, teacher_probs: dict[str, np.ndarray], labels: dict[str, list[str]],
+                  top: int = TEACHER_TOP) -> np.ndarray:
+    """(tracks, terms) booleans: does the teacher rank one of the term's sources on its heads (`teacher_probs`,
+    {head: (tracks, labels)}, label names in `labels`) among that head's `top` tags for the track. Terms
+    with no source on a teacher head are never right (and so never calibrated this way)."""
+    tracks = len(next(iter(teacher_probs.values())))
+    truth = np.zeros((tracks, len(f.terms)), bool)
+    ranked = {h: np.argsort(-p, axis=1, kind="stable")[:, :top] for h, p in teacher_probs.items()}
+    for j, term in enumerate(f.terms):
+        for head, label in map(_source, term.sources):
+            if head in ranked and label in labels[head]:
+                truth[:, j] |= (ranked[head] == labels[head].index(label)).any(axis=1)
+    return truth
 
 
 def precision_threshold(scores: np.ndarray, truth: np.ndarray, precision: float) -> float:

@@ -277,29 +277,37 @@ def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
     assert f"| 20 | no | - | 0 | - | F1 {f1:.3f} |" in row  # epochs, teacher, pseudo-label weight, segments, embedding
 
 
-def train_distilled(tmp_path, recipe: dict):
-    """Distil on generated data: labelled clips, unlabelled tracks, and a teacher cache in the format
-    scripts/teacher_targets.py writes (generated here: the teacher itself runs in its own venv)."""
+TOP_FIVE_MTT = ("guitar", "strings", "drums", "piano", "synth")  # what the generated teacher says of held-out audio
+
+
+def train_distilled(tmp_path, recipe: dict, held_out: int = 0):
+    """Distil on generated data: labelled clips, unlabelled tracks, `held_out` 31 s tracks to calibrate
+    on, and a teacher cache in the format scripts/teacher_targets.py writes (generated here: the teacher
+    itself runs in its own venv)."""
     from musictag import api
-    from musictag.distill import Teacher, teacher_key
+    from musictag.distill import CALIBRATION_PATCHES, MTT_LABELS, Teacher, teacher_key
 
     manifest = make_dataset(tmp_path / "data")
     songs = [write_track(tmp_path / "songs" / f"s{i}.ogg", seconds=9.0, freq=200.0 + 400 * i, seed=i)
              for i in range(3)]
+    calibration = [write_track(tmp_path / "held" / f"h{i}.ogg", seconds=31.0, freq=300.0 + 500 * i, seed=9 + i)
+                   for i in range(held_out)]
     cache = tmp_path / "teacher"
     cache.mkdir()
     rng = np.random.default_rng(0)
     clips = [manifest.parent / row["path"] for row in csv.DictReader(open(manifest))]
-    for path in clips + songs:
-        patches = 3 if path in songs else 1
-        outputs = {h: rng.random((patches, 50)).astype(np.float16) for h in ("msd", "mtt")}
+    for path in clips + songs + calibration:
+        patches = 3 if path in songs else CALIBRATION_PATCHES if path in calibration else 1
+        outputs = {h: rng.random((patches, 50)).astype(np.float16) * 0.5 for h in ("msd", "mtt")}
+        if path in calibration:
+            outputs["mtt"][:, [MTT_LABELS.index(tag) for tag in TOP_FIVE_MTT]] = 0.9
         outputs.update({f"{h}_emb": rng.normal(size=(patches, 200)).astype(np.float16) for h in ("msd", "mtt")})
         np.savez(cache / f"{teacher_key(str(path))}.npz", patch_seconds=np.float32(2.992), **outputs)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(recipe))
     model_config, features, train_config = api.training_configs(config, epochs=3)
-    return api.train(manifest, tmp_path / "model.pt", model_config, features, train_config,
-                     val_fraction=0.25, teacher=Teacher(cache, [str(s) for s in songs]))
+    return api.train(manifest, tmp_path / "model.pt", model_config, features, train_config, val_fraction=0.25,
+                     teacher=Teacher(cache, [str(s) for s in songs], [str(c) for c in calibration]))
 
 
 def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabulary(tmp_path):
@@ -327,8 +335,22 @@ def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabular
     text = card.read_text()
     threshold = fields["mood"]["terms"][0]["threshold"]
     row = next(line for line in text.splitlines() if line.startswith("| mood | calm | mood:calm | calm, peaceful"))
-    assert row.endswith(f"| {threshold:.3f} |")
+    assert row.endswith(f"| {threshold:.3f} | validation |")
     assert "| model.pt | 3 | yes | 0.5 | 3 | 0.0 |" in text and "Teacher: musicnn 0.1.0" in text
+
+
+def test_terms_the_validation_labels_cannot_judge_are_calibrated_against_the_teacher_on_held_out_audio(tmp_path):
+    """Instruments have no labels: on held-out tracks (never trained on) an instrument is right where the
+    teacher ranks it among its top 5; only terms with such positives get a threshold that way, and the
+    terms the validation clips calibrated keep theirs."""
+    checkpoint, _ = train_distilled(tmp_path, FAST, held_out=3)
+    saved = load_checkpoint(tmp_path / "model.pt")
+    assert saved.training["teacher_calibration"] == {"tracks": 3, "failures": 0, "clips": 3, "hours": 0.02}
+    fields = {f["name"]: {t["name"]: t for t in f["terms"]} for f in saved.vocabulary}
+    assert {name for name, t in fields["instrument"].items() if t["calibrated_on"] == "teacher"} == set(TOP_FIVE_MTT)
+    assert all(t["threshold"] == 0.5 for name, t in fields["instrument"].items() if name not in TOP_FIVE_MTT)
+    assert {t["calibrated_on"] for t in fields["mood"].values()} == {"validation"}  # labels judged them first
+    assert saved.training["distillation"]["unlabelled_tracks"] == 3  # the songs: the held-out tracks train nothing
 
 
 def test_a_regressed_teacher_embedding_is_stacked_on_and_never_scored_or_written(tmp_path):

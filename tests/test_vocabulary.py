@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from musictag.vocabulary import (DEFAULT_FIELDS, MOODS, FieldVocabulary, Term, available, calibrate, choose,
-                                 precision_threshold, term_matrix, track_term_scores, truth_matrix,
-                                 vocabulary_from_dict, vocabulary_to_dict, written_quality)
+from musictag.vocabulary import (DEFAULT_FIELDS, MOODS, TEACHER, VALIDATION, FieldVocabulary, Term, available,
+                                 calibrate, choose, precision_threshold, teacher_truth, term_matrix,
+                                 track_term_scores, truth_matrix, vocabulary_from_dict, vocabulary_to_dict,
+                                 written_quality)
 
 GENRE = FieldVocabulary("genre", (Term("Jazz", ("genre:Jazz", "msd:jazz"), ("Jazz",), 0.5),
                                   Term("Rock", ("genre:Pop/Rock", "msd:rock"), ("Pop/Rock",), 0.6),
@@ -55,6 +56,30 @@ def test_calibrate_keeps_the_prior_for_terms_with_too_few_positives():
     out = calibrate(GENRE, scores, truth, precision=0.75, min_positives=2)
     # Rock holds 0.75 only with all four tracks; Soundtrack has 1 positive and keeps its prior
     assert [t.threshold for t in out.terms] == [0.8, 0.2, 0.4]
+    assert [t.calibrated_on for t in out.terms] == [VALIDATION, VALIDATION, ""]
+
+
+def test_teacher_calibration_fills_in_only_what_validation_left_uncalibrated():
+    on_validation = calibrate(GENRE, np.array([[0.9, 0.9, 0.1], [0.8, 0.2, 0.2], [0.3, 0.7, 0.3]]),
+                              np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]], bool), precision=0.75, min_positives=2)
+    scores = np.array([[0.1, 0.1, 0.9], [0.1, 0.1, 0.7], [0.1, 0.1, 0.6], [0.1, 0.1, 0.3]])
+    truth = np.ones((4, 3), bool)
+    truth[2:, 2] = False  # the teacher says Soundtrack for the first two stretches only
+    out = calibrate(on_validation, scores, truth, precision=0.75, min_positives=2, basis=TEACHER, keep_calibrated=True)
+    assert out.terms[:2] == on_validation.terms[:2]  # the teacher, who says all of them, changes nothing there
+    assert out.terms[2].threshold == 0.7  # at 0.6 two of three would be right: below 0.75
+    assert [t.calibrated_on for t in out.terms] == [VALIDATION, VALIDATION, TEACHER]
+
+
+def test_teacher_truth_is_a_source_among_the_teachers_top_tags():
+    field = FieldVocabulary("voice", (Term("instrumental", ("msd:instrumental", "mtt:no_vocals")),
+                                      Term("piano", ("mtt:piano",)), Term("Soundtrack", ("genre:Stage_&_Screen",))))
+    labels = {"msd": ["rock", "instrumental", "pop"], "mtt": ["no vocals", "piano", "drums"]}
+    teacher = {"msd": np.array([[0.1, 0.9, 0.5], [0.9, 0.2, 0.8]]),  # instrumental 1st, then 3rd of 3
+               "mtt": np.array([[0.2, 0.1, 0.3], [0.1, 0.6, 0.5]])}  # no vocals 2nd then 3rd; piano 3rd then 1st
+    np.testing.assert_array_equal(teacher_truth(field, teacher, labels, top=1), [[1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(teacher_truth(field, teacher, labels, top=2), [[1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(teacher_truth(field, teacher, labels, top=3), [[1, 1, 0], [1, 1, 0]])
 
 
 def test_written_quality_counts_precision_coverage_and_first_term():
