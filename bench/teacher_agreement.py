@@ -7,8 +7,8 @@ first 10 minutes (the teacher cache's limit) as 10 s windows, averaged; with --e
 excerpt plan.
 
 Then the written values whose thresholds were calibrated against the teacher (on other held-out tracks,
-`musictag train --calibration-audio`): how often a value the student would write is one musicnn ranks
-in its top 5 for the whole track, per value and per field; out of sample, on these tracks.
+`musictag train --calibration-audio`): of those a scan would write (thresholds, at most top-k per field),
+how many musicnn ranks in its top 5 for the whole track, per value and per field; out of sample.
 
     python bench/teacher_agreement.py --teacher-cache CACHE [--model MODEL.pt] [--excerpts] TRACK...
 """
@@ -26,7 +26,7 @@ from musictag.defaults import TEACHER_TOP
 from musictag.distill import TEACHER_HEADS, load_teacher
 from musictag.inference import Tagger
 from musictag.metrics import roc_auc
-from musictag.vocabulary import TEACHER, teacher_truth, term_matrix, vocabulary_from_dict
+from musictag.vocabulary import TEACHER, choose, teacher_truth, term_matrix, vocabulary_from_dict
 
 MAX_SECONDS = 600.0
 
@@ -52,20 +52,28 @@ def agreement(teacher: np.ndarray, student: np.ndarray) -> tuple[float, int]:
 
 def teacher_judged(tagger: Tagger, vocabulary: list[dict], teacher: dict[str, np.ndarray],
                    student: dict[str, np.ndarray]) -> list[str]:
-    """Lines: per field, the values calibrated against the teacher, written where the student's score
-    reaches their threshold, judged right where the teacher ranks a source in its top tags."""
+    """Lines: per field, the values calibrated against the teacher among those a scan would write (its
+    thresholds and top-k: vocabulary.choose), judged right where the teacher ranks a source in its top tags."""
     lines = []
     for f in vocabulary_from_dict(vocabulary):
-        judged = [j for j, t in enumerate(f.terms) if t.calibrated_on == TEACHER]
+        judged = {t.name for t in f.terms if t.calibrated_on == TEACHER}
         if not judged:
             continue
-        written = term_matrix(f, student, tagger.labels) >= np.array([t.threshold for t in f.terms])
-        right = written & teacher_truth(f, teacher, tagger.labels)
-        parts = [f"{f.terms[j].name} {right[:, j].sum()}/{written[:, j].sum()}" for j in judged]
-        total, hits = written[:, judged].sum(), right[:, judged].sum()
+        names = [t.name for t in f.terms]
+        scores, truth = term_matrix(f, student, tagger.labels), teacher_truth(f, teacher, tagger.labels)
+        counts = {name: [0, 0] for name in names if name in judged}  # right, written
+        tracks_given = 0
+        for row in range(len(scores)):
+            chosen = [n for n in choose(f, dict(zip(names, scores[row].tolist()))) if n in judged]
+            tracks_given += bool(chosen)
+            for name in chosen:
+                counts[name][0] += bool(truth[row, names.index(name)])
+                counts[name][1] += 1
+        hits, total = (sum(c[i] for c in counts.values()) for i in (0, 1))
         share = f"{hits / total:.0%}" if total else "-"
-        lines.append(f"{f.name}: teacher-calibrated values right {hits}/{total} ({share}); "
-                     f"{written[:, judged].any(axis=1).mean():.0%} of tracks get one; " + ", ".join(parts))
+        lines.append(f"{f.name}: teacher-calibrated values written right {hits}/{total} ({share}); "
+                     f"{tracks_given / len(scores):.0%} of tracks get one; "
+                     + ", ".join(f"{name} {r}/{w}" for name, (r, w) in counts.items()))
     return lines
 
 

@@ -200,7 +200,8 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
           workers: int = DECODE_WORKERS, teacher: "Teacher | None" = None, device: str = "auto",
           progress: Progress | None = None) -> tuple["Checkpoint", dict]:
     """Train a model from scratch on a manifest or folder-per-class data set; with a teacher, distil it
-    too (teacher heads, unlabelled audio) and calibrate the written vocabulary on the validation split.
+    too (teacher heads, unlabelled audio) and calibrate the written vocabulary on the validation split,
+    and what it cannot judge against the teacher on the teacher's held-out calibration audio.
     `device`: auto, cpu, cuda or cuda:N (checked before any audio is decoded)."""
     from .features import FeatureConfig
     from .model import ModelConfig
@@ -211,6 +212,8 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
     features = features or FeatureConfig()
     dataset = read_manifest(data, ignore=ignore, single=single, min_count=min_count)
     train_examples, val_examples = split(dataset, val, val_fraction, config.seed)
+    if teacher is not None and teacher.calibration:
+        _check_calibration(teacher, val_examples)
     train_set, val_set = _prepare_split(dataset, train_examples, val_examples, features, workers, False, progress)
     vocab, metadata = dict(dataset.vocab), {"data": str(data), "host": platform.machine(),
                                             "split": "given" if val else f"{val_fraction:.0%} held out by artist",
@@ -246,6 +249,18 @@ def teacher(cache: str | Path, unlabelled: str | Path | None = None,
     if not Path(cache).is_dir():
         raise ManifestError(f"{cache}: no such teacher cache folder")
     return Teacher(Path(cache), _audio_list(unlabelled), _audio_list(calibration))
+
+
+def _check_calibration(teacher: "Teacher", val_examples: list[Example]) -> None:
+    """Before any training: calibration audio needs a validation split (the vocabulary is made there)
+    and the teacher's outputs on some of it."""
+    from .distill import load_teacher
+
+    if not val_examples:
+        raise ManifestError("calibration audio needs a validation split (the written vocabulary is made on it)")
+    if not any(load_teacher(path, teacher.cache) is not None for path in teacher.calibration):
+        raise ManifestError(f"{teacher.cache}: no teacher outputs for the calibration audio "
+                            "(scripts/teacher_targets.py makes them)")
 
 
 def _audio_list(where: str | Path | None) -> list[str]:
@@ -372,12 +387,12 @@ def calibrate_on_teacher(checkpoint: "Checkpoint", teacher: "Teacher", out: Path
         progress or no_progress)("cache", {"done": done, "total": total}))
     tracks = [(mel, t) for path, mel in zip(teacher.calibration, mels)
               if mel is not None and (t := load_teacher(path, teacher.cache)) is not None]
-    clips, teacher_probs = calibration_clips(tracks, features.frames_per_second)
+    clips, teacher_probs, track_of = calibration_clips(tracks, features.frames_per_second)
     if not clips:
         raise ManifestError(f"{teacher.cache}: no teacher outputs for the calibration audio")
     probs = mel_probabilities(checkpoint, clips)
     fields = [calibrate(f, term_matrix(f, probs, checkpoint.labels), teacher_truth(f, teacher_probs, teacher.labels),
-                        basis=TEACHER, keep_calibrated=True)
+                        basis=TEACHER, keep_calibrated=True, groups=track_of)
               for f in vocabulary_from_dict(checkpoint.vocabulary)]
     checkpoint.vocabulary = vocabulary_to_dict(tuple(fields))
     record = {"tracks": len(tracks), "failures": len(failures), "clips": len(clips),

@@ -537,6 +537,8 @@ def train(
         config, epochs=epochs, seed=seed, n_mels=n_mels, rho=rho, width=width, activation=activation,
         frequency_aware=frequency_aware, shake_shake=shake_shake)
     try:
+        if calibration_audio and not teacher_cache:
+            raise ManifestError("--calibration-audio needs --teacher-cache (its thresholds are the teacher's)")
         teacher = api.teacher(teacher_cache, unlabelled, calibration_audio) if teacher_cache else None
         checkpoint, _ = api.train(data, out, model_config, features, train_config, val=val,
                                   val_fraction=val_fraction, min_count=min_count, ignore=_split_list(ignore),

@@ -219,16 +219,18 @@ def unlabelled_set(tracks: list[tuple[str, np.ndarray, TeacherOutput]], frames_p
 
 
 def calibration_clips(tracks: list[tuple[np.ndarray, TeacherOutput]], frames_per_second: float
-                      ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    """Held-out tracks cut into consecutive CALIBRATION_PATCHES stretches: their log-mels, and the
-    teacher's mean taggrams over each ({head: (clips, labels)})."""
-    features, probs = [], {h: [] for h in TEACHER_HEADS}
-    for mel, teacher in tracks:
+                      ) -> tuple[list[np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Held-out tracks cut into consecutive CALIBRATION_PATCHES stretches: their log-mels, the teacher's
+    mean taggrams over each ({head: (clips, labels)}), and the index of the track each came from."""
+    features, probs, track_of = [], {h: [] for h in TEACHER_HEADS}, []
+    for track, (mel, teacher) in enumerate(tracks):
         for seg in segments(teacher, mel.shape[1], frames_per_second, CALIBRATION_PATCHES):
             features.append(mel[:, seg.frames])
+            track_of.append(track)
             for h in TEACHER_HEADS:
                 probs[h].append(seg.probs[h])
-    return features, {h: np.array(p, np.float32).reshape(len(features), -1) for h, p in probs.items()}
+    shapes = {h: (len(features), len(TEACHER_LABELS[h])) for h in TEACHER_HEADS}  # also when there are none
+    return features, {h: np.array(p, np.float32).reshape(shapes[h]) for h, p in probs.items()}, np.array(track_of, int)
 
 
 def concat(a: DistillSet, b: DistillSet) -> DistillSet:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .checkpoint import load_checkpoint
 from .defaults import DEFAULT_PRECISION_TARGET, PRECISION_TARGET, TEACHER_TOP
 from .metrics import summary_score
-from .vocabulary import MIN_POSITIVES, PRIOR_THRESHOLD
+from .vocabulary import BASE, MIN_POSITIVES, PRIOR_THRESHOLD
 
 
 def _fmt(value) -> str:
@@ -125,7 +125,10 @@ def _data(checkpoint, sources: list[Path]) -> str:
                   + (f" The `embedding` head regresses the teacher's 400-d embedding (msd and mtt penultimate "
                      f"layers; clip or segment mean, standardised), its squared error weighted "
                      f"{d['embedding_weight']}; it is not scored or written, but the 4Q heads may read it."
-                     if d.get("embedding_weight") else ""),
+                     if d.get("embedding_weight") else "")
+                  + (" Of the sources above, {tracks} tracks ({hours} h) were kept out of training: the thresholds "
+                     "calibrated on `teacher` (vocabulary below) were chosen on them.".format(**t["teacher_calibration"])
+                     if "teacher_calibration" in t else ""),
                   "", "4Q: Panda, Malheiro & Paiva, IEEE Trans. Affective Computing 2018. musicnn: Pons & Serra, "
                   "ISMIR 2019 LBD; its code and models are ISC-licensed."]
     return "\n".join(lines)
@@ -160,24 +163,26 @@ def _vocabulary(checkpoint) -> str:
     if not checkpoint.vocabulary:
         return ""
     held_out = checkpoint.training.get("teacher_calibration")
+    teacher = (f"Where those hold fewer than {MIN_POSITIVES} positives, or no labels at all (instruments, voice), on "
+               f"`teacher`: {held_out['clips']} stretches of 30 s from {held_out['tracks']} held-out tracks "
+               f"({held_out['hours']} h, never trained on), right when musicnn ranks one of the value's sources "
+               f"among its top {TEACHER_TOP} tags, with positives in at least {MIN_POSITIVES} tracks. "
+               if held_out else "")
     lines = ["## What scan writes: the vocabulary", "",
              "Each value's score is the mean of its sources' probabilities; it is written when the score reaches "
              "its threshold, the lowest score at which that value was right for at least the field's target "
              "share of the clips given it (" + ", ".join(f"{name} {p:.0%}" for name, p in PRECISION_TARGET.items())
              + f"; other fields {DEFAULT_PRECISION_TARGET:.0%}). Calibrated on `validation`: the validation clips, "
-             "right when the clip carries one of the AllMusic labels under 'judged by'. Where those hold fewer "
-             f"than {MIN_POSITIVES} positives, or no labels at all (instruments, voice), on `teacher`: "
-             + (f"{held_out['clips']} stretches of 30 s from {held_out['tracks']} held-out tracks "
-                f"({held_out['hours']} h, never trained on)" if held_out else "held-out audio")
-             + f", right when musicnn ranks one of the value's sources among its top {TEACHER_TOP} tags. "
-             f"Neither: the prior {PRIOR_THRESHOLD}.",
+             "right when the clip carries one of the AllMusic labels under 'judged by'. " + teacher
+             + f"`{BASE}`: kept from the model this one was finetuned from. `prior`: nothing could judge it, "
+             f"{PRIOR_THRESHOLD}. `-`: not recorded (a checkpoint older than the record).",
              "",
              "| field | value | sources | judged by | threshold | calibrated on |", "|---|---|---|---|---|---|"]
     for f in checkpoint.vocabulary:
         for t in f["terms"]:
             sources = ", ".join(s.replace("_", " ") for s in t["sources"])
             judged = ", ".join(t["judged_by"]) or "-"
-            basis = t.get("calibrated_on") or "prior"
+            basis = {None: "-", "": "prior"}.get(t.get("calibrated_on"), t.get("calibrated_on"))
             lines.append(f"| {f['name']} | {t['name']} | {sources} | {judged} | {t['threshold']:.3f} | {basis} |")
     return "\n".join(lines)
 

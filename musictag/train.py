@@ -14,6 +14,7 @@ and the heads and loss in fp32. The averaged weights and the saved state stay on
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from .inference import pick_device, startup_fault, use_device
 from .manifest import Example, target_rows
 from .metrics import head_metrics, summary_score
 from .distill import fit_probe
+from .errors import ManifestError
 from .model import CPResNet, ModelConfig, count_parameters, head_outputs
 from .progress import Progress, no_progress
 
@@ -342,6 +344,7 @@ class _Run:
     average: WeightAverage = field(default_factory=WeightAverage)
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
+    data: str = ""  # what it trains on (training_data_digest): a state saved on other data is not resumed
     device: torch.device = torch.device("cpu")
     autocast: torch.dtype | None = None  # the trunk's dtype under autocast; None: fp32 throughout
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
@@ -390,7 +393,7 @@ def train_model(model: CPResNet, data: TrainData, config: TrainConfig, out: Path
     progress = progress or no_progress
     torch.manual_seed(config.seed)
     model.to(device)  # before the optimizer is made: its state lives where the parameters do
-    run = _start(model, config, out.with_name(out.name + ".state"), resume, progress)
+    run = _start(model, config, out.with_name(out.name + ".state"), resume, progress, training_data_digest(data))
     run.device = torch.device(device)
     run.autocast, run.scaler = mixed_precision(run.device)
     frames = data.features.frames(int(config.crop_seconds * data.features.sample_rate))
@@ -417,16 +420,27 @@ def train_model(model: CPResNet, data: TrainData, config: TrainConfig, out: Path
     return checkpoint, report
 
 
-def _start(model: CPResNet, config: TrainConfig, state_path: Path, resume: bool, progress: Progress) -> _Run:
-    """The optimizer (the trunk's rate scaled for finetuning), and the saved state when resuming."""
+def training_data_digest(data: TrainData) -> str:
+    """The names of the examples trained on, hashed."""
+    return hashlib.sha256("\n".join(e.name for e in data.train.examples).encode()).hexdigest()
+
+
+def _start(model: CPResNet, config: TrainConfig, state_path: Path, resume: bool, progress: Progress,
+           data: str = "") -> _Run:
+    """The optimizer (the trunk's rate scaled for finetuning), and the saved state when resuming: only
+    one saved by a run on the same examples (`data`: training_data_digest), else a run would silently
+    continue, or end as, a model of other data."""
     trunk_params = [p for n, p in model.named_parameters() if not n.startswith("heads.")]
     head_params = [p for n, p in model.named_parameters() if n.startswith("heads.")]
     optimizer = torch.optim.AdamW([{"params": trunk_params, "scale": config.trunk_lr_scale},
                                    {"params": head_params, "scale": 1.0}],
                                   lr=config.lr, weight_decay=config.weight_decay)
-    run = _Run(model, optimizer, trunk_params, state_path)
+    run = _Run(model, optimizer, trunk_params, state_path, data=data)
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("data", data) != data:  # states from before the digest was saved: not known to differ
+            raise ManifestError(f"{state_path}: saved by a run on other training examples; "
+                                "delete it to train afresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         run.average = WeightAverage(state["swa"], state["swa_count"])
@@ -500,7 +514,7 @@ def _save_state(run: _Run, epoch: int) -> None:
     """The state file, its tensors on the CPU whatever device trained (the format a CPU run writes)."""
     torch.save(_on_cpu({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                         "swa": run.average.state, "swa_count": run.average.count, "epoch": epoch,
-                        "history": run.history}), run.state_path)
+                        "history": run.history, "data": run.data}), run.state_path)
 
 
 def _on_cpu(value):

@@ -25,7 +25,9 @@ from .defaults import DEFAULT_PRECISION_TARGET, OPT_IN_FIELDS, OTHER_TOP_K, PREC
 
 MIN_POSITIVES = 3  # a term with fewer positives than this keeps its threshold (the prior, if nothing else)
 PRIOR_THRESHOLD = 0.5  # terms nobody could calibrate
-VALIDATION, TEACHER = "validation", "teacher"  # what a threshold was calibrated on ("": nothing, the prior)
+# What a threshold was calibrated on: "" nothing (the prior); BASE: a finetuned model's base model (terms
+# of fields it kept); None: not recorded (a checkpoint from before this was)
+VALIDATION, TEACHER, BASE = "validation", "teacher", "base model"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Term:
     sources: tuple[str, ...]  # "head:label" whose probabilities are averaged
     judged_by: tuple[str, ...] = ()  # labels of the truth head that make this term right
     threshold: float = PRIOR_THRESHOLD
-    calibrated_on: str = ""  # VALIDATION, TEACHER or "" (the prior)
+    calibrated_on: str | None = ""  # VALIDATION, TEACHER, BASE, "" (the prior) or None (not recorded)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class FieldVocabulary:
     @classmethod
     def from_dict(cls, data: dict) -> "FieldVocabulary":
         terms = tuple(Term(t["name"], tuple(t["sources"]), tuple(t.get("judged_by", ())),
-                           float(t.get("threshold", PRIOR_THRESHOLD)), t.get("calibrated_on", ""))
+                           float(t.get("threshold", PRIOR_THRESHOLD)), t.get("calibrated_on"))
                       for t in data["terms"])
         return cls(data["name"], terms, data.get("truth_head", ""))
 
@@ -172,19 +174,22 @@ def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None 
 
 
 def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float | None = None,
-              min_positives: int = MIN_POSITIVES, basis: str = VALIDATION, keep_calibrated: bool = False
-              ) -> FieldVocabulary:
+              min_positives: int = MIN_POSITIVES, basis: str = VALIDATION, keep_calibrated: bool = False,
+              groups: np.ndarray | None = None) -> FieldVocabulary:
     """Per term, the lowest threshold at which the precision of "score >= threshold" on these tracks reaches
     `precision` (the terms' own columns of `scores` and `truth`, (tracks, terms)), recorded as calibrated
     on `basis`. A term that reaches it nowhere gets a threshold above its highest score (never written);
     one with too few positives keeps its threshold, and so does, with `keep_calibrated`, one calibrated
-    before (the teacher only fills in what the labels could not). `precision` None: the field's target
+    before or not known not to be (the teacher only fills in what the labels could not). Positives are
+    rows, or with `groups` (a group per row: the track a stretch came from) distinct groups, so that
+    one long track cannot calibrate a term alone. `precision` None: the field's target
     (defaults.PRECISION_TARGET)."""
     if precision is None:
         precision = PRECISION_TARGET.get(f.name, DEFAULT_PRECISION_TARGET)
     terms = []
     for j, term in enumerate(f.terms):
-        if truth[:, j].sum() < min_positives or (keep_calibrated and term.calibrated_on):
+        positives = truth[:, j].sum() if groups is None else len(set(groups[truth[:, j]].tolist()))
+        if positives < min_positives or (keep_calibrated and term.calibrated_on != ""):
             terms.append(term)
             continue
         threshold = precision_threshold(scores[:, j], truth[:, j], precision)

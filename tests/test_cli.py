@@ -55,11 +55,18 @@ def test_finetune_library_with_too_few_labels_lists_them_and_names_min_count(tin
 
 def test_a_finetuned_vocabulary_keeps_the_other_fields_and_writes_the_new_labels():
     from musictag.finetuning import finetuned_vocabulary
-    from musictag.vocabulary import DEFAULT_FIELDS, vocabulary_to_dict
+    from dataclasses import replace
+
+    from musictag.vocabulary import BASE, DEFAULT_FIELDS, VALIDATION, vocabulary_to_dict
 
     labels = {"genre": ["Chiptune", "Drum and Bass"], "mood": ["calm", "sad"], "quadrant": ["Q1", "Q2", "Q3", "Q4"]}
-    fields = {f.name: f for f in finetuned_vocabulary(vocabulary_to_dict(DEFAULT_FIELDS), {"genre": labels["genre"]},
+    base = [replace(f, terms=tuple(replace(t, calibrated_on=VALIDATION) for t in f.terms)) if f.name == "mood" else f
+            for f in DEFAULT_FIELDS]  # the base's moods were calibrated, its quadrants not
+    fields = {f.name: f for f in finetuned_vocabulary(vocabulary_to_dict(tuple(base)), {"genre": labels["genre"]},
                                                        labels)}
+    # kept thresholds were chosen for the base model's weights, and say so
+    assert {t.calibrated_on for t in fields["mood"].terms} == {BASE}
+    assert {t.calibrated_on for t in fields["quadrant"].terms} == {""}
     assert list(fields) == ["mood", "quadrant", "genre"]
     assert [(t.name, t.sources, t.judged_by) for t in fields["genre"].terms] == [
         ("Chiptune", ("genre:Chiptune",), ("Chiptune",)), ("Drum and Bass", ("genre:Drum_and_Bass",), ("Drum and Bass",))]

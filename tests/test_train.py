@@ -111,6 +111,10 @@ def test_resume_continues_where_training_stopped(trained, tmp_path):
     assert "resuming after epoch 2" in result.output
     history = load_checkpoint(out).training["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    # a state saved by a run on other examples (here: another split) is not resumed, nor silently replaced
+    other = runner.invoke(app, args + ["--epochs", "4", "--resume", "--val-fraction", "0.5"])
+    assert other.exit_code != 0 and "saved by a run on other training examples" in other.output
+    assert [h["epoch"] for h in load_checkpoint(out).training["history"]] == [1, 2, 3]
 
 
 def test_finetune_from_a_library_with_genre_tags(trained, tmp_path):
@@ -280,12 +284,11 @@ def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
 TOP_FIVE_MTT = ("guitar", "strings", "drums", "piano", "synth")  # what the generated teacher says of held-out audio
 
 
-def train_distilled(tmp_path, recipe: dict, held_out: int = 0):
-    """Distil on generated data: labelled clips, unlabelled tracks, `held_out` 31 s tracks to calibrate
+def distillation_inputs(tmp_path, held_out: int = 0):
+    """Generated data to distil on: labelled clips, unlabelled tracks, `held_out` 31 s tracks to calibrate
     on, and a teacher cache in the format scripts/teacher_targets.py writes (generated here: the teacher
     itself runs in its own venv)."""
-    from musictag import api
-    from musictag.distill import CALIBRATION_PATCHES, MTT_LABELS, Teacher, teacher_key
+    from musictag.distill import CALIBRATION_PATCHES, MTT_LABELS, teacher_key
 
     manifest = make_dataset(tmp_path / "data")
     songs = [write_track(tmp_path / "songs" / f"s{i}.ogg", seconds=9.0, freq=200.0 + 400 * i, seed=i)
@@ -303,11 +306,19 @@ def train_distilled(tmp_path, recipe: dict, held_out: int = 0):
             outputs["mtt"][:, [MTT_LABELS.index(tag) for tag in TOP_FIVE_MTT]] = 0.9
         outputs.update({f"{h}_emb": rng.normal(size=(patches, 200)).astype(np.float16) for h in ("msd", "mtt")})
         np.savez(cache / f"{teacher_key(str(path))}.npz", patch_seconds=np.float32(2.992), **outputs)
+    return manifest, cache, [str(s) for s in songs], [str(c) for c in calibration]
+
+
+def train_distilled(tmp_path, recipe: dict, held_out: int = 0, val_fraction: float = 0.25):
+    from musictag import api
+    from musictag.distill import Teacher
+
+    manifest, cache, songs, calibration = distillation_inputs(tmp_path, held_out)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(recipe))
     model_config, features, train_config = api.training_configs(config, epochs=3)
-    return api.train(manifest, tmp_path / "model.pt", model_config, features, train_config, val_fraction=0.25,
-                     teacher=Teacher(cache, [str(s) for s in songs], [str(c) for c in calibration]))
+    return api.train(manifest, tmp_path / "model.pt", model_config, features, train_config,
+                     val_fraction=val_fraction, teacher=Teacher(cache, songs, calibration))
 
 
 def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabulary(tmp_path):
@@ -351,6 +362,22 @@ def test_terms_the_validation_labels_cannot_judge_are_calibrated_against_the_tea
     assert all(t["threshold"] == 0.5 for name, t in fields["instrument"].items() if name not in TOP_FIVE_MTT)
     assert {t["calibrated_on"] for t in fields["mood"].values()} == {"validation"}  # labels judged them first
     assert saved.training["distillation"]["unlabelled_tracks"] == 3  # the songs: the held-out tracks train nothing
+
+
+def test_calibration_audio_the_teacher_never_heard_or_without_validation_fails_before_training(tmp_path):
+    manifest, cache, songs, _ = distillation_inputs(tmp_path)
+    write_track(tmp_path / "unheard" / "new.ogg", seconds=31.0)  # a folder of audio the teacher never heard
+    args = ["train", "--data", str(manifest), "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--quiet"]
+    result = runner.invoke(app, args + ["--teacher-cache", str(cache), "--calibration-audio", str(tmp_path / "unheard")])
+    assert result.exit_code != 0 and "no teacher outputs for the calibration audio" in result.output
+    listed = tmp_path / "calibration.txt"
+    listed.write_text(songs[0] + "\n")  # heard by the teacher, but nothing held out to make the vocabulary on
+    result = runner.invoke(app, args + ["--teacher-cache", str(cache), "--calibration-audio", str(listed),
+                                        "--val-fraction", "0"])
+    assert result.exit_code != 0 and "needs a validation split" in result.output
+    result = runner.invoke(app, args + ["--calibration-audio", str(listed)])
+    assert result.exit_code != 0 and "needs --teacher-cache" in result.output
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_a_regressed_teacher_embedding_is_stacked_on_and_never_scored_or_written(tmp_path):

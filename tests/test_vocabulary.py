@@ -71,6 +71,24 @@ def test_teacher_calibration_fills_in_only_what_validation_left_uncalibrated():
     assert [t.calibrated_on for t in out.terms] == [VALIDATION, VALIDATION, TEACHER]
 
 
+def test_teacher_positives_count_tracks_and_unrecorded_thresholds_are_kept():
+    scores = np.array([[0.9, 0.1, 0.8], [0.8, 0.1, 0.7], [0.7, 0.1, 0.6], [0.2, 0.1, 0.1]])
+    truth = np.array([[1, 0, 1], [1, 0, 1], [1, 0, 1], [0, 0, 0]], bool)
+    old = vocabulary_from_dict([{"name": "genre", "truth_head": "genre",  # as a checkpoint stored it before
+                                 "terms": [{"name": t.name, "sources": list(t.sources), "threshold": 0.55}
+                                           for t in GENRE.terms]}])[0]
+    assert [t.calibrated_on for t in old.terms] == [None, None, None]
+    kept = calibrate(old, scores, truth, precision=0.75, basis=TEACHER, keep_calibrated=True)
+    assert kept == old  # not recorded: perhaps chosen on validation, so the teacher leaves them alone
+    fresh = GENRE
+    by_rows = calibrate(fresh, scores, truth, precision=0.75, basis=TEACHER, keep_calibrated=True)
+    assert [t.calibrated_on for t in by_rows.terms] == [TEACHER, "", TEACHER]
+    # three positive stretches, but all from one track (group 0): too few tracks to calibrate on
+    by_tracks = calibrate(fresh, scores, truth, precision=0.75, basis=TEACHER, keep_calibrated=True,
+                          groups=np.array([0, 0, 0, 1]))
+    assert [t.calibrated_on for t in by_tracks.terms] == ["", "", ""]
+
+
 def test_teacher_truth_is_a_source_among_the_teachers_top_tags():
     field = FieldVocabulary("voice", (Term("instrumental", ("msd:instrumental", "mtt:no_vocals")),
                                       Term("piano", ("mtt:piano",)), Term("Soundtrack", ("genre:Stage_&_Screen",))))
