@@ -236,7 +236,7 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
     if teacher is not None and val_set is not None:
         report = finish_distilled(checkpoint, clips, val_set, tuple(teacher.labels), Path(out))
         if teacher.calibration:
-            calibrate_on_teacher(checkpoint, teacher, Path(out), workers, progress)
+            calibrate_on_teacher(checkpoint, teacher, Path(out), val_set, workers, progress)
     return checkpoint, report
 
 
@@ -371,35 +371,55 @@ def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", probs: d
     save_checkpoint(checkpoint, out)
 
 
-def calibrate_on_teacher(checkpoint: "Checkpoint", teacher: "Teacher", out: Path, workers: int = DECODE_WORKERS,
-                         progress: Progress | None = None) -> dict:
+def calibrate_on_teacher(checkpoint: "Checkpoint", teacher: "Teacher", out: Path, val_set: "Prepared | None" = None,
+                         workers: int = DECODE_WORKERS, progress: Progress | None = None) -> dict:
     """Give the written terms the validation clips could not calibrate (too few positives, or no labels:
-    instruments, voice) thresholds chosen against the teacher on `teacher.calibration`, audio the model
-    never trained on: in 30 s stretches, a term is right where musicnn ranks one of its sources among
-    its top tags. Saves to `out`; returns what it used (also in the checkpoint's training record)."""
-    from .cache import cached_features
+    instruments, voice) thresholds chosen against the teacher, on audio the model never trained on: the
+    tracks of `teacher.calibration` in 30 s stretches, and the validation clips (`val_set`), so that the
+    share of music the teacher calls ambient (say) is not just that of one kind of music. A term is right
+    where musicnn ranks one of its sources among its top tags. Saves to `out`; returns what it used (also
+    in the checkpoint's training record)."""
     from .checkpoint import save_checkpoint
-    from .distill import calibration_clips, hours, load_teacher
     from .vocabulary import TEACHER, calibrate, teacher_truth, term_matrix, vocabulary_from_dict, vocabulary_to_dict
+
+    clips, teacher_probs, groups, record = _teacher_judged_clips(checkpoint, teacher, val_set, workers, progress)
+    probs = mel_probabilities(checkpoint, clips)
+    fields = [calibrate(f, term_matrix(f, probs, checkpoint.labels), teacher_truth(f, teacher_probs, teacher.labels),
+                        basis=TEACHER, keep_calibrated=True, groups=groups)
+              for f in vocabulary_from_dict(checkpoint.vocabulary)]
+    checkpoint.vocabulary = vocabulary_to_dict(tuple(fields))
+    checkpoint.training["teacher_calibration"] = record
+    save_checkpoint(checkpoint, out)
+    return record
+
+
+def _teacher_judged_clips(checkpoint: "Checkpoint", teacher: "Teacher", val_set: "Prepared | None", workers: int,
+                          progress: Progress | None) -> tuple[list, dict, "np.ndarray", dict]:
+    """Log-mels the teacher has judged, its mean taggrams on each, the track each came from, a record."""
+    import numpy as np
+
+    from .cache import cached_features
+    from .distill import calibration_clips, clip_teacher_probs, hours, load_teacher
 
     features = checkpoint.feature_config
     mels, failures = cached_features(teacher.calibration, features, workers=workers, progress=lambda done, total: (
         progress or no_progress)("cache", {"done": done, "total": total}))
     tracks = [(mel, t) for path, mel in zip(teacher.calibration, mels)
               if mel is not None and (t := load_teacher(path, teacher.cache)) is not None]
-    clips, teacher_probs, track_of = calibration_clips(tracks, features.frames_per_second)
+    clips, teacher_probs, groups = calibration_clips(tracks, features.frames_per_second)
     if not clips:
         raise ManifestError(f"{teacher.cache}: no teacher outputs for the calibration audio")
-    probs = mel_probabilities(checkpoint, clips)
-    fields = [calibrate(f, term_matrix(f, probs, checkpoint.labels), teacher_truth(f, teacher_probs, teacher.labels),
-                        basis=TEACHER, keep_calibrated=True, groups=track_of)
-              for f in vocabulary_from_dict(checkpoint.vocabulary)]
-    checkpoint.vocabulary = vocabulary_to_dict(tuple(fields))
     record = {"tracks": len(tracks), "failures": len(failures), "clips": len(clips),
-              "hours": round(hours(clips, features.frames_per_second), 2)}
-    checkpoint.training["teacher_calibration"] = record
-    save_checkpoint(checkpoint, out)
-    return record
+              "hours": round(hours(clips, features.frames_per_second), 2), "validation_clips": 0}
+    heard = [(mel, t) for e, mel in zip(val_set.examples, val_set.features)
+             if (t := load_teacher(e.path, teacher.cache)) is not None] if val_set is not None else []
+    if heard:
+        val_probs = clip_teacher_probs([t for _, t in heard])
+        clips = clips + [mel for mel, _ in heard]
+        teacher_probs = {h: np.concatenate([p, val_probs[h]]) for h, p in teacher_probs.items()}
+        groups = np.concatenate([groups, len(tracks) + np.arange(len(heard))])  # each clip its own track
+        record["validation_clips"] = len(heard)
+    return clips, teacher_probs, groups, record
 
 
 def seeded_model(model_config: "ModelConfig", seed: int) -> "CPResNet":

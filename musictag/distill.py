@@ -233,6 +233,12 @@ def calibration_clips(tracks: list[tuple[np.ndarray, TeacherOutput]], frames_per
     return features, {h: np.array(p, np.float32).reshape(shapes[h]) for h, p in probs.items()}, np.array(track_of, int)
 
 
+def clip_teacher_probs(teachers: list[TeacherOutput]) -> dict[str, np.ndarray]:
+    """Whole clips' mean taggrams, {head: (clips, labels)}."""
+    return {h: np.array([t.mean()[0][h] for t in teachers], np.float32).reshape(len(teachers), len(TEACHER_LABELS[h]))
+            for h in TEACHER_HEADS}
+
+
 def concat(a: DistillSet, b: DistillSet) -> DistillSet:
     """Both sets in one; a head only one of them has gets NaN targets and weight 0 in the other."""
     heads = list(dict.fromkeys([*a.targets, *b.targets]))

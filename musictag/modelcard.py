@@ -165,7 +165,8 @@ def _vocabulary(checkpoint) -> str:
     held_out = checkpoint.training.get("teacher_calibration")
     teacher = (f"Where those hold fewer than {MIN_POSITIVES} positives, or no labels at all (instruments, voice), on "
                f"`teacher`: {held_out['clips']} stretches of 30 s from {held_out['tracks']} held-out tracks "
-               f"({held_out['hours']} h, never trained on), right when musicnn ranks one of the value's sources "
+               f"({held_out['hours']} h, never trained on) and the {held_out.get('validation_clips', 0)} validation clips, "
+               "right when musicnn ranks one of the value's sources "
                f"among its top {TEACHER_TOP} tags, with positives in at least {MIN_POSITIVES} tracks. "
                if held_out else "")
     lines = ["## What scan writes: the vocabulary", "",

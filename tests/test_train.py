@@ -356,7 +356,8 @@ def test_terms_the_validation_labels_cannot_judge_are_calibrated_against_the_tea
     terms the validation clips calibrated keep theirs."""
     checkpoint, _ = train_distilled(tmp_path, FAST, held_out=3)
     saved = load_checkpoint(tmp_path / "model.pt")
-    assert saved.training["teacher_calibration"] == {"tracks": 3, "failures": 0, "clips": 3, "hours": 0.02}
+    assert saved.training["teacher_calibration"] == {"tracks": 3, "failures": 0, "clips": 3, "hours": 0.02,
+                                                     "validation_clips": 6}  # the teacher heard those too
     fields = {f["name"]: {t["name"]: t for t in f["terms"]} for f in saved.vocabulary}
     assert {name for name, t in fields["instrument"].items() if t["calibrated_on"] == "teacher"} == set(TOP_FIVE_MTT)
     assert all(t["threshold"] == 0.5 for name, t in fields["instrument"].items() if name not in TOP_FIVE_MTT)
