@@ -127,7 +127,7 @@ def _data(checkpoint, sources: list[Path]) -> str:
                      f"{d['embedding_weight']}; it is not scored or written, but the 4Q heads may read it."
                      if d.get("embedding_weight") else "")
                   + (" Of the sources above, {tracks} tracks ({hours} h) were kept out of training: the thresholds "
-                     "calibrated on `teacher` (vocabulary below) were chosen on them.".format(**t["teacher_calibration"])
+                     "calibrated on `teacher` (vocabulary below) were chosen on them and on the validation clips.".format(**t["teacher_calibration"])
                      if "teacher_calibration" in t else ""),
                   "", "4Q: Panda, Malheiro & Paiva, IEEE Trans. Affective Computing 2018. musicnn: Pons & Serra, "
                   "ISMIR 2019 LBD; its code and models are ISC-licensed."]
