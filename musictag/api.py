@@ -407,8 +407,8 @@ def _teacher_judged_clips(checkpoint: "Checkpoint", teacher: "Teacher", val_set:
     tracks = [(mel, t) for path, mel in zip(teacher.calibration, mels)
               if mel is not None and (t := load_teacher(path, teacher.cache)) is not None]
     clips, teacher_probs, groups = calibration_clips(tracks, features.frames_per_second)
-    if not clips:
-        raise ManifestError(f"{teacher.cache}: no teacher outputs for the calibration audio")
+    if not clips:  # teacher outputs exist (checked before training), but no track decoded 30 s of them
+        raise ManifestError(f"no calibration track both decodes and has 30 s of teacher outputs in {teacher.cache}")
     record = {"tracks": len(tracks), "failures": len(failures), "clips": len(clips),
               "hours": round(hours(clips, features.frames_per_second), 2), "validation_clips": 0}
     heard = [(mel, t) for e, mel in zip(val_set.examples, val_set.features)
