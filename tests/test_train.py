@@ -309,7 +309,7 @@ def distillation_inputs(tmp_path, held_out: int = 0):
     return manifest, cache, [str(s) for s in songs], [str(c) for c in calibration]
 
 
-def train_distilled(tmp_path, recipe: dict, held_out: int = 0, val_fraction: float = 0.25):
+def train_distilled(tmp_path, recipe: dict, held_out: int = 0):
     from musictag import api
     from musictag.distill import Teacher
 
@@ -318,7 +318,7 @@ def train_distilled(tmp_path, recipe: dict, held_out: int = 0, val_fraction: flo
     config.write_text(json.dumps(recipe))
     model_config, features, train_config = api.training_configs(config, epochs=3)
     return api.train(manifest, tmp_path / "model.pt", model_config, features, train_config,
-                     val_fraction=val_fraction, teacher=Teacher(cache, songs, calibration))
+                     val_fraction=0.25, teacher=Teacher(cache, songs, calibration))
 
 
 def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabulary(tmp_path):

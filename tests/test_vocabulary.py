@@ -80,11 +80,10 @@ def test_teacher_positives_count_tracks_and_unrecorded_thresholds_are_kept():
     assert [t.calibrated_on for t in old.terms] == [None, None, None]
     kept = calibrate(old, scores, truth, precision=0.75, basis=TEACHER, keep_calibrated=True)
     assert kept == old  # not recorded: perhaps chosen on validation, so the teacher leaves them alone
-    fresh = GENRE
-    by_rows = calibrate(fresh, scores, truth, precision=0.75, basis=TEACHER, keep_calibrated=True)
+    by_rows = calibrate(GENRE, scores, truth, precision=0.75, basis=TEACHER, keep_calibrated=True)
     assert [t.calibrated_on for t in by_rows.terms] == [TEACHER, "", TEACHER]
     # three positive stretches, but all from one track (group 0): too few tracks to calibrate on
-    by_tracks = calibrate(fresh, scores, truth, precision=0.75, basis=TEACHER, keep_calibrated=True,
+    by_tracks = calibrate(GENRE, scores, truth, precision=0.75, basis=TEACHER, keep_calibrated=True,
                           groups=np.array([0, 0, 0, 1]))
     assert [t.calibrated_on for t in by_tracks.terms] == ["", "", ""]
 
