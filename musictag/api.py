@@ -11,17 +11,19 @@ import csv
 import json
 import os
 import platform
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .db import Database, default_db_path
-from .defaults import (DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, GPU_PARENT_THREADS, VAL_FRACTION,
-                       decode_workers, usable_cpus)
+from .defaults import (DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, GPU_PARENT_THREADS, LOCAL_ENGINE,
+                       VAL_FRACTION, decode_workers, usable_cpus)
 from .errors import ManifestError
 from .export import export_csv
 from .manifest import Dataset, Example, encode_targets, read_manifest, split_by_group, with_vocabulary
 from .progress import Progress, no_progress
 from .modelfile import model_id, shipped_path, verified_sha256
+from .pipeline import start_worker_server
 from .scan import MODES, ScanModel, ScanOptions, ScanResult, Scanner, undo
 
 if TYPE_CHECKING:
@@ -44,11 +46,14 @@ TRAIN_FEATURE_DEFAULTS = {"n_mels": 96}
 
 
 def load_tagger(model: str | Path | None = None, device: str = "auto", workers: int = 0,
-                progress: Progress | None = None) -> "Tagger":
+                progress: Progress | None = None, start_workers: bool = False) -> "Tagger":
     """The model (the shipped one when None) ready to score; a GPU has scored a first window already
     (with "auto", a CUDA fault means the CPU, reported as a "message" and in tagger.fallback). On the
     CPU torch gets the cores the decode workers leave free (`workers` 0: one per usable CPU); on a GPU
-    the parent only stacks and copies, so it keeps few threads and the cores decode."""
+    the parent only stacks and copies, so it keeps few threads and the cores decode. `start_workers`:
+    decode workers follow (the local engine), so their server starts importing torch first."""
+    if start_workers and device != "cuda":
+        start_worker_server()
     from .checkpoint import load_checkpoint
     from .inference import ready_tagger, set_cpu_threads
 
@@ -62,16 +67,18 @@ def load_tagger(model: str | Path | None = None, device: str = "auto", workers: 
     return tagger
 
 
-def scan_model(model: str | Path | None, db: Database, device: str = "auto", workers: int = 0) -> ScanModel:
+def scan_model(model: str | Path | None, db: Database, device: str = "auto", workers: int = 0,
+               engine: str = LOCAL_ENGINE) -> ScanModel:
     """The model a scan uses, identified by its file's sha256. When a scan has used it before, the
     database knows all that decides tags, and the model is loaded (torch imported) only if some file
     needs scoring: a re-scan of an unchanged library never loads it."""
     path, sha = verified_sha256(model)
     known = db.model_info(model_id(sha))
+    load = partial(load_tagger, path, device, workers, start_workers=engine == LOCAL_ENGINE)
     if known is None:
-        return ScanModel.of(load_tagger(path, device, workers))
+        return ScanModel.of(load())
     kinds, labels, vocabulary = known
-    return ScanModel(model_id(sha), kinds, labels, vocabulary, lambda: load_tagger(path, device, workers))
+    return ScanModel(model_id(sha), kinds, labels, vocabulary, load)
 
 
 def load_model(model: str | Path | None = None) -> "Checkpoint":
@@ -99,7 +106,7 @@ def scan_options(top_k: dict[str, int] | None = None, every_head_top_k: int | No
     return options
 
 
-def check_extras(engine: str = "local", parquet: bool = False) -> None:
+def check_extras(engine: str = LOCAL_ENGINE, parquet: bool = False) -> None:
     """Raise the one-line error of an optional extra a scan needs but this install lacks."""
     if engine == "ray":
         from .ray_engine import require_ray

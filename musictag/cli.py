@@ -279,8 +279,8 @@ def _run_scan(model: Optional[Path], device: str, workers: int, database, paths:
     from .errors import CheckpointError, DatabaseError, DeviceError, EngineError
 
     try:
-        return _said_leftovers(api.scan(api.scan_model(model, database, device, workers), database, paths,
-                                        options, progress))
+        scan_model = api.scan_model(model, database, device, workers, options.engine)
+        return _said_leftovers(api.scan(scan_model, database, paths, options, progress))
     except (CheckpointError, DatabaseError, DeviceError, EngineError) as e:
         _fail(str(e))
 

@@ -47,6 +47,7 @@ OTHER_TOP_K = 3  # ... and for heads not named there
 EXPORT_TOP_K = 3  # labels per head in the wide CSV export
 EMBEDDING = "embedding"  # the key of a track's embedding beside its heads' scores (Tagger(embedding=True))
 ENGINES = ("local", "ray")  # scan engines: this machine's processes, or a Ray cluster (ray_engine.py)
+LOCAL_ENGINE = ENGINES[0]
 DECODE_WORKERS = 0  # decode processes of training, finetuning and evaluation; 0: usable_cpus()
 GPU_PARENT_THREADS = 2  # torch threads of a GPU scan's parent: it only stacks and copies; the cores decode
 # threads writing a scan's tags (each a write, read-back and fsync, of the tag or of a whole-file copy: mostly

@@ -228,7 +228,8 @@ class CPResNet(nn.Module):
         self.stacks = nn.ModuleDict({
             name: nn.Linear(sum(config.heads[s][1] for s in sources), config.heads[name][1])
             for name, sources in config.stacked.items()})
-        self.apply(_init_weights)
+        if not self.stem[0].weight.is_meta:  # random init on the meta device imports torch's refs: ~1 s
+            self.apply(_init_weights)
 
     @property
     def trunk_channels(self) -> int:

@@ -7,6 +7,7 @@ audio crosses processes. On a GPU the workers only decode and the parent batches
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -75,20 +76,41 @@ def quiet_worker() -> None:
     """Decode workers: C decoders (mpg123) print notes on damaged files straight to fd 2, which would
     tear the progress bar; every error reaches the parent as a string anyway."""
     die_with_parent()
+    keep_freed_memory()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
 
 
-def die_with_parent() -> None:
-    """A worker ends when the process that started it does, even by SIGKILL: no orphan goes on decoding
-    with a model in memory. Linux: PR_SET_PDEATHSIG; elsewhere a thread watching the parent."""
-    import multiprocessing
+# glibc's mallopt parameters (malloc.h) and the values the workers use
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BELOW_BYTES = 32 << 20  # the most glibc allows as mmap threshold on 64-bit: every buffer of a track
+TRIM_ABOVE_BYTES = 256 << 20
 
-    parent = multiprocessing.parent_process()
-    parent_pid = parent.pid if parent is not None else os.getppid()
-    if not (sys.platform.startswith("linux") and _parent_death_signal()):
-        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before the signal was asked for
+
+def keep_freed_memory() -> bool:
+    """Workers allocate and free the same large buffers for every track (decoded audio, spectrograms,
+    activations). By default glibc gives much of that memory back to the kernel on free, so every track
+    faulted ~12k pages in again (measured: 10-25% of a worker's time per track); kept on the heap instead,
+    it is reused. glibc only: elsewhere (musl, macOS) nothing changes. True when both settings took."""
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BELOW_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE_BYTES))
+
+
+def die_with_parent() -> None:
+    """A worker ends when the process that owns its pool does, even by SIGKILL: no orphan goes on
+    decoding with a model in memory. A spawned worker's parent is the owner: Linux kills it with the
+    owner (PR_SET_PDEATHSIG). A worker forked by the fork server is the server's child, and the server
+    outlives the owner while any worker lives: a thread watches the owner instead (as on other systems)."""
+    owner = multiprocessing.parent_process()
+    owner_pid = owner.pid if owner is not None else os.getppid()
+    if not (os.getppid() == owner_pid and sys.platform.startswith("linux") and _parent_death_signal()):
+        threading.Thread(target=_watch_owner, args=(owner_pid,), daemon=True).start()
+    if not _pid_alive(owner_pid):  # the owner died before the watch began
         os._exit(1)
 
 
@@ -101,10 +123,26 @@ def _parent_death_signal() -> bool:
         return False
 
 
-def _watch_parent(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
+def _watch_owner(pid: int) -> None:
+    while _pid_alive(pid):
         time.sleep(1.0)
     os._exit(1)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether the process runs: it exists and, where /proc tells, has not ended as a zombie (a killed
+    owner stays one until its own parent reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but is not ours to signal
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 _worker_model: dict = {}  # in workers that score their own tracks: "tagger" and "batch_size"
@@ -142,10 +180,34 @@ def track_scores(tagger, windows: list[np.ndarray], batch_size: int) -> dict[str
     return means
 
 
-def worker_pool(workers: int, initializer: Callable = quiet_worker, initargs: tuple = ()) -> ProcessPoolExecutor:
-    """A pool of `workers` spawned processes, each started by `initializer(*initargs)`."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                               initializer=initializer, initargs=initargs)
+WORKER_PRELOAD = ("musictag.inference",)  # what a worker that holds the model imports: torch
+
+
+def worker_pool(workers: int, initializer: Callable = quiet_worker, initargs: tuple = (),
+                preload: tuple[str, ...] = ()) -> ProcessPoolExecutor:
+    """A pool of `workers` processes, each started by `initializer(*initargs)`. Forked from a fork server
+    where the platform has one, which imports the `preload` modules once for all of them (torch: ~1.2
+    CPU-s a worker otherwise pays at start); spawned elsewhere (Windows). Never plain fork: the parent
+    holds threads and torch state a fork would copy half-made."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(preload), initializer=initializer,
+                               initargs=initargs)
+
+
+def start_worker_server(preload: tuple[str, ...] = WORKER_PRELOAD) -> None:
+    """Start the fork server now, before this process imports torch itself: its imports then run beside
+    the parent's instead of after them. The server lives until this process ends; pools use it."""
+    if _worker_context(preload).get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _worker_context(preload: tuple[str, ...]):
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return get_context("spawn")
+    context = get_context("forkserver")
+    context.set_forkserver_preload(["__main__", *preload])  # read only by a server not yet started
+    return context
 
 
 def score_locally(tagger, jobs: Iterable[Job], workers: int, batch_size: int, in_workers: bool
@@ -158,7 +220,7 @@ def score_locally(tagger, jobs: Iterable[Job], workers: int, batch_size: int, in
     batcher = WindowBatcher(tagger.predict_later, batch_size, deferred=True,
                             on_failure=lambda track, reason: failed.append(Decoded(track[0], error=reason)))
     init = (tagger.checkpoint if in_workers else None, batch_size, tagger.embedding)
-    with worker_pool(workers, start_worker, init) as pool:
+    with worker_pool(workers, start_worker, init, preload=WORKER_PRELOAD if in_workers else ()) as pool:
         for track in bounded_map(pool, analyse_track, jobs, 4 * workers):
             if track.windows is None:
                 yield track

@@ -30,7 +30,7 @@ from .db import Database
 from .defaults import MODE
 from .defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
 from .defaults import ID3_VERSION, WRITE_MODE
-from .defaults import WRITE_THREADS
+from .defaults import LOCAL_ENGINE, WRITE_THREADS
 from .errors import DatabaseError, FileChangedError, MusictagError, TagWriteError
 from .library import walk, within
 from .pipeline import Decoded, Job, score_locally
@@ -66,7 +66,7 @@ class ScanOptions:
     model_in_workers: bool | None = None  # None: on the CPU yes, on a GPU no (the parent batches)
     id3_version: str = ID3_VERSION  # "keep" each file's ID3v2 version, or convert the files written to "3" / "4"
     write_mode: str = WRITE_MODE  # copy, inplace or auto (defaults.WRITE_MODES); the tags written are the same
-    engine: str = "local"  # where tracks are decoded and scored: defaults.ENGINES
+    engine: str = LOCAL_ENGINE  # where tracks are decoded and scored: defaults.ENGINES
     ray_address: str | None = None  # the Ray cluster to join; None: RAY_ADDRESS, else a Ray started for the scan
     ray_device: str = "auto"  # the device of the Ray engine's model actors (auto: GPUs where the cluster has them)
     embeddings: bool = False  # store each track's embedding too (--parquet); one scored without it is scored again
