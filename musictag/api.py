@@ -52,7 +52,7 @@ def load_tagger(model: str | Path | None = None, device: str = "auto", workers: 
     CPU torch gets the cores the decode workers leave free (`workers` 0: one per usable CPU); on a GPU
     the parent only stacks and copies, so it keeps few threads and the cores decode. `start_workers`:
     decode workers follow (the local engine), so their server starts importing torch first."""
-    if start_workers and device != "cuda":
+    if start_workers and not device.startswith("cuda"):
         start_worker_server()
     from .checkpoint import load_checkpoint
     from .inference import ready_tagger, set_cpu_threads

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import sys
 import threading
-import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -103,46 +101,19 @@ def keep_freed_memory() -> bool:
 
 def die_with_parent() -> None:
     """A worker ends when the process that owns its pool does, even by SIGKILL: no orphan goes on
-    decoding with a model in memory. A spawned worker's parent is the owner: Linux kills it with the
-    owner (PR_SET_PDEATHSIG). A worker forked by the fork server is the server's child, and the server
-    outlives the owner while any worker lives: a thread watches the owner instead (as on other systems)."""
+    decoding with a model in memory. A thread waits on the owner's sentinel (a pipe the owner holds open,
+    ready once the owner has ended, reaped or not). Not the parent's death: a worker forked by the fork
+    server is the server's child, and the server outlives the owner while any worker lives."""
     owner = multiprocessing.parent_process()
-    owner_pid = owner.pid if owner is not None else os.getppid()
-    if not (os.getppid() == owner_pid and sys.platform.startswith("linux") and _parent_death_signal()):
-        threading.Thread(target=_watch_owner, args=(owner_pid,), daemon=True).start()
-    if not _pid_alive(owner_pid):  # the owner died before the watch began
-        os._exit(1)
+    if owner is not None:
+        threading.Thread(target=_exit_when_ready, args=(owner.sentinel,), daemon=True).start()
 
 
-def _parent_death_signal() -> bool:
-    try:
-        import ctypes
+def _exit_when_ready(sentinel) -> None:
+    from multiprocessing.connection import wait
 
-        return ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return False
-
-
-def _watch_owner(pid: int) -> None:
-    while _pid_alive(pid):
-        time.sleep(1.0)
+    wait([sentinel])
     os._exit(1)
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether the process runs: it exists and, where /proc tells, has not ended as a zombie (a killed
-    owner stays one until its own parent reaps it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but is not ours to signal
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 _worker_model: dict = {}  # in workers that score their own tracks: "tagger" and "batch_size"
@@ -185,10 +156,11 @@ WORKER_PRELOAD = ("musictag.inference",)  # what a worker that holds the model i
 
 def worker_pool(workers: int, initializer: Callable = quiet_worker, initargs: tuple = (),
                 preload: tuple[str, ...] = ()) -> ProcessPoolExecutor:
-    """A pool of `workers` processes, each started by `initializer(*initargs)`. Forked from a fork server
-    where the platform has one, which imports the `preload` modules once for all of them (torch: ~1.2
-    CPU-s a worker otherwise pays at start); spawned elsewhere (Windows). Never plain fork: the parent
-    holds threads and torch state a fork would copy half-made."""
+    """A pool of `workers` processes, each started by `initializer(*initargs)`. On Linux forked from a fork
+    server, which imports the `preload` modules once for all of them (torch: ~1.2 CPU-s a worker otherwise
+    pays at start); the first pool of a process (or start_worker_server) decides what the server holds.
+    Spawned elsewhere (macOS: forking after its Accelerate framework loaded is not safe). Never plain fork:
+    the parent holds threads and torch state a fork would copy half-made."""
     return ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(preload), initializer=initializer,
                                initargs=initargs)
 
@@ -203,7 +175,7 @@ def start_worker_server(preload: tuple[str, ...] = WORKER_PRELOAD) -> None:
 
 
 def _worker_context(preload: tuple[str, ...]):
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    if not sys.platform.startswith("linux"):
         return get_context("spawn")
     context = get_context("forkserver")
     context.set_forkserver_preload(["__main__", *preload])  # read only by a server not yet started
