@@ -89,12 +89,14 @@ def keep_freed_memory() -> bool:
     """Workers allocate and free the same large buffers for every track (decoded audio, spectrograms,
     activations). By default glibc gives much of that memory back to the kernel on free, so every track
     faulted ~12k pages in again (measured: 10-25% of a worker's time per track); kept on the heap instead,
-    it is reused. glibc only: elsewhere (musl, macOS) nothing changes. True when both settings took."""
+    it is reused. glibc only: elsewhere (musl, macOS, Windows) nothing changes. True when both settings took."""
+    if not sys.platform.startswith("linux"):
+        return False  # ctypes.CDLL(None) itself fails on Windows (TypeError)
     try:
         import ctypes
 
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # musl has no mallopt
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BELOW_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE_BYTES))
 
