@@ -235,7 +235,8 @@ def calibration_clips(tracks: list[tuple[np.ndarray, TeacherOutput]], frames_per
 
 def clip_teacher_probs(teachers: list[TeacherOutput]) -> dict[str, np.ndarray]:
     """Whole clips' mean taggrams, {head: (clips, labels)}."""
-    return {h: np.array([t.mean()[0][h] for t in teachers], np.float32).reshape(len(teachers), len(TEACHER_LABELS[h]))
+    means = [t.mean()[0] for t in teachers]  # each clip's mean once, for every head
+    return {h: np.array([m[h] for m in means], np.float32).reshape(len(teachers), len(TEACHER_LABELS[h]))
             for h in TEACHER_HEADS}
 
 
