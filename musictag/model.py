@@ -7,9 +7,10 @@ scored or written, and exists for the stacked heads that read it.
 
 Layout (as in the authors' code): a 5x5 stride-2 stem, 3 stages x 4 basic residual blocks with
 width, 2*width, 4*width channels, 2x2 max-pooling after blocks 1, 2 and 4 of stage 1, and per head a
-1x1 conv + BN + global average pool. `rho` bounds the receptive field: counting the body's convs in
-order, the first is always 3x3, the second always 1x1, and conv number n (n >= 2) is 3x3 only when
-rho >= n - 1. Small rho therefore turns the deep convs into 1x1 and keeps the field small.
+1x1 conv + BN (or two, a ReLU between: head_hidden) + global average pool. `rho` bounds the receptive
+field: counting the body's convs in order, the first is always 3x3, the second always 1x1, and conv
+number n (n >= 2) is 3x3 only when rho >= n - 1. Small rho therefore turns the deep convs into 1x1 and
+keeps the field small.
 
 Options from the other two papers and from the authors' variants:
 - frequency_aware: every block conv sees one extra input channel holding the mel-bin position (-1..1),
@@ -41,6 +42,11 @@ class ModelConfig:
     frequency_aware: bool = False
     shake_shake: bool = False
     activation: str = "relu"  # "relu" or "falu"
+    # > 0: every head is 1x1 conv -> BN -> ReLU -> 1x1 conv -> BN with this many channels between, so a
+    # head is a nonlinear function of each location's features, averaged (as the teacher's embedding is a
+    # mean over patches of a nonlinear layer), and its outputs are no longer confined to the span of the
+    # trunk's 4 * width channels (400 embedding values against 128 channels at width 32)
+    head_hidden: int = 0
     heads: dict[str, tuple[str, int]] = field(default_factory=lambda: {"tags": ("multi", 56)})
     # head -> the heads whose logits it is a linear map of (instead of a map of the trunk's features):
     # the 4Q heads read the heads distilled from the teacher, a probe fitted after training (train.stack_heads)
@@ -205,6 +211,14 @@ def min_frames(config: ModelConfig) -> int:
     return 2 ** (len(POOL_AFTER_BLOCKS) + 1) + 1
 
 
+def make_head(channels: int, outputs: int, hidden: int) -> nn.Sequential:
+    """One head's per-location map (the global average pool follows in CPResNet.outputs)."""
+    if not hidden:
+        return nn.Sequential(nn.Conv2d(channels, outputs, 1, bias=False), nn.BatchNorm2d(outputs))
+    return nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+                         nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs))
+
+
 class CPResNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -222,9 +236,8 @@ class CPResNet(nn.Module):
                 if stage == 0 and block + 1 in POOL_AFTER_BLOCKS:
                     layers.append(nn.MaxPool2d(2, 2))
         self.body = nn.Sequential(*layers)
-        self.heads = nn.ModuleDict({
-            name: nn.Sequential(nn.Conv2d(cin, n, 1, bias=False), nn.BatchNorm2d(n))
-            for name, (_, n) in config.heads.items()})
+        self.heads = nn.ModuleDict({name: make_head(cin, n, config.head_hidden)
+                                    for name, (_, n) in config.heads.items()})
         self.stacks = nn.ModuleDict({
             name: nn.Linear(sum(config.heads[s][1] for s in sources), config.heads[name][1])
             for name, sources in config.stacked.items()})
@@ -271,9 +284,8 @@ def count_parameters(model: nn.Module) -> int:
 def replace_heads(model: CPResNet, heads: dict[str, tuple[str, int]]) -> CPResNet:
     """Give a trained trunk new, freshly initialised heads (for finetuning to a new vocabulary)."""
     model.config.heads = dict(ModelConfig(heads=heads).heads)
-    model.heads = nn.ModuleDict({
-        name: nn.Sequential(nn.Conv2d(model.trunk_channels, n, 1, bias=False), nn.BatchNorm2d(n))
-        for name, (_, n) in model.config.heads.items()})
+    model.heads = nn.ModuleDict({name: make_head(model.trunk_channels, n, model.config.head_hidden)
+                                 for name, (_, n) in model.config.heads.items()})
     model.heads.apply(_init_weights)
     return model
 

@@ -7,9 +7,9 @@ from musictag.features import FeatureConfig
 from musictag.model import CPResNet, ModelConfig
 
 
-def make(tmp_path, half=False):
+def make(tmp_path, half=False, head_hidden=0):
     config = ModelConfig(rho=3, width=8, n_mels=32, heads={"q": ("single", 2), "g": ("multi", 3)},
-                         activation="falu", frequency_aware=True)
+                         activation="falu", frequency_aware=True, head_hidden=head_hidden)
     model = CPResNet(config).eval()
     ckpt = Checkpoint(config, FeatureConfig(n_mels=32), {"q": ["a", "b"], "g": ["x", "y", "z"]},
                       model.state_dict(), {"mean": -30.0, "std": 12.0}, {"data": "synthetic", "metrics": {"f1": 0.5}})
@@ -18,8 +18,9 @@ def make(tmp_path, half=False):
     return model, path
 
 
-def test_round_trip_gives_identical_outputs(tmp_path):
-    model, path = make(tmp_path)
+@pytest.mark.parametrize("head_hidden", [0, 12])
+def test_round_trip_gives_identical_outputs(tmp_path, head_hidden):
+    model, path = make(tmp_path, head_hidden=head_hidden)
     loaded = load_checkpoint(path)
     assert loaded.labels == {"q": ["a", "b"], "g": ["x", "y", "z"]}
     assert loaded.normalization == {"mean": -30.0, "std": 12.0}

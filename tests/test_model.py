@@ -139,3 +139,17 @@ def test_a_regress_head_is_predicted_raw_and_never_scored():
     assert torch.equal(out["emb"], logits["emb"]) and torch.allclose(out["q"].sum(dim=1), torch.ones(3))
     with pytest.raises(ValueError, match="labelled head, not a regression"):
         ModelConfig(heads={"q": ("single", 2), "emb": ("regress", 6)}, stacked={"emb": ["q"]})
+
+
+@pytest.mark.parametrize("hidden", [0, 48])
+def test_a_hidden_head_layer_lifts_the_outputs_out_of_the_trunks_span(hidden):
+    # a linear head's pooled outputs are an affine map of 4 * width = 16 trunk channels, so over many
+    # inputs its 40 outputs span at most 16 directions; a hidden layer applied per location, then
+    # averaged, is not confined to them
+    config = ModelConfig(rho=3, width=4, n_mels=32, heads={"emb": ("regress", 40)}, head_hidden=hidden)
+    model = CPResNet(config).eval()
+    with torch.no_grad():
+        out = model(torch.randn(80, 1, 32, 40))["emb"]
+    rank = torch.linalg.matrix_rank(out - out.mean(dim=0), rtol=1e-4).item()
+    assert (rank <= model.trunk_channels) == (hidden == 0)
+    assert len(model.heads["emb"]) == (5 if hidden else 2)
