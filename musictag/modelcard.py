@@ -94,7 +94,8 @@ def _summary(model: Path, checkpoint) -> str:
         f"# Model card: {model.name}", "",
         f"- sha256: `{checkpoint.sha256}`",
         f"- architecture: CP-ResNet, rho={c.rho}, width={c.width}, frequency_aware={c.frequency_aware}, "
-        f"shake_shake={c.shake_shake}, activation={c.activation}, {t.get('parameters', '?')} parameters",
+        f"shake_shake={c.shake_shake}, activation={c.activation}, head_hidden={c.head_hidden}, "
+        f"{t.get('parameters', '?')} parameters",
         "- heads: " + ", ".join(f"{h} (regression of the teacher's {n}-d embedding, not scored)" if k == "regress"
                                 else f"{h} ({k}-label, {n})" for h, (k, n) in c.heads.items()),
         f"- features: {f.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length}, {f.n_mels} mel bins "
