@@ -227,13 +227,15 @@ def probe_table(probe: dict, metrics: dict) -> str:
 
 def _ablations(paths: list[Path]) -> str:
     lines = ["## Ablations (same data and split; validation split)", "",
-             "| checkpoint | epochs | teacher | pseudo-label weight | unlabelled segments | embedding weight | quadrant "
-             "| genre | mood | score |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| checkpoint | student | epochs | teacher | pseudo-label weight | unlabelled segments | embedding weight "
+             "| quadrant | genre | mood | score |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in paths:
         a = load_checkpoint(path)
         v, recipe, d = a.training.get("validation", {}), a.training.get("recipe", {}), a.training.get("distillation")
         cells = [_headline(v[h]) if h in v else "n/a" for h in ("quadrant", "genre", "mood")]
-        lines.append(f"| {path.name} | {recipe.get('epochs', '?')} | {'yes' if d else 'no'} | "
+        c = a.model_config
+        lines.append(f"| {path.name} | width {c.width}, head hidden {c.head_hidden} | {recipe.get('epochs', '?')} | "
+                     f"{'yes' if d else 'no'} | "
                      f"{d['pseudo_weight'] if d else '-'} | {d['unlabelled_segments'] if d else 0} | "
                      f"{d.get('embedding_weight', 0.0) if d else '-'} | "
                      + " | ".join(cells) + f" | {summary_score(v):.3f} |")

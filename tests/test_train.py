@@ -278,7 +278,9 @@ def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
     checkpoint = load_checkpoint(out)
     f1 = checkpoint.training["validation"]["quadrant"]["macro_f1"]
     row = next(line for line in text.splitlines() if line.startswith(f"| {out.name} |"))
-    assert f"| 20 | no | - | 0 | - | F1 {f1:.3f} |" in row  # epochs, teacher, pseudo-label weight, segments, embedding
+    # student, epochs, teacher, pseudo-label weight, segments, embedding weight, quadrant
+    width = checkpoint.model_config.width
+    assert f"| width {width}, head hidden 0 | 20 | no | - | 0 | - | F1 {f1:.3f} |" in row
 
 
 TOP_FIVE_MTT = ("guitar", "strings", "drums", "piano", "synth")  # what the generated teacher says of held-out audio
