@@ -73,7 +73,7 @@ def decode_clip(job: tuple[str, int, float]) -> tuple[str, np.ndarray | None, st
 def quiet_worker() -> None:
     """Decode workers: C decoders (mpg123) print notes on damaged files straight to fd 2, which would
     tear the progress bar; every error reaches the parent as a string anyway."""
-    die_with_parent()
+    die_with_pool_owner()
     keep_freed_memory()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
@@ -101,7 +101,7 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BELOW_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE_BYTES))
 
 
-def die_with_parent() -> None:
+def die_with_pool_owner() -> None:
     """A worker ends when the process that owns its pool does, even by SIGKILL: no orphan goes on
     decoding with a model in memory. A thread waits on the owner's sentinel (a pipe the owner holds open,
     ready once the owner has ended, reaped or not). Not the parent's death: a worker forked by the fork
