@@ -18,7 +18,10 @@ import torch
 from musictag.model import CPResNet, ModelConfig, count_parameters, receptive_field
 
 FRAMES_PER_SECOND = 22050 / 512
-HEADS = {"quadrant": ("single", 4), "genre": ("multi", 14), "mood": ("multi", 62)}
+# the shipped model's heads: the 4Q heads, the two teacher heads and the teacher-embedding regression
+HEADS = {"quadrant": ("single", 4), "genre": ("multi", 14), "mood": ("multi", 62), "msd": ("multi", 50),
+         "mtt": ("multi", 50), "embedding": ("regress", 400)}
+VARIANTS = ({"activation": "falu"}, {"shake_shake": True}, {"frequency_aware": True}, {"head_hidden": 256})
 
 
 def throughput(config: ModelConfig, batch: int, seconds: float = 10.0, repeats: int = 3) -> float:
@@ -46,11 +49,11 @@ def main() -> None:
     torch.manual_seed(0)
     baseline = ModelConfig(rho=7, width=128, n_mels=256, heads=HEADS)
     grid = [baseline]
-    rhos, widths, mels = ((5, 7, 9), (32,), (96,)) if args.quick else ((3, 5, 7, 9), (24, 32, 48, 64), (64, 96, 128))
+    rhos, widths, mels = ((5, 7, 9), (32, 40), (96,)) if args.quick else ((3, 5, 7, 9), (24, 32, 48, 64), (64, 96, 128))
     for rho, width, n_mels in itertools.product(rhos, widths, mels):
         grid.append(ModelConfig(rho=rho, width=width, n_mels=n_mels, heads=HEADS))
-    for variant in ({"activation": "falu"}, {"shake_shake": True}, {"frequency_aware": True}):
-        grid.append(ModelConfig(rho=7, width=32, n_mels=96, heads=HEADS, **variant))
+    for variant in VARIANTS:
+        grid.append(ModelConfig(rho=9, width=32, n_mels=96, heads=HEADS, **variant))
     print(f"threads={args.threads} batch={args.batch} x 10 s windows, {FRAMES_PER_SECOND:.1f} frames/s")
     print(f"{'rho':>3} {'width':>5} {'mels':>4} {'variant':<16} {'params':>8} {'RF':>4} "
           f"{'audio-s/CPU-s':>13} {'audio-s/wall-s':>14} {'x baseline':>10}")
@@ -58,8 +61,9 @@ def main() -> None:
     for config in grid:
         cpu_rate, wall_rate = throughput(config, args.batch)
         base_rate = base_rate or cpu_rate
-        variant = ",".join(k for k in ("activation", "shake_shake", "frequency_aware")
-                           if getattr(config, k) not in (False, "relu")) or "-"
+        variant = ",".join(f"{k}={getattr(config, k)}" if k == "head_hidden" else k
+                           for k in ("shake_shake", "frequency_aware", "head_hidden")
+                           if getattr(config, k) not in (False, 0)) or "-"
         if config.activation == "falu":
             variant = "falu"
         print(f"{config.rho:>3} {config.width:>5} {config.n_mels:>4} {variant:<16} "

@@ -512,6 +512,7 @@ def train(
                                                    help="Frequency-aware convolutions (default: the config's, off)."),
     shake_shake: Optional[bool] = typer.Option(None, "--shake-shake/--no-shake-shake", show_default=False,
                                                help="Shake-Shake regularisation (default: the config's, off)."),
+    head_hidden: Optional[int] = typer.Option(None, help="Channels of a hidden 1x1 layer in every head (0: none)."),
     min_count: int = typer.Option(1, help="Drop labels with fewer examples."),
     ignore: str = typer.Option("", help="Comma-separated columns to leave out."),
     single: str = typer.Option("", help="Comma-separated columns to train as single-label."),
@@ -535,7 +536,7 @@ def train(
 
     model_config, features, train_config = api.training_configs(
         config, epochs=epochs, seed=seed, n_mels=n_mels, rho=rho, width=width, activation=activation,
-        frequency_aware=frequency_aware, shake_shake=shake_shake)
+        frequency_aware=frequency_aware, shake_shake=shake_shake, head_hidden=head_hidden)
     try:
         if calibration_audio and not teacher_cache:
             raise ManifestError("--calibration-audio needs --teacher-cache (its thresholds are the teacher's)")

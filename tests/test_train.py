@@ -555,3 +555,13 @@ def test_a_head_stacked_on_a_regress_head_reads_its_raw_prediction():
     with torch.no_grad():
         probs = probabilities(stacked(x), stacked.config)
     np.testing.assert_allclose(probs["quadrant"].numpy(), probe.predict(inputs), atol=1e-5)
+
+
+def test_head_hidden_comes_from_the_config_file_unless_the_option_gives_it(tmp_path):
+    from musictag import api
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": {"head_hidden": 8}}))
+    assert api.training_configs()[0].head_hidden == 0
+    assert api.training_configs(config)[0].head_hidden == 8
+    assert api.training_configs(config, head_hidden=16)[0].head_hidden == 16
