@@ -349,7 +349,9 @@ def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabular
     threshold = fields["mood"]["terms"][0]["threshold"]
     row = next(line for line in text.splitlines() if line.startswith("| mood | calm | mood:calm | calm, peaceful"))
     assert row.endswith(f"| {threshold:.3f} | validation |")
-    assert "| model.pt | 3 | yes | 0.5 | 3 | 0.0 |" in text and "Teacher: musicnn 0.1.0" in text
+    width = saved.model_config.width
+    assert f"| model.pt | width {width}, head hidden 0 | 3 | yes | 0.5 | 3 | 0.0 |" in text
+    assert "Teacher: musicnn 0.1.0" in text
 
 
 def test_terms_the_validation_labels_cannot_judge_are_calibrated_against_the_teacher_on_held_out_audio(tmp_path):
