@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# How the shipped model is made, from nothing: about 3.5 h on 2 CPU cores (SKIP_ABLATIONS=1: about 3 h).
+# How the shipped model is made, from nothing, on 2 CPU cores. Its parts, timed on a fresh machine on
+# 2026-12-01: venvs, packages, mixtures and the teacher's outputs 20 min; the five ablations 15 min; the
+# 150 training epochs about 45 min (17 s an epoch, one torch thread); checks and card a few minutes: about
+# 1.5 h in all (earlier sessions' machines took up to 3.5 h).
 # Run it in the background with a log; every step resumes where an interrupted run stopped:
 #     nohup scripts/train_shipped_model.sh > runs/shipped.log 2>&1 &
 #   1. the teacher: musicnn 0.1.0 in its own venv (scripts/teacher_env.sh)
