@@ -48,24 +48,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     baseline = ModelConfig(rho=7, width=128, n_mels=256, heads=HEADS)
-    grid = [baseline]
+    grid = [("-", baseline)]  # (variant, config)
     rhos, widths, mels = ((5, 7, 9), (32, 40), (96,)) if args.quick else ((3, 5, 7, 9), (24, 32, 48, 64), (64, 96, 128))
     for rho, width, n_mels in itertools.product(rhos, widths, mels):
-        grid.append(ModelConfig(rho=rho, width=width, n_mels=n_mels, heads=HEADS))
+        grid.append(("-", ModelConfig(rho=rho, width=width, n_mels=n_mels, heads=HEADS)))
     for variant in VARIANTS:
-        grid.append(ModelConfig(rho=9, width=32, n_mels=96, heads=HEADS, **variant))
+        name = ",".join(k if v is True else f"{k}={v}" for k, v in variant.items())
+        grid.append((name, ModelConfig(rho=9, width=32, n_mels=96, heads=HEADS, **variant)))
     print(f"threads={args.threads} batch={args.batch} x 10 s windows, {FRAMES_PER_SECOND:.1f} frames/s")
     print(f"{'rho':>3} {'width':>5} {'mels':>4} {'variant':<16} {'params':>8} {'RF':>4} "
           f"{'audio-s/CPU-s':>13} {'audio-s/wall-s':>14} {'x baseline':>10}")
     base_rate = None
-    for config in grid:
+    for variant, config in grid:
         cpu_rate, wall_rate = throughput(config, args.batch)
         base_rate = base_rate or cpu_rate
-        variant = ",".join(f"{k}={getattr(config, k)}" if k == "head_hidden" else k
-                           for k in ("shake_shake", "frequency_aware", "head_hidden")
-                           if getattr(config, k) not in (False, 0)) or "-"
-        if config.activation == "falu":
-            variant = "falu"
         print(f"{config.rho:>3} {config.width:>5} {config.n_mels:>4} {variant:<16} "
               f"{count_parameters(CPResNet(config)) / 1e6:>7.2f}M {receptive_field(config):>4} "
               f"{cpu_rate:>13.0f} {wall_rate:>14.0f} {cpu_rate / base_rate:>10.1f}")
