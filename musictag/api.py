@@ -298,7 +298,8 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
         raise ManifestError(f"{teacher.cache}: no teacher outputs for the training clips "
                             "(scripts/teacher_targets.py makes them)")
     clips = labelled_set(train_set.features, train_set.targets, dataset.vocab, teachers,
-                         [e.name for e in train_set.examples])
+                         [e.name for e in train_set.examples],
+                         features.frames_per_second if config.segment_labelled else None)
     probes = fit_pseudo_labellers(teachers, train_set.targets, dataset.heads, dataset.vocab)
     mels, failures = cached_features(teacher.unlabelled, features, workers=workers, progress=lambda done, total: (
         progress or no_progress)("cache", {"done": done, "total": total}))
@@ -310,11 +311,11 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
     if config.embedding_weight > 0:
         kinds[EMBEDDING_HEAD] = "regress"
         mixed.targets[EMBEDDING_HEAD] = standardised(mixed.targets[EMBEDDING_HEAD])
-    prepared = Prepared(train_set.examples + [Example(name, name, {}) for name in songs.names], mixed.features,
+    prepared = Prepared([Example(name, name, {}) for name in mixed.names], mixed.features,
                         {h: mixed.targets[h] for h in kinds}, kinds, {h: mixed.weights[h] for h in kinds},
                         np.arange(len(mixed)) < len(clips))
     record = {"teacher": "musicnn 0.1.0 (MSD_musicnn, MTT_musicnn; ISC)",
-              "labelled_clips": len(clips),
+              "labelled_clips": len(train_set.features), "labelled_examples": len(clips),
               "labelled_hours": round(hours(clips.features, features.frames_per_second), 2),
               "clips_with_teacher_targets": sum(t is not None for t in teachers),
               "unlabelled_tracks": len(tracks), "unlabelled_failures": len(failures),

@@ -1,8 +1,9 @@
 """Distillation data: what the teacher (musicnn, run by scripts/teacher_targets.py in its own venv) said
 about each 3 s patch of a file, turned into training targets for the student.
 
-- Labelled clips (the 4Q manifest) get their own labels plus the clip-mean teacher taggrams as soft
-  targets for the `msd` and `mtt` heads.
+- Labelled clips (the 4Q manifest) get their own labels plus the teacher taggrams as soft targets for
+  the `msd` and `mtt` heads: the clip mean, or (TrainConfig.segment_labelled) each clip cut into segments
+  like the unlabelled tracks, every segment with its clip's labels and its own patches' taggrams.
 - Unlabelled tracks (Debian game music) are cut into segments of SEGMENT_PATCHES teacher patches; each
   segment gets the mean teacher taggrams over its patches, and pseudo-labels for the 4Q heads from a
   linear probe fitted on the teacher's embeddings of the labelled training clips (weighted lower than
@@ -174,25 +175,52 @@ class DistillSet:
 
 
 def labelled_set(features: list[np.ndarray], encoded: dict[str, np.ndarray], vocab: dict[str, list[str]],
-                 teachers: list[TeacherOutput | None], names: list[str]) -> DistillSet:
-    """Labelled clips: their labels (manifest.encode_targets), plus clip-mean teacher taggrams and
-    embedding where the teacher analysed them."""
-    n = len(features)
-    targets = {h: target_rows(t, len(vocab[h])) for h, t in encoded.items()}
+                 teachers: list[TeacherOutput | None], names: list[str],
+                 frames_per_second: float | None = None) -> DistillSet:
+    """Labelled clips: their labels (manifest.encode_targets), plus the teacher taggrams and embedding
+    where the teacher analysed them. With `frames_per_second`, each analysed clip is cut into segments
+    as unlabelled tracks are, every segment keeping the clip's labels and getting the teacher's view of
+    its own patches: a training crop is then asked for what the teacher heard in it, not for the mean
+    over a clip six times longer. Without, whole clips with clip-mean teacher targets."""
+    pieces = [_clip_pieces(mel, t, frames_per_second) for mel, t in zip(features, teachers)]
+    rows = np.array([i for i, p in enumerate(pieces) for _ in p], int)
+    flat = [seg for p in pieces for seg in p]
+    targets = {h: target_rows(t, len(vocab[h]))[rows] for h, t in encoded.items()}
     weights = {h: np.where(np.isnan(t).any(axis=1), 0.0, 1.0).astype(np.float32) for h, t in targets.items()}
-    for head in TEACHER_HEADS:
-        t = np.full((n, next(x for x in teachers if x is not None).probs[head].shape[1]), np.nan, np.float32)
-        for i, teacher in enumerate(teachers):
-            if teacher is not None:
-                t[i] = teacher.probs[head].mean(axis=0)
-        targets[head], weights[head] = t, (~np.isnan(t).any(axis=1)).astype(np.float32)
     heard = next(x for x in teachers if x is not None)
-    embedding = np.full((n, heard.embeddings.shape[1]), np.nan, np.float32)
-    for i, teacher in enumerate(teachers):
-        if teacher is not None:
-            embedding[i] = teacher.embeddings.mean(axis=0)
-    targets[EMBEDDING_HEAD], weights[EMBEDDING_HEAD] = embedding, (~np.isnan(embedding).any(axis=1)).astype(np.float32)
-    return DistillSet(list(features), targets, weights, list(names))
+    widths = {**{h: heard.probs[h].shape[1] for h in TEACHER_HEADS}, EMBEDDING_HEAD: heard.embeddings.shape[1]}
+    for head, width in widths.items():
+        t = np.full((len(flat), width), np.nan, np.float32)
+        for k, (_, seg) in enumerate(flat):
+            if seg is not None:
+                t[k] = seg.embedding if head == EMBEDDING_HEAD else seg.probs[head]
+        targets[head], weights[head] = t, (~np.isnan(t).any(axis=1)).astype(np.float32)
+    segmented = [f"{names[i]}#{k}" if len(pieces[i]) > 1 else names[i] for i, k in _numbered(rows)]
+    return DistillSet([mel for mel, _ in flat], targets, weights, segmented)
+
+
+def _clip_pieces(mel: np.ndarray, teacher: TeacherOutput | None, frames_per_second: float | None
+                 ) -> list[tuple[np.ndarray, Segment | None]]:
+    """One clip's training examples: its segments with their teacher targets, or the whole clip (with
+    the clip-mean targets, or none when the teacher did not analyse it, or it is shorter than a segment)."""
+    if teacher is not None and frames_per_second is not None:
+        cut = segments(teacher, mel.shape[1], frames_per_second)
+        if cut:
+            return [(mel[:, seg.frames], seg) for seg in cut]
+    if teacher is None:
+        return [(mel, None)]
+    probs, embedding = teacher.mean()
+    return [(mel, Segment(slice(0, mel.shape[1]), probs, embedding))]
+
+
+def _numbered(rows: np.ndarray) -> list[tuple[int, int]]:
+    """(clip, its k-th piece) for each row of a list of clip indices in order."""
+    out, last, k = [], -1, 0
+    for i in rows:
+        k = k + 1 if i == last else 0
+        out.append((int(i), k))
+        last = i
+    return out
 
 
 def unlabelled_set(tracks: list[tuple[str, np.ndarray, TeacherOutput]], frames_per_second: float,

@@ -72,6 +72,25 @@ def test_labelled_and_unlabelled_sets_mix_with_weights_and_missing_targets():
     assert isinstance(both, DistillSet)
 
 
+def test_segmented_labelled_clips_keep_their_labels_and_get_their_own_patches_teacher_view():
+    fps = 22050 / 512
+    long, short = np.arange(8 * int(13 * fps), dtype=np.float16).reshape(8, -1), np.zeros((8, 100), np.float16)
+    t = teacher(4, seed=3)
+    clips = labelled_set([long, short, long], {"quadrant": np.array([1, 0, 0])}, {"quadrant": ["Q1", "Q2"]},
+                         [t, teacher(1), None], ["a.mp3", "b.mp3", "c.mp3"], frames_per_second=fps)
+    # 13 s holds two 2-patch segments of a; b is shorter than a segment and c unheard: both stay whole
+    assert clips.names == ["a.mp3#0", "a.mp3#1", "b.mp3", "c.mp3"]
+    assert target_rows(clips.targets["quadrant"], 2).tolist() == [[0, 1], [0, 1], [1, 0], [1, 0]]
+    np.testing.assert_allclose(clips.targets["msd"][1], t.probs["msd"][2:4].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(clips.targets["embedding"][0], t.embeddings[0:2].mean(axis=0), rtol=1e-5)
+    assert not np.allclose(clips.targets["embedding"][0], t.embeddings.mean(axis=0))  # not the clip mean
+    second = segments(t, long.shape[1], fps)[1].frames
+    np.testing.assert_array_equal(clips.features[1], long[:, second])
+    assert clips.weights["mtt"].tolist() == [1.0, 1.0, 1.0, 0.0] and np.isnan(clips.targets["mtt"][3]).all()
+    whole = labelled_set([long], {"quadrant": np.array([1])}, {"quadrant": ["Q1", "Q2"]}, [t], ["a.mp3"])
+    np.testing.assert_allclose(whole.targets["embedding"][0], t.embeddings.mean(axis=0), rtol=1e-5)
+
+
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
