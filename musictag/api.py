@@ -290,7 +290,7 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
 
     from .cache import cached_features
     from .distill import (EMBEDDING_HEAD, concat, fit_pseudo_labellers, hours, labelled_set, load_teacher,
-                          standardised, unlabelled_set)
+                          standardised, unlabelled_set, whitened)
     from .train import Prepared
 
     teachers = [load_teacher(e.path, teacher.cache) for e in train_set.examples]
@@ -310,7 +310,9 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
     kinds = {**dataset.heads, **{head: "multi" for head in teacher.labels}}
     if config.embedding_weight > 0:
         kinds[EMBEDDING_HEAD] = "regress"
-        mixed.targets[EMBEDDING_HEAD] = standardised(mixed.targets[EMBEDDING_HEAD])
+        embedding = mixed.targets[EMBEDDING_HEAD]
+        mixed.targets[EMBEDDING_HEAD] = (whitened(embedding, config.embedding_components)
+                                         if config.embedding_components else standardised(embedding))
     prepared = Prepared([Example(name, name, {}) for name in mixed.names], mixed.features,
                         {h: mixed.targets[h] for h in kinds}, kinds, {h: mixed.weights[h] for h in kinds},
                         np.arange(len(mixed)) < len(clips))

@@ -280,6 +280,21 @@ def concat(a: DistillSet, b: DistillSet) -> DistillSet:
     return DistillSet(a.features + b.features, targets, weights, a.names + b.names)
 
 
+def whitened(targets: np.ndarray, components: int) -> np.ndarray:
+    """Regression targets as their first `components` principal components over the rows that have one,
+    each scaled to unit variance (NaN rows stay NaN). Per-dimension standardising leaves the squared error
+    to the few components that carry most of the variance; the teacher's genre read needs the next tens
+    too (bench/embedding_fidelity.py), and whitened, each counts alike."""
+    known = ~np.isnan(targets).any(axis=1)
+    centred = targets[known] - targets[known].mean(axis=0)
+    _, singular, axes = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    k = min(components, len(singular))
+    scale = singular[:k] / np.sqrt(max(1, known.sum() - 1)) + 1e-6
+    out = np.full((len(targets), k), np.nan, np.float32)
+    out[known] = (centred @ axes[:k].T) / scale
+    return out
+
+
 def standardised(targets: np.ndarray) -> np.ndarray:
     """Regression targets with zero mean and unit variance per column over the rows that have one (NaN
     rows stay NaN), so every embedding dimension counts alike in the squared error."""

@@ -63,6 +63,8 @@ class TrainConfig:
     labelled_share: float = 0.5  # with unlabelled audio mixed in: share of each batch from labelled clips
     pseudo_weight: float = 0.5  # loss weight of a probe's pseudo-label against a real label's 1
     embedding_weight: float = 0.0  # distilling: weight of the MSE on the teacher's embedding (0: no regress head)
+    embedding_components: int = 0  # distilling: regress the embedding's first N principal components, whitened
+    # (distill.whitened); 0: every dimension, standardised
     segment_labelled: bool = False  # distilling: labelled clips cut into teacher segments (distill.labelled_set)
     seed: int = 0
 

@@ -185,3 +185,21 @@ def test_both_sets_carry_the_teacher_embedding_and_it_is_standardised_over_known
     assert known.tolist() == [True, False, True, True]
     np.testing.assert_allclose(z[known].mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(z[known].std(axis=0), 1.0, atol=1e-3)
+
+
+def test_whitened_embedding_targets_are_the_leading_components_at_unit_variance():
+    from musictag.distill import whitened
+
+    rng = np.random.default_rng(4)
+    loud, faint = rng.normal(size=(300, 1)) * 10.0, rng.normal(size=(300, 1)) * 0.1
+    mixing = rng.normal(size=(2, 6))
+    targets = np.concatenate([loud, faint], axis=1) @ mixing + 5.0  # two directions, 100x apart in spread
+    targets[7] = np.nan
+    z = whitened(targets.astype(np.float32), 2)
+    known = ~np.isnan(z).any(axis=1)
+    assert z.shape == (300, 2) and not known[7] and known.sum() == 299
+    np.testing.assert_allclose(np.cov(z[known].T), np.eye(2), atol=1e-3)  # the faint direction counts as much
+    # the first component is the loud source, the second the faint one (up to sign)
+    assert abs(np.corrcoef(z[known, 0], loud[known, 0])[0, 1]) > 0.99
+    assert abs(np.corrcoef(z[known, 1], faint[known, 0])[0, 1]) > 0.99
+    assert whitened(targets.astype(np.float32), 50).shape == (300, 6)  # no more components than dimensions
