@@ -103,6 +103,20 @@ def _summary(model: Path, checkpoint) -> str:
         f"std {checkpoint.normalization['std']:.2f}"])
 
 
+def _embedding_sentence(distillation: dict, recipe: dict) -> str:
+    """How the `embedding` head learnt the teacher's embedding, as the recipe says; "" without one."""
+    if not distillation.get("embedding_weight"):
+        return ""
+    components = recipe.get("embedding_components", 0)
+    space = (f"its first {components} principal components, each scaled to unit variance" if components
+             else "standardised per dimension")
+    where = ("each labelled clip cut into segments with the teacher's view of each" if recipe.get("segment_labelled")
+             else "clip mean for labelled clips")
+    return (f" The `embedding` head regresses the teacher's 400-d embedding (msd and mtt penultimate layers; "
+            f"{where}, segment mean for unlabelled tracks; {space}), its squared error weighted "
+            f"{distillation['embedding_weight']}; it is not scored or written, but the 4Q heads may read it.")
+
+
 def _data(checkpoint, sources: list[Path]) -> str:
     t = checkpoint.training
     d = t.get("distillation", {})
@@ -123,10 +137,7 @@ def _data(checkpoint, sources: list[Path]) -> str:
                   f"{d['unlabelled_tracks']} unlabelled tracks ({d['unlabelled_hours']} h); a logistic regression "
                   "on its embeddings of the labelled training clips gives those segments pseudo-labels for the "
                   f"4Q heads, weighted {d['pseudo_weight']} against a real label's 1."
-                  + (f" The `embedding` head regresses the teacher's 400-d embedding (msd and mtt penultimate "
-                     f"layers; clip or segment mean, standardised), its squared error weighted "
-                     f"{d['embedding_weight']}; it is not scored or written, but the 4Q heads may read it."
-                     if d.get("embedding_weight") else "")
+                  + _embedding_sentence(d, t.get("recipe", {}))
                   + (" Of the sources above, {tracks} tracks ({hours} h) were kept out of training: the thresholds "
                      "calibrated on `teacher` (vocabulary below) were chosen on them and on the validation clips.".format(**t["teacher_calibration"])
                      if "teacher_calibration" in t else ""),

@@ -415,6 +415,16 @@ def test_a_regressed_teacher_embedding_is_stacked_on_and_never_scored_or_written
     assert "embedding" not in heads and "quadrant" in heads
 
 
+def test_embedding_components_make_the_regress_head_as_wide_and_the_card_says_so(tmp_path):
+    recipe = {**FAST, "train": {**FAST["train"], "embedding_weight": 1.0, "embedding_components": 8}}
+    checkpoint, _ = train_distilled(tmp_path, recipe)
+    assert checkpoint.model_config.heads["embedding"] == ("regress", 8)
+    card = tmp_path / "CARD.md"
+    result = runner.invoke(app, ["model-card", str(tmp_path / "model.pt"), "--out", str(card)])
+    assert result.exit_code == 0, result.output
+    assert "first 8 principal components, each scaled to unit variance" in card.read_text()
+
+
 # --- training on a device (issue 15) ---
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
