@@ -7,8 +7,8 @@ clips by artists it never heard, per principal component of the teacher's embedd
 The student's genre and mood heads are a probe read from its `embedding` head (the stacked heads), so
 what they can say is what that head carries over to new music. For each clip: the teacher's embedding
 (musicnn's, mean over its 3 s patches) and the student's (mean over the excerpt windows a scan takes).
-The student predicts standardised values; each dimension is mapped back by the least-squares line fitted
-on the training clips (a per-dimension affine map changes no correlation). Both are projected on the
+The student predicts standardised values (or whitened principal components); they are mapped back to
+the teacher's 400 values by least squares on the training clips (teacher_space). Both are projected on the
 principal components of the teacher's training-clip embeddings; the table gives, per band of components,
 their share of the teacher's variance and the mean correlation between teacher and student on the
 training clips and on the validation clips (the model's own split: its checkpoint names them).
@@ -44,18 +44,29 @@ def embeddings(checkpoint, paths: list[str], cache: str) -> tuple[np.ndarray, np
     return np.stack([t.embeddings.mean(axis=0) for t in teachers]), np.asarray(student, np.float64)
 
 
+def teacher_space(student: np.ndarray, teacher: np.ndarray):
+    """The map from the student's embedding head to the teacher's 400 values, fitted on the training clips:
+    a line per dimension for a head that regresses every dimension (standardised), least squares on all
+    of the head's outputs for one that regresses principal components (TrainConfig.embedding_components)."""
+    if student.shape[1] == teacher.shape[1]:
+        centred = student - student.mean(axis=0)
+        slope = (centred * (teacher - teacher.mean(axis=0))).mean(axis=0) / (centred.var(axis=0) + 1e-12)
+        offset = teacher.mean(axis=0) - slope * student.mean(axis=0)
+        return lambda x: x * slope + offset
+    weights, *_ = np.linalg.lstsq(np.c_[student, np.ones(len(student))], teacher, rcond=None)
+    return lambda x: np.c_[x, np.ones(len(x))] @ weights
+
+
 def band_correlations(teacher: dict, student: dict) -> list[tuple[str, float, float, float]]:
     """Per band: (name, share of variance, mean correlation on training clips, on validation clips)."""
     mean, std = teacher["train"].mean(axis=0), teacher["train"].std(axis=0) + 1e-9
-    centred = student["train"] - student["train"].mean(axis=0)
-    slope = (centred * (teacher["train"] - mean)).mean(axis=0) / (centred.var(axis=0) + 1e-12)
-    offset = mean - slope * student["train"].mean(axis=0)
+    to_teacher = teacher_space(student["train"], teacher["train"])
     _, singular, axes = np.linalg.svd((teacher["train"] - mean) / std, full_matrices=False)
     share = singular ** 2 / np.sum(singular ** 2)
     corr = {}
     for side in ("train", "val"):
         t = (teacher[side] - mean) / std @ axes.T
-        s = (student[side] * slope + offset - mean) / std @ axes.T
+        s = (to_teacher(student[side]) - mean) / std @ axes.T
         corr[side] = [np.corrcoef(t[:, k], s[:, k])[0, 1] for k in range(min(len(share), BANDS[-1][1]))]
     rows = []
     for lo, hi in BANDS:

@@ -203,3 +203,21 @@ def test_whitened_embedding_targets_are_the_leading_components_at_unit_variance(
     assert abs(np.corrcoef(z[known, 0], loud[known, 0])[0, 1]) > 0.99
     assert abs(np.corrcoef(z[known, 1], faint[known, 0])[0, 1]) > 0.99
     assert whitened(targets.astype(np.float32), 50).shape == (300, 6)  # no more components than dimensions
+
+
+def test_embedding_fidelity_tells_components_learnt_from_components_memorised():
+    spec = importlib.util.spec_from_file_location("embedding_fidelity", ROOT / "bench" / "embedding_fidelity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(5)
+    spread = np.r_[np.full(10, 10.0), np.full(30, 3.0), np.full(360, 0.1)]  # 10 loud components, 30 fainter...
+    basis = np.linalg.qr(rng.normal(size=(400, 400)))[0]
+    teacher = {side: (rng.normal(size=(n, 400)) * spread) @ basis.T for side, n in (("train", 300), ("val", 120))}
+    # the student copies the training clips whole, but on new clips only the loud components
+    loud = np.r_[np.ones(10), np.zeros(390)]
+    val_copy = ((teacher["val"] @ basis) * loud + rng.normal(size=(120, 400)) * spread * (1 - loud)) @ basis.T
+    for student in ({"train": teacher["train"] * 2.0 + 1.0, "val": val_copy * 2.0 + 1.0},  # standardised-like
+                    {"train": teacher["train"] @ basis[:, :40], "val": val_copy @ basis[:, :40]}):  # 40 components
+        rows = {name: (train, val) for name, _, train, val in bench.band_correlations(teacher, student)}
+        assert rows["1-5"][0] > 0.99 and rows["1-5"][1] > 0.99 and rows["6-10"][1] > 0.99
+        assert rows["11-20"][0] > 0.99 and abs(rows["11-20"][1]) < 0.3  # memorised, not learnt
