@@ -25,8 +25,9 @@ import numpy as np
 from musictag.api import mel_probabilities
 from musictag.cache import cached_features
 from musictag.checkpoint import load_checkpoint
-from musictag.distill import EMBEDDING_HEAD, load_teacher
-from musictag.manifest import read_manifest
+from musictag.distill import EMBEDDING_HEAD, fit_probe, load_teacher
+from musictag.manifest import encode_targets, read_manifest, target_rows
+from musictag.metrics import head_metrics
 
 BANDS = ((1, 5), (6, 10), (11, 20), (21, 40), (41, 60), (61, 100))
 
@@ -57,23 +58,45 @@ def teacher_space(student: np.ndarray, teacher: np.ndarray):
     return lambda x: np.c_[x, np.ones(len(x))] @ weights
 
 
+class Components:
+    """The principal components of the teacher's training-clip embeddings (each dimension standardised)."""
+
+    def __init__(self, train: np.ndarray):
+        self.mean, self.std = train.mean(axis=0), train.std(axis=0) + 1e-9
+        _, singular, self.axes = np.linalg.svd((train - self.mean) / self.std, full_matrices=False)
+        self.share = singular ** 2 / np.sum(singular ** 2)
+
+    def scores(self, x: np.ndarray, count: int) -> np.ndarray:
+        return (x - self.mean) / self.std @ self.axes[:count].T
+
+
 def band_correlations(teacher: dict, student: dict) -> list[tuple[str, float, float, float]]:
     """Per band: (name, share of variance, mean correlation on training clips, on validation clips)."""
-    mean, std = teacher["train"].mean(axis=0), teacher["train"].std(axis=0) + 1e-9
-    to_teacher = teacher_space(student["train"], teacher["train"])
-    _, singular, axes = np.linalg.svd((teacher["train"] - mean) / std, full_matrices=False)
-    share = singular ** 2 / np.sum(singular ** 2)
+    pcs, to_teacher = Components(teacher["train"]), teacher_space(student["train"], teacher["train"])
+    count = min(len(pcs.share), BANDS[-1][1])
     corr = {}
     for side in ("train", "val"):
-        t = (teacher[side] - mean) / std @ axes.T
-        s = (to_teacher(student[side]) - mean) / std @ axes.T
-        corr[side] = [np.corrcoef(t[:, k], s[:, k])[0, 1] for k in range(min(len(share), BANDS[-1][1]))]
-    rows = []
-    for lo, hi in BANDS:
-        if hi <= len(corr["train"]):
-            rows.append((f"{lo}-{hi}", float(share[lo - 1:hi].sum()), float(np.mean(corr["train"][lo - 1:hi])),
-                         float(np.mean(corr["val"][lo - 1:hi]))))
-    return rows
+        t, s = pcs.scores(teacher[side], count), pcs.scores(to_teacher(student[side]), count)
+        corr[side] = [np.corrcoef(t[:, k], s[:, k])[0, 1] for k in range(count)]
+    return [(f"{lo}-{hi}", float(pcs.share[lo - 1:hi].sum()), float(np.mean(corr["train"][lo - 1:hi])),
+             float(np.mean(corr["val"][lo - 1:hi]))) for lo, hi in BANDS if hi <= count]
+
+
+def probe_by_components(teacher: dict, labels: dict, heads: dict[str, str], vocab: dict) -> dict[str, list[float]]:
+    """What a probe (bench/teacher_probe.py's, L2 0.01) reads from the teacher's own first N components,
+    N each band's end: per head, macro-F1 (single-label) or ROC-AUC (multi-label) on the validation clips."""
+    pcs, out = Components(teacher["train"]), {head: [] for head in heads}
+    for _, count in BANDS:
+        probs = {}
+        for head, kind in heads.items():
+            y = target_rows(labels["train"][head], len(vocab[head]))
+            keep = ~np.isnan(y).any(axis=1)
+            probs[head] = fit_probe(pcs.scores(teacher["train"], count)[keep], y[keep], kind, 0.01).predict(
+                pcs.scores(teacher["val"], count))
+        report = head_metrics(probs, labels["val"], heads, vocab)
+        for head, kind in heads.items():
+            out[head].append(report[head]["macro_f1" if kind == "single" else "roc_auc"])
+    return out
 
 
 def main() -> None:
@@ -86,18 +109,24 @@ def main() -> None:
     if EMBEDDING_HEAD not in checkpoint.model_config.heads:
         sys.exit(f"{args.model}: no {EMBEDDING_HEAD!r} head (trained without the teacher's embedding)")
     held = set(checkpoint.training.get("val_paths", []))
-    examples = read_manifest(args.data).examples
-    sides = {"train": [e.path for e in examples if e.name not in held],
-             "val": [e.path for e in examples if e.name in held]}
+    dataset = read_manifest(args.data)
+    sides = {"train": [e for e in dataset.examples if e.name not in held],
+             "val": [e for e in dataset.examples if e.name in held]}
     if not sides["val"]:
         sys.exit(f"{args.model}: its checkpoint names no validation clips of {args.data}")
-    pairs = {side: embeddings(checkpoint, paths, args.teacher_cache) for side, paths in sides.items()}
-    rows = band_correlations({s: p[0] for s, p in pairs.items()}, {s: p[1] for s, p in pairs.items()})
+    pairs = {side: embeddings(checkpoint, [e.path for e in ex], args.teacher_cache) for side, ex in sides.items()}
+    teacher = {s: p[0] for s, p in pairs.items()}
+    rows = band_correlations(teacher, {s: p[1] for s, p in pairs.items()})
+    heads = {h: kind for h, kind in dataset.heads.items() if h in checkpoint.labels}
+    vocab = {h: checkpoint.labels[h] for h in heads}
+    labels = {side: encode_targets(ex, heads, vocab) for side, ex in sides.items()}
+    reads = probe_by_components(teacher, labels, heads, vocab)
     print(f"{args.model}: student vs teacher embedding, {len(sides['train'])} training and "
-          f"{len(sides['val'])} validation clips")
-    print(f"{'components':>10} {'variance':>9} {'train corr':>11} {'val corr':>9}")
-    for name, share, train, val in rows:
-        print(f"{name:>10} {share:9.3f} {train:11.2f} {val:9.2f}")
+          f"{len(sides['val'])} validation clips; last columns: a probe on the teacher's own first N components "
+          "(N the band's end; quadrant macro-F1, others ROC-AUC)")
+    print(f"{'components':>10} {'variance':>9} {'train corr':>11} {'val corr':>9}" + "".join(f" {h:>9}" for h in heads))
+    for k, (name, share, train, val) in enumerate(rows):
+        print(f"{name:>10} {share:9.3f} {train:11.2f} {val:9.2f}" + "".join(f" {reads[h][k]:9.3f}" for h in heads))
 
 
 if __name__ == "__main__":
