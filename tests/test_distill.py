@@ -210,7 +210,7 @@ def test_embedding_fidelity_tells_components_learnt_from_components_memorised():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rng = np.random.default_rng(5)
-    spread = np.r_[np.full(10, 10.0), np.full(30, 3.0), np.full(360, 0.1)]  # 10 loud components, 30 fainter...
+    spread = np.r_[np.full(10, 10.0), np.linspace(5.0, 1.0, 30), np.full(360, 0.1)]  # 10 loud, 30 fainter...
     basis = np.linalg.qr(rng.normal(size=(400, 400)))[0]
     teacher = {side: (rng.normal(size=(n, 400)) * spread) @ basis.T for side, n in (("train", 300), ("val", 120))}
     # the student copies the training clips whole, but on new clips only the loud components
@@ -221,3 +221,7 @@ def test_embedding_fidelity_tells_components_learnt_from_components_memorised():
         rows = {name: (train, val) for name, _, train, val in bench.band_correlations(teacher, student)}
         assert rows["1-5"][0] > 0.99 and rows["1-5"][1] > 0.99 and rows["6-10"][1] > 0.99
         assert rows["11-20"][0] > 0.99 and abs(rows["11-20"][1]) < 0.3  # memorised, not learnt
+    # a tag carried by the 15th component alone: unreadable from the first 10, read from the first 20
+    tag = {side: {"tag": (teacher[side] @ basis[:, 14] > 0).astype(np.float32)[:, None]} for side in ("train", "val")}
+    reads = bench.probe_by_components(teacher, tag, {"tag": "multi"}, {"tag": ["x"]})["tag"]
+    assert reads[1] < 0.7 and reads[2] > 0.9  # the bands ending at 10 and at 20
