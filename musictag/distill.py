@@ -181,7 +181,7 @@ def labelled_set(features: list[np.ndarray], encoded: dict[str, np.ndarray], voc
     where the teacher analysed them. With `frames_per_second`, each analysed clip is cut into segments
     as unlabelled tracks are, every segment keeping the clip's labels and getting the teacher's view of
     its own patches: a training crop is then asked for what the teacher heard in it, not for the mean
-    over a clip six times longer. Without, whole clips with clip-mean teacher targets."""
+    of the whole clip. Without, whole clips with clip-mean teacher targets."""
     pieces = [_clip_pieces(mel, t, frames_per_second) for mel, t in zip(features, teachers)]
     rows = np.array([i for i, p in enumerate(pieces) for _ in p], int)
     flat = [seg for p in pieces for seg in p]
@@ -195,7 +195,7 @@ def labelled_set(features: list[np.ndarray], encoded: dict[str, np.ndarray], voc
             if seg is not None:
                 t[k] = seg.embedding if head == EMBEDDING_HEAD else seg.probs[head]
         targets[head], weights[head] = t, (~np.isnan(t).any(axis=1)).astype(np.float32)
-    segmented = [f"{names[i]}#{k}" if len(pieces[i]) > 1 else names[i] for i, k in _numbered(rows)]
+    segmented = [f"{names[i]}#{k}" if len(p) > 1 else names[i] for i, p in enumerate(pieces) for k in range(len(p))]
     return DistillSet([mel for mel, _ in flat], targets, weights, segmented)
 
 
@@ -211,16 +211,6 @@ def _clip_pieces(mel: np.ndarray, teacher: TeacherOutput | None, frames_per_seco
         return [(mel, None)]
     probs, embedding = teacher.mean()
     return [(mel, Segment(slice(0, mel.shape[1]), probs, embedding))]
-
-
-def _numbered(rows: np.ndarray) -> list[tuple[int, int]]:
-    """(clip, its k-th piece) for each row of a list of clip indices in order."""
-    out, last, k = [], -1, 0
-    for i in rows:
-        k = k + 1 if i == last else 0
-        out.append((int(i), k))
-        last = i
-    return out
 
 
 def unlabelled_set(tracks: list[tuple[str, np.ndarray, TeacherOutput]], frames_per_second: float,
