@@ -25,8 +25,8 @@ import numpy as np
 from musictag.api import mel_probabilities
 from musictag.cache import cached_features
 from musictag.checkpoint import load_checkpoint
-from musictag.distill import EMBEDDING_HEAD, fit_probe, load_teacher
-from musictag.manifest import encode_targets, read_manifest, target_rows
+from musictag.distill import EMBEDDING_HEAD, fit_head_probes, load_teacher
+from musictag.manifest import encode_targets, read_manifest
 from musictag.metrics import head_metrics
 
 BANDS = ((1, 5), (6, 10), (11, 20), (21, 40), (41, 60), (61, 100))
@@ -87,12 +87,9 @@ def probe_by_components(teacher: dict, labels: dict, heads: dict[str, str], voca
     N each band's end: per head, macro-F1 (single-label) or ROC-AUC (multi-label) on the validation clips."""
     pcs, out = Components(teacher["train"]), {head: [] for head in heads}
     for _, count in BANDS:
-        probs = {}
-        for head, kind in heads.items():
-            y = target_rows(labels["train"][head], len(vocab[head]))
-            keep = ~np.isnan(y).any(axis=1)
-            probs[head] = fit_probe(pcs.scores(teacher["train"], count)[keep], y[keep], kind, 0.01).predict(
-                pcs.scores(teacher["val"], count))
+        probes = fit_head_probes(pcs.scores(teacher["train"], count), labels["train"], heads, vocab, 0.01)
+        x_val = pcs.scores(teacher["val"], count)
+        probs = {head: probe.predict(x_val) for head, probe in probes.items()}
         report = head_metrics(probs, labels["val"], heads, vocab)
         for head, kind in heads.items():
             out[head].append(report[head]["macro_f1" if kind == "single" else "roc_auc"])

@@ -19,8 +19,8 @@ import sys
 
 import numpy as np
 
-from musictag.distill import fit_probe, load_teacher
-from musictag.manifest import encode_targets, read_manifest, split_by_group, target_rows
+from musictag.distill import fit_head_probes, load_teacher
+from musictag.manifest import encode_targets, read_manifest, split_by_group
 from musictag.metrics import head_metrics
 
 L2_GRID = (1e-3, 1e-2, 1e-1)
@@ -46,11 +46,8 @@ def probe_report(data: str, cache: str, val_fraction: float = 0.2, seed: int = 0
     val_targets = encode_targets(val, dataset.heads, dataset.vocab)
     best = {}
     for l2 in L2_GRID:
-        probs = {}
-        for head, kind in dataset.heads.items():
-            y = target_rows(train_targets[head], len(dataset.vocab[head]))
-            keep = ~np.isnan(y).any(axis=1)
-            probs[head] = fit_probe(x_train[keep], y[keep], kind, l2).predict(x_val)
+        probes = fit_head_probes(x_train, train_targets, dataset.heads, dataset.vocab, l2)
+        probs = {head: probe.predict(x_val) for head, probe in probes.items()}
         report = head_metrics(probs, val_targets, dataset.heads, dataset.vocab)
         score = np.mean([report[h][m] for h, m in HEADLINES])
         if not best or score > best["score"]:

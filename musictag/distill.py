@@ -296,19 +296,25 @@ def standardised(targets: np.ndarray) -> np.ndarray:
 PROBE_L2 = 1e-2  # what bench/teacher_probe.py picks from 1e-3, 1e-2, 1e-1 on the 4Q artist split
 
 
-def fit_pseudo_labellers(teachers: list[TeacherOutput | None], encoded: dict[str, np.ndarray],
-                         heads: dict[str, str], vocab: dict[str, list[str]], l2: float = PROBE_L2
-                         ) -> dict[str, LinearProbe]:
-    """One probe per labelled head (targets as manifest.encode_targets gives them), on the clip-mean
-    teacher embeddings of the clips the teacher heard."""
-    heard = [i for i, t in enumerate(teachers) if t is not None]
-    x = np.stack([teachers[i].embeddings.mean(axis=0) for i in heard])
+def fit_head_probes(x: np.ndarray, encoded: dict[str, np.ndarray], heads: dict[str, str],
+                    vocab: dict[str, list[str]], l2: float = PROBE_L2) -> dict[str, LinearProbe]:
+    """One probe per labelled head on the rows of `x` (targets as manifest.encode_targets gives them);
+    a row whose target for a head is unknown is left out of that head's fit."""
     probes = {}
     for head, kind in heads.items():
-        y = target_rows(encoded[head], len(vocab[head]))[heard]
+        y = target_rows(encoded[head], len(vocab[head]))
         keep = ~np.isnan(y).any(axis=1)
         probes[head] = fit_probe(x[keep], y[keep], kind, l2)
     return probes
+
+
+def fit_pseudo_labellers(teachers: list[TeacherOutput | None], encoded: dict[str, np.ndarray],
+                         heads: dict[str, str], vocab: dict[str, list[str]], l2: float = PROBE_L2
+                         ) -> dict[str, LinearProbe]:
+    """fit_head_probes on the clip-mean teacher embeddings of the clips the teacher heard."""
+    heard = [i for i, t in enumerate(teachers) if t is not None]
+    x = np.stack([teachers[i].embeddings.mean(axis=0) for i in heard])
+    return fit_head_probes(x, {head: np.asarray(encoded[head])[heard] for head in heads}, heads, vocab, l2)
 
 
 @dataclass

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import write_track
 
-from musictag.distill import (TEACHER_LABELS, DistillSet, LinearProbe, TeacherOutput, concat, fit_probe, labelled_set,
-                              load_teacher, segments, teacher_key, unlabelled_set)
+from musictag.distill import (TEACHER_LABELS, DistillSet, LinearProbe, TeacherOutput, concat, fit_head_probes,
+                              fit_probe, labelled_set, load_teacher, segments, teacher_key, unlabelled_set)
 from musictag.manifest import target_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,21 @@ def test_probe_learns_a_separable_problem():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     multi = np.stack([x[:, 1] > 0, x[:, 2] > 0], axis=1).astype(np.float32)
     assert np.mean((fit_probe(x, multi, "multi").predict(x) > 0.5) == multi) > 0.95
+
+
+def test_head_probes_leave_out_the_rows_whose_label_is_unknown():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 4))
+    quadrant = (x[:, 0] <= 0).astype(np.int64)
+    quadrant[:100] = -1  # unknown labels; had they counted, as class 0 they would pull the boundary
+    x[:100, 0] = -3.0    # far on class 1's side
+    tags = np.stack([x[:, 1] > 0, x[:, 2] > 0], axis=1).astype(np.float32)
+    probes = fit_head_probes(x, {"quadrant": quadrant, "tags": tags}, {"quadrant": "single", "tags": "multi"},
+                             {"quadrant": ["a", "b"], "tags": ["x", "y"]})
+    known = slice(100, None)
+    assert np.mean(probes["quadrant"].predict(x[known]).argmax(axis=1) == quadrant[known]) > 0.95
+    assert np.mean(probes["quadrant"].predict(x[:100]).argmax(axis=1) == 1) > 0.95
+    assert np.mean((probes["tags"].predict(x) > 0.5) == tags) > 0.95
 
 
 def test_unknown_single_labels_have_no_target():
