@@ -28,12 +28,18 @@ HELD_OUT_PACKAGES = ("ufoai-music", "nexuiz-music", "drascula-music", "singulari
 # soundtrack table). Debian packages reserved for independent checks (../shared/docs/teachers.md) are in
 # neither set.
 DISTILL_PACKAGES = HELD_OUT_PACKAGES
+# Games' data packages with a music folder among their sound effects and voices: more of the styles the
+# music-only packages lack (0ad-data: music of ancient cultures, Celtic, Egyptian, Indian, Japanese...;
+# widelands-data: folk and medieval; naev-data: electronic and ambient). Only files under a folder named
+# "music" are taken. Distilled on beside DISTILL_PACKAGES, never used for calibration.
+GAME_DATA_PACKAGES = ("0ad-data", "widelands-data", "naev-data")
 AUDIO_SUFFIXES = (".ogg", ".opus", ".mp3", ".flac")
 
 
 def fetch_package(package: str, build_dir: Path) -> list[Path]:
     """The audio files of one package, downloaded and unpacked once under build_dir/deb/PACKAGE;
-    [] when apt cannot fetch it. Game data archives (.pk3, which are zip files) are unpacked too."""
+    [] when apt cannot fetch it. Game data archives (.pk3 and .zip files) are unpacked too; of a
+    GAME_DATA_PACKAGES package, only its music folders."""
     target = build_dir / "deb" / package
     target.mkdir(parents=True, exist_ok=True)
     if not list(target.glob("*.deb")):
@@ -45,11 +51,13 @@ def fetch_package(package: str, build_dir: Path) -> list[Path]:
     extracted = target / "x"
     if not extracted.exists():
         subprocess.run(["dpkg-deb", "-x", str(next(target.glob("*.deb"))), str(extracted)], check=True)
-        for archive in list(extracted.rglob("*.pk3")):
+        for archive in [*extracted.rglob("*.pk3"), *extracted.rglob("*.zip")]:
             with zipfile.ZipFile(archive) as z:
-                z.extractall(archive.with_suffix(".pk3.d"),
-                             [m for m in z.namelist() if m.lower().endswith(AUDIO_SUFFIXES)])
-    return sorted(p for p in extracted.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+                z.extractall(archive.with_name(archive.name + ".d"),
+                             [m for m in z.namelist() if m.lower().endswith(AUDIO_SUFFIXES)
+                              and (package not in GAME_DATA_PACKAGES or "music" in m.split("/")[:-1])])
+    return sorted(p for p in extracted.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
+                  and (package not in GAME_DATA_PACKAGES or "music" in p.parts[:-1]))
 
 
 def fetch_tracks(packages: tuple[str, ...], build_dir: Path, min_seconds: float = 90.0,
@@ -75,16 +83,27 @@ def fetch_tracks(packages: tuple[str, ...], build_dir: Path, min_seconds: float 
 
 
 def licences(package: str, build_dir: Path) -> list[str]:
-    """The distinct License: names of the package's Debian copyright file."""
+    """The distinct License: names of the package's Debian copyright file (of a GAME_DATA_PACKAGES
+    package, only those of its default stanza and of the stanzas that name music files)."""
     found = sorted((build_dir / "deb" / package / "x").glob("usr/share/doc/*/copyright"))
     if not found:
         return []
     text = found[0].read_text(errors="replace")
-    names = {line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("License:")} - {""}
+    names = {name for stanza in text.split("\n\n") if _covers_music(package, stanza)
+             for name in _field(stanza, "License")} - {""}
     if not names:  # a copyright file not in Debian's machine-readable format: name the licence it quotes
         names = {name for pattern, name in (("GNU General Public License", "GPL"),
                                             ("CREATIVE COMMONS", "Creative Commons")) if pattern in text}
     return sorted(names) or ["see the package's copyright file"]
+
+
+def _field(stanza: str, name: str) -> list[str]:
+    return [line.split(":", 1)[1].strip() for line in stanza.splitlines() if line.startswith(name + ":")]
+
+
+def _covers_music(package: str, stanza: str) -> bool:
+    files = " ".join(_field(stanza, "Files"))
+    return package not in GAME_DATA_PACKAGES or files == "*" or "music" in files
 
 
 def describe(tracks: list[Path], build_dir: Path) -> list[dict]:

@@ -240,3 +240,25 @@ def test_embedding_fidelity_tells_components_learnt_from_components_memorised():
     tag = {side: {"tag": (teacher[side] @ basis[:, 14] > 0).astype(np.float32)[:, None]} for side in ("train", "val")}
     reads = bench.probe_by_components(teacher, tag, {"tag": "multi"}, {"tag": ["x"]})["tag"]
     assert reads[1] < 0.7 and reads[2] > 0.9  # the bands ending at 10 and at 20
+
+
+def test_game_data_packages_give_only_their_music_and_its_licences(tmp_path):
+    spec = importlib.util.spec_from_file_location("real_music", ROOT / "bench" / "real_music.py")
+    real_music = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_music)
+    for package in ("0ad-data", "asc-music"):
+        unpacked = tmp_path / "deb" / package / "x"
+        (tmp_path / "deb" / package / "fetched.deb").parent.mkdir(parents=True)
+        (tmp_path / "deb" / package / "fetched.deb").touch()  # fetched and unpacked before: nothing to download
+        for name in ("data/music/theme.ogg", "data/audio/voice/hello.ogg", "data/sfx/music_box.ogg"):
+            (unpacked / name).parent.mkdir(parents=True, exist_ok=True)
+            (unpacked / name).touch()
+        (unpacked / "usr/share/doc" / package).mkdir(parents=True)
+        (unpacked / "usr/share/doc" / package / "copyright").write_text(
+            "Files: *\nLicense: CC-BY-SA-3.0\n\nFiles: data/fonts/a.ttf\nLicense: OFL-1.1\n\n"
+            "Files: data/music/theme.ogg\nLicense: GPL-3+\n")
+    names = lambda package: sorted(p.name for p in real_music.fetch_package(package, tmp_path))  # noqa: E731
+    assert names("0ad-data") == ["theme.ogg"]  # a game's sound effects and voices are not music
+    assert names("asc-music") == ["hello.ogg", "music_box.ogg", "theme.ogg"]  # a music package is all music
+    assert real_music.licences("0ad-data", tmp_path) == ["CC-BY-SA-3.0", "GPL-3+"]  # not its fonts'
+    assert real_music.licences("asc-music", tmp_path) == ["CC-BY-SA-3.0", "GPL-3+", "OFL-1.1"]
