@@ -131,6 +131,26 @@ def test_mixtures_pair_two_artists_at_their_own_loudness_within_full_scale():
 
 
 
+def test_variants_change_speed_pitch_and_tilt_at_a_set_loudness():
+    mix_clips = _script("mix_clips")
+    sr = mix_clips.SAMPLE_RATE
+    t = np.arange(2 * sr) / sr
+    x = 0.1 * (np.sin(2 * np.pi * 250 * t) + np.sin(2 * np.pi * 4000 * t))
+
+    def level(y, hz):  # amplitude at `hz` of a 2 s excerpt
+        spectrum = np.abs(np.fft.rfft(y[:2 * sr - 4000]))
+        return spectrum[round(hz * (2 * sr - 4000) / sr)]
+
+    faster = mix_clips.variant(x, 1.1, 0.0)
+    assert abs(len(faster) - len(x) / 1.1) < 2  # 10% shorter ...
+    assert level(faster, 275) > 10 * level(faster, 250)  # ... and 10% higher
+    assert abs(np.sqrt(np.mean(faster ** 2)) - 0.25) < 0.01 and np.abs(faster).max() <= 1.0
+    brighter = mix_clips.variant(x, 1.0, 0.25)
+    # 4 octaves apart at 0.25: 2 ** (4 * 0.25) = twice as loud above as below, relative to the original
+    ratio = (level(brighter, 4000) / level(brighter, 250)) / (level(x, 4000) / level(x, 250))
+    assert abs(ratio - 2.0) < 0.1
+
+
 def test_mixtures_and_the_training_list_come_from_the_training_side_of_trains_split(tmp_path):
     from musictag.defaults import VAL_FRACTION
     from musictag.manifest import read_manifest, split_by_group
