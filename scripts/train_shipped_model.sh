@@ -103,7 +103,7 @@ if [ "${SKIP_ABLATIONS:-0}" != 1 ]; then
   ablations+=(--ablation "$RUNS/distilled.pt")
 fi
 musictag model-card weights/musictag.pt --out weights/MODEL_CARD.md --evaluation "$RUNS/distilled.eval.json" \
-  --evaluation-title "validation split: 144 clips by artists held out of training (runs/distilled.pt)" \
+  --evaluation-title "validation split: 144 clips by artists held out of training ($RUNS/distilled.pt)" \
   --probe "$RUNS/probe.json" --agreement "$RUNS/agreement.txt" --soundtracks "$RUNS/soundtracks.md" --sources "$RUNS/sources.json" \
   --sources "$RUNS/mixes.json" \
   --speed "$RUNS/model_speed.txt" --notes scripts/model_card_notes.md "${ablations[@]}"
