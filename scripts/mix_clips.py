@@ -21,6 +21,7 @@ with the teacher's view of that part of the clip rather than the whole clip's me
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -91,10 +92,10 @@ def write_mixtures(train: list, out: Path, count: int, seed: int) -> float:
 def write_variants(train: list, out: Path, per_clip: int, seed: int) -> float:
     rng, seconds = np.random.default_rng(seed + 7), 0.0  # a stream of its own, apart from the mixtures'
     for c, example in enumerate(train):
+        clip = functools.cache(lambda path=example.path: load_audio(path, SAMPLE_RATE))  # decoded once, if at all
         for v in range(per_clip):
             speed, tilt = float(rng.uniform(*SPEED)), float(rng.uniform(*TILT))
-            seconds += write_flac(out / f"var{c:04d}_{v}.flac",
-                                  lambda: variant(load_audio(example.path, SAMPLE_RATE), speed, tilt))
+            seconds += write_flac(out / f"var{c:04d}_{v}.flac", lambda: variant(clip(), speed, tilt))
     return seconds
 
 
