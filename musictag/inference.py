@@ -111,7 +111,7 @@ class Tagger:
         """What predict gives per window: each head's labels, and the embedding's width when asked for."""
         widths = {head: len(names) for head, names in self.labels.items()}
         if self.embedding:
-            widths[EMBEDDING] = self.model.trunk_channels
+            widths[EMBEDDING] = self.model.embedding_channels
         return widths
 
     def warm_up(self) -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 HEAD_KINDS = ("single", "multi", "regress")
+POOLINGS = ("mean", "mean_max")
 BLOCKS_PER_STAGE = 4
 POOL_AFTER_BLOCKS = (1, 2, 4)  # of stage 1
 
@@ -47,6 +48,13 @@ class ModelConfig:
     # mean over patches of a nonlinear layer), and its outputs are no longer confined to the span of the
     # trunk's 4 * width channels (400 embedding values against 128 channels at width 32)
     head_hidden: int = 0
+    # channels of the third stage (0: 4 * width). At rho <= 13 its convs are all 1x1 on a map 16x smaller than
+    # the input, so widening it costs little time: capacity where the teacher's mid-level components are read
+    last_width: int = 0
+    # "mean": each head maps every location, then averages over frequency and time. "mean_max": the heads
+    # read the frequency-averaged features pooled over time by both mean and max, as musicnn's own
+    # back-end does, so a component that marks a few salient moments can be told from one spread thin
+    pooling: str = "mean"
     heads: dict[str, tuple[str, int]] = field(default_factory=lambda: {"tags": ("multi", 56)})
     # head -> the heads whose logits it is a linear map of (instead of a map of the trunk's features):
     # the 4Q heads read the heads distilled from the teacher, a probe fitted after training (train.stack_heads)
@@ -55,6 +63,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.activation not in ("relu", "falu"):
             raise ValueError(f"activation must be 'relu' or 'falu', not {self.activation!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
         self.heads = {name: (str(kind), int(n)) for name, (kind, n) in self.heads.items()}
         for name, (kind, n) in self.heads.items():
             if kind not in HEAD_KINDS or n < 1:
@@ -228,7 +238,7 @@ class CPResNet(nn.Module):
             nn.Conv2d(config.in_channels, w, 5, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(w), make_activation(config.activation, w))
         layers, cin, index = [], w, 0
-        for stage, cout in enumerate((w, 2 * w, 4 * w)):
+        for stage, cout in enumerate((w, 2 * w, config.last_width or 4 * w)):
             for block in range(BLOCKS_PER_STAGE):
                 k1, k2 = kernel_size(config.rho, index), kernel_size(config.rho, index + 1)
                 layers.append(BasicBlock(cin, cout, k1, k2, config))
@@ -236,7 +246,7 @@ class CPResNet(nn.Module):
                 if stage == 0 and block + 1 in POOL_AFTER_BLOCKS:
                     layers.append(nn.MaxPool2d(2, 2))
         self.body = nn.Sequential(*layers)
-        self.heads = nn.ModuleDict({name: make_head(cin, n, config.head_hidden)
+        self.heads = nn.ModuleDict({name: make_head(self.embedding_channels, n, config.head_hidden)
                                     for name, (_, n) in config.heads.items()})
         self.stacks = nn.ModuleDict({
             name: nn.Linear(sum(config.heads[s][1] for s in sources), config.heads[name][1])
@@ -246,7 +256,12 @@ class CPResNet(nn.Module):
 
     @property
     def trunk_channels(self) -> int:
-        return 4 * self.config.width
+        return self.config.last_width or 4 * self.config.width
+
+    @property
+    def embedding_channels(self) -> int:
+        """Width of the pooled vector the heads read (and inference reports as the embedding)."""
+        return self.trunk_channels * (2 if self.config.pooling == "mean_max" else 1)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, channels, n_mels, frames) -> the shared feature map before the heads."""
@@ -256,13 +271,16 @@ class CPResNet(nn.Module):
         return self.outputs(x)[0]
 
     def outputs(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The logits per head, and the embedding: the trunk's feature map averaged over frequency and
-        time, (batch, trunk_channels), what every head reads."""
+        """The logits per head, and the embedding: the trunk's feature map pooled over frequency and
+        time, (batch, embedding_channels), what every head reads."""
         features = self.trunk(x)
         # the heads in fp32 even under autocast: fp16 logits differ from the CPU's by about 1e-3, enough
         # to flip a label close to its threshold
         with torch.autocast(features.device.type, enabled=False):
             features = features.float()
+            if self.config.pooling == "mean_max":
+                over_time = features.mean(dim=2)
+                features = torch.cat([over_time.mean(dim=-1), over_time.amax(dim=-1)], dim=1)[..., None, None]
             logits = {name: head(features).mean(dim=(2, 3)) for name, head in self.heads.items()}
             for name, sources in self.config.stacked.items():
                 logits[name] = self.stacks[name](torch.cat([logits[s] for s in sources], dim=-1))
@@ -284,7 +302,7 @@ def count_parameters(model: nn.Module) -> int:
 def replace_heads(model: CPResNet, heads: dict[str, tuple[str, int]]) -> CPResNet:
     """Give a trained trunk new, freshly initialised heads (for finetuning to a new vocabulary)."""
     model.config.heads = dict(ModelConfig(heads=heads).heads)
-    model.heads = nn.ModuleDict({name: make_head(model.trunk_channels, n, model.config.head_hidden)
+    model.heads = nn.ModuleDict({name: make_head(model.embedding_channels, n, model.config.head_hidden)
                                  for name, (_, n) in model.config.heads.items()})
     model.heads.apply(_init_weights)
     return model

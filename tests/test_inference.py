@@ -113,7 +113,7 @@ def _short_of_memory(tagger, fits: int, error: Exception):
     network, passes = tagger.model, []
 
     class ShortOfMemory:
-        trunk_channels = network.trunk_channels
+        embedding_channels = network.embedding_channels
 
         def outputs(self, x):
             passes.append(x.shape[0])
