@@ -445,8 +445,7 @@ def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -
         checkpoint = api.load_model(model)
         typer.echo(f"  sha256: {checkpoint.sha256}")
         c = checkpoint.model_config
-        typer.echo(f"  CP-ResNet rho={c.rho} width={c.width} n_mels={c.n_mels} activation={c.activation} "
-                   f"frequency_aware={c.frequency_aware} shake_shake={c.shake_shake} head_hidden={c.head_hidden}")
+        typer.echo(f"  CP-ResNet {c.architecture()}, n_mels={c.n_mels}")
         for head, names in checkpoint.labels.items():
             typer.echo(f"  {head} ({c.heads[head][0]}-label, {len(names)}): {', '.join(names)}")
     except CheckpointError as e:

@@ -81,6 +81,13 @@ class ModelConfig:
         """Scored head -> "single" | "multi" (the heads with label names; regress heads are left out)."""
         return {name: kind for name, (kind, _) in self.heads.items() if kind != "regress"}
 
+    def architecture(self) -> str:
+        """The trunk and heads' shape in one line (the options left at their defaults are not named)."""
+        words = [f"rho={self.rho}", f"width={self.width}"] + ([f"last_width={self.last_width}"] if self.last_width else [])
+        words += [f"frequency_aware={self.frequency_aware}", f"shake_shake={self.shake_shake}",
+                  f"activation={self.activation}", f"head_hidden={self.head_hidden}"]
+        return ", ".join(words + ([f"pooling={self.pooling}"] if self.pooling != "mean" else []))
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["heads"] = [[name, kind, n] for name, (kind, n) in self.heads.items()]

@@ -88,14 +88,19 @@ def write_model_card(model: Path, out: Path, inputs: CardInputs) -> None:
     out.write_text("\n\n".join(s for s in sections if s) + "\n")
 
 
+def _student(c) -> str:
+    """The ablation table's short name of a student's shape: what the recipes vary."""
+    return ", ".join([f"width {c.width}", f"head hidden {c.head_hidden}"]
+                     + ([f"last stage {c.last_width}"] if c.last_width else [])
+                     + ([f"{c.pooling} pooling"] if c.pooling != "mean" else []))
+
+
 def _summary(model: Path, checkpoint) -> str:
     t, c, f = checkpoint.training, checkpoint.model_config, checkpoint.feature_config
     return "\n".join([
         f"# Model card: {model.name}", "",
         f"- sha256: `{checkpoint.sha256}`",
-        f"- architecture: CP-ResNet, rho={c.rho}, width={c.width}, frequency_aware={c.frequency_aware}, "
-        f"shake_shake={c.shake_shake}, activation={c.activation}, head_hidden={c.head_hidden}, "
-        f"{t.get('parameters', '?')} parameters",
+        f"- architecture: CP-ResNet, {c.architecture()}, {t.get('parameters', '?')} parameters",
         "- heads: " + ", ".join(f"{h} (regression of the teacher's {n}-d embedding, not scored)" if k == "regress"
                                 else f"{h} ({k}-label, {n})" for h, (k, n) in c.heads.items()),
         f"- features: {f.sample_rate} Hz, n_fft {f.n_fft}, hop {f.hop_length}, {f.n_mels} mel bins "
@@ -245,7 +250,7 @@ def _ablations(paths: list[Path]) -> str:
         v, recipe, d = a.training.get("validation", {}), a.training.get("recipe", {}), a.training.get("distillation")
         cells = [_headline(v[h]) if h in v else "n/a" for h in ("quadrant", "genre", "mood")]
         c = a.model_config
-        lines.append(f"| {path.name} | width {c.width}, head hidden {c.head_hidden} | {recipe.get('epochs', '?')} | "
+        lines.append(f"| {path.name} | {_student(c)} | {recipe.get('epochs', '?')} | "
                      f"{'yes' if d else 'no'} | "
                      f"{d['pseudo_weight'] if d else '-'} | {d['unlabelled_segments'] if d else 0} | "
                      f"{d.get('embedding_weight', 0.0) if d else '-'} | "

@@ -153,3 +153,29 @@ def test_a_hidden_head_layer_lifts_the_outputs_out_of_the_trunks_span(hidden):
     rank = torch.linalg.matrix_rank(out - out.mean(dim=0), rtol=1e-4).item()
     assert (rank <= model.trunk_channels) == (hidden == 0)
     assert len(model.heads["emb"]) == (5 if hidden else 2)
+
+
+def test_a_wider_last_stage_widens_only_the_trunks_output():
+    narrow = CPResNet(ModelConfig(rho=3, width=4, n_mels=32, heads={"t": ("multi", 3)}))
+    wide = CPResNet(ModelConfig(rho=3, width=4, n_mels=32, heads={"t": ("multi", 3)}, last_width=24))
+    with torch.no_grad():
+        features = wide.eval().trunk(torch.randn(2, 1, 32, 40))
+    assert features.shape[1] == wide.trunk_channels == 24 and narrow.trunk_channels == 16
+    # stages 1 and 2 are the same size in both
+    assert [count_parameters(b) for b in wide.body[:9]] == [count_parameters(b) for b in narrow.body[:9]]
+    assert "last_width=24" in wide.config.architecture() and "last_width" not in narrow.config.architecture()
+
+
+def test_mean_max_pooling_gives_the_heads_the_mean_and_the_max_over_time():
+    torch.manual_seed(0)
+    config = ModelConfig(rho=3, width=4, n_mels=32, heads={"t": ("multi", 3)}, pooling="mean_max")
+    model = CPResNet(config).eval()
+    x = torch.randn(2, 1, 32, 80)
+    with torch.no_grad():
+        logits, embedding = model.outputs(x)
+        over_time = model.trunk(x).mean(dim=2)
+    assert embedding.shape == (2, model.embedding_channels) == (2, 2 * model.trunk_channels)
+    assert torch.allclose(embedding, torch.cat([over_time.mean(dim=-1), over_time.amax(dim=-1)], dim=1), atol=1e-6)
+    assert model.heads["t"][0].in_channels == model.embedding_channels and logits["t"].shape == (2, 3)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        ModelConfig(pooling="attention")
