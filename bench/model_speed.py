@@ -21,7 +21,8 @@ FRAMES_PER_SECOND = 22050 / 512
 # the shipped model's heads: the 4Q heads, the two teacher heads and the teacher-embedding regression
 HEADS = {"quadrant": ("single", 4), "genre": ("multi", 14), "mood": ("multi", 62), "msd": ("multi", 50),
          "mtt": ("multi", 50), "embedding": ("regress", 400)}
-VARIANTS = ({"activation": "falu"}, {"shake_shake": True}, {"frequency_aware": True}, {"head_hidden": 256})
+VARIANTS = ({"activation": "falu"}, {"shake_shake": True}, {"frequency_aware": True}, {"head_hidden": 256},
+            {"last_width": 384}, {"pooling": "mean_max"})
 
 
 def throughput(config: ModelConfig, batch: int, seconds: float = 10.0, repeats: int = 3) -> float:
