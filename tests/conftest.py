@@ -86,13 +86,20 @@ def ctrl_c_reaches_the_tests():
 
 
 def hold_file_lock(db_path, path: str, seconds: float) -> subprocess.Popen:
-    """Another process holding the database's lock on `path` for `seconds`; returns once it holds it."""
+    """Another process holding the database's lock on `path` for `seconds`; returns once it holds it. Its
+    last line is the time.monotonic() (one clock for every process) just before its exit releases the lock."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from musictag.db import Database; "
                                "lock = Database(sys.argv[1]).file_lock(sys.argv[2]); lock.__enter__(); "
-                               f"print('held', flush=True); time.sleep({seconds})", str(db_path), path],
-                              stdout=subprocess.PIPE)
+                               f"print('held', flush=True); time.sleep({seconds}); print(time.monotonic())",
+                               str(db_path), path], stdout=subprocess.PIPE)
     assert holder.stdout.readline() == b"held\n"
     return holder
+
+
+def released_at(holder: subprocess.Popen) -> float:
+    """When a hold_file_lock process let go of its lock (on its monotonic clock, the caller's too)."""
+    holder.wait()
+    return float(holder.stdout.readline())
 
 
 def cut_short_seen_elsewhere(db_path) -> dict[str, list[str]]:

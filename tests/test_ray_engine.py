@@ -314,5 +314,6 @@ def test_sigterm_ends_a_ray_scan_like_ctrl_c_and_it_resumes(library, tiny_checkp
     assert not [p for p in library.rglob("*") if p.name.startswith(".")]  # no temporary copy left
     resumed = subprocess.run(command + ["local"], capture_output=True, text=True, timeout=300)
     summary = json.loads(resumed.stdout.splitlines()[-1])["summary"]
-    assert summary["unchanged"] == len([p for p in done if not p.endswith("broken.mp3")])
+    # the files done, and a tag write under way at the SIGTERM (finished, not recorded), are unchanged now
+    assert summary["unchanged"] >= len([p for p in done if not p.endswith("broken.mp3")])
     assert summary["tagged"] + summary["unchanged"] == 12
