@@ -83,10 +83,11 @@ class ModelConfig:
 
     def architecture(self) -> str:
         """The trunk and heads' shape in one line (the options left at their defaults are not named)."""
-        words = [f"rho={self.rho}", f"width={self.width}"] + ([f"last_width={self.last_width}"] if self.last_width else [])
-        words += [f"frequency_aware={self.frequency_aware}", f"shake_shake={self.shake_shake}",
-                  f"activation={self.activation}", f"head_hidden={self.head_hidden}"]
-        return ", ".join(words + ([f"pooling={self.pooling}"] if self.pooling != "mean" else []))
+        last = [f"last_width={self.last_width}"] if self.last_width else []
+        pooling = [f"pooling={self.pooling}"] if self.pooling != "mean" else []
+        return ", ".join([f"rho={self.rho}", f"width={self.width}", *last, f"frequency_aware={self.frequency_aware}",
+                          f"shake_shake={self.shake_shake}", f"activation={self.activation}",
+                          f"head_hidden={self.head_hidden}", *pooling])
 
     def to_dict(self) -> dict:
         data = asdict(self)
