@@ -22,6 +22,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 
 from .errors import DatabaseError
+from .ownership import Owned, legacy
 
 try:
     import fcntl
@@ -73,7 +74,14 @@ ADDED_COLUMNS = (("tracks", "decided", "TEXT"), ("models", "labels", "TEXT"), ("
                  ("tracks", "pending", "TEXT"),  # JSON: `written` to be, recorded before the tagged copy replaces the file
                  ("models", "vocabulary", "TEXT"),
                  ("tracks", "embedding", "BLOB"),  # float32 bytes of the track's embedding, kept for --parquet
-                 ("temporaries", "file", "TEXT"))
+                 ("temporaries", "file", "TEXT"),
+                 # JSON {field: ownership.Owned}: musictag's values and those it removed, as of its last write
+                 # (NULL: a record from before, read from `previous` and `written`, see Database.owned)
+                 ("undo", "owned", "TEXT"),
+                 ("tracks", "pending_owned", "TEXT"),  # JSON: `owned` to be, recorded with `pending`
+                 ("tracks", "audio", "TEXT"),  # fingerprint of the audio packets (tags.audio_fingerprint): a
+                                               # file moved or renamed by another program keeps its record
+                 ("tracks", "gone", "INTEGER"))  # 1: reported once as moved or deleted
 # The file locks this process holds or is taking, over every Database: (lock file's device, inode, byte) ->
 # how many. POSIX locks are the process's, not a file descriptor's or a thread's: asking the system whether
 # a lock is free (taking it and letting it go) would say free for one this process holds, and letting it go
@@ -118,6 +126,14 @@ class Known(NamedTuple):
     failed: bool  # the last attempt failed (see Track.error)
     decided: str | None  # fingerprint of the options the written tags were decided under
     embedded: bool = False  # its embedding is stored with its scores
+
+
+class Pending(NamedTuple):
+    """A write recorded before it replaced the file (Database.put_pending)."""
+
+    written: dict[str, list[str]]  # what the file holds of ours once it is done
+    owned: dict[str, Owned] | None  # whose values are whose then (None: recorded by an older version)
+    bare: bool  # the file had no tag block before it
 
 
 @dataclass
@@ -271,24 +287,52 @@ class Database:
                     (_key(path), size, mtime_ns, model, error, time.time()))
 
     def put_written(self, path: str, written: dict[str, list[str]] | None, size: int, mtime_ns: int,
-                    decided: str | None = None) -> None:
+                    decided: str | None = None, owned: dict[str, Owned] | None = None, bare: bool = False) -> None:
         """Record what was written, under which options (`decided`: a scan's decision, which also ends a
-        remembered write error; None: undo's), and the file's new stat (a tag write changes both)."""
+        remembered write error; None: undo's), the file's new stat (a tag write changes both) and, with
+        `owned`, whose values are whose per field (empty: none are musictag's) (`bare`: the file had no tag block before musictag's
+        first write), all in one transaction."""
+        if owned == {}:  # nothing of musictag's left in the file: nothing to undo
+            self._write("DELETE FROM undo WHERE path = ?", (_key(path),))
+        elif owned is not None:
+            self._write("INSERT INTO undo (path, previous, bare, owned) VALUES (?, ?, ?, ?) ON CONFLICT(path) DO "
+                        "UPDATE SET previous = excluded.previous, owned = excluded.owned",
+                        (_key(path), json.dumps({name: r.before for name, r in owned.items()}), int(bare),
+                         json.dumps(_owned_dict(owned))))
         self._write("UPDATE tracks SET written = ?, size = ?, mtime_ns = ?, decided = ?, pending = NULL, "
-                    "error = CASE WHEN ? IS NULL THEN error END, updated = ? WHERE path = ?",
+                    "pending_owned = NULL, error = CASE WHEN ? IS NULL THEN error END, updated = ? WHERE path = ?",
                     (json.dumps(written) if written is not None else None, size, mtime_ns, decided, decided,
                      time.time(), _key(path)))
         self.commit()  # the file changed: its record must not lag behind
 
-    def put_pending(self, path: str, written: dict[str, list[str]]) -> None:
-        """What the file will hold of ours once its tagged copy replaces it, committed before that: after a
-        kill in between, undo and the next scan know whether the file holds it (see `pending`)."""
-        self._write("UPDATE tracks SET pending = ? WHERE path = ?", (json.dumps(written), _key(path)))
+    def put_pending(self, path: str, written: dict[str, list[str]], owned: dict[str, Owned], bare: bool) -> None:
+        """What the file will hold of ours once its tagged copy replaces it, whose values those are and
+        whether it had no tag block before, committed before that: after a kill in between, undo and the
+        next scan know whether the file holds it (see `pending`)."""
+        self._write("UPDATE tracks SET pending = ?, pending_owned = ? WHERE path = ?",
+                    (json.dumps(written), json.dumps({"fields": _owned_dict(owned), "bare": bare}), _key(path)))
         self.commit()
 
-    def pending(self, path: str) -> dict[str, list[str]] | None:
-        row = self._conn.execute("SELECT pending FROM tracks WHERE path = ?", (_key(path),)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
+    def pending(self, path: str) -> Pending | None:
+        """What was recorded before a write that has not been recorded as done, or None."""
+        row = self._conn.execute("SELECT pending, pending_owned FROM tracks WHERE path = ?", (_key(path),)).fetchone()
+        if not row or not row[0]:
+            return None
+        if not row[1]:  # recorded by a version that kept no owners: undo keeps its own record
+            return Pending(json.loads(row[0]), None, False)
+        kept = json.loads(row[1])
+        return Pending(json.loads(row[0]), _owned_from_dict(kept["fields"]), kept["bare"])
+
+    def owned(self, path: str, written: dict[str, list[str]], separator: str = "") -> dict[str, Owned]:
+        """Whose values are whose in each field musictag has written (`written`: what it holds of ours).
+        A record from before per-write records is read from the values kept from before musictag first
+        touched each field (`separator`: how those were joined, as the scan asking joins them)."""
+        row = self._conn.execute("SELECT previous, owned FROM undo WHERE path = ?", (_key(path),)).fetchone()
+        if row is not None and row[1]:
+            return _owned_from_dict(json.loads(row[1]))
+        previous = json.loads(row[0]) if row else {}
+        return {name: legacy(previous.get(name), values, separator) for name, values in written.items()
+                if name in previous}
 
     @contextlib.contextmanager
     def file_lock(self, path: str, before_waiting: Callable[[], None] | None = None):
@@ -449,29 +493,23 @@ class Database:
             kinds.update(json.loads(heads))
         return kinds
 
-    def previous_values(self, path: str) -> dict[str, list[str]]:
-        row = self._conn.execute("SELECT previous FROM undo WHERE path = ?", (_key(path),)).fetchone()
-        return json.loads(row[0]) if row else {}
-
-    def remember_previous(self, path: str, previous: dict[str, list[str]], bare: bool = False) -> None:
-        """Keep the values from before musictag first touched each field, and whether the file then had no
-        tag block (`bare`); later writes overwrite neither."""
-        merged = {**previous, **self.previous_values(path)}
-        self._write("INSERT INTO undo (path, previous, bare) VALUES (?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
-                    "previous = excluded.previous", (_key(path), json.dumps(merged), int(bare)))
-        self.commit()
-
     def added_tag_block(self, path: str) -> bool:
-        """Whether the file had no tag block before musictag first wrote it."""
+        """Whether the file had no tag block before musictag first wrote it (a first write a kill kept from
+        being recorded: as recorded before it)."""
         row = self._conn.execute("SELECT bare FROM undo WHERE path = ?", (_key(path),)).fetchone()
-        return bool(row and row[0])
+        if row is None:
+            pending = self.pending(path)
+            return bool(pending and pending.bare)
+        return bool(row[0])
 
     def forget_previous(self, path: str) -> None:
         self._write("DELETE FROM undo WHERE path = ?", (_key(path),))
         self.commit()
 
     def undo_paths(self) -> list[str]:
-        return [_path(row[0]) for row in self._conn.execute("SELECT path FROM undo ORDER BY path")]
+        """Files with something to undo: a record, or a write a kill kept from being recorded."""
+        return [_path(row[0]) for row in self._conn.execute(
+            "SELECT path FROM undo UNION SELECT path FROM tracks WHERE pending_owned IS NOT NULL ORDER BY path")]
 
     def embedded(self) -> Iterator[tuple[str, str, float, dict[str, dict[str, float]], np.ndarray]]:
         """(path, model, duration, scores, embedding) of every track scored with its embedding, by path."""
@@ -519,6 +557,14 @@ def _running(pid: int) -> bool:
     except OSError:
         return True  # another user's process
     return True
+
+
+def _owned_dict(owned: dict[str, Owned]) -> dict:
+    return {name: record.to_dict() for name, record in owned.items()}
+
+
+def _owned_from_dict(data: dict) -> dict[str, Owned]:
+    return {name: Owned.from_dict(fields) for name, fields in data.items()}
 
 
 def _track(row) -> Track:

@@ -49,9 +49,8 @@ class OwnValues:
         """Per field, the casefolded values of `path` that musictag wrote (not the user's)."""
         record = self.db.get(path) if self.db is not None else None
         if record is not None and record.written:
-            previous = self.db.previous_values(path)
-            return {f: {v.casefold() for v in set(record.written.get(f, [])) - set(previous.get(f, []))}
-                    for f in fields}
+            owned = self.db.owned(path, record.written)
+            return {f: {v.casefold() for v in owned[f].added} if f in owned else set() for f in fields}
         if marked:
             return {f: self.possible.get(f, set()) for f in fields}
         return {}

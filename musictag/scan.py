@@ -33,6 +33,7 @@ from .defaults import ID3_VERSION, WRITE_MODE
 from .defaults import LOCAL_ENGINE, WRITE_THREADS
 from .errors import DatabaseError, FileChangedError, MusictagError, TagWriteError
 from .library import walk, within
+from .ownership import Owned, after_write, joined, ours, restarted, split, trivial, undone
 from .pipeline import Decoded, Job, score_locally
 from .progress import Progress, no_progress
 from .tags import Journal, check_writable, file_state, lacks_tag_block, read_fields, restore_original, write_fields
@@ -348,7 +349,7 @@ class Scanner:
             self._decide(job)
             return
         if error is None:
-            self._record_written(job.path, job.held)
+            self._record_written(job)
             self.result.tagged += 1
         self._settle(job, "tagged", error)
 
@@ -394,28 +395,29 @@ class Scanner:
     def _apply_tags(self, job: _Write) -> tuple[str, Callable[[], None] | None]:
         """What the file's tags become under this scan's options (job.change: the fields that change), and
         the status; where they change (not in a dry run), the file write, to be run (on a pool thread) and
-        recorded (job.held) still. A file that is not the one decoded (`decoded_at`) is _Replaced."""
+        recorded (job.held, job.owned) still. A file that is not the one decoded (`decoded_at`) is _Replaced."""
         path, ours, decoded_at = job.path, job.ours, job.decoded_at
         read_at = file_state(path)
         if _identity(read_at) != _identity(decoded_at):
             raise _Replaced(path)
         current = read_fields(path, list(ours), as_stored=True)
-        record = self.db.get(path)
-        written = _settled((record.written or {}) if record else {}, self.db.pending(path), current)
-        previous = self.db.previous_values(path)
-        if self.options.mode == "skip-tagged" and _tagged_by_user(current, written, previous):
+        written, owned = self._held_now(path, current)
+        if self.options.mode == "skip-tagged" and _tagged_by_user(current, owned, self.options.separator):
             self.result.skipped += 1
-            self._record_written(path, written)  # the file still holds what we wrote before, if anything
-            job.change = None
+            job.held, job.owned, job.change = written, owned, None
+            self._record_written(job)  # the file still holds what we wrote before, if anything
             return "skipped", None
-        new = {name: self._merged(name, current[name], labels, written, previous)
-               for name, labels in ours.items()}
+        starts = {name: restarted(owned.get(name), current[name], written.get(name), self._separator(name))
+                  for name in ours}
+        new = {name: self._merged(name, current[name], labels, starts[name]) for name, labels in ours.items()}
         changed = {name: values for name, values in new.items() if values != current[name]}
         job.change = Change(path, {name: current[name] for name in changed}, changed)
         job.held = {**written, **new}  # fields this scan does not write (--fields, nothing confident) stay ours
+        job.owned = {**owned, **{name: after_write(starts[name], current[name], new[name], self._separator(name))
+                                 for name in new}}
         if not changed:
             self.result.unchanged += 1
-            self._record_written(path, job.held)
+            self._record_written(job)
             job.change = None
             return "unchanged", None
         if self.options.dry_run:
@@ -423,40 +425,41 @@ class Scanner:
             self.result.changes.append(job.change)
             self.result.scored += 1
             return "would change", None
-        self.db.remember_previous(path, {name: current[name] for name in changed}, lacks_tag_block(path))
-        self.db.put_pending(path, job.held)  # before the rename: a kill after it leaves undo what it needs
+        job.bare = lacks_tag_block(path)
+        self.db.put_pending(path, job.held, job.owned, job.bare)  # before the rename: a kill after it leaves undo what it needs
         # run on a pool thread: the database calls of the write go through the proxy, to this thread
         return "tagged", partial(_write_file, self.writes.owner_proxy(self.db), path, changed, read_at,
                                  id3_version=self.options.id3_version, write_mode=self.options.write_mode)
 
-    def _record_written(self, path: str, written: dict[str, list[str]]) -> None:
-        """What the file now holds of ours, decided under this scan's options (a dry run records nothing)."""
-        if not self.options.dry_run:
-            st = os.stat(path)
-            self.db.put_written(path, written, st.st_size, st.st_mtime_ns, self.decision)
+    def _held_now(self, path: str, current: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, Owned]]:
+        """What the file holds of ours (as last written) and whose values are whose, as of musictag's last
+        write that reached the file (recorded, or pending when a kill came between the rename and its record)."""
+        record = self.db.get(path)
+        written = (record.written or {}) if record else {}
+        return _settled(self.db, path, written, current, self.options.separator)
 
-    def _merged(self, name: str, current: list[str], labels: list[str], written: dict[str, list[str]],
-                previous: dict[str, list[str]]) -> list[str]:
+    def _record_written(self, job: _Write) -> None:
+        """What the file now holds of ours and whose values are whose, decided under this scan's options
+        (a dry run records nothing)."""
+        if not self.options.dry_run:
+            st = os.stat(job.path)
+            owned = {name: record for name, record in job.owned.items() if name in job.held and not trivial(record)}
+            self.db.put_written(job.path, job.held, st.st_size, st.st_mtime_ns, self.decision, owned, job.bare)
+
+    def _separator(self, name: str) -> str:
+        return self.options.separator if name in USER_FIELDS else ""
+
+    def _merged(self, name: str, current: list[str], labels: list[str], record: Owned) -> list[str]:
+        """The field's new values: ours, and in merge mode the user's first (ours from earlier scans that
+        this one does not write again are dropped; values the user set stay, whatever scanned before)."""
+        separator = self._separator(name)
         if self.options.mode != "merge" or name not in USER_FIELDS:
-            return self._joined(name, labels)
-        ours_before = set(self._split(written.get(name, []))) - set(self._split(previous.get(name, [])))
-        kept = [v for v in self._split(current) if v not in ours_before]  # the user's values, not our stale ones
+            return joined(labels, separator)
+        stale = set(record.added)
+        kept = [v for v in split(current, separator) if v not in stale]  # the user's values, not our stale ones
         aliases = self.options.genre_aliases if name == "genre" else {}
         known = {genre_key(v, aliases) for v in kept}  # "Hip Hop" and "Hip-Hop" are one genre
-        return self._joined(name, kept + [label for label in labels if genre_key(label, aliases) not in known])
-
-    def _split(self, values: list[str]) -> list[str]:
-        """Values as one per entry: a value joined by the separator (config file) is split."""
-        mark = self.options.separator.strip() or self.options.separator
-        if not mark:
-            return list(values)
-        return [part.strip() for value in values for part in value.split(mark) if part.strip()]
-
-    def _joined(self, name: str, values: list[str]) -> list[str]:
-        """A user field's values as they are written: with a separator, one value joining them all."""
-        if self.options.separator and name in USER_FIELDS and len(values) > 1:
-            return [self.options.separator.join(values)]
-        return values
+        return joined(kept + [label for label in labels if genre_key(label, aliases) not in known], separator)
 
     def _fail(self, path: str, st: os.stat_result | None, reason: str) -> None:
         """A new failure. Remembered with the file's stat (not by a dry run, whose real run must report it
@@ -490,6 +493,8 @@ class _Write:
     attempts: int = 3  # decisions left: another program saving the file during the write costs one
     change: Change | None = None  # the fields that change
     held: dict[str, list[str]] = field(default_factory=dict)  # what the file holds of ours once written
+    owned: dict[str, Owned] = field(default_factory=dict)  # whose values are whose then, per field
+    bare: bool = False  # the file has no tag block before this write
 
 
 class _Replaced(Exception):
@@ -507,13 +512,17 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
-def _settled(written: dict[str, list[str]], pending: dict[str, list[str]] | None,
-             current: dict[str, list[str]]) -> dict[str, list[str]]:
-    """What the file holds of ours: `pending` (recorded before a write) when the file holds it, the write
-    having replaced the file before a kill kept it from being recorded; else what was recorded."""
-    if pending and all(current[name] == values for name, values in pending.items() if name in current):
-        return pending
-    return written
+def _settled(db: Database, path: str, written: dict[str, list[str]], current: dict[str, list[str]],
+             separator: str = "") -> tuple[dict[str, list[str]], dict[str, Owned]]:
+    """What the file holds of ours and whose values are whose: what was recorded before a write (pending)
+    when the file holds it, the write having replaced the file before a kill kept it from being recorded;
+    else what was recorded."""
+    pending = db.pending(path)
+    if pending and all(current[name] == values for name, values in pending.written.items() if name in current):
+        if pending.owned is None:  # an older version's: its record of previous values was kept before it
+            return pending.written, db.owned(path, pending.written, separator)
+        return pending.written, pending.owned
+    return written, db.owned(path, written, separator)
 
 
 def _write_file(db: Database, path: str, values: dict[str, list[str] | None], read_at: os.stat_result,
@@ -590,14 +599,10 @@ def repair_interrupted(db: Database, failed: list[tuple[str, str]]) -> list[str]
     return repaired
 
 
-def _tagged_by_user(current: dict[str, list[str]], written: dict[str, list[str]],
-                    previous: dict[str, list[str]]) -> bool:
-    """Whether genre or mood holds a value musictag did not write (skip-tagged leaves such files alone)."""
-    for name in USER_FIELDS:
-        ours = set(written.get(name, [])) - set(previous.get(name, []))
-        if any(value not in ours for value in current.get(name, [])):
-            return True
-    return False
+def _tagged_by_user(current: dict[str, list[str]], owned: dict[str, Owned], separator: str) -> bool:
+    """Whether genre or mood holds a value musictag did not add (skip-tagged leaves such files alone)."""
+    return any(set(split(current.get(name, []), separator)) - ours(owned.get(name), current.get(name, []), separator)
+               for name in USER_FIELDS)
 
 
 def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | None = None,
@@ -648,14 +653,13 @@ def _undo_file(db: Database, path: str, real: str, write_mode: str = WRITE_MODE
 
 
 def _still_ours(db: Database, path: str) -> tuple[dict[str, list[str]], int]:
-    """The previous values of the fields that still hold what musictag wrote, and how many fields were
-    changed since (the user edited them in another program): those keep the user's values, undo takes
-    back only our work."""
-    previous = db.previous_values(path)
+    """Per field that still holds what musictag wrote, its values with musictag's taken out and those it
+    removed put back; and how many fields were changed since (the user edited them in another program):
+    those keep the user's values, undo takes back only our work."""
     record = db.get(path)
     written = (record.written or {}) if record else {}
-    current = read_fields(path, list(previous), as_stored=True)
-    written = _settled(written, db.pending(path), current)
-    restore = {name: values for name, values in previous.items()
-               if name in written and current[name] == written[name]}
-    return restore, sum(name in written and current[name] != written[name] for name in previous)
+    current = read_fields(path, sorted({*written, *db.owned(path, written)}), as_stored=True)
+    held, owned = _settled(db, path, written, current)
+    current.update(read_fields(path, [name for name in owned if name not in current], as_stored=True))
+    mine = [name for name in owned if name in held and current[name] != held[name]]
+    return {name: undone(owned[name], current[name]) for name in owned if name in held and name not in mine}, len(mine)

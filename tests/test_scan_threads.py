@@ -41,7 +41,7 @@ def state(db_path, root):
     from musictag.db import Database
 
     with Database(db_path) as db:
-        rows = {os.path.relpath(t.path, root): (t.scores, t.written, t.error, db.previous_values(t.path),
+        rows = {os.path.relpath(t.path, root): (t.scores, t.written, t.error, db.owned(t.path, t.written or {}),
                                                 db.added_tag_block(t.path), db.pending(t.path)) for t in db.tracks()}
         temporaries = db._conn.execute("SELECT COUNT(*) FROM temporaries").fetchone()[0]
     tags = {rel: read_fields(root / rel, FOUR) for rel in GOOD}

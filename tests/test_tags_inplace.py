@@ -427,6 +427,7 @@ def test_undo_writes_in_place_a_file_whose_folder_was_moved_and_linked_since_the
     """The database names the file by its path at the scan; the folder moved since and a link left in its
     place: undo writes the file the link leads to, under that file's lock (the one a scan of it takes, and
     the one its journal record is asked by), not failing it as a file that became a link mid-write."""
+    from musictag.ownership import Owned
     from musictag.scan import undo
 
     (tmp_path / "moved").mkdir()
@@ -435,8 +436,8 @@ def test_undo_writes_in_place_a_file_whose_folder_was_moved_and_linked_since_the
     path, st = str(tmp_path / "music" / "track.flac"), os.stat(real)
     with Database(tmp_path / "db.sqlite") as db:
         db.put_scores(path, st.st_size, st.st_mtime_ns, "m", 1.0, {})
-        db.put_written(path, {"genre": ["Jazz"]}, st.st_size, st.st_mtime_ns)
-        db.remember_previous(path, {"genre": ["Folk"]})
+        db.put_written(path, {"genre": ["Jazz"]}, st.st_size, st.st_mtime_ns,
+                       owned={"genre": Owned(["Jazz"], [(0, "Folk")], ["Folk"])})
         result = undo(db, write_mode="inplace")
     assert result.failed == [] and result.tagged == 1
     assert read_fields(real, ["genre"]) == {"genre": ["Folk"]} and os.stat(real).st_ino == st.st_ino

@@ -1,0 +1,160 @@
+"""Whose value is whose: a value the user set is never removed by a scan (merge) nor reverted by undo.
+
+The pure record first (musictag.ownership), then the sequences a user runs, through the real command."""
+
+import mutagen
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_track
+from musictag.cli import app
+from musictag.ownership import Owned, after_write, legacy, restarted, undone
+from musictag.tags import read_fields, write_fields
+
+runner = CliRunner()
+
+
+def write(record, current, written, new, separator=""):
+    return after_write(restarted(record, current, written, separator), current, new, separator)
+
+
+def test_a_merge_owns_only_what_it_added_and_undo_takes_only_that():
+    first = write(None, ["Rock"], None, ["Rock", "Electronic"])
+    assert first.added == ["Electronic"] and first.removed == [] and first.before == ["Rock"]
+    assert undone(first, ["Rock", "Electronic"]) == ["Rock"]
+
+
+def test_a_user_edit_between_writes_is_the_new_start():
+    first = write(None, ["Rock"], None, ["Rock", "Electronic"])
+    second = write(first, ["UserEdit"], ["Rock", "Electronic"], ["UserEdit", "Electronic"])
+    assert second.added == ["Electronic"] and second.before == ["UserEdit"]
+    assert undone(second, ["UserEdit", "Electronic"]) == ["UserEdit"]
+
+
+def test_replace_remembers_what_it_removed_with_its_place_and_a_rewrite_gives_it_back_to_the_user():
+    first = write(None, ["Rock", "Pop"], None, ["Electronic"])
+    assert first.removed == [(0, "Rock"), (1, "Pop")]
+    assert undone(first, ["Electronic"]) == ["Rock", "Pop"]
+    again = write(first, ["Electronic"], ["Electronic"], ["Pop", "Electronic"])
+    assert again.added == ["Electronic"] and again.removed == [(0, "Rock")]  # Pop is the user's again
+    assert undone(again, ["Pop", "Electronic"]) == ["Rock", "Pop"]
+
+
+def test_values_the_user_left_of_ours_stay_ours_and_those_the_user_removed_are_not_put_back():
+    first = write(None, ["Rock"], None, ["Jazz"])  # replace: Rock removed
+    second = write(first, ["Jazz", "Mine"], ["Jazz"], ["Jazz", "Mine", "Blues"])
+    assert second.added == ["Jazz", "Blues"] and second.removed == []  # the user's edit decided Rock's fate
+    assert undone(second, ["Jazz", "Mine", "Blues"]) == ["Mine"]
+
+
+def test_joined_values_are_owned_one_by_one_and_undo_gives_back_the_stored_form():
+    first = write(None, ["Industrial", "Noise"], None, ["Industrial; Noise; Electronic"], "; ")
+    assert first.added == ["Electronic"]
+    assert undone(first, ["Industrial; Noise; Electronic"]) == ["Industrial", "Noise"]
+    edited = write(first, ["Industrial; Electronic"], ["Industrial; Noise; Electronic"],
+                   ["Industrial; Electronic"], "; ")
+    assert edited.added == ["Electronic"] and undone(edited, ["Industrial; Electronic"]) == ["Industrial"]
+
+
+def test_a_record_from_an_older_database_is_read_from_its_previous_values():
+    record = legacy(["Rock"], ["Rock", "Electronic"])
+    assert record.added == ["Electronic"] and undone(record, ["Rock", "Electronic"]) == ["Rock"]
+    assert Owned.from_dict(record.to_dict()) == record
+
+
+# --- the sequences, through the command ---
+
+def scan(paths, model, db, *args):
+    return runner.invoke(app, ["scan", *map(str, paths), "--model", str(model), "--db", str(db), "--quiet",
+                               "--workers", "1", *args])
+
+
+def undo(db):
+    result = runner.invoke(app, ["undo", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def track(tmp_path):
+    path = write_track(tmp_path / "music" / "b.flac", seconds=3.0)
+    write_fields(path, {"genre": ["Rock"]})
+    return path
+
+
+@pytest.mark.parametrize("write_mode", ["copy", "auto"])
+@pytest.mark.parametrize("mode", ["merge", "replace"])
+def test_scan_edit_scan_undo_keeps_the_users_edit(track, tiny_checkpoint, tmp_path, mode, write_mode):
+    db, options = tmp_path / "db.sqlite", ["--mode", mode, "--write-mode", write_mode, "--threshold", "0"]
+    assert scan([track], tiny_checkpoint, db, *options).exit_code == 0
+    assert read_fields(track, ["genre"])["genre"] != ["Rock"]
+    write_fields(track, {"genre": ["UserEdit"]})  # the user, in another tagger
+    assert scan([track], tiny_checkpoint, db, *options).exit_code == 0
+    genres = read_fields(track, ["genre"])["genre"]
+    assert ("UserEdit" in genres) == (mode == "merge") and len(genres) > 1
+    undo(db)
+    assert read_fields(track, ["genre"])["genre"] == ["UserEdit"]  # replace put back what it removed: the edit
+
+
+def test_a_write_that_failed_leaves_the_record_as_it_was(tmp_path, tiny_checkpoint):
+    db, track = tmp_path / "db.sqlite", write_track(tmp_path / "music" / "b.mp3", seconds=3.0)
+    tags = mutagen.File(track)
+    tags.tags.add(mutagen.id3.TCON(encoding=3, text=["Rock"]))
+    tags.save(track, padding=lambda info: 0)  # no room: an in-place write is refused
+    failed = scan([track], tiny_checkpoint, db, "--write-mode", "inplace")
+    assert failed.exit_code == 1 and read_fields(track, ["genre"])["genre"] == ["Rock"], failed.output
+    write_fields(track, {"genre": ["UserEdit"]})
+    assert scan([track], tiny_checkpoint, db, "--threshold", "0").exit_code == 0
+    assert read_fields(track, ["genre"])["genre"][0] == "UserEdit"
+    undo(db)
+    assert read_fields(track, ["genre"])["genre"] == ["UserEdit"]
+
+
+def test_a_rescan_under_other_options_keeps_the_users_values(track, tiny_checkpoint, tmp_path):
+    db = tmp_path / "db.sqlite"
+    assert scan([track], tiny_checkpoint, db, "--threshold", "0", "--top-k", "genre=3").exit_code == 0
+    ours = read_fields(track, ["genre"])["genre"][1:]
+    write_fields(track, {"genre": ["Industrial", *ours]})  # the user's genre beside ours
+    assert scan([track], tiny_checkpoint, db, "--threshold", "0", "--top-k", "genre=1").exit_code == 0
+    genres = read_fields(track, ["genre"])["genre"]
+    assert genres[0] == "Industrial" and genres[1:] == ours[:1]
+    assert scan([track], tiny_checkpoint, db, "--fields", "mood").exit_code == 0
+    output = undo(db)
+    assert "0 fields in 0 files" in output
+    assert read_fields(track, ["genre"])["genre"] == ["Industrial"]
+
+
+def test_an_edit_while_the_write_is_retried_is_the_users(track, tiny_checkpoint, tmp_path, monkeypatch):
+    import musictag.tags
+
+    verify, saved, editing = musictag.tags._verify, [], []
+
+    def the_user_saves_meanwhile(*args):
+        outcome = verify(*args)
+        if len(saved) < 2 and not editing:  # twice: the write is decided a second and a third time
+            saved.append(f"Edit {len(saved)}")
+            editing.append(True)  # the editor's own save goes through _verify too
+            write_fields(track, {"genre": [saved[-1]]}, write_mode="copy")
+            editing.clear()
+        return outcome
+
+    monkeypatch.setattr(musictag.tags, "_verify", the_user_saves_meanwhile)
+    db = tmp_path / "db.sqlite"
+    assert scan([track], tiny_checkpoint, db, "--threshold", "0", "--write-mode", "copy").exit_code == 0
+    monkeypatch.undo()
+    genres = read_fields(track, ["genre"])["genre"]
+    assert genres[0] == "Edit 1" and "Rock" not in genres and len(genres) > 1
+    undo(db)
+    assert read_fields(track, ["genre"])["genre"] == ["Edit 1"]
+
+
+def test_two_editors_and_two_scans_never_lose_a_value_a_person_set(track, tiny_checkpoint, tmp_path):
+    db = tmp_path / "db.sqlite"
+    for edit in (["Rock", "Mine"], ["Theirs"], ["Theirs", "Mine again"]):
+        assert scan([track], tiny_checkpoint, db, "--threshold", "0").exit_code == 0
+        current = read_fields(track, ["genre"])["genre"]
+        write_fields(track, {"genre": edit + [v for v in current if v not in {"Rock", "Mine", "Theirs"}][:1]})
+    assert scan([track], tiny_checkpoint, db, "--threshold", "0").exit_code == 0
+    assert read_fields(track, ["genre"])["genre"][:2] == ["Theirs", "Mine again"]
+    undo(db)
+    assert read_fields(track, ["genre"])["genre"] == ["Theirs", "Mine again"]
