@@ -50,7 +50,7 @@ def cross_validated(f, scores, truth, folds, target, top_k):
     for held in folds:
         rest = np.setdiff1d(np.arange(len(scores)), held)
         tuned = calibrate(f, scores[rest], truth[rest], target)
-        q = written_quality(tuned, scores[held], truth[held], top_k)
+        q = written_quality(tuned, scores[held], truth[held], top_k, single=f.truth_head == "quadrant")
         right += q.precision * q.written if q.written else 0
         written += q.written
         covered += q.coverage * len(held)
@@ -74,7 +74,8 @@ def main() -> None:
         truth = truth_matrix(f, [e.labels.get(f.truth_head, []) for e in examples])
         for target in TARGETS:
             for top_k in ((1,) if f.truth_head == "quadrant" else (1, 2, 3)):
-                q = written_quality(calibrate(f, scores, truth, target), scores, truth, top_k)
+                q = written_quality(calibrate(f, scores, truth, target), scores, truth, top_k,
+                                    single=f.truth_head == "quadrant")
                 p, c = cross_validated(f, scores, truth, folds, target, top_k)
                 print(f"{f.name:9} {target:6.1f} {top_k:5d} {q.precision:8.3f} / {q.coverage:5.3f}  "
                       f"{p:8.3f} / {c:5.3f}")

@@ -114,9 +114,9 @@ def written_report(checkpoint, examples: list[Example], probs: dict[str, np.ndar
     for f in available(vocabulary_from_dict(checkpoint.vocabulary), checkpoint.labels):
         if not f.truth_head or not kept or f.truth_head not in kept[0].labels:
             continue
-        k = 1 if checkpoint.model_config.kinds.get(f.truth_head) == "single" else None
+        single = checkpoint.model_config.kinds.get(f.truth_head) == "single"
         truth = truth_matrix(f, [e.labels[f.truth_head] for e in kept])
-        report[f.name] = asdict(written_quality(f, term_matrix(f, probs, checkpoint.labels), truth, k))
+        report[f.name] = asdict(written_quality(f, term_matrix(f, probs, checkpoint.labels), truth, single=single))
     return report
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .audio import decode_failure, load_audio, load_excerpts
+from .audio import decode_failure, load_audio, load_excerpts, load_whole
 from .defaults import BATCH_SIZE, EXCERPT_COUNT, WINDOW_SECONDS
 from .errors import WindowError
 
@@ -49,7 +49,7 @@ def decode_track(job: Job) -> Decoded:
     path, sr, whole, count, min_samples = job
     try:
         if whole:
-            audio = load_audio(path, sr)
+            audio = load_whole(path, sr)
             n = int(WINDOW_SECONDS * sr)
             duration, windows = len(audio) / sr, [audio[i:i + n] for i in range(0, max(len(audio) - n, 0) + 1, n)]
         else:

@@ -37,7 +37,8 @@ from .ownership import Owned, after_write, joined, ours, restarted, split, trivi
 from .pipeline import Decoded, Job, score_locally
 from .progress import Progress, no_progress
 from .tags import Journal, check_writable, file_state, lacks_tag_block, read_fields, restore_original, write_fields
-from .vocabulary import OPT_IN_FIELDS, FieldVocabulary, available, choose, track_term_scores, vocabulary_from_dict
+from .vocabulary import (FORMER_NAMES, OPT_IN_FIELDS, FieldVocabulary, available, choose, slash_free, track_term_scores,
+                         vocabulary_from_dict, with_former_names)
 from .writepool import WritePool
 
 if TYPE_CHECKING:
@@ -170,8 +171,9 @@ def choose_terms(vocabulary: tuple[FieldVocabulary, ...], scores: dict[str, dict
     for f in vocabulary:
         if not writes(f.name, options):
             continue
-        k = 1 if kinds.get(f.truth_head) == "single" else options.top_k.get(f.name, options.default_top_k)
-        terms = choose(f, track_term_scores(f, scores), k, field_threshold(options, f.name))
+        single = kinds.get(f.truth_head) == "single"
+        terms = choose(f, track_term_scores(f, scores), options.top_k.get(f.name, options.default_top_k),
+                       field_threshold(options, f.name), single)
         if terms:
             chosen[f.name] = terms
         else:
@@ -192,6 +194,8 @@ class Scanner:
         stored = self.model.vocabulary
         self.vocabulary = available(vocabulary_from_dict(stored), self.model.labels) if stored else ()
         self.decision = decision_key(options, self.model_id)
+        self.aliases = with_former_names(options.genre_aliases)  # a genre's former name, aliased, still applies
+        self.whitelist = options.genre_whitelist and tuple(FORMER_NAMES.get(g, g) for g in options.genre_whitelist)
         self.deciding = options.write or options.dry_run  # else scores are only stored
         self.rescore: list[str] = []  # files replaced between their decode and their write
         self.writes = WritePool(0)  # the run's (_write_pool)
@@ -384,8 +388,9 @@ class Scanner:
             ours, unconfident = choose_terms(self.vocabulary, scores, self.kinds, self.options)
         else:
             ours, unconfident = choose_labels(scores, self.kinds, self.options), []
+        ours = {name: [slash_free(value) for value in values] for name, values in ours.items()}
         if "genre" in ours:  # as the user names genres (config file): aliases, whitelist
-            ours["genre"] = canonical_genres(ours["genre"], self.options.genre_aliases, self.options.genre_whitelist)
+            ours["genre"] = canonical_genres(ours["genre"], self.aliases, self.whitelist)
             if not ours["genre"]:
                 del ours["genre"]  # none the user wants: the field is left as it is
         if writes("model", self.options):
@@ -457,7 +462,7 @@ class Scanner:
             return joined(labels, separator)
         stale = set(record.added)
         kept = [v for v in split(current, separator) if v not in stale]  # the user's values, not our stale ones
-        aliases = self.options.genre_aliases if name == "genre" else {}
+        aliases = self.aliases if name == "genre" else {}
         known = {genre_key(v, aliases) for v in kept}  # "Hip Hop" and "Hip-Hop" are one genre
         return joined(kept + [label for label in labels if genre_key(label, aliases) not in known], separator)
 

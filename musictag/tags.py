@@ -188,7 +188,17 @@ class _MappingStyle(_Style):
         return [str(v) for v in tags.get(getattr(field, self.family), [])]
 
     def set(self, tags, field, values):
-        tags[getattr(field, self.family)] = list(values)
+        """The field's values where its first entry was: these tags are a list of (key, value) kept in
+        order, and mutagen would append them at the end (scan + undo then would reorder the fields)."""
+        key = getattr(field, self.family)
+        at = next((i for i, (k, _) in enumerate(tags) if k.lower() == key.lower()), None)
+        if at is not None:
+            key = list.__getitem__(tags, at)[0]  # as the file spells it ("genre" stays "genre")
+        tags[key] = list(values)  # mutagen's conversion (ASF attribute types), appended at the end
+        if at is not None and values:
+            moved = list.__getitem__(tags, slice(-len(values), None))
+            list.__delitem__(tags, slice(-len(values), None))
+            list.__setitem__(tags, slice(at, at), moved)
 
     def delete(self, tags, field):
         if getattr(field, self.family) in tags:

@@ -52,7 +52,7 @@ class FieldVocabulary:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FieldVocabulary":
-        terms = tuple(Term(t["name"], tuple(t["sources"]), tuple(t.get("judged_by", ())),
+        terms = tuple(Term(FORMER_NAMES.get(t["name"], t["name"]), tuple(t["sources"]), tuple(t.get("judged_by", ())),
                            float(t.get("threshold", PRIOR_THRESHOLD)), t.get("calibrated_on"))
                       for t in data["terms"])
         return cls(data["name"], terms, data.get("truth_head", ""))
@@ -77,14 +77,18 @@ GENRES = _terms([
     ("Classical", "mtt:classical", "Classical"),
     ("Country", "genre:Country msd:country", "Country"),
     ("Folk", "genre:Folk msd:folk", "Folk"),
-    ("R&B/Soul", "genre:R&B msd:soul msd:rnb", "R&B"),
+    ("R&B", "genre:R&B msd:soul msd:rnb", "R&B"),
     ("Reggae", "genre:Reggae", "Reggae"),
     ("Latin", "genre:Latin", "Latin"),
-    ("Ambient/New Age", "genre:New_Age msd:ambient mtt:new_age", "New Age"),
+    ("Ambient", "genre:New_Age msd:ambient mtt:new_age", "New Age"),
     ("Soundtrack", "genre:Stage_&_Screen", "Stage & Screen"),
     ("World", "genre:International", "International"),
     ("Vocal", "genre:Vocal", "Vocal"),
 ], "genre")
+
+# Terms' former names, which held a "/" (ID3v2.3 readers split values on it): vocabularies stored before
+# (checkpoints, scan databases) write the new name; a genre alias of the former name still applies.
+FORMER_NAMES = {"Ambient/New Age": "Ambient", "R&B/Soul": "R&B"}
 
 # AllMusic's 62 most frequent 4Q moods in ten groups of near-synonyms; the first word names the group.
 _MOOD_GROUPS = {
@@ -116,6 +120,20 @@ VOICES = _terms([
 DEFAULT_FIELDS = (FieldVocabulary("genre", GENRES, "genre"), FieldVocabulary("mood", MOODS, "mood"),
                   FieldVocabulary("quadrant", QUADRANTS, "quadrant"),
                   FieldVocabulary("instrument", INSTRUMENTS), FieldVocabulary("voice", VOICES))
+
+
+def slash_free(value: str) -> str:
+    """A value as written: never with a "/", which ID3v2.3 readers take for a list ("Pop/Rock" is one
+    label of a model without a vocabulary: "Pop & Rock")."""
+    value = FORMER_NAMES.get(value, value)
+    return " & ".join(part.strip() for part in value.split("/")) if "/" in value else value
+
+
+def with_former_names(aliases: dict[str, str]) -> dict[str, str]:
+    """Genre aliases, those given for a term's former name applying to its new one too (an alias the user
+    gives the new name wins)."""
+    extra = {new: aliases[old] for old, new in FORMER_NAMES.items() if old in aliases and new not in aliases}
+    return {**aliases, **extra}
 
 
 def _source(source: str) -> tuple[str, str]:
@@ -164,12 +182,17 @@ def truth_matrix(f: FieldVocabulary, truth: list[list[str]]) -> np.ndarray:
 
 
 def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None = None,
-           threshold: float | None = None) -> list[str]:
+           threshold: float | None = None, single: bool = False) -> list[str]:
     """The terms worth writing, best first: at or above their threshold (or the one given), at most
-    top_k. Nothing when nothing is confident: the field is then left as it is."""
+    top_k. Nothing when nothing is confident: the field is then left as it is. `single` (a field of one
+    value, from a single-label head: the quadrant): the best term when it reaches its threshold, never a
+    runner-up that happens to pass a lower one."""
     k = TOP_K.get(f.name, OTHER_TOP_K) if top_k is None else top_k
-    passing = [t.name for t in f.terms if t.name in term_scores
-               and term_scores[t.name] >= (t.threshold if threshold is None else threshold)]
+    scored = [t for t in f.terms if t.name in term_scores]
+    if single:
+        scored = sorted(scored, key=lambda t: -term_scores[t.name])[:1]
+        k = 1
+    passing = [t.name for t in scored if term_scores[t.name] >= (t.threshold if threshold is None else threshold)]
     return sorted(passing, key=lambda name: -term_scores[name])[:k]
 
 
@@ -232,14 +255,14 @@ class FieldQuality:
     per_term: dict[str, dict] = field(default_factory=dict)
 
 
-def written_quality(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, top_k: int | None = None
-                    ) -> FieldQuality:
+def written_quality(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, top_k: int | None = None,
+                    single: bool = False) -> FieldQuality:
     """How right the terms `choose` writes are, judged against `truth` (tracks, terms)."""
     names = [t.name for t in f.terms]
     right = written = first_right = covered = 0
     per_term = {name: {"written": 0, "right": 0} for name in names}
     for row in range(len(scores)):
-        chosen = choose(f, dict(zip(names, scores[row].tolist())), top_k)
+        chosen = choose(f, dict(zip(names, scores[row].tolist())), top_k, single=single)
         hits = [bool(truth[row, names.index(name)]) for name in chosen]
         right, written = right + sum(hits), written + len(hits)
         covered += bool(chosen)

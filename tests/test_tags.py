@@ -242,3 +242,20 @@ def test_a_read_only_folder_is_respected_even_by_root(tmp_path):
     finally:
         os.chmod(folder, 0o755)
     assert path.read_bytes() == data and sorted(os.listdir(folder)) == ["t.mp3"]
+
+
+@pytest.mark.parametrize("ext", [".flac", ".ogg", ".opus", ".wma"])
+def test_a_rewritten_field_keeps_its_place_among_the_others(tmp_path, ext):
+    """Vorbis comments and ASF attributes keep an order: a field written keeps its place and its key's
+    spelling, so a scan and its undo give back the fields in their order."""
+    path = write_track(tmp_path / f"t{ext}")
+    audio = mutagen.File(path)
+    names = ("Title", "WM/Genre", "Author") if ext == ".wma" else ("TITLE", "genre", "ARTIST")
+    for name, value in zip(names, ("t", "Rock", "a")):
+        audio.tags[name] = [value]
+    audio.save()
+    before = [key for key, _ in mutagen.File(path).tags]
+    write_fields(path, {"genre": ["Jazz", "Blues"], "mood": ["calm"]})
+    assert read_fields(path, ["genre"]) == {"genre": ["Jazz", "Blues"]}
+    write_fields(path, {"genre": ["Rock"], "mood": None})
+    assert [key for key, _ in mutagen.File(path).tags] == before

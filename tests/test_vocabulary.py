@@ -112,3 +112,27 @@ def test_truth_matrix_and_round_trip_through_a_checkpoint_dict():
     truth = truth_matrix(GENRE, [["Jazz", "Blues"], ["Pop/Rock"], []])
     assert truth.tolist() == [[True, False, False], [False, True, False], [False, False, False]]
     assert vocabulary_from_dict(vocabulary_to_dict(DEFAULT_FIELDS)) == DEFAULT_FIELDS
+
+
+def test_a_single_value_field_writes_its_top_term_or_nothing_never_a_runner_up():
+    quadrant = FieldVocabulary("quadrant", (Term("Q1", ("quadrant:Q1",), ("Q1",), 0.7),
+                                            Term("Q2", ("quadrant:Q2",), ("Q2",), 0.3)), "quadrant")
+    scores = {"Q1": 0.6, "Q2": 0.4}  # Q1 is the model's quadrant, below its threshold; Q2 passes its own
+    assert choose(quadrant, scores, top_k=1) == ["Q2"]  # what a multi-value field would do
+    assert choose(quadrant, scores, single=True) == []
+    assert choose(quadrant, {"Q1": 0.8, "Q2": 0.2}, single=True) == ["Q1"]
+    quality = written_quality(quadrant, np.array([[0.6, 0.4]]), np.array([[False, True]]), single=True)
+    assert quality.written == 0 and quality.coverage == 0.0
+
+
+def test_written_values_hold_no_slash_and_former_names_still_apply():
+    from musictag.vocabulary import GENRES, slash_free, with_former_names
+
+    assert not [t.name for t in GENRES if "/" in t.name]
+    stored = {"name": "genre", "truth_head": "genre",
+              "terms": [{"name": "Ambient/New Age", "sources": ["genre:New_Age"], "judged_by": ["New Age"]},
+                        {"name": "R&B/Soul", "sources": ["genre:R&B"], "judged_by": ["R&B"]}]}
+    assert [t.name for t in FieldVocabulary.from_dict(stored).terms] == ["Ambient", "R&B"]  # an older checkpoint's
+    assert slash_free("Pop/Rock") == "Pop & Rock" and slash_free("Jazz") == "Jazz"
+    assert with_former_names({"Ambient/New Age": "Ambient/New Age"})["Ambient"] == "Ambient/New Age"
+    assert with_former_names({"Ambient/New Age": "x", "Ambient": "y"})["Ambient"] == "y"
