@@ -234,7 +234,8 @@ def _json_lines(progress):
 def _summary(result, dry_run: bool) -> dict:
     return {"tagged": result.tagged, "would_change" if dry_run else "scored": result.scored,
             "unchanged": result.unchanged, "skipped": result.skipped, "failed": len(result.failed),
-            "failed_before": len(result.failed_before), "unconfident": result.unconfident}
+            "failed_before": len(result.failed_before), "unconfident": result.unconfident,
+            "moved": len(result.moved), "moved_or_deleted": len(result.gone)}
 
 
 def _check_engine(engine: str, parquet: Optional[Path]) -> None:
@@ -369,6 +370,16 @@ def _print_summary(result, dry_run: bool) -> None:
                    "and do not make the exit code 1 (--force retries them; export-csv lists their errors).")
     for path, reason in result.failed:
         typer.echo(f"failed: {path}: {reason}", err=True)
+    _print_moves(result)
+
+
+def _print_moves(result) -> None:
+    """Records that followed their file to its new name, and those whose file is gone (said once)."""
+    for old, new in result.moved:
+        typer.echo(f"moved: {old} -> {new} (recognised by its audio; not decoded again)")
+    for path in result.gone:
+        typer.echo(f"moved or deleted: {path} (its record is kept: a scan that finds the file elsewhere takes it "
+                   "along)")
 
 
 @app.command("export-csv")
@@ -429,6 +440,7 @@ def undo(
                f"file{'s' if result.kept_files != 1 else ''}, failed: {len(result.failed)}")
     for path, reason in result.failed:
         typer.echo(f"failed: {path}: {reason}", err=True)
+    _print_moves(result)
     raise typer.Exit(1 if result.failed else 0)
 
 

@@ -270,15 +270,41 @@ class Database:
         return found
 
     def put_scores(self, path: str, size: int, mtime_ns: int, model: str, duration: float,
-                   scores: dict[str, dict[str, float]], embedding: np.ndarray | None = None) -> None:
-        """A track's scores (and embedding, or None: an embedding stored before belongs to other scores)."""
+                   scores: dict[str, dict[str, float]], embedding: np.ndarray | None = None,
+                   fingerprint: str | None = None) -> None:
+        """A track's scores (and embedding, or None: an embedding stored before belongs to other scores),
+        and the fingerprint of its audio (audio.audio_fingerprint), by which its record follows it."""
         blob = None if embedding is None else np.asarray(embedding, "<f4").tobytes()
         self._write("INSERT INTO tracks (path, size, mtime_ns, model, duration, scores, error, written, updated, "
-                    "embedding) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "embedding, audio) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
                     "size=excluded.size, mtime_ns=excluded.mtime_ns, model=excluded.model, duration=excluded.duration, "
                     "scores=excluded.scores, error=NULL, updated=excluded.updated, embedding=excluded.embedding, "
+                    "audio=excluded.audio, gone=NULL, "
                     "decided=NULL",  # written stays (it is what the file holds); new scores need a new decision
-                    (_key(path), size, mtime_ns, model, duration, json.dumps(scores), time.time(), blob))
+                    (_key(path), size, mtime_ns, model, duration, json.dumps(scores), time.time(), blob, fingerprint))
+
+    def records_gone(self, inside: Callable[[str], bool], present: set[str]) -> list[tuple[str, str | None, bool]]:
+        """(path, audio fingerprint, reported before) of the records `inside` the roots scanned whose
+        file is gone (not among the `present` files, and not there at all)."""
+        rows = self._conn.execute("SELECT path, audio, gone FROM tracks").fetchall()
+        return [(path, audio, bool(gone)) for path, audio, gone in ((_path(r[0]), r[1], r[2]) for r in rows)
+                if path not in present and inside(path) and not os.path.lexists(path)]
+
+    def move_record(self, old: str, new: str, size: int, mtime_ns: int) -> None:
+        """The record of `old` (its scores, what musictag wrote and its undo record) goes to `new`: the same
+        audio, moved or renamed by another program. Decided again (its tags may have changed)."""
+        self._write("UPDATE tracks SET path = ?, size = ?, mtime_ns = ?, decided = NULL, gone = NULL WHERE path = ?",
+                    (_key(new), size, mtime_ns, _key(old)))
+        self._write("UPDATE undo SET path = ? WHERE path = ?", (_key(new), _key(old)))
+        self.commit()
+
+    def mark_gone(self, path: str) -> bool:
+        """Note that `path`'s file is gone (reported once); False when that was noted before."""
+        row = self._conn.execute("SELECT gone FROM tracks WHERE path = ?", (_key(path),)).fetchone()
+        if row is not None and row[0]:
+            return False
+        self._write("UPDATE tracks SET gone = 1 WHERE path = ?", (_key(path),))
+        return True
 
     def put_error(self, path: str, size: int, mtime_ns: int, model: str, error: str) -> None:
         self._write("INSERT INTO tracks (path, size, mtime_ns, model, error, updated) VALUES (?, ?, ?, ?, ?, ?) "

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .audio import decode_failure, load_audio, load_excerpts, load_whole
+from .audio import audio_fingerprint, decode_failure, load_audio, load_excerpts, load_whole
 from .defaults import BATCH_SIZE, EXCERPT_COUNT, WINDOW_SECONDS
 from .errors import WindowError
 
@@ -42,6 +42,7 @@ class Decoded(NamedTuple):
     windows: list[np.ndarray] | None = None
     scores: dict[str, np.ndarray] | None = None
     error: str = ""
+    fingerprint: str | None = None  # audio.audio_fingerprint, taken while the worker has the file
 
 
 def decode_track(job: Job) -> Decoded:
@@ -58,7 +59,7 @@ def decode_track(job: Job) -> Decoded:
         return Decoded(path, error=decode_failure(e))
     if min(len(w) for w in windows) < min_samples:
         return Decoded(path, error=f"too short to analyse ({duration:.2f} s)")
-    return Decoded(path, duration, windows)
+    return Decoded(path, duration, windows, fingerprint=audio_fingerprint(path))
 
 
 def decode_clip(job: tuple[str, int, float]) -> tuple[str, np.ndarray | None, str]:
@@ -140,7 +141,8 @@ def analyse_track(job: Job) -> Decoded:
         return decoded
     try:
         return Decoded(decoded.path, decoded.duration,
-                       scores=track_scores(_worker_model["tagger"], decoded.windows, _worker_model["batch_size"]))
+                       scores=track_scores(_worker_model["tagger"], decoded.windows, _worker_model["batch_size"]),
+                       fingerprint=decoded.fingerprint)
     except Exception as e:  # e.g. out of memory on a huge whole-track job: this file fails, the run goes on
         return Decoded(decoded.path, error=f"{type(e).__name__}: {e}")
 
@@ -199,14 +201,14 @@ def score_locally(tagger, jobs: Iterable[Job], workers: int, batch_size: int, in
             if track.windows is None:
                 yield track
                 continue
-            yield from _scored(batcher.add((track.path, track.duration), track.windows), failed)
+            yield from _scored(batcher.add((track.path, track.duration, track.fingerprint), track.windows), failed)
         yield from _scored(batcher.flush(), failed)
 
 
 def _scored(finished: list, failed: list[Decoded]) -> Iterator[Decoded]:
     """The batcher's finished tracks as Decoded, and the failures it reported meanwhile."""
-    for (path, duration), means in finished:
-        yield Decoded(path, duration, scores=means)
+    for (path, duration, fingerprint), means in finished:
+        yield Decoded(path, duration, scores=means, fingerprint=fingerprint)
     yield from failed
     failed.clear()
 

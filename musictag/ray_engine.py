@@ -175,10 +175,15 @@ def decode_rows(job: dict) -> list[dict]:
     return [_window_row(decoded, i, window, "") for i, window in enumerate(decoded.windows)]
 
 
+def _fingerprint(batch: dict[str, np.ndarray], row: int) -> str | None:
+    """The row's audio fingerprint (rows without one: the scan takes it itself)."""
+    return str(batch["fingerprint"][row]) or None if "fingerprint" in batch else None
+
+
 def _window_row(decoded: Decoded, index: int, window: np.ndarray, error: str) -> dict:
     count = len(decoded.windows) if decoded.windows is not None else 0
     return {"path": decoded.path, "index": index, "count": count, "duration": decoded.duration,
-            "window": np.asarray(window, np.float32), "error": error}
+            "window": np.asarray(window, np.float32), "error": error, "fingerprint": decoded.fingerprint or ""}
 
 
 class WindowScorer:
@@ -204,7 +209,7 @@ class WindowScorer:
         for row in np.flatnonzero(batch["index"] >= 0):
             finished += batcher.add(int(row), [batch["window"][row]])
         finished += batcher.flush()
-        out = {key: batch[key] for key in ("path", "index", "count", "duration")}
+        out = {key: batch[key] for key in ("path", "index", "count", "duration", "fingerprint")}
         out["error"] = np.array(errors, dtype=object)
         for key, width in self.tagger.output_widths.items():
             scores = np.full((rows, width), np.nan, np.float32)
@@ -241,7 +246,8 @@ class TrackAssembler:
             count = int(batch["count"][row])
             if len(self.seen[path]) == count:
                 means = {key: (total / count).astype(np.float32) for key, total in sums.items()}
-                finished.append(self._close(path, Decoded(path, float(batch["duration"][row]), scores=means)))
+                finished.append(self._close(path, Decoded(path, float(batch["duration"][row]), scores=means,
+                                                          fingerprint=_fingerprint(batch, row))))
         return finished
 
     def _close(self, path: str, track: Decoded) -> Decoded:

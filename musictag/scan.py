@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 
 from . import __version__
+from .audio import audio_fingerprint
 from .config import canonical_genres, genre_key
 from .db import Database
 from .defaults import MODE
@@ -132,6 +133,8 @@ class ScanResult:
     changes: list[Change] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)  # temporary copies of killed runs, removed
     repaired: list[str] = field(default_factory=list)  # files an in-place write of a killed run was cut short in
+    moved: list[tuple[str, str]] = field(default_factory=list)  # (from, to): records that followed their file
+    gone: list[str] = field(default_factory=list)  # records whose file is gone, reported once (not failures)
     model_id: str = ""  # the model the scan used
 
 
@@ -203,7 +206,7 @@ class Scanner:
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
         with self._write_pool():
-            return self._run(paths)
+            return self._run(list(paths))
 
     @contextlib.contextmanager
     def _write_pool(self):
@@ -221,7 +224,7 @@ class Scanner:
             self.writing.clear()
             raise
 
-    def _run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
+    def _run(self, paths: list[str | os.PathLike]) -> ScanResult:
         self.result.leftovers = remove_leftovers(self.db)
         self.result.repaired = repair_interrupted(self.db, self.result.failed)
         self.db.put_model(self.model_id, self.kinds, self.model.labels, self.model.vocabulary)
@@ -230,7 +233,7 @@ class Scanner:
         self.progress("start", {"total": len(files) + len(unreadable)})
         for path, reason in unreadable:
             self._fail(path, None, reason)
-        todo = self._triage(files)
+        todo = self._triage(files, paths)
         self._score(todo)
         self._score_again()
         self.db.commit()
@@ -249,10 +252,30 @@ class Scanner:
         for path in self.rescore:
             self._fail(path, None, "the file kept changing while it was scanned; left as it is")
 
-    def _triage(self, files: list[str]) -> list[tuple[str, os.stat_result]]:
+    def _follow_moves(self, files: list[str], known: dict, roots: list[str | os.PathLike]) -> None:
+        """Records of files gone from under the scanned roots: one whose audio a file new to the database
+        has (moved or renamed by another program) goes to it, and is not decoded again; the others are
+        reported once as moved or deleted. A dry run only looks."""
+        gone = self.db.records_gone(within(roots), set(files))
+        by_print = {fingerprint: path for path, fingerprint, _ in gone if fingerprint}
+        new = [path for path in files if path not in known] if by_print else []
+        for path in new:
+            old = by_print.pop(audio_fingerprint(path) or "", None)
+            if old is not None:
+                self.result.moved.append((old, path))
+                if not self.options.dry_run:
+                    st = os.stat(path)
+                    self.db.move_record(old, path, st.st_size, st.st_mtime_ns)
+        known.update(self.db.stats_for([path for _, path in self.result.moved]))
+        moved = {old for old, _ in self.result.moved}
+        self.result.gone = [path for path, _, reported in gone if path not in moved and not reported
+                            and (self.options.dry_run or self.db.mark_gone(path))]
+
+    def _triage(self, files: list[str], roots: list[str | os.PathLike]) -> list[tuple[str, os.stat_result]]:
         """Settle cached files at once (a re-scan is stat + one query, and opens only files whose tags
         must be decided again); return those needing a decode. A dry run takes the same branches."""
         known = self.db.stats_for(files)
+        self._follow_moves(files, known, roots)
         todo = []
         for path in files:
             try:
@@ -287,7 +310,7 @@ class Scanner:
                 for path, _ in todo]
         for track in self._engine(tagger, jobs):
             if track.scores is not None:
-                self._finish(track.path, stats[track.path], track.duration, track.scores)
+                self._finish(track.path, stats[track.path], track.duration, track.scores, track.fingerprint)
             else:
                 self._fail(track.path, stats[track.path], track.error)
 
@@ -303,14 +326,16 @@ class Scanner:
             in_workers = tagger.device.type == "cpu"
         return score_locally(tagger, jobs, decode_workers(options.workers), options.batch_size, in_workers)
 
-    def _finish(self, path: str, st: os.stat_result, duration: float, probs: dict[str, np.ndarray]) -> None:
+    def _finish(self, path: str, st: os.stat_result, duration: float, probs: dict[str, np.ndarray],
+                fingerprint: str | None) -> None:
         if _identity(_stat(path) or st) != _identity(st):  # replaced while it was decoded: scored again
             self.rescore.append(path)
             return
         scores = {head: {label: round(float(probs[head][j]), 5) for j, label in enumerate(names)}
                   for head, names in self.model.labels.items()}
         # a dry run stores scores too (README): the real run then decides from them without decoding
-        self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, duration, scores, probs.get(EMBEDDING))
+        self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, duration, scores, probs.get(EMBEDDING),
+                           fingerprint or audio_fingerprint(path))
         if self.deciding:
             self._write(path, scores, st)
         else:
@@ -621,6 +646,11 @@ def undo(db: Database, paths: Iterable[str] | None = None, progress: Progress | 
         targets = list(filter(within(paths), targets))
     progress("start", {"total": len(targets)})
     for path in targets:
+        if not os.path.lexists(path):  # moved or deleted since: a scan that finds it elsewhere brings its record
+            if db.mark_gone(path):
+                result.gone.append(path)
+            progress("file", {"path": path, "status": "moved or deleted", "reason": ""})
+            continue
         # the file written: its path at the scan may lead elsewhere now (its folder moved, a link left in its
         # place), and its lock is the one a scan of it takes and its journal record is asked by
         real = os.path.realpath(path)

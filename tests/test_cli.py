@@ -193,7 +193,7 @@ def test_genre_aliases_and_whitelist_make_the_users_genre_and_ours_one(tiny_chec
     write_config(tmp_path, monkeypatch, 'threshold = 0.0\ntop_k = 5\nfields = ["genre"]\n'
                                         '[genre_aliases]\n"Rap" = "Hip Hop"\n')
     assert scan_library(tmp_path, tiny_checkpoint).exit_code == 0
-    assert sorted(read_fields(track, ["genre"])["genre"]) == ["Blues", "Jazz", "Pop/Rock", "Vocal", "hip-hop"]
+    assert sorted(read_fields(track, ["genre"])["genre"]) == ["Blues", "Jazz", "Pop & Rock", "Vocal", "hip-hop"]
     write_config(tmp_path, monkeypatch, 'threshold = 0.0\ntop_k = 5\nfields = ["genre"]\nseparator = "; "\n'
                                         'genre_whitelist = ["Jazz", "Hip Hop"]\n[genre_aliases]\n"Rap" = "Hip Hop"\n')
     assert scan_library(tmp_path, tiny_checkpoint).exit_code == 0

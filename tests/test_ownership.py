@@ -158,3 +158,55 @@ def test_two_editors_and_two_scans_never_lose_a_value_a_person_set(track, tiny_c
     assert read_fields(track, ["genre"])["genre"][:2] == ["Theirs", "Mine again"]
     undo(db)
     assert read_fields(track, ["genre"])["genre"] == ["Theirs", "Mine again"]
+
+
+# --- a file moved or renamed by another program keeps its record ---
+
+def test_a_moved_and_renamed_track_keeps_its_record_is_not_decoded_again_and_undo_works(
+        track, tiny_checkpoint, tmp_path, monkeypatch):
+    db = tmp_path / "db.sqlite"
+    assert scan([track], tiny_checkpoint, db, "--threshold", "0").exit_code == 0
+    tagged = read_fields(track, ["genre", "mood", "quadrant"])
+    moved = track.parent / "Artist" / "Album" / "01 Title.flac"  # as beets `move` or Picard's renamer would
+    moved.parent.mkdir(parents=True)
+    track.rename(moved)
+    write_fields(moved, {"genre": ["Renamed"] + tagged["genre"][1:]})  # and the mover's own edit
+
+    import musictag.scan
+
+    def never(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(musictag.scan, "score_locally", never)
+    result = scan([track.parent], tiny_checkpoint, db, "--threshold", "0")
+    assert result.exit_code == 0, result.output
+    assert f"moved: {track} -> {moved}" in result.output and "moved or deleted" not in result.output
+    assert read_fields(moved, ["genre"])["genre"][0] == "Renamed"
+    monkeypatch.undo()
+    output = undo(db)
+    assert "restored: 1" in output and "moved or deleted" not in output
+    assert read_fields(moved, ["genre", "mood", "quadrant"]) == {"genre": ["Renamed"], "mood": [], "quadrant": []}
+
+
+def test_a_record_whose_file_is_gone_is_reported_once_and_is_no_failure(tmp_path, tiny_checkpoint):
+    db = tmp_path / "db.sqlite"
+    kept, deleted = (write_track(tmp_path / "music" / name, seconds=3.0, seed=i)
+                     for i, name in enumerate(("kept.flac", "deleted.flac")))
+    assert scan([tmp_path / "music"], tiny_checkpoint, db).exit_code == 0
+    deleted.unlink()
+    first = scan([tmp_path / "music"], tiny_checkpoint, db)
+    assert first.exit_code == 0 and f"moved or deleted: {deleted}" in first.output, first.output
+    again = scan([tmp_path / "music"], tiny_checkpoint, db)
+    assert again.exit_code == 0 and "moved or deleted" not in again.output
+    result = runner.invoke(app, ["undo", "--db", str(db)])
+    assert result.exit_code == 0 and "restored: 1" in result.output and "failed: 0" in result.output, result.output
+    assert "moved or deleted" not in result.output  # said once, by the scan
+
+
+def test_undo_says_once_that_a_file_is_gone(track, tmp_path, tiny_checkpoint):
+    db = tmp_path / "db.sqlite"
+    assert scan([track], tiny_checkpoint, db).exit_code == 0
+    track.unlink()
+    first = runner.invoke(app, ["undo", "--db", str(db)])
+    assert first.exit_code == 0 and f"moved or deleted: {track}" in first.output, first.output
+    assert "moved or deleted" not in runner.invoke(app, ["undo", "--db", str(db)]).output

@@ -13,7 +13,7 @@ LAYERS = [
     {"pipeline", "ray_engine", "library", "library_labels", "metrics", "manifest", "cache", "inference", "distill",
      "config", "writepool"},
     {"audio", "features", "model", "checkpoint", "modelfile", "db", "tags", "codec", "errors", "defaults",
-     "progress", "vocabulary", "__init__"},
+     "progress", "vocabulary", "ownership", "__init__"},
 ]
 LAYER = {module: depth for depth, modules in enumerate(LAYERS) for module in modules}
 MAX_FUNCTION_LINES = 60
