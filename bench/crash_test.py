@@ -79,7 +79,7 @@ def audio_digest(path: Path) -> str:
                     h.update(bytes(packet))
         return "packets:" + h.hexdigest()
     except Exception:
-        from musictag.audio import load_audio
+        from musictag.model.audio import load_audio
 
         h.update(load_audio(path, 22050).tobytes())
         return "decoded:" + h.hexdigest()

@@ -23,11 +23,11 @@ import sys
 import numpy as np
 
 from musictag.api import mel_probabilities
-from musictag.cache import cached_features
-from musictag.checkpoint import load_checkpoint
-from musictag.distill import EMBEDDING_HEAD, fit_head_probes, load_teacher
-from musictag.manifest import encode_targets, read_manifest
-from musictag.metrics import head_metrics
+from musictag.learn.cache import cached_features
+from musictag.model.checkpoint import load_checkpoint
+from musictag.learn.distill import EMBEDDING_HEAD, fit_head_probes, load_teacher
+from musictag.learn.manifest import encode_targets, read_manifest
+from musictag.learn.metrics import head_metrics
 
 BANDS = ((1, 5), (6, 10), (11, 20), (21, 40), (41, 60), (61, 100))
 

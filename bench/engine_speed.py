@@ -56,7 +56,7 @@ def copy_library(library: Path, target: Path, copies: int) -> Path:
 
 def write_cost(files: list[str], repeats: int = 1) -> float:
     """Seconds per file of the driver's tag write (read, merge, atomic rewrite) measured on `files`."""
-    from musictag.tags import file_state, write_fields
+    from musictag.tagfile.write import file_state, write_fields
 
     start = time.perf_counter()
     for _ in range(repeats):

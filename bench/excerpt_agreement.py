@@ -25,9 +25,9 @@ from collections import Counter
 import numpy as np
 import torch
 
-from musictag.audio import EXCERPT_COUNT, WINDOW_SECONDS, load_audio, plan_excerpts
-from musictag.checkpoint import load_checkpoint
-from musictag.inference import Tagger
+from musictag.model.audio import EXCERPT_COUNT, WINDOW_SECONDS, load_audio, plan_excerpts
+from musictag.model.checkpoint import load_checkpoint
+from musictag.model.inference import Tagger
 from musictag.library import walk
 
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from musictag.model import CPResNet, ModelConfig, count_parameters, receptive_field
+from musictag.model.network import CPResNet, ModelConfig, count_parameters, receptive_field
 
 FRAMES_PER_SECOND = 22050 / 512
 # the shipped model's heads: the 4Q heads, the two teacher heads and the teacher-embedding regression

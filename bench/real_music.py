@@ -64,7 +64,7 @@ def fetch_tracks(packages: tuple[str, ...], build_dir: Path, min_seconds: float 
                  per_package: int | None = None) -> list[Path]:
     """Distinct full-length tracks (a duration seen before is a copy in another format or folder),
     alternating between the packages."""
-    from musictag.audio import probe_duration
+    from musictag.model.audio import probe_duration
     from musictag.errors import AudioDecodeError
 
     seen, per = set(), []
@@ -108,7 +108,7 @@ def _covers_music(package: str, stanza: str) -> bool:
 
 def describe(tracks: list[Path], build_dir: Path) -> list[dict]:
     """Per package: how many of the tracks and hours come from it, and its licences."""
-    from musictag.audio import probe_duration
+    from musictag.model.audio import probe_duration
 
     rows: dict[str, dict] = {}
     for track in tracks:

@@ -45,8 +45,8 @@ def synthetic_track(seconds: float, sr: int, seed: int) -> np.ndarray:
 
 
 def build_library(build_dir: Path, tracks: int) -> Path:
-    from musictag.audio import load_audio
-    from musictag.codec import encode
+    from musictag.model.audio import load_audio
+    from musictag.model.codec import encode
 
     library = build_dir / f"library-{tracks}"
     if library.exists() and len(list(library.rglob("*.*"))) >= tracks:
@@ -74,7 +74,7 @@ def build_library(build_dir: Path, tracks: int) -> Path:
 def decode_floor(files: list[str], workers: int, sr: int, whole: bool = False, excerpts: int = 5) -> float:
     """Seconds to decode exactly the excerpt windows (or whole tracks) of every file with the scan's
     worker setup; the pool is started before the clock, as scan's cost of starting it is small."""
-    from musictag.pipeline import Job, bounded_map, decode_track, worker_pool
+    from musictag.engines.local import Job, bounded_map, decode_track, worker_pool
 
     with worker_pool(workers) as pool:
         list(pool.map(int, range(workers)))  # spawn the workers
@@ -140,9 +140,9 @@ def cpu_profile(files: list[str], model: str | None, excerpts: int) -> dict[str,
     """CPU-seconds per track of each stage of a worker's job, one thread, measured in this process."""
     import torch
 
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
-    from musictag.pipeline import Job, decode_track
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
+    from musictag.engines.local import Job, decode_track
 
     torch.set_num_threads(1)
     tagger = Tagger(load_checkpoint(model), "cpu")
@@ -165,9 +165,9 @@ def cpu_profile(files: list[str], model: str | None, excerpts: int) -> dict[str,
 def profile_scan(library: Path, model: str | None, workers: int, whole: bool = False, excerpts: int = 5):
     """In-process scan with a timer on the database, for the breakdown and the quality guard."""
     from musictag import scan as scan_module
-    from musictag.checkpoint import load_checkpoint
-    from musictag.db import Database
-    from musictag.inference import Tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.store.database import Database
+    from musictag.model.inference import Tagger
 
     tagger = Tagger(load_checkpoint(model), "cpu")
     timer = [0.0]
@@ -194,8 +194,8 @@ def profile_scan(library: Path, model: str | None, workers: int, whole: bool = F
 
 def cached_rescan(library: Path, model: str | None, count: int, workers: int) -> float:
     """A database that already knows `count` files (hard links of the library), then a real re-scan."""
-    from musictag.checkpoint import load_checkpoint
-    from musictag.db import Database
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.store.database import Database
 
     model_id = load_checkpoint(model).model_id
     sources = sorted(p for p in library.iterdir() if p.is_file())
@@ -267,8 +267,8 @@ def main() -> None:
         compare_engines(library, args.model, args.copies)
         return
 
-    from musictag.audio import probe_duration
-    from musictag.checkpoint import load_checkpoint
+    from musictag.model.audio import probe_duration
+    from musictag.model.checkpoint import load_checkpoint
     from musictag.library import walk
 
     library = Path(args.library) if args.library else build_library(Path(args.build_dir), args.tracks)

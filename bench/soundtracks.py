@@ -14,11 +14,11 @@ import argparse
 import os
 from pathlib import Path
 
-from musictag.checkpoint import load_checkpoint
-from musictag.evaluate import predict_files
-from musictag.inference import Tagger
-from musictag.scan import ScanOptions, choose_terms
-from musictag.vocabulary import available, vocabulary_from_dict
+from musictag.model.checkpoint import load_checkpoint
+from musictag.learn.evaluate import predict_files
+from musictag.model.inference import Tagger
+from musictag.scan.scanner import ScanOptions, choose_terms
+from musictag.model.vocabulary import available, vocabulary_from_dict
 
 FIELDS = ("genre", "mood", "quadrant", "instrument", "voice")
 

@@ -20,13 +20,13 @@ import sys
 
 import numpy as np
 
-from musictag.audio import WINDOW_SECONDS, load_audio, load_excerpts
-from musictag.checkpoint import load_checkpoint
+from musictag.model.audio import WINDOW_SECONDS, load_audio, load_excerpts
+from musictag.model.checkpoint import load_checkpoint
 from musictag.defaults import TEACHER_TOP
-from musictag.distill import TEACHER_HEADS, load_teacher
-from musictag.inference import Tagger
-from musictag.metrics import roc_auc
-from musictag.vocabulary import TEACHER, choose, teacher_truth, term_matrix, vocabulary_from_dict
+from musictag.learn.distill import TEACHER_HEADS, load_teacher
+from musictag.model.inference import Tagger
+from musictag.learn.metrics import roc_auc
+from musictag.model.vocabulary import TEACHER, choose, teacher_truth, term_matrix, vocabulary_from_dict
 
 MAX_SECONDS = 600.0
 

@@ -1,7 +1,7 @@
 """The baseline the shipped model must beat: musicnn's embeddings (MSD and MTT penultimate layers,
 averaged over each clip's 3 s patches) plus a logistic regression per head, fitted on the training artists
 of the 4Q split and scored on the held-out artists: the same split `musictag train --val-fraction 0.2`
-makes (musictag.manifest.split_by_group, seed 0).
+makes (musictag.learn.manifest.split_by_group, seed 0).
 
     python bench/teacher_probe.py --data ../shared/data/4q/manifest.csv --teacher-cache CACHE \
         [--student-eval EVAL.json] [--json OUT.json]
@@ -19,9 +19,9 @@ import sys
 
 import numpy as np
 
-from musictag.distill import fit_head_probes, load_teacher
-from musictag.manifest import encode_targets, read_manifest, split_by_group
-from musictag.metrics import head_metrics
+from musictag.learn.distill import fit_head_probes, load_teacher
+from musictag.learn.manifest import encode_targets, read_manifest, split_by_group
+from musictag.learn.metrics import head_metrics
 
 L2_GRID = (1e-3, 1e-2, 1e-1)
 HEADLINES = (("quadrant", "macro_f1"), ("genre", "roc_auc"), ("genre", "pr_auc"), ("mood", "roc_auc"),

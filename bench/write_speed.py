@@ -23,7 +23,7 @@ FORMATS = (".mp3", ".flac", ".ogg", ".opus", ".m4a")
 
 def small_sources(build_dir: Path, seconds: float) -> list[Path]:
     """One generated track per format, `seconds` long (encoded once, then copied)."""
-    from musictag.codec import encode
+    from musictag.model.codec import encode
     from scan_speed import synthetic_track
 
     folder = build_dir / f"small-{seconds:g}s"
@@ -53,8 +53,8 @@ def timed_rewrite(sources: list[Path], count: int, model: str | None, threads: i
                   write_mode: str) -> float:
     """Seconds for a scan that writes `count` files from stored scores."""
     from musictag import api
-    from musictag.db import Database
-    from musictag.scan import ScanOptions, Scanner
+    from musictag.store.database import Database
+    from musictag.scan.scanner import ScanOptions, Scanner
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -79,8 +79,8 @@ def timed_fresh_scan(sources: list[Path], count: int, model: str | None, threads
                      work: Path, write_mode: str) -> float:
     """Seconds for a fresh scan (decode, score on the CPU, write) of `count` files, the model loaded before."""
     from musictag import api
-    from musictag.db import Database
-    from musictag.scan import ScanOptions, Scanner
+    from musictag.store.database import Database
+    from musictag.scan.scanner import ScanOptions, Scanner
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         library = copies(sources, Path(tmp) / "lib", count)

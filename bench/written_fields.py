@@ -17,9 +17,9 @@ import random
 
 import numpy as np
 
-from musictag.checkpoint import load_checkpoint
-from musictag.manifest import read_manifest
-from musictag.vocabulary import available, calibrate, term_matrix, truth_matrix, vocabulary_from_dict, written_quality
+from musictag.model.checkpoint import load_checkpoint
+from musictag.learn.manifest import read_manifest
+from musictag.model.vocabulary import available, calibrate, term_matrix, truth_matrix, vocabulary_from_dict, written_quality
 
 TARGETS = (0.6, 0.7, 0.8, 0.9)
 FOLDS = 4

@@ -15,27 +15,27 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .db import Database, default_db_path
+from .store.database import Database, default_db_path
 from .defaults import (DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, GPU_PARENT_THREADS, LOCAL_ENGINE,
                        VAL_FRACTION, decode_workers, usable_cpus)
 from .errors import ManifestError
-from .export import export_csv
-from .manifest import Dataset, Example, encode_targets, read_manifest, split_by_group, with_vocabulary
+from .store.export import export_csv
+from .learn.manifest import Dataset, Example, encode_targets, read_manifest, split_by_group, with_vocabulary
 from .progress import Progress, no_progress
-from .modelfile import model_id, shipped_path, verified_sha256
-from .pipeline import start_worker_server
-from .scan import MODES, ScanModel, ScanOptions, ScanResult, Scanner, undo
+from .model.modelfile import model_id, shipped_path, verified_sha256
+from .engines.local import start_worker_server
+from .scan.scanner import MODES, ScanModel, ScanOptions, ScanResult, Scanner, undo
 
 if TYPE_CHECKING:
-    from .checkpoint import Checkpoint
+    from .model.checkpoint import Checkpoint
     from .config import Config
-    from .distill import Teacher
-    from .features import FeatureConfig
-    from .inference import Tagger
-    from .model import ModelConfig
-    from .modelcard import CardInputs
-    from .train import Prepared, TrainConfig
-    from .vocabulary import FieldVocabulary
+    from .learn.distill import Teacher
+    from .model.features import FeatureConfig
+    from .model.inference import Tagger
+    from .model.network import ModelConfig
+    from .learn.modelcard import CardInputs
+    from .learn.train import Prepared, TrainConfig
+    from .model.vocabulary import FieldVocabulary
 
 __all__ = ["MODES", "Database", "ScanOptions", "default_db_path", "export_csv", "undo"]  # re-exported for the CLI
 
@@ -54,8 +54,8 @@ def load_tagger(model: str | Path | None = None, device: str = "auto", workers: 
     decode workers follow (the local engine), so their server starts importing torch first."""
     if start_workers and not device.startswith("cuda"):
         start_worker_server()
-    from .checkpoint import load_checkpoint
-    from .inference import ready_tagger, set_cpu_threads
+    from .model.checkpoint import load_checkpoint
+    from .model.inference import ready_tagger, set_cpu_threads
 
     warn = (lambda text: progress("message", {"text": text})) if progress else None
     tagger = ready_tagger(load_checkpoint(model), device, warn)
@@ -83,14 +83,14 @@ def scan_model(model: str | Path | None, db: Database, device: str = "auto", wor
 
 def load_model(model: str | Path | None = None) -> "Checkpoint":
     """The checkpoint at `model`, the shipped one when None."""
-    from .checkpoint import load_checkpoint
+    from .model.checkpoint import load_checkpoint
 
     return load_checkpoint(model)
 
 
 def locations(model: str | Path | None = None, db: str | Path | None = None) -> dict[str, Path]:
     """Where the model, the scan database and the training feature cache are."""
-    from .cache import default_cache_dir
+    from .learn.cache import default_cache_dir
 
     return {"model": Path(model or shipped_path()), "database": Path(db or default_db_path()),
             "feature cache": default_cache_dir()}
@@ -109,18 +109,18 @@ def scan_options(top_k: dict[str, int] | None = None, every_head_top_k: int | No
 def check_extras(engine: str = LOCAL_ENGINE, parquet: bool = False) -> None:
     """Raise the one-line error of an optional extra a scan needs but this install lacks."""
     if engine == "ray":
-        from .ray_engine import require_ray
+        from .engines.ray_engine import require_ray
 
         require_ray()
     if parquet:
-        from .parquet import require_pyarrow
+        from .store.parquet import require_pyarrow
 
         require_pyarrow()
 
 
 def write_parquet(db: Database, out: str | Path, model_id: str, paths: list[str] | None = None) -> tuple[Path, int]:
     """DIR/tracks.parquet of a scan (see parquet.py); the file and its number of rows."""
-    from .parquet import write_parquet
+    from .store.parquet import write_parquet
 
     return write_parquet(db, out, model_id, paths)
 
@@ -151,8 +151,8 @@ def prepare(examples: list[Example], heads: dict[str, str], vocab: dict[str, lis
             features: "FeatureConfig", workers: int = DECODE_WORKERS, skip_unreadable: bool = False,
             progress: Progress | None = None) -> "Prepared":
     """Decode and cache every example's log-mel; unreadable files are an error unless skipped."""
-    from .cache import cached_features
-    from .train import Prepared
+    from .learn.cache import cached_features
+    from .learn.train import Prepared
 
     progress = progress or no_progress
     mels, failures = cached_features([e.path for e in examples], features, workers=workers,
@@ -182,9 +182,9 @@ def training_configs(config_file: str | Path | None = None, epochs: int | None =
                      ) -> tuple["ModelConfig", "FeatureConfig", "TrainConfig"]:
     """`musictag train`'s configs: a JSON file's 'model', 'features' and 'train' sections over the
     recipe defaults, then the options given (None: not given)."""
-    from .features import FeatureConfig
-    from .model import ModelConfig
-    from .train import TrainConfig
+    from .model.features import FeatureConfig
+    from .model.network import ModelConfig
+    from .learn.train import TrainConfig
 
     sections = json.loads(Path(config_file).read_text()) if config_file else {}
     model = {**TRAIN_MODEL_DEFAULTS, **{k: v for k, v in sections.get("model", {}).items() if k != "heads"}}
@@ -210,9 +210,9 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
     too (teacher heads, unlabelled audio) and calibrate the written vocabulary on the validation split,
     and what it cannot judge against the teacher on the teacher's held-out calibration audio.
     `device`: auto, cpu, cuda or cuda:N (checked before any audio is decoded)."""
-    from .features import FeatureConfig
-    from .model import ModelConfig
-    from .train import TrainConfig, TrainData, normalization_stats, train_model
+    from .model.features import FeatureConfig
+    from .model.network import ModelConfig
+    from .learn.train import TrainConfig, TrainData, normalization_stats, train_model
 
     on = _training_device(device, progress)
     config = config or TrainConfig()
@@ -251,7 +251,7 @@ def teacher(cache: str | Path, unlabelled: str | Path | None = None,
             calibration: str | Path | None = None) -> "Teacher":
     """A teacher for `train`: its output cache, unlabelled audio to distil on and held-out audio to
     calibrate on, each a folder or a file of paths."""
-    from .distill import Teacher
+    from .learn.distill import Teacher
 
     if not Path(cache).is_dir():
         raise ManifestError(f"{cache}: no such teacher cache folder")
@@ -261,7 +261,7 @@ def teacher(cache: str | Path, unlabelled: str | Path | None = None,
 def _check_calibration(teacher: "Teacher", val_examples: list[Example]) -> None:
     """Before any training: calibration audio needs a validation split (the vocabulary is made there)
     and the teacher's outputs on some of it."""
-    from .distill import load_teacher
+    from .learn.distill import load_teacher
 
     if not val_examples:
         raise ManifestError("calibration audio needs a validation split (the written vocabulary is made on it)")
@@ -288,10 +288,10 @@ def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", f
     audio in segments with teacher targets and probe pseudo-labels; and a record of what went in."""
     import numpy as np
 
-    from .cache import cached_features
-    from .distill import (EMBEDDING_HEAD, concat, fit_pseudo_labellers, hours, labelled_set, load_teacher,
+    from .learn.cache import cached_features
+    from .learn.distill import (EMBEDDING_HEAD, concat, fit_pseudo_labellers, hours, labelled_set, load_teacher,
                           standardised, unlabelled_set, whitened)
-    from .train import Prepared
+    from .learn.train import Prepared
 
     teachers = [load_teacher(e.path, teacher.cache) for e in train_set.examples]
     if not any(t is not None for t in teachers):
@@ -332,8 +332,8 @@ def finish_distilled(checkpoint: "Checkpoint", clips: "Prepared", val_set: "Prep
     """After distilling: stack the labelled heads on the teacher heads (the taggram heads, the regressed
     embedding, or both) where that is better on validation, record the validation metrics of the final
     model, calibrate the written vocabulary, save to `out`."""
-    from .metrics import head_metrics
-    from .train import plain_builtins, stack_heads
+    from .learn.metrics import head_metrics
+    from .learn.train import plain_builtins, stack_heads
 
     def validation() -> tuple[dict, dict]:
         probs = clip_probabilities(checkpoint, val_set)
@@ -357,7 +357,7 @@ def clip_probabilities(checkpoint: "Checkpoint", data: "Prepared") -> dict:
 def mel_probabilities(checkpoint: "Checkpoint", mels: list) -> dict:
     """clip_probabilities of clips given as log-mels."""
     from .defaults import WINDOW_SECONDS
-    from .train import predict_features
+    from .learn.train import predict_features
 
     norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
     return predict_features(checkpoint.build_model(), mels, norm, checkpoint.feature_config, WINDOW_SECONDS)
@@ -368,8 +368,8 @@ def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", probs: d
     """Choose each written term's threshold on the validation clips (`probs`: clip_probabilities) and
     store the vocabulary (default: vocabulary.DEFAULT_FIELDS) in the checkpoint at `out`; fields whose
     truth head the clips lack keep their thresholds."""
-    from .checkpoint import save_checkpoint
-    from .vocabulary import DEFAULT_FIELDS, available, calibrate, term_matrix, truth_matrix, vocabulary_to_dict
+    from .model.checkpoint import save_checkpoint
+    from .model.vocabulary import DEFAULT_FIELDS, available, calibrate, term_matrix, truth_matrix, vocabulary_to_dict
 
     fields = []
     for f in available(DEFAULT_FIELDS if vocabulary is None else vocabulary, checkpoint.labels):
@@ -389,8 +389,8 @@ def calibrate_on_teacher(checkpoint: "Checkpoint", teacher: "Teacher", out: Path
     share of music the teacher calls ambient (say) is not just that of one kind of music. A term is right
     where musicnn ranks one of its sources among its top tags. Saves to `out`; returns what it used (also
     in the checkpoint's training record)."""
-    from .checkpoint import save_checkpoint
-    from .vocabulary import TEACHER, calibrate, teacher_truth, term_matrix, vocabulary_from_dict, vocabulary_to_dict
+    from .model.checkpoint import save_checkpoint
+    from .model.vocabulary import TEACHER, calibrate, teacher_truth, term_matrix, vocabulary_from_dict, vocabulary_to_dict
 
     clips, teacher_probs, groups, record = _teacher_judged_clips(checkpoint, teacher, val_set, workers, progress)
     probs = mel_probabilities(checkpoint, clips)
@@ -408,8 +408,8 @@ def _teacher_judged_clips(checkpoint: "Checkpoint", teacher: "Teacher", val_set:
     """Log-mels the teacher has judged, its mean taggrams on each, the track each came from, a record."""
     import numpy as np
 
-    from .cache import cached_features
-    from .distill import calibration_clips, clip_teacher_probs, hours, load_teacher
+    from .learn.cache import cached_features
+    from .learn.distill import calibration_clips, clip_teacher_probs, hours, load_teacher
 
     features = checkpoint.feature_config
     mels, failures = cached_features(teacher.calibration, features, workers=workers, progress=lambda done, total: (
@@ -437,7 +437,7 @@ def seeded_model(model_config: "ModelConfig", seed: int) -> "CPResNet":
     torch's random stream before), so the same recipe trains the same model."""
     import torch
 
-    from .model import CPResNet
+    from .model.network import CPResNet
 
     torch.manual_seed(seed)
     return CPResNet(model_config)
@@ -446,7 +446,7 @@ def seeded_model(model_config: "ModelConfig", seed: int) -> "CPResNet":
 def finetune_config(epochs: int = FINETUNE_EPOCHS) -> "TrainConfig":
     """The finetuning recipe: a quarter of the epochs on the new heads alone, then the trunk at a tenth
     of the rate."""
-    from .train import TrainConfig
+    from .learn.train import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=1e-3, trunk_frozen_epochs=max(1, epochs // 4), trunk_lr_scale=0.1,
                        warmup_epochs=1)
@@ -462,7 +462,7 @@ def finetune_dataset(data: str | Path | None = None, library: str | Path | None 
     if (data is None) == (library is None):
         raise ManifestError("give exactly one of --data or --library")
     if library is not None:
-        from .library_labels import library_dataset, own_values
+        from .learn.library_labels import library_dataset, own_values
 
         fields = list(fields)
         with Database(db) as database:
@@ -481,9 +481,9 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
     thresholds chosen on the validation split. `device` as for train."""
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .finetuning import keep_heads
-    from .train import TrainData, train_model
+    from .model.checkpoint import load_checkpoint
+    from .learn.finetuning import keep_heads
+    from .learn.train import TrainData, train_model
 
     on = _training_device(device, progress)
     base = load_checkpoint(start)
@@ -521,12 +521,12 @@ def _finetuned_vocabulary(checkpoint: "Checkpoint", base: "Checkpoint", dataset:
                           val_set: "Prepared | None", out: Path) -> None:
     """The finetuned model's vocabulary (finetuning.finetuned_vocabulary), calibrated where validation
     clips allow, saved into the checkpoint at `out`."""
-    from .checkpoint import save_checkpoint
-    from .finetuning import finetuned_vocabulary
+    from .model.checkpoint import save_checkpoint
+    from .learn.finetuning import finetuned_vocabulary
 
     fields = finetuned_vocabulary(base.vocabulary, dataset.vocab, checkpoint.labels)
     if val_set is None:
-        from .vocabulary import vocabulary_to_dict
+        from .model.vocabulary import vocabulary_to_dict
 
         checkpoint.vocabulary = vocabulary_to_dict(fields)
         save_checkpoint(checkpoint, out)
@@ -536,7 +536,7 @@ def _finetuned_vocabulary(checkpoint: "Checkpoint", base: "Checkpoint", dataset:
 
 def _training_device(device: str, progress: Progress | None):
     """train.training_device, its fallback line reported as a "message"."""
-    from .train import training_device
+    from .learn.train import training_device
 
     return training_device(device, lambda text: (progress or no_progress)("message", {"text": text}))
 
@@ -554,7 +554,7 @@ def _prepare_split(dataset: Dataset, train_examples: list[Example], val_examples
 def evaluate(tagger: "Tagger", data: str | Path, workers: int = DECODE_WORKERS, robustness: bool = False,
              progress: Progress | None = None) -> dict:
     """Score the model on a labelled manifest: metrics per head, per-clip predictions, failures."""
-    from .evaluate import evaluate as evaluate_dataset
+    from .learn.evaluate import evaluate as evaluate_dataset
 
     dataset = with_vocabulary(read_manifest(data, min_count=1), tagger.labels, tagger.checkpoint.model_config.kinds)
     if not dataset.vocab:
@@ -564,7 +564,7 @@ def evaluate(tagger: "Tagger", data: str | Path, workers: int = DECODE_WORKERS, 
 
 def evaluation_tables(report: dict) -> str:
     """An evaluation report as Markdown: the metrics with per-label tables, then the robustness probes."""
-    from .modelcard import metrics_table, robustness_table
+    from .learn.modelcard import metrics_table, robustness_table
 
     tables = [metrics_table(report["metrics"], per_label=True)]
     if "robustness" in report:
@@ -574,14 +574,14 @@ def evaluation_tables(report: dict) -> str:
 
 def card_inputs(**inputs) -> "CardInputs":
     """modelcard.CardInputs, built without importing torch before a card is written."""
-    from .modelcard import CardInputs
+    from .learn.modelcard import CardInputs
 
     return CardInputs(**inputs)
 
 
 def write_model_card(model: str | Path, out: str | Path, inputs: "CardInputs") -> None:
     """See modelcard.write_model_card."""
-    from .modelcard import write_model_card as write
+    from .learn.modelcard import write_model_card as write
 
     write(Path(model), Path(out), inputs)
 

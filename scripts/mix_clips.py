@@ -29,9 +29,9 @@ import numpy as np
 import soundfile
 import soxr
 
-from musictag.audio import load_audio
+from musictag.model.audio import load_audio
 from musictag.defaults import SAMPLE_RATE, VAL_FRACTION
-from musictag.manifest import read_manifest, split_by_group
+from musictag.learn.manifest import read_manifest, split_by_group
 
 SHARE = (0.3, 0.7)  # the first clip's share of the mixture, drawn uniformly: both stay audible
 SPEED = (0.89, 1.12)  # a variant's playback speed (and so pitch) factor, drawn uniformly: about +-2 semitones

@@ -6,7 +6,7 @@ Runs only in the teacher venv (scripts/teacher_env.sh), never inside musictag:
 
     .teacher-venv/bin/python scripts/teacher_targets.py --list FILES.txt --out CACHE_DIR
 
-One .npz per audio file, named by musictag.distill.teacher_key's recipe (a hash of the file's bytes), so
+One .npz per audio file, named by musictag.learn.distill.teacher_key's recipe (a hash of the file's bytes), so
 an edited file is analysed again and a finished one never is, wherever it lies: an interrupted run
 resumes. Each .npz holds `msd`, `mtt` (patches, 50) float16, `msd_emb`, `mtt_emb` (patches, 200) float16
 and `patch_seconds`.
@@ -35,7 +35,7 @@ MAX_SECONDS = 600.0  # as musictag's training cache: later audio is never croppe
 
 
 def teacher_key(path: str) -> str:
-    """Keep in step with musictag.distill.teacher_key (this file cannot import musictag)."""
+    """Keep in step with musictag.learn.distill.teacher_key (this file cannot import musictag)."""
     digest = hashlib.sha1(b"musicnn-0.1.0")
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

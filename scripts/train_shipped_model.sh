@@ -37,7 +37,7 @@ python bench/real_music.py "$WORK/unlabelled" --build-dir "$WORK" --packages $(p
 # shellcheck disable=SC2046
 python bench/real_music.py "$WORK/unseen" --build-dir "$WORK" --packages $(packages SCAN_PACKAGES) \
   --min-seconds 90 --per-package 20
-python -c "from musictag.manifest import read_manifest; print('\n'.join(e.path for e in read_manifest('$DATA').examples))" \
+python -c "from musictag.learn.manifest import read_manifest; print('\n'.join(e.path for e in read_manifest('$DATA').examples))" \
   > "$WORK/labelled.txt"
 # every 8th Debian track is kept out of training: on it, the written values the 4Q validation clips cannot
 # judge (instruments, voice, rare genres) get their thresholds against the teacher. Whole tracks of the
@@ -87,7 +87,7 @@ python bench/written_fields.py --data "$RUNS/distilled.pt.val.csv" --model "$RUN
 
 python - "$RUNS/distilled.pt" weights/musictag.pt <<'PY'
 import sys
-from musictag.checkpoint import load_checkpoint, save_checkpoint, write_sha_sidecar
+from musictag.model.checkpoint import load_checkpoint, save_checkpoint, write_sha_sidecar
 save_checkpoint(load_checkpoint(sys.argv[1]), sys.argv[2], half=True)
 print(write_sha_sidecar(sys.argv[2]))
 PY

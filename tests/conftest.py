@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from musictag.checkpoint import Checkpoint, save_checkpoint
-from musictag.codec import encode
-from musictag.features import FeatureConfig
-from musictag.model import CPResNet, ModelConfig
+from musictag.model.checkpoint import Checkpoint, save_checkpoint
+from musictag.model.codec import encode
+from musictag.model.features import FeatureConfig
+from musictag.model.network import CPResNet, ModelConfig
 
 # extension -> native rate used to write it (opus only exists at 48 kHz)
 FORMATS = {".mp3": 44100, ".flac": 44100, ".ogg": 44100, ".opus": 48000, ".wav": 44100, ".aiff": 44100,
@@ -88,7 +88,7 @@ def ctrl_c_reaches_the_tests():
 def hold_file_lock(db_path, path: str, seconds: float) -> subprocess.Popen:
     """Another process holding the database's lock on `path` for `seconds`; returns once it holds it. Its
     last line is the time.monotonic() (one clock for every process) just before its exit releases the lock."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from musictag.db import Database; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from musictag.store.database import Database; "
                                "lock = Database(sys.argv[1]).file_lock(sys.argv[2]); lock.__enter__(); "
                                f"print('held', flush=True); time.sleep({seconds}); print(time.monotonic())",
                                str(db_path), path], stdout=subprocess.PIPE)
@@ -107,7 +107,7 @@ def cut_short_seen_elsewhere(db_path) -> dict[str, list[str]]:
     repair and the temporary copies it would remove (with every journal record and temporary, to compare)."""
     import json
 
-    seen = subprocess.run([sys.executable, "-c", "import json, sys; from musictag.db import Database; "
+    seen = subprocess.run([sys.executable, "-c", "import json, sys; from musictag.store.database import Database; "
                            "db = Database(sys.argv[1]); print(json.dumps({"
                            "'interrupted': [p for p, _ in db.interrupted_writes()], "
                            "'leftover': db.leftover_temporaries(), "

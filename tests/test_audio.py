@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import FORMATS, tone, write_track
-from musictag.audio import Span, load_audio, load_excerpts, open_audio, plan_excerpts
+from musictag.model.audio import Span, load_audio, load_excerpts, open_audio, plan_excerpts
 from musictag.errors import AudioDecodeError
 
 ALL = sorted(FORMATS) + [".alac.m4a"]
@@ -34,7 +34,7 @@ def test_opus_rate_is_what_the_decoder_reports(library):
 
 def test_opus_through_ffmpeg_gives_libsndfile_samples_at_the_same_positions(library):
     """Opus is decoded by PyAV first (faster); it must match libsndfile's decode, without a shift."""
-    from musictag.audio import _SoundfileReader
+    from musictag.model.audio import _SoundfileReader
 
     span = Span(2.0, 1.5)
     with open_audio(library[".opus"]) as reader, _SoundfileReader(str(library[".opus"])) as reference:
@@ -173,7 +173,7 @@ def test_truncated_m4a_fails_cleanly_or_decodes_partially(tmp_path):
 
 
 def test_huge_request_is_refused(tmp_path, monkeypatch):
-    import musictag.audio as audio_module
+    import musictag.model.audio as audio_module
 
     path = write_track(tmp_path / "t.wav", seconds=3.0)
     monkeypatch.setattr(audio_module, "MAX_DECODE_SECONDS", 1.0)
@@ -183,7 +183,7 @@ def test_huge_request_is_refused(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(os.name == "nt", reason="Windows file names are always Unicode")
 def test_a_name_that_is_not_utf8_still_goes_to_libsndfile(tmp_path):
-    from musictag.audio import _SoundfileReader
+    from musictag.model.audio import _SoundfileReader
 
     write_track(tmp_path / "plain.flac", seconds=2.0, freq=440.0)
     raw = os.fsencode(tmp_path) + b"/caf\xe9.flac"

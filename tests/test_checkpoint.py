@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from musictag.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_sha_sidecar
+from musictag.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, write_sha_sidecar
 from musictag.errors import CheckpointError
-from musictag.features import FeatureConfig
-from musictag.model import CPResNet, ModelConfig
+from musictag.model.features import FeatureConfig
+from musictag.model.network import CPResNet, ModelConfig
 
 
 def make(tmp_path, half=False, head_hidden=0):
@@ -79,8 +79,8 @@ def test_shipped_model_is_installed_with_the_package_and_loads():
     """The tests import the installed package: the weights must have travelled into it."""
     from pathlib import Path
 
-    from musictag.checkpoint import shipped_path
-    from musictag.distill import TEACHER_LABELS
+    from musictag.model.checkpoint import shipped_path
+    from musictag.learn.distill import TEACHER_LABELS
 
     if not (Path(__file__).resolve().parents[1] / "weights" / "musictag.pt").is_file():
         pytest.skip("this checkout has no shipped weights")

@@ -5,9 +5,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_track
-from musictag.checkpoint import load_checkpoint
+from musictag.model.checkpoint import load_checkpoint
 from musictag.cli import app
-from musictag.tags import read_fields, write_fields
+from musictag.tagfile import read_fields, write_fields
 
 runner = CliRunner()
 
@@ -54,10 +54,10 @@ def test_finetune_library_with_too_few_labels_lists_them_and_names_min_count(tin
 
 
 def test_a_finetuned_vocabulary_keeps_the_other_fields_and_writes_the_new_labels():
-    from musictag.finetuning import finetuned_vocabulary
+    from musictag.learn.finetuning import finetuned_vocabulary
     from dataclasses import replace
 
-    from musictag.vocabulary import BASE, DEFAULT_FIELDS, VALIDATION, vocabulary_to_dict
+    from musictag.model.vocabulary import BASE, DEFAULT_FIELDS, VALIDATION, vocabulary_to_dict
 
     labels = {"genre": ["Chiptune", "Drum and Bass"], "mood": ["calm", "sad"], "quadrant": ["Q1", "Q2", "Q3", "Q4"]}
     base = [replace(f, terms=tuple(replace(t, calibrated_on=VALIDATION) for t in f.terms)) if f.name == "mood" else f
@@ -111,7 +111,7 @@ def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path):
     import subprocess
     import sys
 
-    from musictag.db import Database
+    from musictag.store.database import Database
 
     db = tmp_path / "db.sqlite"
     with Database(db) as database:

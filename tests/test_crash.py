@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_track
-from musictag.tags import write_fields
+from musictag.tagfile import write_fields
 from test_tags import old_id3v23_mp3
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "crash_test.py"

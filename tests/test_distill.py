@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import write_track
 
-from musictag.distill import (TEACHER_LABELS, DistillSet, LinearProbe, TeacherOutput, concat, fit_head_probes,
+from musictag.learn.distill import (TEACHER_LABELS, DistillSet, LinearProbe, TeacherOutput, concat, fit_head_probes,
                               fit_probe, labelled_set, load_teacher, segments, teacher_key, unlabelled_set)
-from musictag.manifest import target_rows
+from musictag.learn.manifest import target_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER_PYTHON = Path(os.environ.get("MUSICTAG_TEACHER_PYTHON", ROOT / ".teacher-venv" / "bin" / "python"))
@@ -60,7 +60,7 @@ def test_head_probes_leave_out_the_rows_whose_label_is_unknown():
 
 
 def test_unknown_single_labels_have_no_target():
-    from musictag.manifest import Example, encode_targets
+    from musictag.learn.manifest import Example, encode_targets
 
     examples = [Example(p, p, {"quadrant": q, "tags": t}) for p, q, t in
                 (("a", ["Q1"], ["x", "y"]), ("b", ["Q9"], []), ("c", [], ["z"]))]
@@ -153,7 +153,7 @@ def test_variants_change_speed_pitch_and_tilt_at_a_set_loudness():
 
 def test_mixtures_and_the_training_list_come_from_the_training_side_of_trains_split(tmp_path):
     from musictag.defaults import VAL_FRACTION
-    from musictag.manifest import read_manifest, split_by_group
+    from musictag.learn.manifest import read_manifest, split_by_group
     rows = ["path,artist,quadrant"]
     for k in range(20):
         clip = write_track(tmp_path / f"c{k}.wav", seconds=1.0, freq=200.0 + 30 * k)
@@ -205,7 +205,7 @@ def test_teacher_step_caches_both_taggrams_and_embeddings(tmp_path):
 
 
 def test_both_sets_carry_the_teacher_embedding_and_it_is_standardised_over_known_rows():
-    from musictag.distill import EMBEDDING_HEAD, standardised
+    from musictag.learn.distill import EMBEDDING_HEAD, standardised
 
     mel = np.zeros((8, 300), np.float16)
     t = teacher(3)
@@ -223,7 +223,7 @@ def test_both_sets_carry_the_teacher_embedding_and_it_is_standardised_over_known
 
 
 def test_whitened_embedding_targets_are_the_leading_components_at_unit_variance():
-    from musictag.distill import whitened
+    from musictag.learn.distill import whitened
 
     rng = np.random.default_rng(4)
     loud, faint = rng.normal(size=(300, 1)) * 10.0, rng.normal(size=(300, 1)) * 0.1

@@ -2,7 +2,7 @@ import torch
 
 
 def test_lowpass_2d_keeps_everything_at_full_radius_and_only_the_mean_at_zero():
-    from musictag.evaluate import lowpass_2d
+    from musictag.learn.evaluate import lowpass_2d
 
     x = torch.randn(2, 1, 16, 40)
     assert torch.allclose(lowpass_2d(x, 1.5), x, atol=1e-5)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from musictag.export import MAX_CELL, neutralise
+from musictag.store.export import MAX_CELL, neutralise
 
 
 @pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1", "\n=1", "\uff1d1+1",

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from musictag.features import FeatureConfig, LogMel, hz_to_mel, mel_filterbank, mel_to_hz
+from musictag.model.features import FeatureConfig, LogMel, hz_to_mel, mel_filterbank, mel_to_hz
 
 
 def test_slaney_scale_known_values():

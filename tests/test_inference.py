@@ -4,9 +4,9 @@ import numpy as np
 def test_predict_each_matches_one_predict_per_transform(tiny_checkpoint):
     import torch
 
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
-    from musictag.model import probabilities
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
+    from musictag.model.network import probabilities
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
     rng = np.random.default_rng(1)
@@ -42,7 +42,7 @@ def fake_gpus(monkeypatch):
 
 def test_device_names_are_checked_against_the_gpus_there_are(fake_gpus):
     from musictag.errors import DeviceError
-    from musictag.inference import pick_device
+    from musictag.model.inference import pick_device
 
     assert pick_device("cuda:1") == torch.device("cuda", 1)
     assert pick_device("cuda") == torch.device("cuda", 0) and pick_device("auto").type == "cuda"
@@ -56,7 +56,7 @@ def test_device_names_are_checked_against_the_gpus_there_are(fake_gpus):
 
 def test_cuda_asked_for_without_a_gpu_is_a_clear_error(monkeypatch):
     from musictag.errors import DeviceError
-    from musictag.inference import pick_device
+    from musictag.model.inference import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto") == torch.device("cpu")
@@ -68,8 +68,8 @@ CUDA_FAULT = "CUDA error: no kernel image is available for execution on the devi
 
 
 def test_a_failing_warm_up_falls_back_to_the_cpu_with_one_line(tiny_checkpoint, fake_gpus, monkeypatch):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger, ready_tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger, ready_tagger
 
     def warm_up(tagger):
         assert tagger.device.type == "cuda"  # only the GPU tagger is warmed up
@@ -85,9 +85,9 @@ def test_a_failing_warm_up_falls_back_to_the_cpu_with_one_line(tiny_checkpoint, 
 
 
 def test_a_failing_warm_up_with_cuda_asked_for_stops_with_one_line(tiny_checkpoint, fake_gpus, monkeypatch):
-    from musictag.checkpoint import load_checkpoint
+    from musictag.model.checkpoint import load_checkpoint
     from musictag.errors import DeviceError
-    from musictag.inference import Tagger, ready_tagger
+    from musictag.model.inference import Tagger, ready_tagger
 
     monkeypatch.setattr(Tagger, "warm_up", lambda tagger: (_ for _ in ()).throw(RuntimeError(CUDA_FAULT)))
     with pytest.raises(DeviceError) as error:
@@ -96,8 +96,8 @@ def test_a_failing_warm_up_with_cuda_asked_for_stops_with_one_line(tiny_checkpoi
 
 
 def test_a_cpu_tagger_is_not_warmed_up(tiny_checkpoint, monkeypatch):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger, ready_tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger, ready_tagger
 
     monkeypatch.setattr(Tagger, "warm_up", lambda tagger: pytest.fail("a CPU scan's parent builds no network"))
     assert ready_tagger(load_checkpoint(tiny_checkpoint), "cpu").device.type == "cpu"
@@ -130,8 +130,8 @@ def _short_of_memory(tagger, fits: int, error: Exception):
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: you tried to allocate 1"),
 ])
 def test_out_of_memory_halves_the_pass_and_retries(tiny_checkpoint, error):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
     windows = _windows(tagger, 7)
@@ -148,9 +148,9 @@ def test_out_of_memory_halves_the_pass_and_retries(tiny_checkpoint, error):
 
 
 def test_a_window_that_does_not_fit_alone_is_a_window_error_and_other_errors_pass(tiny_checkpoint):
-    from musictag.checkpoint import load_checkpoint
+    from musictag.model.checkpoint import load_checkpoint
     from musictag.errors import WindowError
-    from musictag.inference import Tagger
+    from musictag.model.inference import Tagger
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
     _short_of_memory(tagger, 0, torch.OutOfMemoryError("CUDA out of memory"))
@@ -166,8 +166,8 @@ def test_a_window_that_does_not_fit_alone_is_a_window_error_and_other_errors_pas
 @cuda_only
 def test_cuda_scores_equal_the_cpu_scores():
     """fp16 trunk, fp32 log-mel and heads: probabilities within 2e-3 of the CPU's (the shipped model)."""
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
 
     checkpoint = load_checkpoint()
     cpu, gpu = Tagger(checkpoint, "cpu"), Tagger(checkpoint, "cuda")
@@ -184,7 +184,7 @@ def test_cuda_scores_equal_the_cpu_scores():
 
 def _reference(tagger, windows):
     """Scores as predict gave them before the staging buffer: a fresh stack per pass, features, network."""
-    from musictag.model import probabilities
+    from musictag.model.network import probabilities
 
     with torch.inference_mode():
         x = tagger.features(torch.from_numpy(np.stack(windows)).to(tagger.device))
@@ -194,8 +194,8 @@ def _reference(tagger, windows):
 
 
 def test_the_reusable_staging_buffer_gives_the_same_scores_and_is_not_pinned_on_the_cpu(tiny_checkpoint):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
     rng = np.random.default_rng(7)
@@ -216,8 +216,8 @@ def test_the_reusable_staging_buffer_gives_the_same_scores_and_is_not_pinned_on_
 def test_passes_started_before_the_last_ones_are_taken_keep_their_own_scores(tiny_checkpoint, device):
     """Three passes in flight at once: the third is stacked into the first one's buffer (two on CUDA, one on
     the CPU) before anything is taken; each still gives exactly its own windows' scores."""
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), device)
     batches = [_windows(tagger, 6, seed=s) for s in (11, 12, 13)]
@@ -231,8 +231,8 @@ def test_passes_started_before_the_last_ones_are_taken_keep_their_own_scores(tin
 
 @cuda_only
 def test_cuda_stages_in_two_pinned_buffers_and_copies_on_a_side_stream(tiny_checkpoint):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), "cuda")
     finish = [tagger.predict_later(_windows(tagger, 4, seed=s)) for s in (1, 2)]

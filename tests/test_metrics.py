@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from musictag.metrics import accuracy, average_precision, macro_f1, multi_label_report, roc_auc
+from musictag.learn.metrics import accuracy, average_precision, macro_f1, multi_label_report, roc_auc
 
 
 def test_roc_auc_by_hand():

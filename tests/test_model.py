@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from musictag.model import FALU, CPResNet, ModelConfig, count_parameters, min_frames, receptive_field, shake_shake
+from musictag.model.network import FALU, CPResNet, ModelConfig, count_parameters, min_frames, receptive_field, shake_shake
 
 
 @pytest.mark.parametrize("rho,authors", [(5, 3.59e6), (7, 3.98e6), (9, 5.03e6)])
@@ -126,7 +126,7 @@ def test_min_frames_is_the_shortest_input_the_network_accepts():
 
 
 def test_a_regress_head_is_predicted_raw_and_never_scored():
-    from musictag.model import head_outputs, probabilities
+    from musictag.model.network import head_outputs, probabilities
 
     config = ModelConfig(rho=3, width=8, n_mels=32, heads={"q": ("single", 2), "emb": ("regress", 6)},
                          stacked={"q": ["emb"]})

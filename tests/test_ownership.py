@@ -1,6 +1,6 @@
 """Whose value is whose: a value the user set is never removed by a scan (merge) nor reverted by undo.
 
-The pure record first (musictag.ownership), then the sequences a user runs, through the real command."""
+The pure record first (musictag.store.ownership), then the sequences a user runs, through the real command."""
 
 import mutagen
 import pytest
@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from conftest import write_track
 from musictag.cli import app
-from musictag.ownership import Owned, after_write, legacy, restarted, undone
-from musictag.tags import read_fields, write_fields
+from musictag.store.ownership import Owned, after_write, legacy, restarted, undone
+from musictag.tagfile import read_fields, write_fields
 
 runner = CliRunner()
 
@@ -125,9 +125,9 @@ def test_a_rescan_under_other_options_keeps_the_users_values(track, tiny_checkpo
 
 
 def test_an_edit_while_the_write_is_retried_is_the_users(track, tiny_checkpoint, tmp_path, monkeypatch):
-    import musictag.tags
+    import musictag.tagfile
 
-    verify, saved, editing = musictag.tags._verify, [], []
+    verify, saved, editing = musictag.tagfile.checks._verify, [], []
 
     def the_user_saves_meanwhile(*args):
         outcome = verify(*args)
@@ -138,7 +138,7 @@ def test_an_edit_while_the_write_is_retried_is_the_users(track, tiny_checkpoint,
             editing.clear()
         return outcome
 
-    monkeypatch.setattr(musictag.tags, "_verify", the_user_saves_meanwhile)
+    monkeypatch.setattr(musictag.tagfile.checks, "_verify", the_user_saves_meanwhile)
     db = tmp_path / "db.sqlite"
     assert scan([track], tiny_checkpoint, db, "--threshold", "0", "--write-mode", "copy").exit_code == 0
     monkeypatch.undo()
@@ -172,12 +172,12 @@ def test_a_moved_and_renamed_track_keeps_its_record_is_not_decoded_again_and_und
     track.rename(moved)
     write_fields(moved, {"genre": ["Renamed"] + tagged["genre"][1:]})  # and the mover's own edit
 
-    import musictag.scan
+    import musictag.scan.scanner
 
     def never(*args, **kwargs):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(musictag.scan, "score_locally", never)
+    monkeypatch.setattr(musictag.scan.scanner, "score_locally", never)
     result = scan([track.parent], tiny_checkpoint, db, "--threshold", "0")
     assert result.exit_code == 0, result.output
     assert f"moved: {track} -> {moved}" in result.output and "moved or deleted" not in result.output

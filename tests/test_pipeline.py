@@ -2,9 +2,9 @@ import numpy as np
 
 
 def test_track_scores_averages_windows_across_forward_passes(tiny_checkpoint):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
-    from musictag.pipeline import track_scores
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
+    from musictag.engines.local import track_scores
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
     rng = np.random.default_rng(0)
@@ -16,7 +16,7 @@ def test_track_scores_averages_windows_across_forward_passes(tiny_checkpoint):
 
 
 def test_window_batcher_packs_tracks_across_passes_and_averages_each_exactly():
-    from musictag.pipeline import WindowBatcher
+    from musictag.engines.local import WindowBatcher
 
     passes = []
 
@@ -43,7 +43,7 @@ def test_a_window_that_fails_alone_fails_its_track_and_the_others_are_scored():
     import pytest
 
     from musictag.errors import WindowError
-    from musictag.pipeline import WindowBatcher
+    from musictag.engines.local import WindowBatcher
 
     def predict(windows):  # a window holding 99 does not fit even alone
         bad = [i for i, w in enumerate(windows) if w[0] == 99]
@@ -104,7 +104,7 @@ def test_workers_end_when_their_parent_is_killed(tmp_path):
 
     parent = subprocess.Popen([sys.executable, "-c", """
 import os, time
-from musictag.pipeline import worker_pool
+from musictag.engines.local import worker_pool
 with worker_pool(2) as pool:
     list(pool.map(time.sleep, [0.3, 0.3]))
     print(" ".join(str(pid) for pid in pool._processes), flush=True)
@@ -132,13 +132,13 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ended while it was read
         return False
 
 
 def test_a_deferred_batcher_keeps_one_pass_in_flight_and_averages_as_the_plain_one():
     """With deferred passes (the GPU path) a pass's outputs are taken only after the next has started."""
-    from musictag.pipeline import WindowBatcher
+    from musictag.engines.local import WindowBatcher
 
     log = []
 
@@ -170,7 +170,7 @@ def test_a_deferred_batcher_keeps_one_pass_in_flight_and_averages_as_the_plain_o
 
 def test_a_track_failing_while_its_earlier_windows_are_in_flight_fails_once_and_alone():
     from musictag.errors import WindowError
-    from musictag.pipeline import WindowBatcher
+    from musictag.engines.local import WindowBatcher
 
     def predict_later(windows):  # a window holding 99 does not fit even alone: raised when the pass starts
         bad = [i for i, w in enumerate(windows) if w[0] == 99]
@@ -201,7 +201,7 @@ def test_workers_reuse_freed_buffers_instead_of_faulting_them_in_again():
     script = """
 import resource, sys
 import numpy as np
-from musictag.pipeline import keep_freed_memory
+from musictag.engines.local import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "kept" else False
 track = lambda: [np.ones(2 << 20) for _ in range(6)]  # six 16 MB buffers at once, all freed together
 track()  # first use: faults either way
@@ -232,7 +232,7 @@ def test_workers_come_with_what_the_worker_server_preloaded():
         pytest.skip("workers are spawned here and import what they use")
     script = """
 import sys
-from musictag.pipeline import WORKER_PRELOAD, start_worker_server, worker_pool
+from musictag.engines.local import WORKER_PRELOAD, start_worker_server, worker_pool
 if sys.argv[1] == "server":
     start_worker_server()
 with worker_pool(1, preload=WORKER_PRELOAD if sys.argv[1] == "pool" else ()) as pool:

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from conftest import write_track
 from musictag.cli import app
-from musictag.db import Database
-from musictag.pipeline import Decoded
-from musictag.ray_engine import RAY_MISSING, SCORE_PREFIX, TrackAssembler
+from musictag.store.database import Database
+from musictag.engines.local import Decoded
+from musictag.engines.ray_engine import RAY_MISSING, SCORE_PREFIX, TrackAssembler
 
 runner = CliRunner()
 
@@ -250,7 +250,7 @@ def test_ctrl_c_while_the_local_ray_starts_leaves_none_of_its_processes(monkeypa
     ray = pytest.importorskip("ray")
     from ray._private import node
 
-    from musictag.ray_engine import ray_session
+    from musictag.engines.ray_engine import ray_session
 
     assert not ray.is_initialized()
     start, started = node.Node.start_ray_processes, []

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import hold_file_lock, released_at, write_track
-from musictag.audio import load_audio
+from musictag.model.audio import load_audio
 from musictag.cli import app
-from musictag.tags import read_fields, write_fields
+from musictag.tagfile import read_fields, write_fields
 
 GOOD = ["a/one.mp3", "a/two.flac", "a/three.ogg", "b/four.opus", "b/five.m4a", "b/six.wma", "c/seven.wav",
         "c/eight.aiff", "c/nine.oga", "c/ten.mp4", "c/Ünïcödé – ß.mp3", "c/UPPER.FLAC"]
@@ -100,9 +100,10 @@ def test_undo_keeps_what_the_user_changed_after_the_scan(library, tiny_checkpoin
 @pytest.mark.parametrize("write_mode, step", [("copy", "_verify"), ("auto", "_plan_in_place")])
 def test_a_tag_editor_saving_during_the_scan_keeps_its_values(library, tiny_checkpoint, tmp_path, monkeypatch,
                                                               write_mode, step):
-    import musictag.tags
+    import musictag.tagfile
 
-    target, done, saved = library / "a" / "two.flac", getattr(musictag.tags, step), []
+    where = {"_verify": musictag.tagfile.checks, "_plan_in_place": musictag.tagfile.inplace}[step]
+    target, done, saved = library / "a" / "two.flac", getattr(where, step), []
 
     def step_while_the_user_saves(*args):
         outcome = done(*args)
@@ -111,7 +112,7 @@ def test_a_tag_editor_saving_during_the_scan_keeps_its_values(library, tiny_chec
             write_fields(target, {"genre": ["Saved by the editor"]}, write_mode="copy")
         return outcome
 
-    monkeypatch.setattr(musictag.tags, step, step_while_the_user_saves)
+    monkeypatch.setattr(where, step, step_while_the_user_saves)
     result = scan([library, "--write-mode", write_mode], tiny_checkpoint, tmp_path / "db.sqlite")
     assert result.exit_code == 0 and saved, result.output
     genres = read_fields(target, ["genre"])["genre"]
@@ -179,10 +180,10 @@ def test_broken_files_are_reported_and_good_files_still_tagged(library, tiny_che
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_checkpoint, tmp_path):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.db import Database
-    from musictag.inference import Tagger
-    from musictag.scan import ScanOptions, Scanner
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.store.database import Database
+    from musictag.model.inference import Tagger
+    from musictag.scan.scanner import ScanOptions, Scanner
 
     interrupted = make_library(tmp_path / "interrupted")
     straight = tmp_path / "straight"
@@ -215,7 +216,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_checkpoint, tmp_path):
 def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoint, tmp_path, monkeypatch):
     import signal
 
-    from musictag.scan import Scanner
+    from musictag.scan.scanner import Scanner
 
     db, done, done_file = tmp_path / "db.sqlite", [], Scanner._done
 
@@ -239,10 +240,10 @@ def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoin
 
 
 def test_scoring_in_workers_matches_scoring_in_the_parent(library, tiny_checkpoint, tmp_path):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.db import Database
-    from musictag.inference import Tagger
-    from musictag.scan import ScanOptions, Scanner
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.store.database import Database
+    from musictag.model.inference import Tagger
+    from musictag.scan.scanner import ScanOptions, Scanner
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
     scores = {}
@@ -369,7 +370,7 @@ def test_concurrent_runs_share_one_database(library, tiny_checkpoint, tmp_path):
     runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    from musictag.db import Database
+    from musictag.store.database import Database
 
     with Database(db) as database:
         tracks = list(database.tracks())
@@ -396,7 +397,7 @@ def test_scan_help_is_light_and_states_the_real_excerpt_default():
     import subprocess
     import sys
 
-    from musictag.audio import EXCERPT_COUNT
+    from musictag.model.audio import EXCERPT_COUNT
 
     code = ("import sys; from typer.testing import CliRunner; from musictag.cli import app; "
             "out = CliRunner().invoke(app, ['scan', '--help'], terminal_width=200).output; "
@@ -408,8 +409,8 @@ def test_scan_help_is_light_and_states_the_real_excerpt_default():
 
 def vocabulary_model(tiny_checkpoint, tmp_path):
     """The tiny model with a written vocabulary: Jazz always confident, Blues never, no mood ever."""
-    from musictag.checkpoint import load_checkpoint, save_checkpoint
-    from musictag.vocabulary import FieldVocabulary, Term, vocabulary_to_dict
+    from musictag.model.checkpoint import load_checkpoint, save_checkpoint
+    from musictag.model.vocabulary import FieldVocabulary, Term, vocabulary_to_dict
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     checkpoint.vocabulary = vocabulary_to_dict((
@@ -524,7 +525,7 @@ def test_dry_run_announces_what_the_real_scan_then_does(library, tiny_checkpoint
 
 
 def test_dry_run_stores_scores_only(library, tiny_checkpoint, tmp_path):
-    from musictag.db import Database
+    from musictag.store.database import Database
 
     db = tmp_path / "db.sqlite"
     scan([library, "--dry-run"], tiny_checkpoint, db)
@@ -622,10 +623,10 @@ def test_scan_json_prints_one_object_per_file_and_a_summary(library, tiny_checkp
 
 @pytest.mark.parametrize("in_workers", [True, False])
 def test_audio_too_short_for_the_network_fails_alone_with_its_length(tiny_checkpoint, tmp_path, in_workers):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.db import Database
-    from musictag.inference import Tagger
-    from musictag.scan import ScanOptions, Scanner
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.store.database import Database
+    from musictag.model.inference import Tagger
+    from musictag.scan.scanner import ScanOptions, Scanner
 
     write_track(tmp_path / "music" / "blip.wav", seconds=0.15)
     write_track(tmp_path / "music" / "song.wav", seconds=2.0)
@@ -638,7 +639,7 @@ def test_audio_too_short_for_the_network_fails_alone_with_its_length(tiny_checkp
 
 def test_a_full_database_disk_ends_the_scan_with_one_line_and_keeps_what_was_committed(library, tiny_checkpoint,
                                                                                         tmp_path, monkeypatch):
-    from musictag.db import Database
+    from musictag.store.database import Database
 
     db = tmp_path / "db.sqlite"
     assert scan([library / "a"], tiny_checkpoint, db).exit_code == 0  # committed before the disk fills
@@ -667,9 +668,9 @@ def test_a_full_database_disk_ends_the_scan_with_one_line_and_keeps_what_was_com
 def test_a_track_whose_window_cannot_be_scored_even_alone_fails_alone(tiny_checkpoint, tmp_path):
     """The GPU path (the parent batches the windows): one track's window runs out of memory even alone."""
     from musictag import api
-    from musictag.db import Database
+    from musictag.store.database import Database
     from musictag.errors import WindowError
-    from musictag.scan import ScanOptions
+    from musictag.scan.scanner import ScanOptions
 
     good = write_track(tmp_path / "music" / "good.flac", seconds=2.0, seed=1)
     bad = write_track(tmp_path / "music" / "bad.flac", seconds=3.0, seed=2)
@@ -734,7 +735,7 @@ FOUR = ["genre", "mood", "quadrant", "model"]
 
 
 def test_a_kill_between_the_rename_and_its_record_loses_no_undo_data(library, tiny_checkpoint, tmp_path, monkeypatch):
-    from musictag.db import Database
+    from musictag.store.database import Database
 
     db, user = tmp_path / "db.sqlite", library / "a" / "two.flac"
     write_fields(user, {"genre": ["Shoegaze"]})
@@ -758,7 +759,7 @@ def test_a_kill_between_the_rename_and_its_record_loses_no_undo_data(library, ti
 def test_undo_and_scan_take_a_file_one_at_a_time(tmp_path):
     import time
 
-    from musictag.db import Database
+    from musictag.store.database import Database
 
     db_path, path = tmp_path / "db.sqlite", str(tmp_path / "x.flac")
     Database(db_path).close()
@@ -775,8 +776,8 @@ def test_undo_and_scan_take_a_file_one_at_a_time(tmp_path):
 
 
 def test_a_file_replaced_between_its_decode_and_its_write_is_scored_again(tiny_checkpoint, tmp_path, monkeypatch):
-    from musictag.db import Database
-    from musictag.scan import Scanner
+    from musictag.store.database import Database
+    from musictag.scan.scanner import Scanner
 
     root, db = tmp_path / "lib", tmp_path / "db.sqlite"
     target = write_track(root / "target.flac", seconds=3.0, freq=220.0, seed=1)
@@ -799,13 +800,13 @@ def test_a_file_replaced_between_its_decode_and_its_write_is_scored_again(tiny_c
 
 KILLED_MID_COPY = """
 import os, socket, sys
-import musictag.tags as tags
-from musictag.db import Database
-from musictag.scan import _write_file
+import musictag.tagfile.checks as checks
+from musictag.store.database import Database
+from musictag.scan.scanner import _write_file
 
 if len(sys.argv) > 3:
     socket.gethostname = lambda: sys.argv[3]  # a container's machine name, new every run
-tags._verify = lambda *args: os._exit(9)  # killed while the tagged copy is being written
+checks._verify = lambda *args: os._exit(9)  # killed while the tagged copy is being written
 db = Database(sys.argv[1])
 with db.file_lock(sys.argv[2]):  # as a scan writes it
     _write_file(db, sys.argv[2], {"genre": ["Jazz"]}, os.stat(sys.argv[2]), write_mode="copy")
@@ -819,8 +820,8 @@ def test_a_killed_writes_copy_is_removed_once_no_process_holds_its_files_lock(tm
     import subprocess
     import sys
 
-    from musictag.db import Database
-    from musictag.scan import remove_leftovers
+    from musictag.store.database import Database
+    from musictag.scan.scanner import remove_leftovers
 
     db_path, target = tmp_path / "db.sqlite", write_track(tmp_path / "track.flac", seconds=1.0)
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_COPY, str(db_path), str(target),
@@ -848,9 +849,9 @@ def test_a_temporary_copy_left_by_a_killed_write_is_removed_by_the_next_run(libr
     db, target = tmp_path / "db.sqlite", library / "a" / "two.flac"
     killed = subprocess.run([sys.executable, "-c", """
 import os, sys
-import musictag.tags as tags
-from musictag.db import Database
-tags._verify = lambda *args: os._exit(9)  # killed while the tagged copy is being written
+import musictag.tagfile as tags
+from musictag.store.database import Database
+tags.checks._verify = lambda *args: os._exit(9)  # killed while the tagged copy is being written
 tags.write_fields(sys.argv[2], {"genre": ["Jazz"]}, announce=Database(sys.argv[1]).announce_temporary)
 """, str(db), str(target)])
     assert killed.returncode == 9

@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from conftest import write_track
 from musictag.cli import app
-from musictag.tags import read_fields
+from musictag.tagfile import read_fields
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from conftest import cut_short_seen_elsewhere, hold_file_lock, released_at, writ
 from typer.testing import CliRunner
 
 from musictag.cli import app
-from musictag.tags import read_fields
+from musictag.tagfile import read_fields
 from test_scan import GOOD, library, make_library  # noqa: F401 (library: a fixture)
 
 FOUR = ["genre", "mood", "quadrant", "model"]
@@ -38,7 +38,7 @@ for line in sys.stdin:
 
 def state(db_path, root):
     """Everything a scan leaves, by path under `root`: tags, stored scores, what was written, undo rows."""
-    from musictag.db import Database
+    from musictag.store.database import Database
 
     with Database(db_path) as db:
         rows = {os.path.relpath(t.path, root): (t.scores, t.written, t.error, db.owned(t.path, t.written or {}),
@@ -56,17 +56,17 @@ def summary(result):
 
 @pytest.fixture
 def tagger(tiny_checkpoint):
-    from musictag.checkpoint import load_checkpoint
-    from musictag.inference import Tagger
+    from musictag.model.checkpoint import load_checkpoint
+    from musictag.model.inference import Tagger
 
     return Tagger(load_checkpoint(tiny_checkpoint), "cpu")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks checked from another process")
 def test_threaded_writes_equal_serial_ones_each_whole_and_under_its_files_lock(tagger, tmp_path, monkeypatch):
-    import musictag.scan
-    from musictag.db import Database
-    from musictag.scan import ScanOptions, Scanner
+    import musictag.scan.scanner
+    from musictag.store.database import Database
+    from musictag.scan.scanner import ScanOptions, Scanner
 
     serial, threaded = make_library(tmp_path / "serial"), tmp_path / "threaded"
     shutil.copytree(serial, threaded)
@@ -75,7 +75,7 @@ def test_threaded_writes_equal_serial_ones_each_whole_and_under_its_files_lock(t
 
     checker = subprocess.Popen([sys.executable, "-c", LOCK_CHECKER, str(tmp_path / "t.db")], text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    write_fields, asking, active, seen = musictag.scan.write_fields, threading.Lock(), set(), []
+    write_fields, asking, active, seen = musictag.scan.scanner.write_fields, threading.Lock(), set(), []
 
     def checked_write(path, *args, **kwargs):
         with asking:
@@ -92,7 +92,7 @@ def test_threaded_writes_equal_serial_ones_each_whole_and_under_its_files_lock(t
             with asking:
                 active.discard(path)
 
-    monkeypatch.setattr(musictag.scan, "write_fields", checked_write)
+    monkeypatch.setattr(musictag.scan.scanner, "write_fields", checked_write)
     try:
         with Database(tmp_path / "t.db") as db:  # scored first, then written from the stored scores: writes pile up
             Scanner(tagger, db, ScanOptions(workers=2, write=False)).run([threaded])
@@ -114,16 +114,16 @@ def test_a_write_on_a_pool_thread_is_under_way_for_another_process_from_its_reco
                                                                                                monkeypatch, write_mode):
     """The scan's thread holds the file's lock while a pool thread writes it: another run sharing the database
     takes neither its journal record nor its temporary copy for a killed run's (and never repairs or removes it)."""
-    import musictag.tags
-    from musictag.db import Database
-    from musictag.scan import ScanOptions, Scanner
-    from musictag.tags import write_fields
+    import musictag.tagfile
+    from musictag.store.database import Database
+    from musictag.scan.scanner import ScanOptions, Scanner
+    from musictag.tagfile import write_fields
 
     root = tmp_path / "music"
     for i, name in enumerate(("one.flac", "two.mp3", "three.ogg")):
         write_track(root / name, seconds=1.0 + 0.5 * i, freq=220.0 * (i + 1), seed=i)
         write_fields(root / name, {"genre": ["Folk"]})  # padded by a tagger: the scan's tags fit in place
-    overwrite, verify, seen = musictag.tags._overwrite, musictag.tags._verify, []
+    overwrite, verify, seen = musictag.tagfile.inplace._overwrite, musictag.tagfile.checks._verify, []
 
     def look(path):
         seen.append((threading.current_thread().name, str(path), cut_short_seen_elsewhere(tmp_path / "db.sqlite")))
@@ -138,8 +138,8 @@ def test_a_write_on_a_pool_thread_is_under_way_for_another_process_from_its_reco
             look(path)
         verify(written, path, values)
 
-    monkeypatch.setattr(musictag.tags, "_overwrite", overwrite_looked_at)
-    monkeypatch.setattr(musictag.tags, "_verify", verify_looked_at)
+    monkeypatch.setattr(musictag.tagfile.inplace, "_overwrite", overwrite_looked_at)
+    monkeypatch.setattr(musictag.tagfile.checks, "_verify", verify_looked_at)
     with Database(tmp_path / "db.sqlite") as db:
         Scanner(tagger, db, ScanOptions(workers=1, write=False)).run([root])
         result = Scanner(tagger, db, ScanOptions(workers=1, write_threads=2, write_mode=write_mode)).run([root])
@@ -153,10 +153,10 @@ def test_a_write_on_a_pool_thread_is_under_way_for_another_process_from_its_reco
 
 def test_an_error_in_one_threaded_write_fails_that_file_alone_with_one_line(library, tiny_checkpoint, tmp_path,
                                                                              monkeypatch):
-    import musictag.tags
+    import musictag.tagfile
     from musictag.errors import TagWriteError
 
-    bad, verify = library / "b" / "five.m4a", musictag.tags._verify
+    bad, verify = library / "b" / "five.m4a", musictag.tagfile.checks._verify
     original = bad.read_bytes()
 
     def verify_failing_one(tmp, path, values):  # runs on a pool thread
@@ -164,7 +164,7 @@ def test_an_error_in_one_threaded_write_fails_that_file_alone_with_one_line(libr
             raise TagWriteError(path, "tags not written: the disk said no")
         verify(tmp, path, values)
 
-    monkeypatch.setattr(musictag.tags, "_verify", verify_failing_one)
+    monkeypatch.setattr(musictag.tagfile.checks, "_verify", verify_failing_one)
     result = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db",
                                  str(tmp_path / "db.sqlite"), "--quiet", "--workers", "2"])
     assert result.exit_code == 1, result.output
@@ -183,8 +183,8 @@ def test_an_error_in_one_threaded_write_fails_that_file_alone_with_one_line(libr
                               "sigterm, writes as tracks are scored"])
 def test_an_interrupt_with_writes_under_way_exits_130_and_the_resumed_run_ends_as_an_uninterrupted_one(
         tiny_checkpoint, tmp_path, monkeypatch, signum, stored):
-    import musictag.tags
-    from musictag.scan import Scanner
+    import musictag.tagfile
+    from musictag.scan.scanner import Scanner
 
     interrupted = make_library(tmp_path / "interrupted")
     straight = tmp_path / "straight"
@@ -199,7 +199,7 @@ def test_an_interrupt_with_writes_under_way_exits_130_and_the_resumed_run_ends_a
             assert scan(root, db, "--no-write").exit_code == 0
     assert scan(straight, tmp_path / "s.db").exit_code == 0
 
-    verify, done_file, under_way = musictag.tags._verify, Scanner._done, []
+    verify, done_file, under_way = musictag.tagfile.checks._verify, Scanner._done, []
 
     def slow_verify(*args):  # writes take a while: several are under way when the signal comes
         time.sleep(0.2)
@@ -211,7 +211,7 @@ def test_an_interrupt_with_writes_under_way_exits_130_and_the_resumed_run_ends_a
             under_way.append(len(self.writing))
             os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(musictag.tags, "_verify", slow_verify)
+    monkeypatch.setattr(musictag.tagfile.checks, "_verify", slow_verify)
     monkeypatch.setattr(Scanner, "_done", interrupted_with_writes_under_way)
     result = scan(interrupted, tmp_path / "i.db")
     assert result.exit_code == 130 and under_way, result.output
@@ -226,7 +226,7 @@ def test_an_interrupt_with_writes_under_way_exits_130_and_the_resumed_run_ends_a
 
 def test_a_lock_another_process_holds_lets_the_writes_under_way_finish_before_waiting(tmp_path):
     """Two threaded scans each holding locks of writes under way must never wait for each other's files."""
-    from musictag.db import Database
+    from musictag.store.database import Database
 
     db_path, path = tmp_path / "db.sqlite", str(tmp_path / "x.flac")
     Database(db_path).close()
@@ -244,7 +244,7 @@ def test_a_lock_another_process_holds_lets_the_writes_under_way_finish_before_wa
 
 
 def test_the_pool_runs_done_and_owner_calls_on_its_owner_and_an_abandoned_pool_starts_nothing():
-    from musictag.writepool import WritePool
+    from musictag.scan.writepool import WritePool
 
     pool, owner, log = WritePool(2, in_flight=2), threading.get_ident(), []
     record = pool.on_owner(lambda what: log.append((what, threading.get_ident() == owner)))
@@ -288,7 +288,7 @@ def test_the_pool_runs_done_and_owner_calls_on_its_owner_and_an_abandoned_pool_s
 
 
 def test_an_interrupt_while_the_owner_runs_a_writes_call_ends_that_write_and_abandon_does_not_hang():
-    from musictag.writepool import PoolClosed, WritePool
+    from musictag.scan.writepool import PoolClosed, WritePool
 
     def interrupted():
         raise KeyboardInterrupt
@@ -311,7 +311,7 @@ def test_an_interrupt_while_the_owner_runs_a_writes_call_ends_that_write_and_aba
 def test_a_write_waiting_longer_than_one_poll_for_its_owner_gets_its_answer_as_on_python_3_10(monkeypatch):
     import concurrent.futures._base
 
-    from musictag.writepool import _REPLY_POLL_S, WritePool
+    from musictag.scan.writepool import _REPLY_POLL_S, WritePool
 
     class FuturesTimeout(Exception):  # Python 3.10's concurrent.futures.TimeoutError: not the builtin
         pass

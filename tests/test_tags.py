@@ -12,9 +12,9 @@ from mutagen.mp4 import MP4
 from mutagen.oggvorbis import OggVorbis
 
 from conftest import write_track
-from musictag.audio import load_audio
+from musictag.model.audio import load_audio
 from musictag.errors import TagWriteError
-from musictag.tags import read_fields, write_fields
+from musictag.tagfile import read_fields, write_fields
 
 TAGGABLE = [".mp3", ".flac", ".ogg", ".opus", ".oga", ".m4a", ".wma", ".wav", ".aiff"]
 
@@ -104,10 +104,10 @@ def test_a_file_with_the_wrong_extension_is_tagged_in_its_real_format(tmp_path, 
 
 
 def test_a_file_saved_by_another_program_during_the_write_is_not_overwritten(tmp_path, monkeypatch):
-    import musictag.tags
+    import musictag.tagfile
 
     path = write_track(tmp_path / "t.flac", seconds=1.0)
-    verify = musictag.tags._verify
+    verify = musictag.tagfile.checks._verify
 
     def verify_while_another_program_saves(tmp, original, values):
         verify(tmp, original, values)
@@ -115,7 +115,7 @@ def test_a_file_saved_by_another_program_during_the_write_is_not_overwritten(tmp
         mutagen_file["GENRE"] = ["Set by the user's tag editor"]
         mutagen_file.save()
 
-    monkeypatch.setattr(musictag.tags, "_verify", verify_while_another_program_saves)
+    monkeypatch.setattr(musictag.tagfile.checks, "_verify", verify_while_another_program_saves)
     with pytest.raises(TagWriteError, match="changed while its tags were being written"):
         write_fields(path, {"genre": ["Jazz"]})
     assert read_fields(path, ["genre"])["genre"] == ["Set by the user's tag editor"]
@@ -197,7 +197,7 @@ def test_an_id3_version_can_be_forced(tmp_path, forced, start, moved):
 
 @pytest.mark.parametrize("ext", [".mp3", ".wav", ".aiff"])
 def test_an_id3_tag_block_musictag_added_is_removed_when_emptied(tmp_path, ext):
-    from musictag.tags import lacks_tag_block
+    from musictag.tagfile import lacks_tag_block
 
     path = write_track(tmp_path / f"t{ext}", seconds=1.0)
     mutagen.File(path).delete()  # the encoder's own tag (an mp3's TSSE)
@@ -210,7 +210,7 @@ def test_an_id3_tag_block_musictag_added_is_removed_when_emptied(tmp_path, ext):
 
 
 def test_a_temporary_copy_fits_a_long_name_and_keeps_the_extension(tmp_path):
-    from musictag.tags import temporary_name
+    from musictag.tagfile import temporary_name
 
     name = "ü" * 120 + ".flac"  # 245 bytes
     path = write_track(tmp_path / name, seconds=1.0)

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from conftest import cut_short_seen_elsewhere, hold_file_lock, write_track
 from musictag.cli import app
-from musictag.db import Database
+from musictag.store.database import Database
 from musictag.errors import TagWriteError
-from musictag.tags import Journal, read_fields, write_fields
+from musictag.tagfile import Journal, read_fields, write_fields
 
 runner = CliRunner()
 FORMATS = (".mp3", ".flac", ".ogg", ".opus", ".m4a", ".wav", ".aiff", ".wma")
@@ -83,7 +83,7 @@ def test_a_tag_that_does_not_fit_is_copied_in_auto_and_refused_in_inplace(tmp_pa
 
 
 def test_a_write_changing_more_than_the_limit_is_copied(tmp_path, monkeypatch):
-    import musictag.tags as tags
+    import musictag.tagfile.inplace as tags
 
     path = tagged(tmp_path / "track.flac")
     monkeypatch.setattr(tags, "IN_PLACE_LIMIT", 64)  # smaller than the tag block mutagen writes
@@ -109,7 +109,7 @@ def test_auto_without_a_journal_copies(tmp_path):
 
 
 def test_a_write_that_reads_back_wrong_puts_the_original_bytes_back(tmp_path, monkeypatch):
-    import musictag.tags as tags
+    import musictag.tagfile.checks as tags
 
     path = tagged(tmp_path / "track.ogg")
     original, times = path.read_bytes(), os.stat(path).st_mtime_ns
@@ -128,8 +128,8 @@ def test_a_write_that_reads_back_wrong_puts_the_original_bytes_back(tmp_path, mo
 
 KILLED_MID_WRITE = """
 import os, signal, socket, sys
-import musictag.tags as tags
-from musictag.db import Database
+import musictag.tagfile as tags
+from musictag.store.database import Database
 
 if len(sys.argv) > 3:
     socket.gethostname = lambda: sys.argv[3]  # a container's machine name, new every run
@@ -141,7 +141,7 @@ def cut(path, plan, new):  # the first region half written, then the process is 
         f.write(data[:len(data) // 2])
     os.kill(os.getpid(), signal.SIGKILL)
 
-tags._overwrite = cut
+tags.inplace._overwrite = cut
 db = Database(sys.argv[1])
 tags.write_fields(sys.argv[2], {"genre": ["Jazz", "Blues"], "mood": ["happy"]}, write_mode="inplace",
                   journal=tags.Journal(db.keep_original, db.release_original))
@@ -230,11 +230,11 @@ def test_the_write_mode_comes_from_the_command_line_or_the_config_file(tmp_path,
 
 def test_a_file_moved_away_while_it_is_written_in_place_fails_alone_with_one_line(tmp_path, tiny_checkpoint,
                                                                                   monkeypatch):
-    import musictag.tags
+    import musictag.tagfile
 
     library, db = tmp_path / "music", tmp_path / "db.sqlite"
     moved, kept = tagged(library / "moved.flac"), tagged(library / "kept.flac")
-    plan = musictag.tags._plan_in_place
+    plan = musictag.tagfile.inplace._plan_in_place
 
     def plan_then_the_user_moves_it(path, *args):
         planned = plan(path, *args)
@@ -242,7 +242,7 @@ def test_a_file_moved_away_while_it_is_written_in_place_fails_alone_with_one_lin
             os.rename(path, tmp_path / "elsewhere.flac")
         return planned
 
-    monkeypatch.setattr(musictag.tags, "_plan_in_place", plan_then_the_user_moves_it)
+    monkeypatch.setattr(musictag.tagfile.inplace, "_plan_in_place", plan_then_the_user_moves_it)
     result = runner.invoke(app, ["scan", str(library), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet",
                                  "--workers", "1"])
     assert result.exit_code == 1 and not isinstance(result.exception, OSError), result.output
@@ -254,8 +254,8 @@ def test_a_repair_waiting_for_the_files_lock_reads_the_journal_again_and_never_r
                                                                                                    monkeypatch):
     import contextlib
 
-    from musictag.scan import repair_interrupted
-    from musictag.tags import restore_original
+    from musictag.scan.scanner import repair_interrupted
+    from musictag.tagfile import restore_original
 
     path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
     killed_mid_write(db_path, path)
@@ -281,7 +281,7 @@ def test_a_repair_waiting_for_the_files_lock_reads_the_journal_again_and_never_r
 
 
 def test_a_file_whose_cut_write_is_not_repaired_yet_is_not_written_again(tmp_path):
-    from musictag.scan import _write_file
+    from musictag.scan.scanner import _write_file
 
     path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
     killed_mid_write(db_path, path)
@@ -320,7 +320,7 @@ def test_a_cut_write_is_repaired_whatever_process_or_machine_its_record_names(tm
 
 @pytest.mark.parametrize("host", [None, "d0c4e5a1b2c3"], ids=["this machine", "another machine"])
 def test_a_cut_write_whose_file_another_process_holds_is_left_alone_until_it_lets_go(tmp_path, host):
-    from musictag.scan import repair_interrupted
+    from musictag.scan.scanner import repair_interrupted
 
     path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
     original = path.read_bytes()
@@ -364,7 +364,7 @@ def test_a_write_this_process_has_under_way_is_cut_short_for_no_one(tmp_path):
 def test_a_file_that_became_a_link_to_another_is_not_written_in_place_under_the_links_lock(tmp_path):
     """The journal record names the file written, and other runs ask that file's lock whether the write is
     under way: the lock held must be that file's."""
-    from musictag.scan import _write_file
+    from musictag.scan.scanner import _write_file
 
     target, link, db_path = tagged(tmp_path / "target.flac"), tmp_path / "link.flac", tmp_path / "db.sqlite"
     os.symlink(target, link)  # the scanned file replaced by a link since the walk
@@ -401,7 +401,7 @@ def test_a_database_of_this_process_closed_while_a_lock_is_held_lets_it_go_not_e
     would let go of the lock as surely as close(). Closed once the last lock is let go (no descriptor kept)."""
     import gc
 
-    import musictag.db
+    import musictag.store.database
 
     path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
     seen = []
@@ -420,15 +420,15 @@ def test_a_database_of_this_process_closed_while_a_lock_is_held_lets_it_go_not_e
             write_fields(path, {"genre": ["Jazz"]}, write_mode="inplace", journal=Journal(keep_then_look,
                                                                                          db.release_original))
     assert seen == [[]]
-    assert not musictag.db._KEPT_OPEN
+    assert not musictag.store.database._KEPT_OPEN
 
 
 def test_undo_writes_in_place_a_file_whose_folder_was_moved_and_linked_since_the_scan(tmp_path):
     """The database names the file by its path at the scan; the folder moved since and a link left in its
     place: undo writes the file the link leads to, under that file's lock (the one a scan of it takes, and
     the one its journal record is asked by), not failing it as a file that became a link mid-write."""
-    from musictag.ownership import Owned
-    from musictag.scan import undo
+    from musictag.store.ownership import Owned
+    from musictag.scan.scanner import undo
 
     (tmp_path / "moved").mkdir()
     real = tagged(tmp_path / "moved" / "track.flac", genre=["Jazz"])

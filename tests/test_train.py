@@ -9,10 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import write_track
-from musictag.checkpoint import load_checkpoint
+from musictag.model.checkpoint import load_checkpoint
 from musictag.cli import app
-from musictag.manifest import read_manifest, split_by_group
-from musictag.tags import read_fields, write_fields
+from musictag.learn.manifest import read_manifest, split_by_group
+from musictag.tagfile import read_fields, write_fields
 
 runner = CliRunner()
 FAST = {"model": {"width": 8, "rho": 3}, "features": {"sample_rate": 16000, "n_fft": 512, "hop_length": 256,
@@ -199,7 +199,7 @@ def test_evaluate_robustness_probes(trained, tmp_path):
 
 
 def test_label_count_power_weights_multi_label_heads():
-    from musictag.train import Batch, loss_fn
+    from musictag.learn.train import Batch, loss_fn
 
     torch.manual_seed(0)
     heads = {"quadrant": "single", "mood": "multi"}
@@ -214,7 +214,7 @@ def test_label_count_power_weights_multi_label_heads():
 
 
 def test_loss_is_a_weighted_mean_over_the_examples_that_have_a_target():
-    from musictag.train import Batch, loss_fn
+    from musictag.learn.train import Batch, loss_fn
 
     heads = {"quadrant": "single", "msd": "multi"}
     logits = {"quadrant": torch.randn(3, 4), "msd": torch.randn(3, 5)}
@@ -233,7 +233,7 @@ def test_loss_is_a_weighted_mean_over_the_examples_that_have_a_target():
 
 
 def test_mixed_batches_keep_the_labelled_share_and_mix_within_a_pool():
-    from musictag.train import Prepared, TrainConfig, epoch_batches, make_batch, mixup
+    from musictag.learn.train import Prepared, TrainConfig, epoch_batches, make_batch, mixup
 
     n_clips, n_segments = 10, 40
     labelled = np.array([True] * n_clips + [False] * n_segments)
@@ -290,7 +290,7 @@ def distillation_inputs(tmp_path, held_out: int = 0):
     """Generated data to distil on: labelled clips, unlabelled tracks, `held_out` 31 s tracks to calibrate
     on, and a teacher cache in the format scripts/teacher_targets.py writes (generated here: the teacher
     itself runs in its own venv)."""
-    from musictag.distill import CALIBRATION_PATCHES, MTT_LABELS, teacher_key
+    from musictag.learn.distill import CALIBRATION_PATCHES, MTT_LABELS, teacher_key
 
     manifest = make_dataset(tmp_path / "data")
     songs = [write_track(tmp_path / "songs" / f"s{i}.ogg", seconds=9.0, freq=200.0 + 400 * i, seed=i)
@@ -313,7 +313,7 @@ def distillation_inputs(tmp_path, held_out: int = 0):
 
 def train_distilled(tmp_path, recipe: dict, held_out: int = 0):
     from musictag import api
-    from musictag.distill import Teacher
+    from musictag.learn.distill import Teacher
 
     manifest, cache, songs, calibration = distillation_inputs(tmp_path, held_out)
     config = tmp_path / "config.json"
@@ -326,7 +326,7 @@ def train_distilled(tmp_path, recipe: dict, held_out: int = 0):
 def test_distilled_training_adds_teacher_heads_and_stores_a_calibrated_vocabulary(tmp_path):
     """Generated data end to end: labelled clips, unlabelled tracks, and a teacher cache in the format
     scripts/teacher_targets.py writes (generated here: the teacher itself runs in its own venv)."""
-    from musictag.distill import TEACHER_LABELS
+    from musictag.learn.distill import TEACHER_LABELS
 
     checkpoint, _ = train_distilled(tmp_path, FAST)
     assert checkpoint.labels["msd"] == TEACHER_LABELS["msd"] and checkpoint.model_config.heads["mtt"] == ("multi", 50)
@@ -431,7 +431,7 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 
 def test_augment_draws_per_sample_rolls_band_limits_and_masks_in_range():
-    from musictag.train import TrainConfig, augment
+    from musictag.learn.train import TrainConfig, augment
 
     b, n_mels, frames = 64, 32, 50
     x = torch.arange(n_mels, dtype=torch.float32).view(1, 1, n_mels, 1).expand(b, 1, n_mels, frames) + 1.0
@@ -457,7 +457,7 @@ def test_augment_draws_per_sample_rolls_band_limits_and_masks_in_range():
 
 
 def test_a_failing_gpu_probe_means_the_cpu_with_auto_and_an_error_when_named(monkeypatch):
-    from musictag import train
+    from musictag.learn import train
     from musictag.errors import DeviceError
 
     monkeypatch.setattr(train, "pick_device", lambda name: torch.device("cuda", 0))
@@ -501,11 +501,11 @@ def test_training_and_resuming_on_cuda_write_cpu_state(tmp_path):
 
 
 def test_a_stacked_head_computes_exactly_the_probe_it_was_folded_from():
-    from musictag.checkpoint import Checkpoint
-    from musictag.distill import fit_probe
-    from musictag.features import FeatureConfig
-    from musictag.model import CPResNet, ModelConfig, probabilities
-    from musictag.train import _install_stacks
+    from musictag.model.checkpoint import Checkpoint
+    from musictag.learn.distill import fit_probe
+    from musictag.model.features import FeatureConfig
+    from musictag.model.network import CPResNet, ModelConfig, probabilities
+    from musictag.learn.train import _install_stacks
 
     torch.manual_seed(0)
     config = ModelConfig(rho=3, width=8, n_mels=32, heads={"quadrant": ("single", 3), "msd": ("multi", 5)})
@@ -527,7 +527,7 @@ def test_a_stacked_head_computes_exactly_the_probe_it_was_folded_from():
 
 
 def test_a_regress_head_adds_its_weighted_mean_squared_error():
-    from musictag.train import Batch, loss_fn
+    from musictag.learn.train import Batch, loss_fn
 
     torch.manual_seed(0)
     heads = {"quadrant": "single", "embedding": "regress"}
@@ -542,11 +542,11 @@ def test_a_regress_head_adds_its_weighted_mean_squared_error():
 
 
 def test_a_head_stacked_on_a_regress_head_reads_its_raw_prediction():
-    from musictag.checkpoint import Checkpoint
-    from musictag.distill import fit_probe
-    from musictag.features import FeatureConfig
-    from musictag.model import CPResNet, ModelConfig, probabilities
-    from musictag.train import _install_stacks, _stack_inputs
+    from musictag.model.checkpoint import Checkpoint
+    from musictag.learn.distill import fit_probe
+    from musictag.model.features import FeatureConfig
+    from musictag.model.network import CPResNet, ModelConfig, probabilities
+    from musictag.learn.train import _install_stacks, _stack_inputs
 
     torch.manual_seed(0)
     config = ModelConfig(rho=3, width=8, n_mels=32, heads={"quadrant": ("single", 3), "msd": ("multi", 5),

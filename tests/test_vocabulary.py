@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from musictag.vocabulary import (DEFAULT_FIELDS, MOODS, TEACHER, VALIDATION, FieldVocabulary, Term, available,
+from musictag.model.vocabulary import (DEFAULT_FIELDS, MOODS, TEACHER, VALIDATION, FieldVocabulary, Term, available,
                                  calibrate, choose, precision_threshold, teacher_truth, term_matrix,
                                  track_term_scores, truth_matrix, vocabulary_from_dict, vocabulary_to_dict,
                                  written_quality)
@@ -126,7 +126,7 @@ def test_a_single_value_field_writes_its_top_term_or_nothing_never_a_runner_up()
 
 
 def test_written_values_hold_no_slash_and_former_names_still_apply():
-    from musictag.vocabulary import GENRES, slash_free, with_former_names
+    from musictag.model.vocabulary import GENRES, slash_free, with_former_names
 
     assert not [t.name for t in GENRES if "/" in t.name]
     stored = {"name": "genre", "truth_head": "genre",

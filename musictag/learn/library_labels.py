@@ -12,13 +12,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .db import Database
-from .defaults import FINETUNE_MIN_COUNT
-from .errors import ManifestError, TagReadError
-from .library import walk
+from ..store.database import Database
+from ..defaults import FINETUNE_MIN_COUNT
+from ..errors import ManifestError, TagReadError
+from ..library import walk
 from .manifest import Dataset, Example, build_vocabulary
-from .tags import read_fields
-from .vocabulary import DEFAULT_FIELDS, vocabulary_from_dict
+from ..tagfile import read_fields
+from ..model.vocabulary import DEFAULT_FIELDS, vocabulary_from_dict
 
 SEPARATORS = re.compile(r"\s*[;,|]\s*")  # "Rock; Pop", "Rock, Pop", "Rock | Pop" ("Pop/Rock", "Drum & Bass" are one genre)
 MARKER = "model"  # the field in which musictag names itself and its model

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from .defaults import DEFAULT_PRECISION_TARGET, OPT_IN_FIELDS, OTHER_TOP_K, PRECISION_TARGET, TEACHER_TOP, TOP_K
+from ..defaults import DEFAULT_PRECISION_TARGET, OPT_IN_FIELDS, OTHER_TOP_K, PRECISION_TARGET, TEACHER_TOP, TOP_K
 
 MIN_POSITIVES = 3  # a term with fewer positives than this keeps its threshold (the prior, if nothing else)
 PRIOR_THRESHOLD = 0.5  # terms nobody could calibrate

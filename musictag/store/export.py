@@ -9,9 +9,9 @@ import csv
 import unicodedata
 from typing import IO, Iterable
 
-from .db import Database, Track
-from .defaults import EXPORT_TOP_K
-from .library import within
+from .database import Database, Track
+from ..defaults import EXPORT_TOP_K
+from ..library import within
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 # NFKC folds the full-width (U+FF1D ＝ ...) and small (U+FE66 ﹦ ...) forms onto these; the minus sign it keeps

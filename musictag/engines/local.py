@@ -18,9 +18,9 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from .audio import audio_fingerprint, decode_failure, load_audio, load_excerpts, load_whole
-from .defaults import BATCH_SIZE, EXCERPT_COUNT, WINDOW_SECONDS
-from .errors import WindowError
+from ..model.audio import audio_fingerprint, decode_failure, load_audio, load_excerpts, load_whole
+from ..defaults import BATCH_SIZE, EXCERPT_COUNT, WINDOW_SECONDS
+from ..errors import WindowError
 
 
 class Job(NamedTuple):
@@ -127,7 +127,7 @@ def start_worker(checkpoint=None, batch_size: int = BATCH_SIZE, embedding: bool 
     (one per worker: the workers already use every core)."""
     quiet_worker()
     if checkpoint is not None:
-        from .inference import Tagger, set_cpu_threads
+        from ..model.inference import Tagger, set_cpu_threads
 
         set_cpu_threads(1)
         _worker_model.update(tagger=Tagger(checkpoint, "cpu", embedding), batch_size=batch_size)
@@ -155,7 +155,7 @@ def track_scores(tagger, windows: list[np.ndarray], batch_size: int) -> dict[str
     return means
 
 
-WORKER_PRELOAD = ("musictag.inference",)  # what a worker that holds the model imports: torch
+WORKER_PRELOAD = ("musictag.model.inference",)  # what a worker that holds the model imports: torch
 
 
 def worker_pool(workers: int, initializer: Callable = quiet_worker, initargs: tuple = (),

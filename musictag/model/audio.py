@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .defaults import EXCERPT_COUNT, SAMPLE_RATE, WINDOW_SECONDS
-from .errors import AudioDecodeError
+from ..defaults import EXCERPT_COUNT, SAMPLE_RATE, WINDOW_SECONDS
+from ..errors import AudioDecodeError
 
 EDGE_FRACTION = 0.1  # share of the track skipped at each end (intros/outros are often silent)
 EDGE_MAX_SECONDS = 30.0

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from .errors import DatabaseError
+from ..errors import DatabaseError
 from .ownership import Owned, legacy
 
 try:

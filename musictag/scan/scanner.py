@@ -24,26 +24,26 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from . import __version__
-from .audio import audio_fingerprint
-from .config import canonical_genres, genre_key
-from .db import Database
-from .defaults import MODE
-from .defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
-from .defaults import ID3_VERSION, WRITE_MODE
-from .defaults import LOCAL_ENGINE, WRITE_THREADS
-from .errors import DatabaseError, FileChangedError, MusictagError, TagWriteError
-from .library import walk, within
-from .ownership import Owned, after_write, joined, ours, restarted, split, trivial, undone
-from .pipeline import Decoded, Job, score_locally
-from .progress import Progress, no_progress
-from .tags import Journal, check_writable, file_state, lacks_tag_block, read_fields, restore_original, write_fields
-from .vocabulary import (FORMER_NAMES, OPT_IN_FIELDS, FieldVocabulary, available, choose, slash_free, track_term_scores,
+from .. import __version__
+from ..model.audio import audio_fingerprint
+from ..config import canonical_genres, genre_key
+from ..store.database import Database
+from ..defaults import MODE
+from ..defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
+from ..defaults import ID3_VERSION, WRITE_MODE
+from ..defaults import LOCAL_ENGINE, WRITE_THREADS
+from ..errors import DatabaseError, FileChangedError, MusictagError, TagWriteError
+from ..library import walk, within
+from ..store.ownership import Owned, after_write, joined, ours, restarted, split, trivial, undone
+from ..engines.local import Decoded, Job, score_locally
+from ..progress import Progress, no_progress
+from ..tagfile import Journal, check_writable, file_state, lacks_tag_block, read_fields, restore_original, write_fields
+from ..model.vocabulary import (FORMER_NAMES, OPT_IN_FIELDS, FieldVocabulary, available, choose, slash_free, track_term_scores,
                          vocabulary_from_dict, with_former_names)
 from .writepool import WritePool
 
 if TYPE_CHECKING:
-    from .inference import Tagger
+    from ..model.inference import Tagger
 
 USER_FIELDS = ("genre", "mood")  # fields users curate; merge keeps their values
 
@@ -317,7 +317,7 @@ class Scanner:
     def _engine(self, tagger: "Tagger", jobs: list[Job]) -> Iterable[Decoded]:
         options = self.options
         if options.engine == "ray":
-            from .ray_engine import score_on_ray
+            from ..engines.ray_engine import score_on_ray
 
             return score_on_ray(tagger.checkpoint, jobs, options.batch_size, options.ray_address, options.ray_device,
                                 options.embeddings)

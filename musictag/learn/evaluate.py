@@ -15,14 +15,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .audio import load_audio
-from .codec import encode
-from .defaults import BATCH_SIZE, DECODE_WORKERS
-from .inference import Tagger
+from ..model.audio import load_audio
+from ..model.codec import encode
+from ..defaults import BATCH_SIZE, DECODE_WORKERS
+from ..model.inference import Tagger
 from .manifest import Dataset, Example, encode_targets
 from .metrics import head_metrics
-from .pipeline import Job, WindowBatcher, bounded_map, decode_track, worker_pool
-from .progress import Progress, no_progress
+from ..engines.local import Job, WindowBatcher, bounded_map, decode_track, worker_pool
+from ..progress import Progress, no_progress
 
 CODEC_BITRATES = (128_000, 64_000)
 LOWPASS_RADII = (0.5, 0.25, 0.125)  # fraction of the highest 2-D spatial frequency kept
@@ -107,7 +107,7 @@ def written_report(checkpoint, examples: list[Example], probs: dict[str, np.ndar
     head is a column of the data: precision of what is written, share of clips that get a value."""
     from dataclasses import asdict
 
-    from .vocabulary import available, term_matrix, truth_matrix, vocabulary_from_dict, written_quality
+    from ..model.vocabulary import available, term_matrix, truth_matrix, vocabulary_from_dict, written_quality
 
     report = {}
     kept = [e for e, good in zip(examples, ok) if good]

@@ -14,9 +14,9 @@ from typing import List, Optional
 
 import typer
 
-from .defaults import (BATCH_SIZE, DECODE_WORKERS, DEVICES, ENGINES, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS,
+from ..defaults import (BATCH_SIZE, DECODE_WORKERS, DEVICES, ENGINES, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS,
                        FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, MODES, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD, TOP_K, VAL_FRACTION)
-from .defaults import DEVICE_HELP, ID3_HELP, ID3_VERSION, ID3_VERSIONS, WRITE_MODE, WRITE_MODE_HELP, WRITE_MODES
+from ..defaults import DEVICE_HELP, ID3_HELP, ID3_VERSION, ID3_VERSIONS, WRITE_MODE, WRITE_MODE_HELP, WRITE_MODES
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Tag a music library with genres and moods predicted by a CP-ResNet.")
@@ -49,7 +49,7 @@ PARQUET_OPTION = typer.Option(None, "--parquet", show_default=False, help="Also 
 
 def _print_version(asked: bool) -> None:
     if asked:
-        from . import __version__
+        from .. import __version__
 
         typer.echo(f"musictag {__version__}")
         raise typer.Exit()
@@ -162,7 +162,7 @@ def scan(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Scan a music library: predict genres and moods and write them into the files' tags."""
-    from . import api
+    from .. import api
 
     _check_scan_arguments(paths, mode, device)
     _check_engine(engine, parquet)
@@ -205,7 +205,7 @@ CONFIGURABLE = ("fields", "top_k", "threshold", "mode", "id3_version", "write_mo
 
 def _with_config(ctx: typer.Context, options):
     """The scan's options with the config file's values for those not given on the command line."""
-    from . import api
+    from .. import api
 
     given = {name for name in CONFIGURABLE  # by the name: typer may carry its own copy of click's enum
              if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
@@ -213,7 +213,7 @@ def _with_config(ctx: typer.Context, options):
 
 
 def _config():
-    from .config import ConfigError, load_config
+    from ..config import ConfigError, load_config
 
     try:
         return load_config()
@@ -240,8 +240,8 @@ def _summary(result, dry_run: bool) -> dict:
 
 def _check_engine(engine: str, parquet: Optional[Path]) -> None:
     """An engine or output whose optional extra is missing fails now, in one line, before any work."""
-    from . import api
-    from .errors import MusictagError
+    from .. import api
+    from ..errors import MusictagError
 
     _check_choice("--engine", engine, ENGINES)
     try:
@@ -252,8 +252,8 @@ def _check_engine(engine: str, parquet: Optional[Path]) -> None:
 
 def _write_exports(database, model_id: str, paths: List[Path], csv: Optional[Path], parquet: Optional[Path]) -> None:
     """scan's --csv and --parquet, written from the database once the scan is done."""
-    from . import api
-    from .errors import MusictagError
+    from .. import api
+    from ..errors import MusictagError
 
     if csv:
         with _csv_file(csv) as f:
@@ -276,8 +276,8 @@ def _check_scan_arguments(paths: List[Path], mode: str, device: str) -> None:
 def _run_scan(model: Optional[Path], device: str, workers: int, database, paths: List[Path], options, progress):
     """api.scan with the model loaded only if a file needs scoring; its load errors, and a database that
     refuses writes (disk full), end the run cleanly."""
-    from . import api
-    from .errors import CheckpointError, DatabaseError, DeviceError, EngineError
+    from .. import api
+    from ..errors import CheckpointError, DatabaseError, DeviceError, EngineError
 
     try:
         scan_model = api.scan_model(model, database, device, workers, options.engine)
@@ -329,8 +329,8 @@ def _terminate_as_interrupt():
 
 
 def _database(path: Optional[Path]):
-    from . import api
-    from .errors import DatabaseError
+    from .. import api
+    from ..errors import DatabaseError
 
     try:
         return api.Database(path)
@@ -344,8 +344,8 @@ def _csv_file(path: Path):
 
 
 def _load_tagger(model: Optional[Path], device: str, workers: int):
-    from . import api
-    from .errors import CheckpointError, DeviceError
+    from .. import api
+    from ..errors import CheckpointError, DeviceError
 
     try:
         return api.load_tagger(model, device, workers)
@@ -390,7 +390,7 @@ def export_csv_command(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Export everything the database knows, one row per track (or per label with --long)."""
-    from . import api
+    from .. import api
 
     with _database(db) as database:
         if out is None:
@@ -421,8 +421,8 @@ def undo(
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Restore the exact tag values musictag replaced or added (fields you changed since stay yours)."""
-    from . import api
-    from .errors import DatabaseError
+    from .. import api
+    from ..errors import DatabaseError
 
     missing = [str(p) for p in paths or [] if not p.exists()]
     if missing:
@@ -447,8 +447,8 @@ def undo(
 @app.command()
 def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -> None:
     """Show where the model, database and caches are, and what the model predicts."""
-    from . import __version__, api
-    from .errors import CheckpointError
+    from .. import __version__, api
+    from ..errors import CheckpointError
 
     where = api.locations(model, db)
     typer.echo(f"musictag {__version__}")
@@ -542,8 +542,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Train a model from labelled audio (manifest CSV or folder per class), optionally distilling musicnn."""
-    from . import api
-    from .errors import DeviceError, ManifestError
+    from .. import api
+    from ..errors import DeviceError, ManifestError
 
     model_config, features, train_config = api.training_configs(
         config, epochs=epochs, seed=seed, n_mels=n_mels, rho=rho, width=width, activation=activation,
@@ -580,8 +580,8 @@ def finetune(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Adapt a trained model to new labels: a manifest, or a library's own tags."""
-    from . import api
-    from .errors import CheckpointError, DatabaseError, DeviceError, ManifestError
+    from .. import api
+    from ..errors import CheckpointError, DatabaseError, DeviceError, ManifestError
 
     try:
         dataset = api.finetune_dataset(data, library, _split_list(field), min_count, db, start)
@@ -604,8 +604,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Score a model on labelled data: accuracy/macro-F1 and macro ROC-AUC/PR-AUC per head."""
-    from . import api
-    from .errors import ManifestError
+    from .. import api
+    from ..errors import ManifestError
 
     _check_device(device)
     tagger = _load_tagger(model, device, workers)
@@ -629,7 +629,7 @@ def evaluate(
 @app.command("config")
 def config_command() -> None:
     """Print the config file's path and every setting's effective value, with where it comes from."""
-    from .config import describe
+    from ..config import describe
 
     for line in describe(_config()):
         typer.echo(line)
@@ -650,7 +650,7 @@ def model_card(
     sources: Optional[List[Path]] = typer.Option(None, "--sources", help="JSON from bench/real_music.py --describe."),
 ) -> None:
     """Write the model card (data, recipe, vocabulary, metrics against the baseline, speed, sha256)."""
-    from . import api
+    from .. import api
 
     api.write_model_card(model, out, api.card_inputs(
         evaluation=evaluation, evaluation_title=evaluation_title, ablations=ablations or [], speed=speed, notes=notes,

@@ -25,17 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audio import plan_excerpts
-from .checkpoint import Checkpoint, save_checkpoint
-from .defaults import WINDOW_SECONDS
-from .features import FeatureConfig
-from .inference import pick_device, startup_fault, use_device
+from ..model.audio import plan_excerpts
+from ..model.checkpoint import Checkpoint, save_checkpoint
+from ..defaults import WINDOW_SECONDS
+from ..model.features import FeatureConfig
+from ..model.inference import pick_device, startup_fault, use_device
 from .manifest import Example, target_rows
 from .metrics import head_metrics, summary_score
 from .distill import fit_probe
-from .errors import ManifestError
-from .model import CPResNet, ModelConfig, count_parameters, head_outputs
-from .progress import Progress, no_progress
+from ..errors import ManifestError
+from ..model.network import CPResNet, ModelConfig, count_parameters, head_outputs
+from ..progress import Progress, no_progress
 
 
 @dataclass

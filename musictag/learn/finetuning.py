@@ -12,8 +12,8 @@ from dataclasses import replace
 
 from torch import nn
 
-from .model import CPResNet, replace_heads
-from .vocabulary import BASE, FieldVocabulary, Term, available, vocabulary_from_dict
+from ..model.network import CPResNet, replace_heads
+from ..model.vocabulary import BASE, FieldVocabulary, Term, available, vocabulary_from_dict
 
 LEARNT_HEAD_KINDS = ("single", "multi")  # kept heads that learn from the base model's predictions
 

@@ -9,7 +9,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 SHIPPED_NAME = "musictag.pt"
 SHA256_HEX = re.compile("[0-9a-fA-F]{64}")
@@ -21,7 +21,7 @@ def shipped_path() -> Path:
     try:
         return Path(str(resources.files("musictag.weights").joinpath(SHIPPED_NAME)))
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "weights" / SHIPPED_NAME
+        return Path(__file__).resolve().parents[2] / "weights" / SHIPPED_NAME
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -24,9 +24,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .defaults import usable_cpus
-from .errors import DeviceError, EngineError
-from .pipeline import Decoded, Job, WindowBatcher, decode_track
+from ..defaults import usable_cpus
+from ..errors import DeviceError, EngineError
+from .local import Decoded, Job, WindowBatcher, decode_track
 
 RAY_MISSING = ("--engine ray needs Ray, an optional extra: pip install 'musictag[ray]' "
                "(installed with pipx: pipx inject musictag 'ray[data]')")
@@ -194,7 +194,7 @@ class WindowScorer:
     def __init__(self, checkpoint: list, device: str, embedding: bool):
         import ray
 
-        from .inference import Tagger, set_cpu_threads
+        from ..model.inference import Tagger, set_cpu_threads
 
         self.tagger = Tagger(ray.get(checkpoint[0]), device, embedding)
         if self.tagger.device.type == "cpu":

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ManifestError
-from .library import AUDIO_EXTENSIONS
+from ..errors import ManifestError
+from ..library import AUDIO_EXTENSIONS
 
 METADATA_COLUMNS = ("artist", "title", "album", "id")
 

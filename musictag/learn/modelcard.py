@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
-from .defaults import DEFAULT_PRECISION_TARGET, PRECISION_TARGET, TEACHER_TOP
+from ..model.checkpoint import load_checkpoint
+from ..defaults import DEFAULT_PRECISION_TARGET, PRECISION_TARGET, TEACHER_TOP
 from .metrics import summary_score
-from .vocabulary import BASE, MIN_POSITIVES, PRIOR_THRESHOLD
+from ..model.vocabulary import BASE, MIN_POSITIVES, PRIOR_THRESHOLD
 
 
 def _fmt(value) -> str:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .defaults import SAMPLE_RATE
+from ..defaults import SAMPLE_RATE
 
 
 @dataclass(frozen=True)

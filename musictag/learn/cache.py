@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .defaults import DECODE_WORKERS, decode_workers
-from .features import FeatureConfig, LogMel
-from .pipeline import decode_clip, worker_pool
+from ..defaults import DECODE_WORKERS, decode_workers
+from ..model.features import FeatureConfig, LogMel
+from ..engines.local import decode_clip, worker_pool
 
 MAX_TRAIN_SECONDS = 600.0  # longer training files are cut: 10 minutes is plenty of crops
 

@@ -12,9 +12,9 @@ import contextlib
 import os
 from pathlib import Path
 
-from .db import Database
-from .errors import MusictagError
-from .library import within
+from .database import Database
+from ..errors import MusictagError
+from ..library import within
 
 PARQUET_FILE = "tracks.parquet"
 ROWS_PER_GROUP = 10_000  # rows buffered before a row group is written: memory stays flat for any catalog

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .features import FeatureConfig
-from .model import CPResNet, ModelConfig
+from .network import CPResNet, ModelConfig
 from .modelfile import SHIPPED_NAME, file_sha256, model_id, shipped_path, verified_sha256
 
 __all__ = ["SHIPPED_NAME", "Checkpoint", "file_sha256", "load_checkpoint", "save_checkpoint", "shipped_path",

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
-from .defaults import EMBEDDING, WINDOW_SECONDS
-from .errors import DeviceError, WindowError
+from ..defaults import EMBEDDING, WINDOW_SECONDS
+from ..errors import DeviceError, WindowError
 from .features import LogMel
-from .model import min_frames, probabilities
+from .network import min_frames, probabilities
 
 
 def pick_device(device: str = "auto") -> torch.device:
