@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .store.database import Database, default_db_path
+from .store import Database, default_db_path
 from .defaults import (DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, GPU_PARENT_THREADS, LOCAL_ENGINE,
                        VAL_FRACTION, decode_workers, usable_cpus)
 from .errors import ManifestError

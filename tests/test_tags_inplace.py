@@ -401,7 +401,7 @@ def test_a_database_of_this_process_closed_while_a_lock_is_held_lets_it_go_not_e
     would let go of the lock as surely as close(). Closed once the last lock is let go (no descriptor kept)."""
     import gc
 
-    import musictag.store.database
+    import musictag.store.locks
 
     path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
     seen = []
@@ -420,7 +420,7 @@ def test_a_database_of_this_process_closed_while_a_lock_is_held_lets_it_go_not_e
             write_fields(path, {"genre": ["Jazz"]}, write_mode="inplace", journal=Journal(keep_then_look,
                                                                                          db.release_original))
     assert seen == [[]]
-    assert not musictag.store.database._KEPT_OPEN
+    assert not musictag.store.locks._KEPT_OPEN
 
 
 def test_undo_writes_in_place_a_file_whose_folder_was_moved_and_linked_since_the_scan(tmp_path):

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..store.database import Database
+from ..store import Database
 from ..defaults import FINETUNE_MIN_COUNT
 from ..errors import ManifestError, TagReadError
 from ..library import walk

@@ -27,7 +27,7 @@ import numpy as np
 from .. import __version__
 from ..model.audio import audio_fingerprint
 from ..config import canonical_genres, genre_key
-from ..store.database import Database
+from ..store import Database
 from ..defaults import MODE
 from ..defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT, MODES, OTHER_TOP_K, THRESHOLD, TOP_K, decode_workers
 from ..defaults import ID3_VERSION, WRITE_MODE

@@ -1,2 +1,10 @@
-"""What musictag remembers: the scan database (tracks, models, whose value is whose, pending writes,
-the journal and temporary copies, file locks), and its exports (CSV, Parquet)."""
+"""What musictag remembers: the scan database (database.py: tracks and models; history.py: what musictag
+wrote and whose values are whose; writes.py: temporary copies and the journal of writes under way; locks.py:
+one file at a time between runs), and its exports (export.py: CSV, parquet.py: Parquet). Pure records of
+ownership live in ownership.py."""
+
+from .database import Database, default_db_path
+from .ownership import Owned
+from .rows import Known, Pending, Track
+
+__all__ = ["Database", "Known", "Owned", "Pending", "Track", "default_db_path"]
