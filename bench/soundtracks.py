@@ -17,7 +17,7 @@ from pathlib import Path
 from musictag.model.checkpoint import load_checkpoint
 from musictag.learn.evaluate import predict_files
 from musictag.model.inference import Tagger
-from musictag.scan.scanner import ScanOptions, choose_terms
+from musictag.scan import ScanOptions, choose_terms
 from musictag.model.vocabulary import available, vocabulary_from_dict
 
 FIELDS = ("genre", "mood", "quadrant", "instrument", "voice")

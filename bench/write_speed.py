@@ -54,7 +54,7 @@ def timed_rewrite(sources: list[Path], count: int, model: str | None, threads: i
     """Seconds for a scan that writes `count` files from stored scores."""
     from musictag import api
     from musictag.store.database import Database
-    from musictag.scan.scanner import ScanOptions, Scanner
+    from musictag.scan import ScanOptions, Scanner
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -80,7 +80,7 @@ def timed_fresh_scan(sources: list[Path], count: int, model: str | None, threads
     """Seconds for a fresh scan (decode, score on the CPU, write) of `count` files, the model loaded before."""
     from musictag import api
     from musictag.store.database import Database
-    from musictag.scan.scanner import ScanOptions, Scanner
+    from musictag.scan import ScanOptions, Scanner
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         library = copies(sources, Path(tmp) / "lib", count)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .store import Database, default_db_path
-from .defaults import (DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, GPU_PARENT_THREADS, LOCAL_ENGINE,
+from .defaults import (DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, GPU_PARENT_THREADS, LOCAL_ENGINE, MODES,
                        VAL_FRACTION, decode_workers, usable_cpus)
 from .errors import ManifestError
 from .store.export import export_csv
@@ -24,7 +24,7 @@ from .learn.manifest import Dataset, Example, encode_targets, read_manifest, spl
 from .progress import Progress, no_progress
 from .model.modelfile import model_id, shipped_path, verified_sha256
 from .engines.local import start_worker_server
-from .scan.scanner import MODES, ScanModel, ScanOptions, ScanResult, Scanner, undo
+from .scan import ScanModel, ScanOptions, ScanResult, Scanner, undo
 
 if TYPE_CHECKING:
     from .model.checkpoint import Checkpoint

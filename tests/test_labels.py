@@ -1,5 +1,5 @@
 from musictag.learn.library_labels import normalise_values
-from musictag.scan.scanner import ScanOptions, choose_labels
+from musictag.scan import ScanOptions, choose_labels
 
 
 def test_choose_labels_threshold_top_k_and_single_heads():

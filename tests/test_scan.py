@@ -183,7 +183,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_checkpoint, tmp_path):
     from musictag.model.checkpoint import load_checkpoint
     from musictag.store.database import Database
     from musictag.model.inference import Tagger
-    from musictag.scan.scanner import ScanOptions, Scanner
+    from musictag.scan import ScanOptions, Scanner
 
     interrupted = make_library(tmp_path / "interrupted")
     straight = tmp_path / "straight"
@@ -216,7 +216,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_checkpoint, tmp_path):
 def test_sigterm_stops_a_scan_like_ctrl_c_and_it_resumes(library, tiny_checkpoint, tmp_path, monkeypatch):
     import signal
 
-    from musictag.scan.scanner import Scanner
+    from musictag.scan import Scanner
 
     db, done, done_file = tmp_path / "db.sqlite", [], Scanner._done
 
@@ -243,7 +243,7 @@ def test_scoring_in_workers_matches_scoring_in_the_parent(library, tiny_checkpoi
     from musictag.model.checkpoint import load_checkpoint
     from musictag.store.database import Database
     from musictag.model.inference import Tagger
-    from musictag.scan.scanner import ScanOptions, Scanner
+    from musictag.scan import ScanOptions, Scanner
 
     tagger = Tagger(load_checkpoint(tiny_checkpoint), "cpu")
     scores = {}
@@ -626,7 +626,7 @@ def test_audio_too_short_for_the_network_fails_alone_with_its_length(tiny_checkp
     from musictag.model.checkpoint import load_checkpoint
     from musictag.store.database import Database
     from musictag.model.inference import Tagger
-    from musictag.scan.scanner import ScanOptions, Scanner
+    from musictag.scan import ScanOptions, Scanner
 
     write_track(tmp_path / "music" / "blip.wav", seconds=0.15)
     write_track(tmp_path / "music" / "song.wav", seconds=2.0)
@@ -670,7 +670,7 @@ def test_a_track_whose_window_cannot_be_scored_even_alone_fails_alone(tiny_check
     from musictag import api
     from musictag.store.database import Database
     from musictag.errors import WindowError
-    from musictag.scan.scanner import ScanOptions
+    from musictag.scan import ScanOptions
 
     good = write_track(tmp_path / "music" / "good.flac", seconds=2.0, seed=1)
     bad = write_track(tmp_path / "music" / "bad.flac", seconds=3.0, seed=2)
@@ -777,7 +777,7 @@ def test_undo_and_scan_take_a_file_one_at_a_time(tmp_path):
 
 def test_a_file_replaced_between_its_decode_and_its_write_is_scored_again(tiny_checkpoint, tmp_path, monkeypatch):
     from musictag.store.database import Database
-    from musictag.scan.scanner import Scanner
+    from musictag.scan import Scanner
 
     root, db = tmp_path / "lib", tmp_path / "db.sqlite"
     target = write_track(root / "target.flac", seconds=3.0, freq=220.0, seed=1)
@@ -802,7 +802,7 @@ KILLED_MID_COPY = """
 import os, socket, sys
 import musictag.tagfile.checks as checks
 from musictag.store.database import Database
-from musictag.scan.scanner import _write_file
+from musictag.scan.writes import _write_file
 
 if len(sys.argv) > 3:
     socket.gethostname = lambda: sys.argv[3]  # a container's machine name, new every run
@@ -821,7 +821,7 @@ def test_a_killed_writes_copy_is_removed_once_no_process_holds_its_files_lock(tm
     import sys
 
     from musictag.store.database import Database
-    from musictag.scan.scanner import remove_leftovers
+    from musictag.scan import remove_leftovers
 
     db_path, target = tmp_path / "db.sqlite", write_track(tmp_path / "track.flac", seconds=1.0)
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_COPY, str(db_path), str(target),

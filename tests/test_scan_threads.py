@@ -65,8 +65,9 @@ def tagger(tiny_checkpoint):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks checked from another process")
 def test_threaded_writes_equal_serial_ones_each_whole_and_under_its_files_lock(tagger, tmp_path, monkeypatch):
     import musictag.scan.scanner
+    import musictag.scan.writes
     from musictag.store.database import Database
-    from musictag.scan.scanner import ScanOptions, Scanner
+    from musictag.scan import ScanOptions, Scanner
 
     serial, threaded = make_library(tmp_path / "serial"), tmp_path / "threaded"
     shutil.copytree(serial, threaded)
@@ -75,7 +76,7 @@ def test_threaded_writes_equal_serial_ones_each_whole_and_under_its_files_lock(t
 
     checker = subprocess.Popen([sys.executable, "-c", LOCK_CHECKER, str(tmp_path / "t.db")], text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    write_fields, asking, active, seen = musictag.scan.scanner.write_fields, threading.Lock(), set(), []
+    write_fields, asking, active, seen = musictag.scan.writes.write_fields, threading.Lock(), set(), []
 
     def checked_write(path, *args, **kwargs):
         with asking:
@@ -92,7 +93,7 @@ def test_threaded_writes_equal_serial_ones_each_whole_and_under_its_files_lock(t
             with asking:
                 active.discard(path)
 
-    monkeypatch.setattr(musictag.scan.scanner, "write_fields", checked_write)
+    monkeypatch.setattr(musictag.scan.writes, "write_fields", checked_write)
     try:
         with Database(tmp_path / "t.db") as db:  # scored first, then written from the stored scores: writes pile up
             Scanner(tagger, db, ScanOptions(workers=2, write=False)).run([threaded])
@@ -116,7 +117,7 @@ def test_a_write_on_a_pool_thread_is_under_way_for_another_process_from_its_reco
     takes neither its journal record nor its temporary copy for a killed run's (and never repairs or removes it)."""
     import musictag.tagfile
     from musictag.store.database import Database
-    from musictag.scan.scanner import ScanOptions, Scanner
+    from musictag.scan import ScanOptions, Scanner
     from musictag.tagfile import write_fields
 
     root = tmp_path / "music"
@@ -184,7 +185,7 @@ def test_an_error_in_one_threaded_write_fails_that_file_alone_with_one_line(libr
 def test_an_interrupt_with_writes_under_way_exits_130_and_the_resumed_run_ends_as_an_uninterrupted_one(
         tiny_checkpoint, tmp_path, monkeypatch, signum, stored):
     import musictag.tagfile
-    from musictag.scan.scanner import Scanner
+    from musictag.scan import Scanner
 
     interrupted = make_library(tmp_path / "interrupted")
     straight = tmp_path / "straight"

@@ -254,7 +254,7 @@ def test_a_repair_waiting_for_the_files_lock_reads_the_journal_again_and_never_r
                                                                                                    monkeypatch):
     import contextlib
 
-    from musictag.scan.scanner import repair_interrupted
+    from musictag.scan import repair_interrupted
     from musictag.tagfile import restore_original
 
     path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
@@ -281,7 +281,7 @@ def test_a_repair_waiting_for_the_files_lock_reads_the_journal_again_and_never_r
 
 
 def test_a_file_whose_cut_write_is_not_repaired_yet_is_not_written_again(tmp_path):
-    from musictag.scan.scanner import _write_file
+    from musictag.scan.writes import _write_file
 
     path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
     killed_mid_write(db_path, path)
@@ -320,7 +320,7 @@ def test_a_cut_write_is_repaired_whatever_process_or_machine_its_record_names(tm
 
 @pytest.mark.parametrize("host", [None, "d0c4e5a1b2c3"], ids=["this machine", "another machine"])
 def test_a_cut_write_whose_file_another_process_holds_is_left_alone_until_it_lets_go(tmp_path, host):
-    from musictag.scan.scanner import repair_interrupted
+    from musictag.scan import repair_interrupted
 
     path, db_path = tagged(tmp_path / "track.flac"), tmp_path / "db.sqlite"
     original = path.read_bytes()
@@ -364,7 +364,7 @@ def test_a_write_this_process_has_under_way_is_cut_short_for_no_one(tmp_path):
 def test_a_file_that_became_a_link_to_another_is_not_written_in_place_under_the_links_lock(tmp_path):
     """The journal record names the file written, and other runs ask that file's lock whether the write is
     under way: the lock held must be that file's."""
-    from musictag.scan.scanner import _write_file
+    from musictag.scan.writes import _write_file
 
     target, link, db_path = tagged(tmp_path / "target.flac"), tmp_path / "link.flac", tmp_path / "db.sqlite"
     os.symlink(target, link)  # the scanned file replaced by a link since the walk
@@ -428,7 +428,7 @@ def test_undo_writes_in_place_a_file_whose_folder_was_moved_and_linked_since_the
     place: undo writes the file the link leads to, under that file's lock (the one a scan of it takes, and
     the one its journal record is asked by), not failing it as a file that became a link mid-write."""
     from musictag.store.ownership import Owned
-    from musictag.scan.scanner import undo
+    from musictag.scan import undo
 
     (tmp_path / "moved").mkdir()
     real = tagged(tmp_path / "moved" / "track.flac", genre=["Jazz"])
