@@ -1,0 +1,131 @@
+"""What the commands print: progress bars, one JSON object a line, summaries, the lines a killed run's
+leftovers and moved files get."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+
+
+def _bar(total: int, quiet: bool, unit: str = "file"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+
+def _report(result, dry_run: bool, as_json: bool) -> None:
+    """The scan's summary: one JSON object (--json), or the text summary."""
+    if as_json:
+        typer.echo(json.dumps({"summary": _summary(result, dry_run)}))
+    else:
+        _print_summary(result, dry_run)
+
+
+def _json_lines(progress):
+    """The scan's progress, plus each file's outcome as one JSON object on standard output."""
+    def both(event: str, data: dict) -> None:
+        progress(event, data)
+        if event == "file":
+            typer.echo(json.dumps(data))
+
+    return both
+
+
+def _summary(result, dry_run: bool) -> dict:
+    return {"tagged": result.tagged, "would_change" if dry_run else "scored": result.scored,
+            "unchanged": result.unchanged, "skipped": result.skipped, "failed": len(result.failed),
+            "failed_before": len(result.failed_before), "unconfident": result.unconfident,
+            "moved": len(result.moved), "moved_or_deleted": len(result.gone)}
+
+
+def _said_leftovers(result):
+    """The run's result, once the temporary copies it removed and the files it repaired (an in-place write
+    cut short) are named: what a killed run left."""
+    for path in result.leftovers:
+        typer.echo(f"removed {path}: a temporary copy left by an interrupted run", err=True)
+    for path in result.repaired:
+        typer.echo(f"repaired {path}: an interrupted run's in-place tag write was cut short; its original tag "
+                   "bytes are back", err=True)
+    return result
+
+
+class _FileBar:
+    """A progress bar over the files of a scan or undo, made when the library's size is known."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def progress(self, event: str, data: dict) -> None:
+        if event == "start":
+            self.bar = _bar(data["total"], self.quiet)
+        elif event == "file" and self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _print_summary(result, dry_run: bool) -> None:
+    for change in result.changes:
+        typer.echo(change.path)
+        for name in change.after:
+            before = "; ".join(change.before.get(name, [])) or "(none)"
+            typer.echo(f"  {name}: {before} -> {'; '.join(change.after[name])}")
+    scored_label = "would change" if dry_run else "scored (not written)"
+    typer.echo(f"tagged: {result.tagged}, {scored_label}: {result.scored}, unchanged: {result.unchanged}, "
+               f"skipped: {result.skipped}, failed: {len(result.failed)}, failed before: {len(result.failed_before)}")
+    if result.unconfident:
+        typer.echo("left alone, nothing confident: " + ", ".join(
+            f"{name} in {count} file{'s' if count != 1 else ''}" for name, count in result.unconfident.items()))
+    if result.failed_before:
+        typer.echo("failed before: files that failed in an earlier scan and are unchanged since are not retried "
+                   "and do not make the exit code 1 (--force retries them; export-csv lists their errors).")
+    for path, reason in result.failed:
+        typer.echo(f"failed: {path}: {reason}", err=True)
+    _print_moves(result)
+
+
+def _print_moves(result) -> None:
+    """Records that followed their file to its new name, and those whose file is gone (said once)."""
+    for old, new in result.moved:
+        typer.echo(f"moved: {old} -> {new} (recognised by its audio; not decoded again)")
+    for path in result.gone:
+        typer.echo(f"moved or deleted: {path} (its record is kept: a scan that finds the file elsewhere takes it "
+                   "along)")
+
+
+def _train_progress(quiet: bool = False):
+    bars = {}
+
+    def progress(event: str, data: dict) -> None:
+        if event == "cache":
+            bar = bars.get("cache") or bars.setdefault("cache", _bar(data["total"], quiet, "clip"))
+            bar.n = data["done"]
+            bar.refresh()
+            if data["done"] >= data["total"]:
+                bar.close()
+                bars.pop("cache")
+        elif event == "step":
+            bar = bars.get("epoch")
+            if bar is None:
+                bar = bars["epoch"] = _bar(data["steps"], quiet, "batch")
+                bar.set_description(f"epoch {data['epoch'] + 1}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{data['loss']:.3f}")
+        elif event in ("epoch", "final"):  # one JSON object a line, the final model's validation last
+            if "epoch" in bars:
+                bars.pop("epoch").close()
+            typer.echo(json.dumps(data))
+        elif event == "message":
+            typer.echo(data["text"])
+        elif event == "file":
+            bar = bars.get("files") or bars.setdefault("files", _bar(data["total"], quiet))
+            bar.update(1)
+            if data["done"] >= data["total"]:
+                bars.pop("files").close()
+
+    return progress
