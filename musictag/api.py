@@ -1,5 +1,6 @@
-"""Library API under the CLI: scan, undo, export, train, finetune, evaluate and model cards, with every
-recipe and default they use. No printing; progress via callbacks.
+"""The library API under the CLI (the facade): scan, undo, export, evaluate and model cards, and the training
+and finetuning recipes of learn/ (recipes.py, finetune_recipe.py) offered under the names they always had.
+No printing; progress via callbacks.
 
 scan, undo and export never need torch, so the modules built on it are imported in the functions that
 use them: `musictag undo` and `musictag export-csv` start without loading it.
@@ -7,21 +8,22 @@ use them: `musictag undo` and `musictag export-csv` start without loading it.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import platform
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .store import Database, default_db_path
-from .defaults import (DECODE_WORKERS, FINETUNE_EPOCHS, FINETUNE_MIN_COUNT, GPU_PARENT_THREADS, LOCAL_ENGINE, MODES,
-                       VAL_FRACTION, decode_workers, usable_cpus)
+from .defaults import (DECODE_WORKERS, GPU_PARENT_THREADS, LOCAL_ENGINE, MODES,
+                       decode_workers, usable_cpus)
 from .errors import ManifestError
 from .store.export import export_csv
-from .learn.manifest import Dataset, Example, encode_targets, read_manifest, split_by_group, with_vocabulary
-from .progress import Progress, no_progress
+from .learn.finetune_recipe import finetune, finetune_config, finetune_dataset
+from .learn.manifest import read_manifest, with_vocabulary, write_manifest
+from .learn.recipes import (TRAIN_FEATURE_DEFAULTS, TRAIN_MODEL_DEFAULTS, calibrate_on_teacher,
+                            calibrate_vocabulary, clip_probabilities, distilled_set, finish_distilled,
+                            mel_probabilities, prepare, seeded_model, split, teacher, train, training_configs)
+from .progress import Progress
 from .model.modelfile import model_id, shipped_path, verified_sha256
 from .engines.local import start_worker_server
 from .scan import ScanModel, ScanOptions, ScanResult, Scanner, undo
@@ -29,20 +31,13 @@ from .scan import ScanModel, ScanOptions, ScanResult, Scanner, undo
 if TYPE_CHECKING:
     from .model.checkpoint import Checkpoint
     from .config import Config
-    from .learn.distill import Teacher
-    from .model.features import FeatureConfig
     from .model.inference import Tagger
-    from .model.network import ModelConfig
     from .learn.modelcard import CardInputs
-    from .learn.train import Prepared, TrainConfig
-    from .model.vocabulary import FieldVocabulary
 
-__all__ = ["MODES", "Database", "ScanOptions", "default_db_path", "export_csv", "undo"]  # re-exported for the CLI
-
-# `musictag train` without a config file: the shipped model's narrow trunk and 96 mel bins, not the
-# paper's 128 channels and 128 bins that ModelConfig and FeatureConfig default to
-TRAIN_MODEL_DEFAULTS = {"width": 32}
-TRAIN_FEATURE_DEFAULTS = {"n_mels": 96}
+__all__ = ["MODES", "Database", "ScanOptions", "default_db_path", "export_csv", "undo", "finetune", "finetune_config",
+           "finetune_dataset", "write_manifest", "TRAIN_FEATURE_DEFAULTS", "TRAIN_MODEL_DEFAULTS",
+           "calibrate_on_teacher", "calibrate_vocabulary", "clip_probabilities", "distilled_set", "finish_distilled",
+           "mel_probabilities", "prepare", "seeded_model", "split", "teacher", "train", "training_configs"]
 
 
 def load_tagger(model: str | Path | None = None, device: str = "auto", workers: int = 0,
@@ -147,410 +142,6 @@ def scan(model: "Tagger | ScanModel", db: Database, paths: Iterable[str | os.Pat
     return Scanner(model, db, options or ScanOptions(), progress).run(paths)
 
 
-def prepare(examples: list[Example], heads: dict[str, str], vocab: dict[str, list[str]],
-            features: "FeatureConfig", workers: int = DECODE_WORKERS, skip_unreadable: bool = False,
-            progress: Progress | None = None) -> "Prepared":
-    """Decode and cache every example's log-mel; unreadable files are an error unless skipped."""
-    from .learn.cache import cached_features
-    from .learn.train import Prepared
-
-    progress = progress or no_progress
-    mels, failures = cached_features([e.path for e in examples], features, workers=workers,
-                                     progress=lambda done, total: progress("cache", {"done": done, "total": total}))
-    if failures and not skip_unreadable:
-        first = next(iter(failures.items()))
-        raise ManifestError(f"{len(failures)} file(s) could not be decoded, e.g. {first[0]}: {first[1]}")
-    for path, reason in failures.items():
-        progress("message", {"text": f"skipped {path}: {reason}"})
-    keep = [i for i, m in enumerate(mels) if m is not None]
-    kept = [examples[i] for i in keep]
-    return Prepared(kept, [mels[i] for i in keep], encode_targets(kept, heads, vocab), dict(heads))
-
-
-def split(dataset: Dataset, val: str | Path | None, val_fraction: float, seed: int
-          ) -> tuple[list[Example], list[Example]]:
-    if val is not None:
-        held = read_manifest(val)
-        return dataset.examples, held.examples
-    if val_fraction <= 0:
-        return dataset.examples, []
-    return split_by_group(dataset.examples, val_fraction, seed)
-
-
-def training_configs(config_file: str | Path | None = None, epochs: int | None = None, seed: int | None = None,
-                     n_mels: int | None = None, **model_options
-                     ) -> tuple["ModelConfig", "FeatureConfig", "TrainConfig"]:
-    """`musictag train`'s configs: a JSON file's 'model', 'features' and 'train' sections over the
-    recipe defaults, then the options given (None: not given)."""
-    from .model.features import FeatureConfig
-    from .model.network import ModelConfig
-    from .learn.train import TrainConfig
-
-    sections = json.loads(Path(config_file).read_text()) if config_file else {}
-    model = {**TRAIN_MODEL_DEFAULTS, **{k: v for k, v in sections.get("model", {}).items() if k != "heads"}}
-    model.update({k: v for k, v in model_options.items() if v is not None})
-    features = {**TRAIN_FEATURE_DEFAULTS, **sections.get("features", {})}
-    if n_mels:
-        features["n_mels"] = n_mels
-    train_section = dict(sections.get("train", {}))
-    if epochs:
-        train_section["epochs"] = epochs
-    if seed is not None:
-        train_section["seed"] = seed
-    return ModelConfig(**model), FeatureConfig(**features), TrainConfig.from_dict(train_section)
-
-
-def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" = None,
-          features: "FeatureConfig | None" = None, config: "TrainConfig | None" = None,
-          val: str | Path | None = None, val_fraction: float = VAL_FRACTION, min_count: int = 1,
-          ignore: tuple[str, ...] = (), single: tuple[str, ...] = (), resume: bool = False,
-          workers: int = DECODE_WORKERS, teacher: "Teacher | None" = None, device: str = "auto",
-          progress: Progress | None = None) -> tuple["Checkpoint", dict]:
-    """Train a model from scratch on a manifest or folder-per-class data set; with a teacher, distil it
-    too (teacher heads, unlabelled audio) and calibrate the written vocabulary on the validation split,
-    and what it cannot judge against the teacher on the teacher's held-out calibration audio.
-    `device`: auto, cpu, cuda or cuda:N (checked before any audio is decoded)."""
-    from .model.features import FeatureConfig
-    from .model.network import ModelConfig
-    from .learn.train import TrainConfig, TrainData, normalization_stats, train_model
-
-    on = _training_device(device, progress)
-    config = config or TrainConfig()
-    features = features or FeatureConfig()
-    dataset = read_manifest(data, ignore=ignore, single=single, min_count=min_count)
-    train_examples, val_examples = split(dataset, val, val_fraction, config.seed)
-    if teacher is not None and teacher.calibration:
-        _check_calibration(teacher, val_examples)
-    train_set, val_set = _prepare_split(dataset, train_examples, val_examples, features, workers, False, progress)
-    vocab, metadata = dict(dataset.vocab), {"data": str(data), "host": platform.machine(),
-                                            "split": "given" if val else f"{val_fraction:.0%} held out by artist",
-                                            "val_paths": [e.name for e in val_examples]}
-    clips = train_set
-    if teacher is not None:
-        train_set, metadata["distillation"] = distilled_set(clips, dataset, teacher, features, config, workers,
-                                                            progress)
-        vocab.update({head: list(labels) for head, labels in teacher.labels.items()})
-    base = model_config or ModelConfig()
-    heads = {head: (train_set.heads[head], len(labels)) for head, labels in vocab.items()}
-    heads.update({head: (kind, train_set.targets[head].shape[1]) for head, kind in train_set.heads.items()
-                  if kind == "regress"})  # no labels: as wide as their targets
-    model_config = ModelConfig(**{**base.__dict__, "heads": heads, "n_mels": features.n_mels})
-    if val_examples and val is None:
-        write_manifest(val_examples, Path(str(out) + ".val.csv"))  # so the split can be evaluated later
-    data_sets = TrainData(train_set, val_set, vocab, features, normalization_stats(train_set.features))
-    checkpoint, report = train_model(seeded_model(model_config, config.seed), data_sets, config, Path(out),
-                                     resume=resume, metadata=metadata, progress=progress, device=on)
-    if teacher is not None and val_set is not None:
-        report = finish_distilled(checkpoint, clips, val_set, tuple(teacher.labels), Path(out))
-        if teacher.calibration:
-            calibrate_on_teacher(checkpoint, teacher, Path(out), val_set, workers, progress)
-    return checkpoint, report
-
-
-def teacher(cache: str | Path, unlabelled: str | Path | None = None,
-            calibration: str | Path | None = None) -> "Teacher":
-    """A teacher for `train`: its output cache, unlabelled audio to distil on and held-out audio to
-    calibrate on, each a folder or a file of paths."""
-    from .learn.distill import Teacher
-
-    if not Path(cache).is_dir():
-        raise ManifestError(f"{cache}: no such teacher cache folder")
-    return Teacher(Path(cache), _audio_list(unlabelled), _audio_list(calibration))
-
-
-def _check_calibration(teacher: "Teacher", val_examples: list[Example]) -> None:
-    """Before any training: calibration audio needs a validation split (the vocabulary is made there)
-    and the teacher's outputs on some of it."""
-    from .learn.distill import load_teacher
-
-    if not val_examples:
-        raise ManifestError("calibration audio needs a validation split (the written vocabulary is made on it)")
-    if not any(load_teacher(path, teacher.cache) is not None for path in teacher.calibration):
-        raise ManifestError(f"{teacher.cache}: no teacher outputs for the calibration audio "
-                            "(scripts/teacher_targets.py makes them)")
-
-
-def _audio_list(where: str | Path | None) -> list[str]:
-    """The audio files of a folder (paths as found: teacher outputs are cached by path) or of a file that
-    lists one path per line."""
-    from .library import AUDIO_EXTENSIONS
-
-    if where is None:
-        return []
-    if Path(where).is_dir():
-        return sorted(str(p.absolute()) for p in Path(where).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    return [line.strip() for line in Path(where).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def distilled_set(train_set: "Prepared", dataset: Dataset, teacher: "Teacher", features: "FeatureConfig",
-                  config: "TrainConfig", workers: int, progress: Progress | None) -> tuple["Prepared", dict]:
-    """The labelled training clips with the teacher's taggrams as extra targets, plus the unlabelled
-    audio in segments with teacher targets and probe pseudo-labels; and a record of what went in."""
-    import numpy as np
-
-    from .learn.cache import cached_features
-    from .learn.distill import (EMBEDDING_HEAD, concat, fit_pseudo_labellers, hours, labelled_set, load_teacher,
-                          standardised, unlabelled_set, whitened)
-    from .learn.train import Prepared
-
-    teachers = [load_teacher(e.path, teacher.cache) for e in train_set.examples]
-    if not any(t is not None for t in teachers):
-        raise ManifestError(f"{teacher.cache}: no teacher outputs for the training clips "
-                            "(scripts/teacher_targets.py makes them)")
-    clips = labelled_set(train_set.features, train_set.targets, dataset.vocab, teachers,
-                         [e.name for e in train_set.examples],
-                         features.frames_per_second if config.segment_labelled else None)
-    probes = fit_pseudo_labellers(teachers, train_set.targets, dataset.heads, dataset.vocab)
-    mels, failures = cached_features(teacher.unlabelled, features, workers=workers, progress=lambda done, total: (
-        progress or no_progress)("cache", {"done": done, "total": total}))
-    tracks = [(path, mel, t) for path, mel in zip(teacher.unlabelled, mels)
-              if mel is not None and (t := load_teacher(path, teacher.cache)) is not None]
-    songs = unlabelled_set(tracks, features.frames_per_second, probes, config.pseudo_weight)
-    mixed = concat(clips, songs)
-    kinds = {**dataset.heads, **{head: "multi" for head in teacher.labels}}
-    if config.embedding_weight > 0:
-        kinds[EMBEDDING_HEAD] = "regress"
-        embedding = mixed.targets[EMBEDDING_HEAD]
-        mixed.targets[EMBEDDING_HEAD] = (whitened(embedding, config.embedding_components)
-                                         if config.embedding_components else standardised(embedding))
-    prepared = Prepared([Example(name, name, {}) for name in mixed.names], mixed.features,
-                        {h: mixed.targets[h] for h in kinds}, kinds, {h: mixed.weights[h] for h in kinds},
-                        np.arange(len(mixed)) < len(clips))
-    record = {"teacher": "musicnn 0.1.0 (MSD_musicnn, MTT_musicnn; ISC)",
-              "labelled_clips": len(train_set.features), "labelled_examples": len(clips),
-              "labelled_hours": round(hours(clips.features, features.frames_per_second), 2),
-              "clips_with_teacher_targets": sum(t is not None for t in teachers),
-              "unlabelled_tracks": len(tracks), "unlabelled_failures": len(failures),
-              "unlabelled_hours": round(hours([m for _, m, _ in tracks], features.frames_per_second), 2),
-              "unlabelled_segments": len(songs), "pseudo_weight": config.pseudo_weight,
-              "embedding_weight": config.embedding_weight}
-    return prepared, record
-
-
-def finish_distilled(checkpoint: "Checkpoint", clips: "Prepared", val_set: "Prepared", teacher_heads: tuple[str, ...],
-                     out: Path) -> dict:
-    """After distilling: stack the labelled heads on the teacher heads (the taggram heads, the regressed
-    embedding, or both) where that is better on validation, record the validation metrics of the final
-    model, calibrate the written vocabulary, save to `out`."""
-    from .learn.metrics import head_metrics
-    from .learn.train import plain_builtins, stack_heads
-
-    def validation() -> tuple[dict, dict]:
-        probs = clip_probabilities(checkpoint, val_set)
-        return probs, head_metrics(probs, val_set.targets, val_set.heads, checkpoint.labels)
-
-    checkpoint.training["validation_before_stacking"] = plain_builtins(validation()[1])
-    regress = tuple(h for h, (kind, _) in checkpoint.model_config.heads.items() if kind == "regress")
-    candidates = (teacher_heads,) + ((regress, teacher_heads + regress) if regress else ())
-    checkpoint.training["stacking"] = stack_heads(checkpoint, clips, val_set, candidates)
-    probs, report = validation()
-    checkpoint.training["validation"] = plain_builtins(report)
-    calibrate_vocabulary(checkpoint, val_set, probs, out)
-    return report
-
-
-def clip_probabilities(checkpoint: "Checkpoint", data: "Prepared") -> dict:
-    """Per-clip probabilities of every head, the clips scored as scan scores tracks (its excerpt windows)."""
-    return mel_probabilities(checkpoint, data.features)
-
-
-def mel_probabilities(checkpoint: "Checkpoint", mels: list) -> dict:
-    """clip_probabilities of clips given as log-mels."""
-    from .defaults import WINDOW_SECONDS
-    from .learn.train import predict_features
-
-    norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
-    return predict_features(checkpoint.build_model(), mels, norm, checkpoint.feature_config, WINDOW_SECONDS)
-
-
-def calibrate_vocabulary(checkpoint: "Checkpoint", val_set: "Prepared", probs: dict, out: Path,
-                         vocabulary: "tuple[FieldVocabulary, ...] | None" = None) -> None:
-    """Choose each written term's threshold on the validation clips (`probs`: clip_probabilities) and
-    store the vocabulary (default: vocabulary.DEFAULT_FIELDS) in the checkpoint at `out`; fields whose
-    truth head the clips lack keep their thresholds."""
-    from .model.checkpoint import save_checkpoint
-    from .model.vocabulary import DEFAULT_FIELDS, available, calibrate, term_matrix, truth_matrix, vocabulary_to_dict
-
-    fields = []
-    for f in available(DEFAULT_FIELDS if vocabulary is None else vocabulary, checkpoint.labels):
-        if f.truth_head in val_set.heads:
-            truth = truth_matrix(f, [e.labels.get(f.truth_head, []) for e in val_set.examples])
-            f = calibrate(f, term_matrix(f, probs, checkpoint.labels), truth)
-        fields.append(f)
-    checkpoint.vocabulary = vocabulary_to_dict(tuple(fields))
-    save_checkpoint(checkpoint, out)
-
-
-def calibrate_on_teacher(checkpoint: "Checkpoint", teacher: "Teacher", out: Path, val_set: "Prepared | None" = None,
-                         workers: int = DECODE_WORKERS, progress: Progress | None = None) -> dict:
-    """Give the written terms the validation clips could not calibrate (too few positives, or no labels:
-    instruments, voice) thresholds chosen against the teacher, on audio the model never trained on: the
-    tracks of `teacher.calibration` in 30 s stretches, and the validation clips (`val_set`), so that the
-    share of music the teacher calls ambient (say) is not just that of one kind of music. A term is right
-    where musicnn ranks one of its sources among its top tags. Saves to `out`; returns what it used (also
-    in the checkpoint's training record)."""
-    from .model.checkpoint import save_checkpoint
-    from .model.vocabulary import TEACHER, calibrate, teacher_truth, term_matrix, vocabulary_from_dict, vocabulary_to_dict
-
-    clips, teacher_probs, groups, record = _teacher_judged_clips(checkpoint, teacher, val_set, workers, progress)
-    probs = mel_probabilities(checkpoint, clips)
-    fields = [calibrate(f, term_matrix(f, probs, checkpoint.labels), teacher_truth(f, teacher_probs, teacher.labels),
-                        basis=TEACHER, keep_calibrated=True, groups=groups)
-              for f in vocabulary_from_dict(checkpoint.vocabulary)]
-    checkpoint.vocabulary = vocabulary_to_dict(tuple(fields))
-    checkpoint.training["teacher_calibration"] = record
-    save_checkpoint(checkpoint, out)
-    return record
-
-
-def _teacher_judged_clips(checkpoint: "Checkpoint", teacher: "Teacher", val_set: "Prepared | None", workers: int,
-                          progress: Progress | None) -> tuple[list, dict, "np.ndarray", dict]:
-    """Log-mels the teacher has judged, its mean taggrams on each, the track each came from, a record."""
-    import numpy as np
-
-    from .learn.cache import cached_features
-    from .learn.distill import calibration_clips, clip_teacher_probs, hours, load_teacher
-
-    features = checkpoint.feature_config
-    mels, failures = cached_features(teacher.calibration, features, workers=workers, progress=lambda done, total: (
-        progress or no_progress)("cache", {"done": done, "total": total}))
-    tracks = [(mel, t) for path, mel in zip(teacher.calibration, mels)
-              if mel is not None and (t := load_teacher(path, teacher.cache)) is not None]
-    clips, teacher_probs, groups = calibration_clips(tracks, features.frames_per_second)
-    if not clips:  # teacher outputs exist (checked before training), but no track decoded 30 s of them
-        raise ManifestError(f"no calibration track both decodes and has 30 s of teacher outputs in {teacher.cache}")
-    record = {"tracks": len(tracks), "failures": len(failures), "clips": len(clips),
-              "hours": round(hours(clips, features.frames_per_second), 2), "validation_clips": 0}
-    heard = [(mel, t) for e, mel in zip(val_set.examples, val_set.features)
-             if (t := load_teacher(e.path, teacher.cache)) is not None] if val_set is not None else []
-    if heard:
-        val_probs = clip_teacher_probs([t for _, t in heard])
-        clips = clips + [mel for mel, _ in heard]
-        teacher_probs = {h: np.concatenate([p, val_probs[h]]) for h, p in teacher_probs.items()}
-        groups = np.concatenate([groups, len(tracks) + np.arange(len(heard))])  # each clip its own track
-        record["validation_clips"] = len(heard)
-    return clips, teacher_probs, groups, record
-
-
-def seeded_model(model_config: "ModelConfig", seed: int) -> "CPResNet":
-    """A new network whose initial weights depend on the recipe's seed alone (not on whatever drew from
-    torch's random stream before), so the same recipe trains the same model."""
-    import torch
-
-    from .model.network import CPResNet
-
-    torch.manual_seed(seed)
-    return CPResNet(model_config)
-
-
-def finetune_config(epochs: int = FINETUNE_EPOCHS) -> "TrainConfig":
-    """The finetuning recipe: a quarter of the epochs on the new heads alone, then the trunk at a tenth
-    of the rate."""
-    from .learn.train import TrainConfig
-
-    return TrainConfig(epochs=epochs, lr=1e-3, trunk_frozen_epochs=max(1, epochs // 4), trunk_lr_scale=0.1,
-                       warmup_epochs=1)
-
-
-def finetune_dataset(data: str | Path | None = None, library: str | Path | None = None,
-                     fields: Iterable[str] = ("genre",), min_count: int = FINETUNE_MIN_COUNT,
-                     db: str | Path | None = None, start: str | Path | None = None) -> Dataset:
-    """What to finetune on: a manifest or data folder, or a library's own tags (exactly one of them).
-    From a library, values musictag wrote are left out: those the scan database `db` recorded, and in
-    files marked by musictag that it does not know, any value the base model `start` or a model the
-    database knows could write."""
-    if (data is None) == (library is None):
-        raise ManifestError("give exactly one of --data or --library")
-    if library is not None:
-        from .learn.library_labels import library_dataset, own_values
-
-        fields = list(fields)
-        with Database(db) as database:
-            base = load_model(start)
-            own = own_values(database, database.model_outputs() + [(base.labels, base.vocabulary)], fields)
-            return library_dataset(library, fields, min_count, own)
-    return read_manifest(data, min_count=min_count)
-
-
-def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config: "TrainConfig | None" = None,
-             val_fraction: float = VAL_FRACTION, resume: bool = False, workers: int = DECODE_WORKERS,
-             progress: Progress | None = None, device: str = "auto") -> tuple["Checkpoint", dict]:
-    """Adapt a trained model to a new vocabulary: new heads, trunk frozen first, then a lower rate; the
-    base model's other heads are kept and learn its own predictions (finetuning.py). A base model with a
-    vocabulary gives one to the finetuned model: the kept fields, and the new heads' labels with
-    thresholds chosen on the validation split. `device` as for train."""
-    import torch
-
-    from .model.checkpoint import load_checkpoint
-    from .learn.finetuning import keep_heads
-    from .learn.train import TrainData, train_model
-
-    on = _training_device(device, progress)
-    base = load_checkpoint(start)
-    config = config or finetune_config()
-    model = base.build_model()
-    torch.manual_seed(config.seed)  # the new heads start from the recipe's seed, as seeded_model
-    kept = keep_heads(model, dataset.head_shapes())
-    train_examples, val_examples = split(dataset, None, val_fraction, config.seed)
-    features = base.feature_config
-    train_set, val_set = _prepare_split(dataset, train_examples, val_examples, features, workers, True, progress)
-    _remember_kept_heads(base, train_set, kept)
-    norm = (base.normalization["mean"], base.normalization["std"])  # the trunk was trained on these
-    vocab = {head: labels for head, labels in {**base.labels, **dataset.vocab}.items() if head in model.config.heads}
-    metadata = {"finetuned_from": base.model_id, "base_training_data": base.training.get("data", ""),
-                "kept_heads": kept, "val_paths": [e.name for e in val_examples]}
-    checkpoint, report = train_model(model, TrainData(train_set, val_set, vocab, features, norm), config, Path(out),
-                                     resume=resume, metadata=metadata, progress=progress, device=on)
-    if base.vocabulary:
-        _finetuned_vocabulary(checkpoint, base, dataset, val_set, Path(out))
-    return checkpoint, report
-
-
-def _remember_kept_heads(base: "Checkpoint", train_set: "Prepared", kept: list[str]) -> None:
-    """The kept heads' targets on the training clips: the base model's own predictions (soft rows)."""
-    learnt = [head for head in kept if base.model_config.heads[head][0] in ("single", "multi")]
-    if not learnt:
-        return
-    probs = clip_probabilities(base, train_set)
-    for head in learnt:
-        train_set.targets[head] = probs[head].astype("float32")
-        train_set.heads[head] = base.model_config.heads[head][0]
-
-
-def _finetuned_vocabulary(checkpoint: "Checkpoint", base: "Checkpoint", dataset: Dataset,
-                          val_set: "Prepared | None", out: Path) -> None:
-    """The finetuned model's vocabulary (finetuning.finetuned_vocabulary), calibrated where validation
-    clips allow, saved into the checkpoint at `out`."""
-    from .model.checkpoint import save_checkpoint
-    from .learn.finetuning import finetuned_vocabulary
-
-    fields = finetuned_vocabulary(base.vocabulary, dataset.vocab, checkpoint.labels)
-    if val_set is None:
-        from .model.vocabulary import vocabulary_to_dict
-
-        checkpoint.vocabulary = vocabulary_to_dict(fields)
-        save_checkpoint(checkpoint, out)
-        return
-    calibrate_vocabulary(checkpoint, val_set, clip_probabilities(checkpoint, val_set), out, fields)
-
-
-def _training_device(device: str, progress: Progress | None):
-    """train.training_device, its fallback line reported as a "message"."""
-    from .learn.train import training_device
-
-    return training_device(device, lambda text: (progress or no_progress)("message", {"text": text}))
-
-
-def _prepare_split(dataset: Dataset, train_examples: list[Example], val_examples: list[Example],
-                   features: "FeatureConfig", workers: int, skip_unreadable: bool, progress: Progress | None
-                   ) -> tuple["Prepared", "Prepared | None"]:
-    """Both sides of a split, cached; no validation set when nothing is held out."""
-    def prepared(examples: list[Example]) -> "Prepared":
-        return prepare(examples, dataset.heads, dataset.vocab, features, workers, skip_unreadable, progress)
-
-    return prepared(train_examples), prepared(val_examples) if val_examples else None
-
-
 def evaluate(tagger: "Tagger", data: str | Path, workers: int = DECODE_WORKERS, robustness: bool = False,
              progress: Progress | None = None) -> dict:
     """Score the model on a labelled manifest: metrics per head, per-clip predictions, failures."""
@@ -584,15 +175,3 @@ def write_model_card(model: str | Path, out: str | Path, inputs: "CardInputs") -
     from .learn.modelcard import write_model_card as write
 
     write(Path(model), Path(out), inputs)
-
-
-def write_manifest(examples: list[Example], path: Path) -> None:
-    """A manifest of the examples with absolute paths: the held-out split, ready for `evaluate`."""
-    groups = list(examples[0].labels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "artist", *groups])
-        for e in examples:
-            writer.writerow([e.path, e.group, *[";".join(e.labels[g]) for g in groups]])
-

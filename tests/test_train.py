@@ -199,7 +199,8 @@ def test_evaluate_robustness_probes(trained, tmp_path):
 
 
 def test_label_count_power_weights_multi_label_heads():
-    from musictag.learn.train import Batch, loss_fn
+    from musictag.learn.batches import Batch
+    from musictag.learn.train import loss_fn
 
     torch.manual_seed(0)
     heads = {"quadrant": "single", "mood": "multi"}
@@ -214,7 +215,8 @@ def test_label_count_power_weights_multi_label_heads():
 
 
 def test_loss_is_a_weighted_mean_over_the_examples_that_have_a_target():
-    from musictag.learn.train import Batch, loss_fn
+    from musictag.learn.batches import Batch
+    from musictag.learn.train import loss_fn
 
     heads = {"quadrant": "single", "msd": "multi"}
     logits = {"quadrant": torch.randn(3, 4), "msd": torch.randn(3, 5)}
@@ -233,7 +235,8 @@ def test_loss_is_a_weighted_mean_over_the_examples_that_have_a_target():
 
 
 def test_mixed_batches_keep_the_labelled_share_and_mix_within_a_pool():
-    from musictag.learn.train import Prepared, TrainConfig, epoch_batches, make_batch, mixup
+    from musictag.learn.batches import make_batch, mixup
+    from musictag.learn.train import Prepared, TrainConfig, epoch_batches
 
     n_clips, n_segments = 10, 40
     labelled = np.array([True] * n_clips + [False] * n_segments)
@@ -431,7 +434,8 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 
 def test_augment_draws_per_sample_rolls_band_limits_and_masks_in_range():
-    from musictag.learn.train import TrainConfig, augment
+    from musictag.learn.batches import augment
+    from musictag.learn.train import TrainConfig
 
     b, n_mels, frames = 64, 32, 50
     x = torch.arange(n_mels, dtype=torch.float32).view(1, 1, n_mels, 1).expand(b, 1, n_mels, frames) + 1.0
@@ -505,7 +509,7 @@ def test_a_stacked_head_computes_exactly_the_probe_it_was_folded_from():
     from musictag.learn.distill import fit_probe
     from musictag.model.features import FeatureConfig
     from musictag.model.network import CPResNet, ModelConfig, probabilities
-    from musictag.learn.train import _install_stacks
+    from musictag.learn.stacking import _install_stacks
 
     torch.manual_seed(0)
     config = ModelConfig(rho=3, width=8, n_mels=32, heads={"quadrant": ("single", 3), "msd": ("multi", 5)})
@@ -527,7 +531,8 @@ def test_a_stacked_head_computes_exactly_the_probe_it_was_folded_from():
 
 
 def test_a_regress_head_adds_its_weighted_mean_squared_error():
-    from musictag.learn.train import Batch, loss_fn
+    from musictag.learn.batches import Batch
+    from musictag.learn.train import loss_fn
 
     torch.manual_seed(0)
     heads = {"quadrant": "single", "embedding": "regress"}
@@ -546,7 +551,7 @@ def test_a_head_stacked_on_a_regress_head_reads_its_raw_prediction():
     from musictag.learn.distill import fit_probe
     from musictag.model.features import FeatureConfig
     from musictag.model.network import CPResNet, ModelConfig, probabilities
-    from musictag.learn.train import _install_stacks, _stack_inputs
+    from musictag.learn.stacking import _install_stacks, _stack_inputs
 
     torch.manual_seed(0)
     config = ModelConfig(rho=3, width=8, n_mels=32, heads={"quadrant": ("single", 3), "msd": ("multi", 5),

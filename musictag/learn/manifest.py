@@ -160,3 +160,14 @@ def encode_targets(examples: list[Example], heads: dict[str, str], vocab: dict[s
                         hot[row, index[label]] = 1.0
             targets[head] = hot
     return targets
+
+
+def write_manifest(examples: list[Example], path: Path) -> None:
+    """A manifest of the examples with absolute paths: the held-out split, ready for `evaluate`."""
+    groups = list(examples[0].labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "artist", *groups])
+        for e in examples:
+            writer.writerow([e.path, e.group, *[";".join(e.labels[g]) for g in groups]])

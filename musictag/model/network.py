@@ -57,7 +57,7 @@ class ModelConfig:
     pooling: str = "mean"
     heads: dict[str, tuple[str, int]] = field(default_factory=lambda: {"tags": ("multi", 56)})
     # head -> the heads whose logits it is a linear map of (instead of a map of the trunk's features):
-    # the 4Q heads read the heads distilled from the teacher, a probe fitted after training (train.stack_heads)
+    # the 4Q heads read the heads distilled from the teacher, a probe fitted after training (learn/stacking.py)
     stacked: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
