@@ -20,7 +20,7 @@ ID3_HELP = ("ID3v2 version of the mp3, WAV and AIFF files written: keep (each fi
 # how tags are written: copy (a tagged copy renamed over the file), inplace (in the file's own tag space,
 # its original bytes journalled first; a tag that does not fit is an error), auto (in place when it fits,
 # else by copy). auto, because bench/crash_test.py found no mismatch in 280 kills of scans and undos over the
-# modes, 17 in-place writes cut short among them, each put back by the next run (README, Crash test)
+# modes, 17 in-place writes cut short among them, each put back by the next run (docs/benchmarks.md, Crash test)
 WRITE_MODES = ("copy", "inplace", "auto")
 WRITE_MODE = "auto"
 WRITE_MODE_HELP = ("How tags are written: copy (a tagged copy renamed over the file), inplace (into the file's own "

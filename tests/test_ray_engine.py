@@ -313,6 +313,7 @@ def test_sigterm_ends_a_ray_scan_like_ctrl_c_and_it_resumes(library, tiny_checkp
     done = [json.loads(line)["path"] for line in [first, *rest.splitlines()] if '"status"' in line]
     assert not [p for p in library.rglob("*") if p.name.startswith(".")]  # no temporary copy left
     resumed = subprocess.run(command + ["local"], capture_output=True, text=True, timeout=300)
+    assert resumed.stdout.strip(), (resumed.returncode, resumed.stderr)
     summary = json.loads(resumed.stdout.splitlines()[-1])["summary"]
     # the files done, and a tag write under way at the SIGTERM (finished, not recorded), are unchanged now
     assert summary["unchanged"] >= len([p for p in done if not p.endswith("broken.mp3")])

@@ -9,7 +9,6 @@ import sys
 import typer
 
 
-
 def _bar(total: int, quiet: bool, unit: str = "file"):
     from tqdm import tqdm
 

@@ -78,7 +78,7 @@ def scan(
         bar.close()
         _write_exports(database, result.model_id, paths, csv, parquet)
     _report(result, dry_run, as_json)
-    raise typer.Exit(1 if result.failed else 0)  # failed before: not again (README, Exit codes)
+    raise typer.Exit(1 if result.failed else 0)  # failed before: not again (docs/tagging.md, Exit codes)
 
 
 def _check_engine(engine: str, parquet: Optional[Path]) -> None:

@@ -7,10 +7,9 @@ import re
 
 import typer
 
-from ..defaults import (DEVICES, ENGINES, FIELDS,
-                        MODES, OPT_IN_FIELDS, PRECISION_TARGET, THRESHOLD)
-from ..defaults import DEVICE_HELP, ID3_VERSIONS, WRITE_MODE, WRITE_MODE_HELP, WRITE_MODES
-
+from ..config import ALL_FIELDS, RANKED_FIELDS
+from ..defaults import DEVICE_HELP, DEVICES, ENGINES, ID3_VERSIONS, MODE, MODES, PRECISION_TARGET, THRESHOLD
+from ..defaults import WRITE_MODE, WRITE_MODE_HELP, WRITE_MODES
 from .app import _check_choice, _fail
 
 
@@ -26,7 +25,7 @@ THRESHOLD_OPTION = typer.Option(
     + f"; models without them: {THRESHOLD} for tags after the first).")
 
 
-MODE_OPTION = typer.Option("merge", help="One of " + ", ".join(MODES) + ". merge: keep the genres and moods already "
+MODE_OPTION = typer.Option(MODE, help="One of " + ", ".join(MODES) + ". merge: keep the genres and moods already "
                            "there; replace: ours only; skip-tagged: leave files with genres or moods musictag did not "
                            "write alone.")
 
@@ -67,12 +66,6 @@ def _check_device(device: str) -> None:
     """One line naming the choices, before anything loads (torch's own error lists a dozen device types)."""
     if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
         _fail(f"--device must be one of {', '.join(DEVICES)} or cuda:N (got {device!r})")
-
-
-ALL_FIELDS = FIELDS + OPT_IN_FIELDS
-
-
-RANKED_FIELDS = tuple(name for name in ALL_FIELDS if name != "model")  # the fields --top-k applies to
 
 
 def _parse_top_k(text: str) -> tuple[dict[str, int], int | None]:

@@ -168,7 +168,7 @@ class Scanner(WriteTracker):
             return
         scores = {head: {label: round(float(probs[head][j]), 5) for j, label in enumerate(names)}
                   for head, names in self.model.labels.items()}
-        # a dry run stores scores too (README): the real run then decides from them without decoding
+        # a dry run stores scores too (docs/commands.md): the real run then decides from them without decoding
         self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, duration, scores, probs.get(EMBEDDING),
                            fingerprint or audio_fingerprint(path))
         if self.deciding:
