@@ -156,12 +156,15 @@ class Database(FileLocks, WriteRecords, UndoHistory):
             self.commit()
 
     def commit(self) -> None:
-        if self._in_transaction:
+        # a Ctrl-C or SIGTERM that stops a write statement makes SQLite roll the whole transaction back
+        # itself: there is nothing to commit then (COMMIT would fail), and the rows it held are lost
+        # as a kill would lose them; the next run does that work again
+        if self._in_transaction and self._conn.in_transaction:
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.OperationalError as e:
                 self._write_failed(e)
-            self._in_transaction = False
+        self._in_transaction = False
         self._last_commit = time.monotonic()
 
     def _write_failed(self, error: sqlite3.OperationalError) -> None:
