@@ -91,6 +91,14 @@ def locations(model: str | Path | None = None, db: str | Path | None = None) -> 
             "feature cache": default_cache_dir()}
 
 
+def torch_build() -> dict:
+    """Which torch this runs: its version, the CUDA version it was built for (None: a CPU build) and
+    whether a GPU is visible (a CUDA build on a machine without one is gigabytes for nothing)."""
+    import torch
+
+    return {"version": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.is_available()}
+
+
 def scan_options(top_k: dict[str, int] | None = None, every_head_top_k: int | None = None,
                  **settings) -> ScanOptions:
     """ScanOptions with `top_k` overriding the per-head defaults, or `every_head_top_k` replacing them."""

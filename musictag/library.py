@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator
 
 AUDIO_EXTENSIONS = {".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac", ".wav", ".aif",
                     ".aiff", ".wma"}
+NOT_A_FILE = "not a regular file (a pipe, a device or a link to one); skipped"
 
 
 def walk(paths: Iterable[str | os.PathLike],
@@ -28,6 +29,11 @@ def walk(paths: Iterable[str | os.PathLike],
                 seen_files.add(real)
                 yield real
             continue
+        if os.path.exists(root) and not os.path.isdir(root):  # a FIFO, a device, a link to one
+            if on_error and os.path.realpath(root) not in seen_files:
+                on_error(root, NOT_A_FILE)
+            seen_files.add(os.path.realpath(root))
+            continue
         for directory, dirs, files in os.walk(root, onerror=folder_error, followlinks=True):
             st = os.stat(directory)
             if (st.st_dev, st.st_ino) in seen_dirs:
@@ -39,9 +45,15 @@ def walk(paths: Iterable[str | os.PathLike],
                 if name.startswith(".") or os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
                     continue
                 real = os.path.realpath(os.path.join(directory, name))
-                if real not in seen_files and os.path.isfile(real):
+                if real in seen_files:
+                    continue
+                if os.path.isfile(real):
                     seen_files.add(real)
                     yield real
+                elif os.path.exists(real):  # named like audio, but a pipe or a device
+                    seen_files.add(real)
+                    if on_error:
+                        on_error(os.path.join(directory, name), NOT_A_FILE)
 
 
 def within(roots: Iterable[str | os.PathLike]) -> Callable[[str], bool]:

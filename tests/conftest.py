@@ -58,6 +58,18 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session_dirs(tmp_path_factory):
+    """Scratch user dirs for session- and module-scoped fixtures too (a model trained once per module):
+    they run before any test's own isolated_dirs, and would otherwise fill the real feature cache."""
+    root = tmp_path_factory.mktemp("user-dirs")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("DATA", "CACHE", "CONFIG"):
+            patch.setenv(f"XDG_{name}_HOME", str(root / name.lower()))
+        patch.delenv("MUSICTAG_CONFIG", raising=False)
+        yield root
+
+
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path, monkeypatch):
     """Database and caches never touch the real user dirs."""

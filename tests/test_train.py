@@ -50,11 +50,21 @@ def trained(tmp_path_factory):
     result = runner.invoke(app, ["train", "--data", str(manifest), "--out", str(out), "--config", str(config),
                                  "--epochs", "20", "--val-fraction", "0.25", "--quiet"])
     assert result.exit_code == 0, result.output
-    return manifest, config, out, result.output
+    from musictag.learn.cache import default_cache_dir
+
+    cached_in = default_cache_dir()  # where this module-scoped run cached its features
+    return manifest, config, out, result.output, cached_in
+
+
+def test_a_model_trained_once_per_module_caches_into_scratch_dirs(trained, isolated_session_dirs):
+    """The suite keeps to itself: a module-scoped fixture runs before each test's isolation, yet its
+    features go to the session's scratch cache, never the user's ~/.cache."""
+    cached_in = trained[-1]
+    assert isolated_session_dirs in cached_in.parents and any(cached_in.rglob("*"))
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained):
-    manifest, _, out, output = trained
+    manifest, _, out, output, _ = trained
     checkpoint = load_checkpoint(out)
     history = checkpoint.training["history"]
     # an epoch here is 3 batches of heavily masked crops: one epoch's loss is noise, five epochs' mean is not
@@ -75,7 +85,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained):
 
 
 def test_trained_model_separates_the_classes(trained, tmp_path):
-    manifest, _, out, _ = trained
+    manifest, _, out, _, _ = trained
     predictions = tmp_path / "p.jsonl"
     result = runner.invoke(app, ["evaluate", "--data", str(manifest), "--model", str(out), "--json",
                                  "--predictions", str(predictions), "--quiet"])
@@ -92,7 +102,7 @@ def test_trained_model_separates_the_classes(trained, tmp_path):
 
 
 def test_scan_can_use_a_trained_model(trained, tmp_path):
-    _, _, out, _ = trained
+    _, _, out, _, _ = trained
     track = write_track(tmp_path / "lib" / "song.flac", seconds=2.0, freq=1800.0)
     result = runner.invoke(app, ["scan", str(tmp_path / "lib"), "--model", str(out), "--db", str(tmp_path / "db"),
                                  "--quiet"])
@@ -102,7 +112,7 @@ def test_scan_can_use_a_trained_model(trained, tmp_path):
 
 
 def test_resume_continues_where_training_stopped(trained, tmp_path):
-    manifest, config, _, _ = trained
+    manifest, config, _, _, _ = trained
     out = tmp_path / "r.pt"
     args = ["train", "--data", str(manifest), "--out", str(out), "--config", str(config), "--quiet"]
     assert runner.invoke(app, args + ["--epochs", "2"]).exit_code == 0
@@ -118,7 +128,7 @@ def test_resume_continues_where_training_stopped(trained, tmp_path):
 
 
 def test_finetune_from_a_library_with_genre_tags(trained, tmp_path):
-    _, _, out, _ = trained
+    _, _, out, _, _ = trained
     lib = tmp_path / "lib"
     for i in range(12):
         high = i % 2 == 1
@@ -186,7 +196,7 @@ def test_unreadable_audio_in_manifest_is_named(tmp_path):
 
 
 def test_evaluate_robustness_probes(trained, tmp_path):
-    manifest, _, out, _ = trained
+    manifest, _, out, _, _ = trained
     result = runner.invoke(app, ["evaluate", "--data", str(manifest), "--model", str(out), "--json",
                                  "--robustness", "--quiet"])
     assert result.exit_code == 0, result.output
@@ -258,7 +268,7 @@ def test_mixed_batches_keep_the_labelled_share_and_mix_within_a_pool():
 def test_model_card_records_checksum_metrics_and_ablations(trained, tmp_path):
     import hashlib
 
-    manifest, _, out, _ = trained
+    manifest, _, out, _, _ = trained
     evaluation = tmp_path / "eval.json"
     result = runner.invoke(app, ["evaluate", "--data", str(manifest), "--model", str(out), "--json", "--quiet"])
     assert result.exit_code == 0, result.output

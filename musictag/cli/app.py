@@ -39,12 +39,13 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _database(path: Optional[Path]):
+def _database(path: Optional[Path], create: bool = True):
+    """The scan database, or one line and exit 2; `create` False for commands that only read."""
     from .. import api
     from ..errors import DatabaseError
 
     try:
-        return api.Database(path)
+        return api.Database(path, create=create)
     except DatabaseError as e:
         _fail(str(e))
 

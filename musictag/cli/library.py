@@ -15,15 +15,16 @@ from ..defaults import (BATCH_SIZE, ENGINES, EXCERPT_COUNT, EXPORT_TOP_K, FIELDS
 from ..defaults import DEVICE_HELP, ID3_HELP, ID3_VERSION
 
 from .app import _check_choice, _csv_file, _database, _fail, _quiet_broken_pipe, app
-from .display import (_FileBar, _json_lines, _print_moves, _report, _said_leftovers)
+from ..library import AUDIO_EXTENSIONS
+from .display import (shown_path, _FileBar, _json_lines, _print_moves, _report, _said_leftovers)
 from .options import (ALL_FIELDS, DB_OPTION, ENGINE_OPTION, MODE_OPTION, MODEL_OPTION, PARQUET_OPTION,
-                      RAY_ADDRESS_OPTION, THRESHOLD_OPTION, WRITE_MODE_OPTION, _check_device, _config, _id3_version_choice, _parse_fields, _parse_top_k, _with_config)
+                      RAY_ADDRESS_OPTION, THRESHOLD_OPTION, WRITE_MODE_OPTION, _check_device, _config, _configured, _id3_version_choice, _parse_fields, _parse_top_k, _with_config)
 
 
 @app.command()
 def scan(
     ctx: typer.Context,
-    paths: List[Path] = typer.Argument(..., help="Folders or files to scan (recursively)."),
+    paths: List[Path] = typer.Argument(..., metavar="PATH", help="Folders or files to scan (recursively)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what the scan would change, with the counts "
                                  "the real scan then gives; writes no tags (stores the scores it computes)."),
     no_write: bool = typer.Option(False, "--no-write", help="Predict and store scores only."),
@@ -78,7 +79,26 @@ def scan(
         bar.close()
         _write_exports(database, result.model_id, paths, csv, parquet)
     _report(result, dry_run, as_json)
+    _say_if_nothing_found(result, paths)
     raise typer.Exit(1 if result.failed else 0)  # failed before: not again (docs/tagging.md, Exit codes)
+
+
+def _say_if_nothing_found(result, paths: List[Path]) -> None:
+    """A scan that found no audio at all says so (zero counts alone read as "all done")."""
+    if not result.seen and not result.failed:
+        typer.echo(f"no audio files found in {', '.join(shown_path(str(p)) for p in paths)} (audio: "
+                   f"{' '.join(sorted(AUDIO_EXTENSIONS))}; hidden files and folders are skipped)", err=True)
+
+
+def _torch_line(build: dict) -> str:
+    """The torch build, with a hint when a CUDA build runs where no GPU is (the CPU recipe was missed)."""
+    if build["cuda"] is None:
+        return f"{build['version']} (CPU build)"
+    line = f"{build['version']} (CUDA {build['cuda']} build{', GPU visible' if build['gpu'] else ''})"
+    if not build["gpu"]:
+        line += ("; no GPU is visible here: the CPU build does the same work in a far smaller install "
+                 "(docs/install.md, Without a GPU)")
+    return line
 
 
 def _check_engine(engine: str, parquet: Optional[Path]) -> None:
@@ -163,7 +183,7 @@ def export_csv_command(
     """Export everything the database knows, one row per track (or per label with --long)."""
     from .. import api
 
-    with _database(db) as database:
+    with _database(db, create=False) as database:
         if out is None:
             with _quiet_broken_pipe():
                 api.export_csv(database, sys.stdout, long=long, top_k=top_k)
@@ -175,7 +195,7 @@ def export_csv_command(
 @app.command()
 def undo(
     ctx: typer.Context,
-    paths: Optional[List[Path]] = typer.Argument(None, help="Files or folders (default: everything)."),
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH", help="Files or folders (default: everything)."),
     write_mode: str = WRITE_MODE_OPTION,
     db: Optional[Path] = DB_OPTION,
 ) -> None:
@@ -186,9 +206,8 @@ def undo(
     missing = [str(p) for p in paths or [] if not p.exists()]
     if missing:
         _fail(f"no such file or folder: {', '.join(missing)}")
-    if getattr(ctx.get_parameter_source("write_mode"), "name", "") not in ("COMMANDLINE", "ENVIRONMENT"):
-        write_mode = _config().value("write_mode")  # the config file's, else the default
-    with _database(db) as database:
+    write_mode = _configured(ctx, "write_mode", write_mode)
+    with _database(db, create=False) as database:
         try:
             result = _said_leftovers(api.undo(database, [str(p) for p in paths] if paths else None,
                                               write_mode=write_mode))
@@ -221,7 +240,9 @@ def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -
             typer.echo(f"  {head} ({c.heads[head][0]}-label, {len(names)}): {', '.join(names)}")
     except CheckpointError as e:
         typer.echo(f"  unusable: {e}")
-    typer.echo(f"database: {where['database']}")
+    typer.echo(f"torch: {_torch_line(api.torch_build())}")
+    typer.echo(f"database: {where['database']}" + ("" if where["database"].is_file() else
+                                                    " (none yet: the first scan makes it)"))
     typer.echo(f"feature cache (training): {where['feature cache']}")
 
 

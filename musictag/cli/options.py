@@ -102,13 +102,22 @@ def _parse_fields(text: str) -> tuple[str, ...] | None:
 CONFIGURABLE = ("fields", "top_k", "threshold", "mode", "id3_version", "write_mode")
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was given (command line or environment), not left at its default."""
+    # by the name: typer may carry its own copy of click's enum
+    return getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def _with_config(ctx: typer.Context, options):
     """The scan's options with the config file's values for those not given on the command line."""
     from .. import api
 
-    given = {name for name in CONFIGURABLE  # by the name: typer may carry its own copy of click's enum
-             if getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")}
-    return api.apply_config(options, _config(), given)
+    return api.apply_config(options, _config(), {name for name in CONFIGURABLE if _given(ctx, name)})
+
+
+def _configured(ctx: typer.Context, name: str, value):
+    """One option's value: the command line's when given, else the config file's, else the default."""
+    return value if _given(ctx, name) else _config().value(name)
 
 
 def _config():

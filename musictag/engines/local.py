@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections import deque
@@ -165,17 +166,37 @@ def worker_pool(workers: int, initializer: Callable = quiet_worker, initargs: tu
     pays at start); the first pool of a process (or start_worker_server) decides what the server holds.
     Spawned elsewhere (macOS: forking after its Accelerate framework loaded is not safe). Never plain fork:
     the parent holds threads and torch state a fork would copy half-made."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(preload), initializer=initializer,
-                               initargs=initargs)
+    context = _worker_context(preload)
+    if context.get_start_method() == "forkserver":
+        _start_server()  # here, not on the pool's first submit: so it starts shielded from Ctrl-C
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs)
 
 
 def start_worker_server(preload: tuple[str, ...] = WORKER_PRELOAD) -> None:
     """Start the fork server now, before this process imports torch itself: its imports then run beside
     the parent's instead of after them. The server lives until this process ends; pools use it."""
     if _worker_context(preload).get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+        _start_server()
 
+
+def _start_server() -> None:
+    """The fork server, started ignoring Ctrl-C. A terminal's Ctrl-C reaches the whole process group, and
+    a server still importing its preload (torch, a second or more) would print a KeyboardInterrupt
+    traceback; an ignored SIGINT stays ignored across exec, Python keeps it so, and so do the workers the
+    server forks. The scan's own process handles Ctrl-C: it ends the pool, and workers end with it."""
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's to set
         forkserver.ensure_running()
+        return
+    # blocked meanwhile too: a Ctrl-C in between waits, and reaches this process once its handler is back
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _worker_context(preload: tuple[str, ...]):

@@ -211,9 +211,9 @@ class _SoundfileReader(_Reader):
         self._file = soundfile.SoundFile(_os_path(path))
         self.samplerate = self._file.samplerate
         self.duration = self._file.frames / self.samplerate
-        if self._file.frames <= 0:
+        if not 0 < self._file.frames < 2**62:  # none, or not known (a FLAC whose header leaves it open)
             self._file.close()
-            raise ValueError("no frames")  # let PyAV judge files libsndfile sees as empty
+            raise ValueError("no frames")  # let PyAV judge files libsndfile sees as empty or of unknown length
 
     def read(self, span: Span) -> np.ndarray:
         start = max(0, int(round(span.offset * self.samplerate)))
@@ -281,11 +281,7 @@ class _PyAVReader(_Reader):
         end = int(round(self.duration * sr)) if self.duration else None  # drops the encoder's tail padding
         last = end if span.duration is None else first + int(round(span.duration * sr))
         _check_length(self.path, ((last or self.duration * sr) - first) / sr)
-        seek_to = span.offset - PREROLL_SECONDS
-        if seek_to > 0:
-            self._container.seek(int(seek_to / self._stream.time_base), stream=self._stream)
-        else:
-            self._container.seek(0)
+        self._seek(span.offset - PREROLL_SECONDS)
         chunks, position, kept = [], None, 0
         try:
             for frame in self._container.decode(self._stream):
@@ -308,6 +304,18 @@ class _PyAVReader(_Reader):
             if not chunks:  # nothing decodable; truncated files keep what came before the damage
                 raise AudioDecodeError(self.path, f"decoding failed ({_describe(e)})") from None
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def _seek(self, seconds: float) -> None:
+        import av
+
+        try:
+            if seconds > 0:
+                self._container.seek(int(seconds / self._stream.time_base), stream=self._stream)
+            else:
+                self._container.seek(0)
+        except av.FFmpegError as e:  # a stream with no audio packets (a header only) cannot be sought in
+            raise AudioDecodeError(self.path, "no audio samples (the file holds a header and no audio)"
+                                   if not self.duration else f"decoding failed ({_describe(e)})") from None
 
     def close(self) -> None:
         self._container.close()

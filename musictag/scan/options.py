@@ -108,3 +108,4 @@ class ScanResult:
     moved: list[tuple[str, str]] = field(default_factory=list)  # (from, to): records that followed their file
     gone: list[str] = field(default_factory=list)  # records whose file is gone, reported once (not failures)
     model_id: str = ""  # the model the scan used
+    seen: int = 0  # audio files found under the paths (scan)

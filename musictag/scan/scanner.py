@@ -65,6 +65,7 @@ class Scanner(WriteTracker):
         self.db.put_model(self.model_id, self.kinds, self.model.labels, self.model.vocabulary)
         unreadable = []
         files = list(walk(paths, on_error=lambda path, reason: unreadable.append((path, reason))))
+        self.result.seen = len(files)
         self.progress("start", {"total": len(files) + len(unreadable)})
         for path, reason in unreadable:
             self._fail(path, None, reason)

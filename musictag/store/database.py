@@ -87,8 +87,13 @@ class Database(FileLocks, WriteRecords, UndoHistory):
     """One connection to the scan database; its tables' concerns live in the mixins (file locks, the
     records of writes under way, the undo history)."""
 
-    def __init__(self, path: str | os.PathLike | None = None, commit_every: float = 2.0):
+    def __init__(self, path: str | os.PathLike | None = None, commit_every: float = 2.0, create: bool = True):
+        """The database at `path` (default_db_path when None); `create` False: one that must exist already
+        (commands that only read never make an empty one)."""
         self.path = Path(path) if path else default_db_path()
+        if not create and not self.path.is_file():
+            raise DatabaseError(self.path, "no scan database here (a scan makes it: run musictag scan first, or "
+                                           "give --db the file a scan used)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
