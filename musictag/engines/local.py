@@ -189,14 +189,11 @@ def _start_server() -> None:
     if threading.current_thread() is not threading.main_thread():  # signals are the main thread's to set
         forkserver.ensure_running()
         return
-    # blocked meanwhile too: a Ctrl-C in between waits, and reaches this process once its handler is back
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # for the milliseconds the server takes to start
     try:
         forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _worker_context(preload: tuple[str, ...]):
