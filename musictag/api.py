@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .store import Database, default_db_path
-from .defaults import (DECODE_WORKERS, GPU_PARENT_THREADS, LOCAL_ENGINE, MODES,
+from .defaults import (DECODE_WORKERS, EXPORT_TOP_K, FOLDER_FIELD, GPU_PARENT_THREADS, LOCAL_ENGINE, MODES,
                        decode_workers, usable_cpus)
 from .errors import ManifestError
-from .store.export import export_csv
+from .store import export as _export
 from .learn.finetune_recipe import finetune, finetune_config, finetune_dataset
 from .learn.manifest import read_manifest, with_vocabulary, write_manifest
 from .learn.recipes import (TRAIN_FEATURE_DEFAULTS, TRAIN_MODEL_DEFAULTS, calibrate_on_teacher,
@@ -91,6 +91,46 @@ def locations(model: str | Path | None = None, db: str | Path | None = None) -> 
             "feature cache": default_cache_dir()}
 
 
+def export_csv(db: Database, out, long: bool = False, top_k: int = EXPORT_TOP_K, paths: list[str] | None = None
+               ) -> int:
+    """Everything the database knows as CSV (store/export.py), and beside each written field why musictag
+    wrote its own values there: each with the score it had and the model's threshold it passed."""
+    return _export.export_csv(db, out, long, top_k, paths, explain=_why_written(db))
+
+
+def _why_written(db: Database):
+    """track -> {field: "Jazz 0.712 >= 0.550; ..."} for musictag's own values in each field it wrote."""
+    from .model.vocabulary import available, vocabulary_from_dict
+
+    vocabularies: dict[str, dict] = {}
+
+    def vocabulary_of(model: str) -> dict:
+        if model not in vocabularies:
+            known = db.model_info(model)
+            fields = available(vocabulary_from_dict(known[2]), known[1]) if known and known[2] else ()
+            vocabularies[model] = {f.name: f for f in fields}
+        return vocabularies[model]
+
+    def why(track) -> dict[str, str]:
+        if not track.written or not track.scores:
+            return {}
+        owned, vocabulary = db.owned(track.path, track.written), vocabulary_of(track.model)
+        return {name: "; ".join(_reason(value, vocabulary.get(name), track.scores.get(name, {}), track.scores)
+                                for value in record.added) for name, record in owned.items()}
+    return why
+
+
+def _reason(value: str, field, head: dict[str, float], scores: dict) -> str:
+    """One written value with its score and threshold (a model without a vocabulary: its label's score)."""
+    from .model.vocabulary import slash_free, track_term_scores
+
+    term = next((t for t in field.terms if t.name == value), None) if field is not None else None
+    if term is not None:
+        return f"{value} {track_term_scores(field, scores)[term.name]:.3f} >= {term.threshold:.3f}"
+    label = next((label for label in head if slash_free(label) == value), None)
+    return f"{value} {head[label]:.3f}" if label is not None else value
+
+
 def torch_build() -> dict:
     """Which torch this runs: its version, the CUDA version it was built for (None: a CPU build) and
     whether a GPU is visible (a CUDA build on a machine without one is gigabytes for nothing)."""
@@ -151,13 +191,16 @@ def scan(model: "Tagger | ScanModel", db: Database, paths: Iterable[str | os.Pat
 
 
 def evaluate(tagger: "Tagger", data: str | Path, workers: int = DECODE_WORKERS, robustness: bool = False,
-             progress: Progress | None = None) -> dict:
-    """Score the model on a labelled manifest: metrics per head, per-clip predictions, failures."""
+             progress: Progress | None = None, folder_field: str = FOLDER_FIELD) -> dict:
+    """Score the model on a labelled manifest or a folder per class (its labels those of the head
+    `folder_field`): metrics per head the data has labels for, per-clip predictions, failures."""
     from .learn.evaluate import evaluate as evaluate_dataset
 
-    dataset = with_vocabulary(read_manifest(data, min_count=1), tagger.labels, tagger.checkpoint.model_config.kinds)
+    found = read_manifest(data, min_count=1, folder_field=folder_field)
+    dataset = with_vocabulary(found, tagger.labels, tagger.checkpoint.model_config.kinds)
     if not dataset.vocab:
-        raise ManifestError(f"none of the model's heads ({', '.join(tagger.labels)}) is a column of {data}")
+        raise ManifestError(f"none of the model's heads ({', '.join(tagger.labels)}) is labelled in {data} (it has "
+                            f"{', '.join(found.heads)}; a folder per class: --field names its head)")
     return evaluate_dataset(tagger, dataset, decode_workers(workers), robustness, progress)
 
 

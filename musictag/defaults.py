@@ -90,3 +90,4 @@ def _cgroup_cpu_quota() -> int | None:
 def decode_workers(requested: int = DECODE_WORKERS) -> int:
     """Decode processes to start: the number asked for, or with 0 one per usable CPU."""
     return requested if requested > 0 else usable_cpus()
+FOLDER_FIELD = "label"  # the field a folder-per-class data set trains when none is named (MUSICTAG_LABEL)

@@ -106,3 +106,44 @@ def test_info_names_the_torch_build_and_warns_of_a_cuda_build_without_a_gpu(tmp_
     assert "no GPU" not in _torch_line({"version": "2.14.1+cu130", "cuda": "13.0", "gpu": True})
     result = runner.invoke(app, ["info", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 0 and "torch: " in result.output
+
+
+def test_export_says_why_each_of_musictags_values_was_written(tmp_path, tiny_checkpoint):
+    import csv
+
+    track = write_track(tmp_path / "lib" / "a.flac", seconds=2.0)
+    write_fields(track, {"genre": ["Shoegaze"]})
+    db = tmp_path / "db.sqlite"
+    assert scan(tmp_path, tiny_checkpoint, track, "--threshold", "0").exit_code == 0
+    out = tmp_path / "out.csv"
+    assert runner.invoke(app, ["export-csv", "--db", str(db), "--out", str(out)]).exit_code == 0
+    row = next(csv.DictReader(open(out, encoding="utf-8")))
+    ours = [v for v in row["written_genre"].split("; ") if v != "Shoegaze"]
+    reasons = row["written_genre_why"].split("; ")
+    assert ours and [r.rsplit(" ", 1)[0] for r in reasons] == ours  # the user's Shoegaze has no reason
+    assert all(0 <= float(r.rsplit(" ", 1)[1]) <= 1 for r in reasons)
+
+
+def test_info_lists_what_the_model_writes_with_each_threshold():
+    from types import SimpleNamespace
+
+    from musictag.cli.library import _vocabulary_lines
+
+    vocabulary = [{"name": "genre", "truth_head": "genre", "terms": [
+        {"name": "Jazz", "sources": ["genre:Jazz"], "threshold": 0.31},
+        {"name": "Ambient/New Age", "sources": ["genre:New_Age"], "threshold": 0.2}]}]
+    lines = _vocabulary_lines(SimpleNamespace(vocabulary=vocabulary, labels={"genre": ["Jazz", "New Age"]}))
+    assert lines[1] == "    genre: Jazz >= 0.31, Ambient >= 0.20"
+
+
+def test_json_lines_stay_valid_for_names_that_are_not_utf8(tmp_path, tiny_checkpoint):
+    import json
+
+    name = os.fsdecode(b"caf\xe9.flac")
+    track = write_track(tmp_path / "lib" / name, seconds=2.0)
+    result = runner.invoke(app, ["scan", str(track.parent), "--model", str(tiny_checkpoint), "--db",
+                                 str(tmp_path / "db.sqlite"), "--workers", "1", "--json", "--quiet"])
+    line = next(line for line in result.output.splitlines() if '"status"' in line)
+    data = json.loads(line)
+    data["path"].encode("utf-8")  # no lone surrogates
+    assert bytes.fromhex(data["path_bytes_hex"]) == os.fsencode(str(track))

@@ -143,6 +143,10 @@ def test_finetune_from_a_library_with_genre_tags(trained, tmp_path):
     assert checkpoint.labels == {"quadrant": ["Q1", "Q2"], "mood": ["calm", "tense", "warm"],  # kept
                                  "genre": ["Chiptune", "Drone", "Electro"]}
     assert checkpoint.training["finetuned_from"] == load_checkpoint(out).model_id
+    card = tmp_path / "card.md"
+    assert runner.invoke(app, ["model-card", str(new), "--out", str(card)]).exit_code == 0
+    data_row = next(line for line in card.read_text().splitlines() if "labelled training clips" in line)
+    assert "?" not in data_row and f"the library {lib}" in data_row and "(none of it ships)" in data_row
     base = load_checkpoint(out).state_dict
     moved = [k for k in base if k.startswith("body") and base[k].is_floating_point()
              and not torch.equal(base[k].float(), checkpoint.state_dict[k].float())]
@@ -592,3 +596,23 @@ def test_head_hidden_comes_from_the_config_file_unless_the_option_gives_it(tmp_p
     assert api.training_configs()[0].head_hidden == 0
     assert api.training_configs(config)[0].head_hidden == 8
     assert api.training_configs(config, head_hidden=16)[0].head_hidden == 16
+
+
+def test_a_folder_per_class_trains_the_field_it_is_given_and_says_where_its_labels_go(tmp_path):
+    for label, freq in (("Low", 150.0), ("High", 1800.0)):
+        for i in range(4):
+            write_track(tmp_path / "data" / label / f"{i}.wav", seconds=2.0, freq=freq, seed=i)
+    assert read_manifest(tmp_path / "data", folder_field="genre").heads == {"genre": "single"}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(FAST))
+    out = tmp_path / "model.pt"
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "data"), "--field", "genre", "--out", str(out),
+                                 "--config", str(config), "--epochs", "1", "--val-fraction", "0.25", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "a scan writes its genre labels to the standard field: ID3 TCON, Vorbis GENRE" in result.output
+    assert set(load_checkpoint(out).labels) == {"genre"}
+    scored = runner.invoke(app, ["evaluate", "--data", str(tmp_path / "data"), "--field", "genre", "--model",
+                                 str(out), "--json", "--quiet", "--workers", "1"])
+    assert scored.exit_code == 0 and '"genre"' in scored.output, scored.output
+    unscored = runner.invoke(app, ["evaluate", "--data", str(tmp_path / "data"), "--model", str(out), "--quiet"])
+    assert unscored.exit_code == 2 and "it has label; a folder per class: --field names its head" in unscored.output

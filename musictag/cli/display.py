@@ -4,6 +4,7 @@ leftovers and moved files get."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -68,9 +69,22 @@ def _json_lines(progress):
     def both(event: str, data: dict) -> None:
         progress(event, data)
         if event == "file":
-            typer.echo(json.dumps(data))
+            typer.echo(json.dumps(_json_safe(data)))
 
     return both
+
+
+def _json_safe(data: dict) -> dict:
+    """A file's outcome as valid JSON: a name that is not UTF-8 (Python holds its bytes as lone surrogates,
+    which JSON readers reject or mangle) is given readable, with U+FFFD for those bytes, and exactly, in hex."""
+    path = data["path"]
+    try:
+        path.encode("utf-8")
+        return data
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+        return {**data, "path": raw.decode("utf-8", "replace"), "path_bytes_hex": raw.hex(),
+                "reason": data.get("reason", "").replace(path, raw.decode("utf-8", "replace"))}
 
 
 def _summary(result, dry_run: bool) -> dict:

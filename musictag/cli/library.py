@@ -90,6 +90,18 @@ def _say_if_nothing_found(result, paths: List[Path]) -> None:
                    f"{' '.join(sorted(AUDIO_EXTENSIONS))}; hidden files and folders are skipped)", err=True)
 
 
+def _vocabulary_lines(checkpoint) -> list[str]:
+    """What the model writes, per field: each value with the threshold its score must reach."""
+    from ..model.vocabulary import OPT_IN_FIELDS, available, vocabulary_from_dict
+
+    fields = available(vocabulary_from_dict(checkpoint.vocabulary), checkpoint.labels) if checkpoint.vocabulary else ()
+    lines = ["  writes (value >= threshold):"] if fields else []
+    for f in fields:
+        opt_in = " (only with --fields)" if f.name in OPT_IN_FIELDS else ""
+        lines.append(f"    {f.name}{opt_in}: " + ", ".join(f"{t.name} >= {t.threshold:.2f}" for t in f.terms))
+    return lines
+
+
 def _torch_line(build: dict) -> str:
     """The torch build, with a hint when a CUDA build runs where no GPU is (the CPU recipe was missed)."""
     if build["cuda"] is None:
@@ -238,6 +250,8 @@ def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -
         typer.echo(f"  CP-ResNet {c.architecture()}, n_mels={c.n_mels}")
         for head, names in checkpoint.labels.items():
             typer.echo(f"  {head} ({c.heads[head][0]}-label, {len(names)}): {', '.join(names)}")
+        for line in _vocabulary_lines(checkpoint):
+            typer.echo(line)
     except CheckpointError as e:
         typer.echo(f"  unusable: {e}")
     typer.echo(f"torch: {_torch_line(api.torch_build())}")

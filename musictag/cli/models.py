@@ -14,7 +14,7 @@ from ..defaults import DEVICE_HELP
 from .app import _fail, app
 from .display import _train_progress
 from .library import _load_tagger
-from .options import (MODEL_OPTION, QUIET_HELP, TRAIN_DEVICE_HELP, _check_device, _split_list)
+from .options import (FIELD_OPTION, MODEL_OPTION, QUIET_HELP, TRAIN_DEVICE_HELP, _check_device, _split_list)
 
 
 @app.command()
@@ -49,6 +49,7 @@ def train(
         None, "--calibration-audio", help="With --teacher-cache: audio kept out of training (folder or list) on "
         "which written values the validation labels cannot judge (instruments, voice, rare genres) get "
         "thresholds against the teacher."),
+    field: str = FIELD_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Train a model from labelled audio (manifest CSV or folder per class), optionally distilling musicnn."""
@@ -65,10 +66,27 @@ def train(
         checkpoint, _ = api.train(data, out, model_config, features, train_config, val=val,
                                   val_fraction=val_fraction, min_count=min_count, ignore=_split_list(ignore),
                                   single=_split_list(single), resume=resume, workers=workers, teacher=teacher,
-                                  device=device, progress=_train_progress(quiet))
+                                  device=device, progress=_train_progress(quiet), folder_field=field)
     except (DeviceError, ManifestError) as e:
         _fail(str(e))
     typer.echo(f"wrote {out} (sha256 {checkpoint.sha256[:12]})")
+    for line in _where_labels_go(checkpoint):
+        typer.echo(line)
+
+
+def _where_labels_go(checkpoint) -> list[str]:
+    """Where a scan with this model writes each head's labels (heads of a vocabulary: its fields)."""
+    from ..tagfile import FIELDS, field_for
+
+    if checkpoint.vocabulary:
+        return [f"a scan writes its vocabulary's fields: {', '.join(f['name'] for f in checkpoint.vocabulary)}"]
+    lines = []
+    for head in checkpoint.labels:
+        f = field_for(head)
+        kind = "the standard field" if head in FIELDS and not f.id3.startswith("TXXX:") else "a custom field"
+        lines.append(f"a scan writes its {head} labels to {kind}: ID3 {f.id3}, Vorbis {f.vorbis}, MP4 {f.mp4}, "
+                     f"ASF {f.asf}")
+    return lines
 
 
 @app.command()
@@ -104,23 +122,25 @@ def finetune(
 
 @app.command()
 def evaluate(
-    data: Path = typer.Option(..., "--data", help="Manifest CSV with labels."),
+    data: Path = typer.Option(..., "--data", help="Manifest CSV with labels, or a folder per class."),
     model: Optional[Path] = MODEL_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Write per-clip scores as JSONL."),
     robustness: bool = typer.Option(False, "--robustness", help="Add codec and low-pass probes."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     workers: int = typer.Option(DECODE_WORKERS, help="Decode processes (0: one per usable CPU)."),
+    field: str = FIELD_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
-    """Score a model on labelled data: accuracy/macro-F1 and macro ROC-AUC/PR-AUC per head."""
+    """Score a model on labelled data (a manifest CSV, or a folder per class for the head --field names):
+    accuracy/macro-F1 and macro ROC-AUC/PR-AUC for each head the data labels."""
     from .. import api
     from ..errors import ManifestError
 
     _check_device(device)
     tagger = _load_tagger(model, device, workers)
     try:
-        report = api.evaluate(tagger, data, workers, robustness, _train_progress(quiet))
+        report = api.evaluate(tagger, data, workers, robustness, _train_progress(quiet), folder_field=field)
     except ManifestError as e:
         _fail(str(e))
     if predictions:

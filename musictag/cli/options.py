@@ -8,11 +8,14 @@ import re
 import typer
 
 from ..config import ALL_FIELDS, RANKED_FIELDS
-from ..defaults import DEVICE_HELP, DEVICES, ENGINES, ID3_VERSIONS, MODE, MODES, PRECISION_TARGET, THRESHOLD
+from ..defaults import DEVICE_HELP, DEVICES, ENGINES, FOLDER_FIELD, ID3_VERSIONS, MODE, MODES, PRECISION_TARGET, THRESHOLD
 from ..defaults import WRITE_MODE, WRITE_MODE_HELP, WRITE_MODES
 from .app import _check_choice, _fail
 
 
+FIELD_OPTION = typer.Option(FOLDER_FIELD, "--field", help="With a folder per class (DATA/<label>/*.mp3): the head "
+                            "its labels train, and so the tag field a scan writes them to: genre, mood, or a name "
+                            "of your own (a custom field MUSICTAG_<NAME>).")
 DB_OPTION = typer.Option(None, "--db", help="Database file (default: in the user data dir).")
 
 

@@ -3,6 +3,7 @@ from the tags already in a user's library (values musictag wrote left out). No p
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -44,8 +45,9 @@ def finetune_dataset(data: str | Path | None = None, library: str | Path | None 
         with Database(db) as database:
             base = load_checkpoint(start)
             own = own_values(database, database.model_outputs() + [(base.labels, base.vocabulary)], fields)
-            return library_dataset(library, fields, min_count, own)
-    return read_manifest(data, min_count=min_count)
+            found = library_dataset(library, fields, min_count, own)
+        return replace(found, source=f"the library {library}: its own {', '.join(fields)} tags")
+    return replace(read_manifest(data, min_count=min_count), source=str(data))
 
 
 def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config: "TrainConfig | None" = None,
@@ -74,7 +76,8 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
     norm = (base.normalization["mean"], base.normalization["std"])  # the trunk was trained on these
     vocab = {head: labels for head, labels in {**base.labels, **dataset.vocab}.items() if head in model.config.heads}
     metadata = {"finetuned_from": base.model_id, "base_training_data": base.training.get("data", ""),
-                "kept_heads": kept, "val_paths": [e.name for e in val_examples]}
+                "kept_heads": kept, "val_paths": [e.name for e in val_examples], **_data_facts(dataset, train_set,
+                                                                                                features, val_fraction)}
     checkpoint, report = train_model(model, TrainData(train_set, val_set, vocab, features, norm), config, Path(out),
                                      resume=resume, metadata=metadata, progress=progress, device=on)
     if base.vocabulary:
@@ -108,3 +111,13 @@ def _finetuned_vocabulary(checkpoint: "Checkpoint", base: "Checkpoint", dataset:
         save_checkpoint(checkpoint, out)
         return
     calibrate_vocabulary(checkpoint, val_set, clip_probabilities(checkpoint, val_set), out, fields)
+
+
+def _data_facts(dataset: Dataset, train_set: "Prepared", features, val_fraction: float) -> dict:
+    """What the model card's data row says of a finetune: the source, the split, the hours, the licence."""
+    from .distill import hours
+
+    own_library = dataset.source.startswith("the library ")
+    return {"data": dataset.source or "?", "split": f"{val_fraction:.0%} held out by artist",
+            "labelled_hours": round(hours(train_set.features, features.frames_per_second), 2),
+            "licence": "the user's own files (none of it ships)" if own_library else "as its owner states"}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import FOLDER_FIELD
 from ..errors import ManifestError
 from ..library import AUDIO_EXTENSIONS
 
@@ -34,6 +35,7 @@ class Dataset:
     examples: list[Example]
     heads: dict[str, str] = field(default_factory=dict)  # group -> "single" | "multi"
     vocab: dict[str, list[str]] = field(default_factory=dict)  # group -> labels in output order
+    source: str = ""  # where the examples come from, as a model card names it ("" : not recorded)
 
     def head_shapes(self) -> dict[str, tuple[str, int]]:
         """The model heads this data set trains: group -> (kind, number of labels)."""
@@ -45,11 +47,12 @@ def split_values(cell: str) -> list[str]:
 
 
 def read_manifest(path: str | Path, ignore: tuple[str, ...] = (), single: tuple[str, ...] = (),
-                  min_count: int = 1) -> Dataset:
-    """Read a manifest CSV, or a folder-per-class directory, into a Dataset with its vocabulary."""
+                  min_count: int = 1, folder_field: str = FOLDER_FIELD) -> Dataset:
+    """Read a manifest CSV, or a folder-per-class directory (its labels for the field `folder_field`: the
+    head a model trains, the tag field a scan writes them to), into a Dataset with its vocabulary."""
     path = Path(path)
     if path.is_dir():
-        return _read_folders(path, min_count)
+        return _read_folders(path, min_count, folder_field)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file or folder")
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -81,16 +84,16 @@ def read_manifest(path: str | Path, ignore: tuple[str, ...] = (), single: tuple[
     return build_vocabulary(Dataset(examples, heads), min_count)
 
 
-def _read_folders(root: Path, min_count: int) -> Dataset:
+def _read_folders(root: Path, min_count: int, field: str) -> Dataset:
     examples = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for audio in sorted(class_dir.rglob("*")):
             if audio.suffix.lower() in AUDIO_EXTENSIONS and audio.is_file():
                 examples.append(Example(str(audio.resolve()), str(audio.relative_to(root)),
-                                        {"label": [class_dir.name]}))
+                                        {field: [class_dir.name]}))
     if not examples:
         raise ManifestError(f"{root}: no audio files in class sub-folders (expected {root}/<label>/*.mp3)")
-    return build_vocabulary(Dataset(examples, {"label": "single"}), min_count)
+    return build_vocabulary(Dataset(examples, {field: "single"}), min_count)
 
 
 def build_vocabulary(dataset: Dataset, min_count: int = 1) -> Dataset:

@@ -128,9 +128,10 @@ def _data(checkpoint, sources: list[Path]) -> str:
     lines = ["## Data", "", "| source | what | hours | licence |", "|---|---|---|---|"]
     labelled = d.get("labelled_clips", t.get("train_examples", "?"))
     lines.append(f"| `{t.get('data', '?')}` | {labelled} labelled training clips, {t.get('val_examples', '?')} "
-                 f"validation clips ({t.get('split', '?')}) | {d.get('labelled_hours', '?')} (training) | "
-                 + ("none stated (commercial AllMusic previews; used for training and evaluation only, none of it "
-                    "ships)" if "4q" in str(t.get("data", "")) else "?") + " |")
+                 f"validation clips ({t.get('split', '?')}) | {d.get('labelled_hours', t.get('labelled_hours', '?'))} "
+                 "(training) | " + ("none stated (commercial AllMusic previews; used for training and evaluation "
+                                    "only, none of it ships)" if "4q" in str(t.get("data", "")) else
+                                    t.get("licence", "?")) + " |")
     for path in sources:
         for row in json.loads(Path(path).read_text()):
             source = f"Debian `{row['package']}`" if "package" in row else row["source"]

@@ -9,7 +9,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..defaults import (DECODE_WORKERS, VAL_FRACTION)
+from ..defaults import DECODE_WORKERS, FOLDER_FIELD, VAL_FRACTION
 from ..errors import ManifestError
 from .manifest import Dataset, Example, encode_targets, read_manifest, split_by_group, write_manifest
 from ..progress import Progress, no_progress
@@ -92,8 +92,9 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
           val: str | Path | None = None, val_fraction: float = VAL_FRACTION, min_count: int = 1,
           ignore: tuple[str, ...] = (), single: tuple[str, ...] = (), resume: bool = False,
           workers: int = DECODE_WORKERS, teacher: "Teacher | None" = None, device: str = "auto",
-          progress: Progress | None = None) -> tuple["Checkpoint", dict]:
-    """Train a model from scratch on a manifest or folder-per-class data set; with a teacher, distil it
+          progress: Progress | None = None, folder_field: str = FOLDER_FIELD) -> tuple["Checkpoint", dict]:
+    """Train a model from scratch on a manifest or folder-per-class data set (whose labels are for the
+    field `folder_field`); with a teacher, distil it
     too (teacher heads, unlabelled audio) and calibrate the written vocabulary on the validation split,
     and what it cannot judge against the teacher on the teacher's held-out calibration audio.
     `device`: auto, cpu, cuda or cuda:N (checked before any audio is decoded)."""
@@ -104,7 +105,7 @@ def train(data: str | Path, out: str | Path, model_config: "ModelConfig | None" 
     on = _training_device(device, progress)
     config = config or TrainConfig()
     features = features or FeatureConfig()
-    dataset = read_manifest(data, ignore=ignore, single=single, min_count=min_count)
+    dataset = read_manifest(data, ignore=ignore, single=single, min_count=min_count, folder_field=folder_field)
     train_examples, val_examples = split(dataset, val, val_fraction, config.seed)
     if teacher is not None and teacher.calibration:
         _check_calibration(teacher, val_examples)

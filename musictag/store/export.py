@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import unicodedata
-from typing import IO, Iterable
+from typing import IO, Callable, Iterable
 
 from .database import Database, Track
 from ..defaults import EXPORT_TOP_K
@@ -44,8 +44,9 @@ def _selected(tracks: Iterable[Track], paths: list[str] | None) -> Iterable[Trac
 
 
 def export_csv(db: Database, out: IO[str], long: bool = False, top_k: int = EXPORT_TOP_K,
-               paths: list[str] | None = None) -> int:
-    """Write one row per track (wide) or per (track, label) (long); returns the rows written."""
+               paths: list[str] | None = None, explain: Callable[[Track], dict[str, str]] | None = None) -> int:
+    """Write one row per track (wide) or per (track, label) (long); returns the rows written. `explain`:
+    per track, text for a `written_FIELD_why` column beside each written field (why musictag wrote it)."""
     writer = csv.writer(out)
     kinds = db.head_kinds()
     heads = sorted(kinds, key=lambda h: (HEAD_ORDER.index(h) if h in HEAD_ORDER else len(HEAD_ORDER), h))
@@ -53,7 +54,7 @@ def export_csv(db: Database, out: IO[str], long: bool = False, top_k: int = EXPO
         writer.writerow(["path", "head", "label", "score", "model"])
     else:
         writer.writerow(["path", "model", "status"] + [c for h in heads for c in (h, f"{h}_scores")]
-                        + [f"written_{f}" for f in WRITTEN_COLUMNS])
+                        + [c for f in WRITTEN_COLUMNS for c in (f"written_{f}", f"written_{f}_why")[:1 + bool(explain)]])
     rows = 0
     for track in _selected(db.tracks(), paths):
         if long:
@@ -67,8 +68,9 @@ def export_csv(db: Database, out: IO[str], long: bool = False, top_k: int = EXPO
             scores = (track.scores or {}).get(head, {})
             best = sorted(scores, key=lambda label: -scores[label])[:1 if kinds[head] == "single" else top_k]
             cells += ["; ".join(best), "; ".join(f"{scores[label]:.3f}" for label in best)]
-        written = track.written or {}
-        cells += ["; ".join(written.get(f, [])) for f in WRITTEN_COLUMNS]
+        written, why = track.written or {}, explain(track) if explain else {}
+        for f in WRITTEN_COLUMNS:
+            cells += ["; ".join(written.get(f, []))] + ([why.get(f, "")] if explain else [])
         writer.writerow([neutralise(c) for c in cells])
         rows += 1
     return rows
