@@ -27,6 +27,8 @@ from .progress import Progress
 from .model.modelfile import model_id, shipped_path, verified_sha256
 from .engines.local import start_worker_server
 from .scan import ScanModel, ScanOptions, ScanResult, Scanner, undo
+from .similar.playlist import Filters
+from .similar.search import SimilarityError, playlist, similar
 
 if TYPE_CHECKING:
     from .model.checkpoint import Checkpoint
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from .model.inference import Tagger
     from .learn.modelcard import CardInputs
 
-__all__ = ["MODES", "Database", "ScanOptions", "default_db_path", "export_csv", "undo", "finetune", "finetune_config",
+__all__ = ["Filters", "SimilarityError", "playlist", "similar", "MODES", "Database", "ScanOptions", "default_db_path", "export_csv", "undo", "finetune", "finetune_config",
            "finetune_dataset", "write_manifest", "TRAIN_FEATURE_DEFAULTS", "TRAIN_MODEL_DEFAULTS",
            "calibrate_on_teacher", "calibrate_vocabulary", "clip_probabilities", "distilled_set", "finish_distilled",
            "mel_probabilities", "prepare", "seeded_model", "split", "teacher", "train", "training_configs"]
@@ -129,6 +131,26 @@ def _reason(value: str, field, head: dict[str, float], scores: dict) -> str:
         return f"{value} {track_term_scores(field, scores)[term.name]:.3f} >= {term.threshold:.3f}"
     label = next((label for label in head if slash_free(label) == value), None)
     return f"{value} {head[label]:.3f}" if label is not None else value
+
+
+def embedding_scorer(model: str | Path | None = None, device: str = "auto", workers: int = 0):
+    """path -> the track's embedding as a scan would store it, for a file the database does not know; the
+    model is loaded (torch imported) on the first call only."""
+    loaded = []
+
+    def score(path: str):
+        from .defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT
+        from .engines.local import Job, decode_track, track_scores
+
+        if not loaded:
+            loaded.append(load_tagger(model, device, workers))
+        tagger = loaded[0]
+        tagger.embedding = True
+        decoded = decode_track(Job(path, tagger.sample_rate, False, EXCERPT_COUNT, tagger.min_samples))
+        if decoded.windows is None:
+            raise SimilarityError(f"{path}: {decoded.error}")
+        return track_scores(tagger, decoded.windows, BATCH_SIZE)[EMBEDDING]
+    return score
 
 
 def torch_build() -> dict:

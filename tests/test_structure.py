@@ -13,7 +13,7 @@ FLOORS = [
     {""},
     {"tagfile", "store", "model"},
     {"engines"},
-    {"scan", "learn"},
+    {"scan", "learn", "similar"},
     {"api"},
     {"cli"},
     {"__main__"},

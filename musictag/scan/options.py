@@ -44,7 +44,7 @@ class ScanOptions:
     engine: str = LOCAL_ENGINE  # where tracks are decoded and scored: defaults.ENGINES
     ray_address: str | None = None  # the Ray cluster to join; None: RAY_ADDRESS, else a Ray started for the scan
     ray_device: str = "auto"  # the device of the Ray engine's model actors (auto: GPUs where the cluster has them)
-    embeddings: bool = False  # store each track's embedding too (--parquet); one scored without it is scored again
+    embeddings: bool = False  # every track needs its embedding (--parquet): one scored before without it is scored again
     write_threads: int = WRITE_THREADS  # tag writes under way at once (writepool.py); 0: one at a time, here
 
 

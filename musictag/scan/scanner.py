@@ -141,7 +141,7 @@ class Scanner(WriteTracker):
             return
         stats = dict(todo)
         tagger = self.model.tagger
-        tagger.embedding = self.options.embeddings
+        tagger.embedding = True  # stored with every track's scores: similar and playlist search them
         jobs = [Job(path, tagger.sample_rate, self.options.whole_track, self.options.excerpts, tagger.min_samples)
                 for path, _ in todo]
         for track in self._engine(tagger, jobs):
@@ -156,7 +156,7 @@ class Scanner(WriteTracker):
             from ..engines.ray_engine import score_on_ray
 
             return score_on_ray(tagger.checkpoint, jobs, options.batch_size, options.ray_address, options.ray_device,
-                                options.embeddings)
+                                embedding=True)
         in_workers = options.model_in_workers
         if in_workers is None:
             in_workers = tagger.device.type == "cpu"

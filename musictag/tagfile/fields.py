@@ -36,6 +36,10 @@ FIELDS: dict[str, Field] = {
     "mood": Field(id3="TMOO", vorbis="MOOD", mp4="----:com.apple.iTunes:MOOD", asf="WM/Mood", id3v23="TXXX:MOOD"),
     "quadrant": custom_field("quadrant"),
     "model": custom_field("model"),
+    # read only (playlists name their tracks by them): musictag never writes these
+    "artist": Field(id3="TPE1", vorbis="ARTIST", mp4="\xa9ART", asf="Author"),
+    "title": Field(id3="TIT2", vorbis="TITLE", mp4="\xa9nam", asf="Title"),
+    "album": Field(id3="TALB", vorbis="ALBUM", mp4="\xa9alb", asf="WM/AlbumTitle"),
 }
 
 

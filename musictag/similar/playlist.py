@@ -1,0 +1,81 @@
+"""Playlists from the index: tracks like some others, or a path from one sound to another, filtered by what
+the scan wrote or scored, written as extended M3U8 (#EXTM3U, #EXTINF with the duration and "artist -
+title"), with paths relative to the playlist's folder unless asked otherwise, as Jellyfin, Navidrome, mpd
+and foobar2000 read it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .index import EmbeddingIndex, Track
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which tracks may enter a playlist: values a scan wrote (or, for a track not written, scored best),
+    and a duration range in seconds. Empty: any."""
+
+    genres: tuple[str, ...] = ()
+    moods: tuple[str, ...] = ()
+    quadrants: tuple[str, ...] = ()
+    min_seconds: float | None = None
+    max_seconds: float | None = None
+
+    def admits(self, track: Track, written: dict[str, list[str]]) -> bool:
+        wanted = (("genre", self.genres), ("mood", self.moods), ("quadrant", self.quadrants))
+        for name, values in wanted:
+            if values and not {v.casefold() for v in values} & {v.casefold() for v in _values(track, written, name)}:
+                return False
+        duration = track.duration or 0.0
+        return ((self.min_seconds is None or duration >= self.min_seconds)
+                and (self.max_seconds is None or duration <= self.max_seconds))
+
+
+def _values(track: Track, written: dict[str, list[str]], name: str) -> list[str]:
+    """What the file holds for a field as the scan left it; the model's best label where nothing was written."""
+    if written.get(name):
+        return [part.strip() for value in written[name] for part in value.split(";")]
+    scores = track.scores.get(name, {})
+    return [max(scores, key=scores.get)] if scores else []
+
+
+def allowed_rows(index: EmbeddingIndex, filters: Filters, written: dict[str, dict[str, list[str]]]) -> np.ndarray:
+    """A boolean mask of the index's rows the filters admit (`written`: path -> what the scan wrote)."""
+    return np.array([filters.admits(t, written.get(t.path, {})) for t in index.tracks], bool)
+
+
+def like(index: EmbeddingIndex, seeds: list[int], size: int, allowed: np.ndarray | None = None) -> list[int]:
+    """`size` rows like the seed rows (their mean sound), the seeds first."""
+    centre = index.matrix[seeds].astype(np.float32).mean(axis=0)
+    centre /= np.linalg.norm(centre) or 1.0
+    rest = index.nearest(centre, max(size - len(seeds), 0), set(seeds), allowed)
+    return (list(seeds) + [row for row, _ in rest])[:size]
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    seconds: float | None
+    artist: str = ""
+    title: str = ""
+
+
+def m3u8(entries: list[Entry], playlist: str, absolute: bool = False) -> str:
+    """The playlist's text: each track's #EXTINF line (whole seconds, "artist - title", or the file's name)
+    and its path, relative to the playlist's folder unless `absolute`."""
+    folder = os.path.dirname(os.path.abspath(playlist))
+    lines = ["#EXTM3U"]
+    for e in entries:
+        name = f"{e.artist} - {e.title}" if e.artist and e.title else e.title or os.path.splitext(
+            os.path.basename(e.path))[0]
+        seconds = int(round(e.seconds)) if e.seconds else -1
+        lines.append(f"#EXTINF:{seconds},{_one_line(name)}")
+        lines.append(e.path if absolute else os.path.relpath(e.path, folder))
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

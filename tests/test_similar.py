@@ -1,0 +1,136 @@
+"""similar and playlist: ranking, paths between two sounds, filters, M3U8, through the command too."""
+
+import os
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_track
+from musictag.cli import app
+from musictag.similar import EmbeddingIndex, Entry, Filters, allowed_rows, like, m3u8
+from musictag.similar.index import Track
+from musictag.tagfile import write_fields
+
+runner = CliRunner()
+
+
+def index_of(vectors, durations=None):
+    tracks = [Track(f"/music/{i}.flac", (durations or [200.0] * len(vectors))[i], {}) for i in range(len(vectors))]
+    return EmbeddingIndex(tracks, np.array(vectors, np.float32))
+
+
+def test_nearest_ranks_by_cosine_after_standardising_and_leaves_out_what_it_is_told():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(50, 16))
+    query = base[7]
+    index = index_of(np.vstack([base, query + 0.01 * rng.normal(size=16), query + 0.5 * rng.normal(size=16)]))
+    found = index.nearest(index.vector("/music/7.flac"), 3, exclude={7})
+    assert [row for row, _ in found[:2]] == [50, 51] and found[0][1] > found[1][1] > found[2][1]
+    assert index.matrix.dtype == np.float16 and abs(np.linalg.norm(index.vector("/music/3.flac")) - 1) < 1e-2
+
+
+def test_a_path_between_two_sounds_moves_towards_the_second():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=32), rng.normal(size=32)
+    line = [a + (b - a) * t + 0.05 * rng.normal(size=32) for t in np.linspace(0, 1, 40)]
+    index = index_of(np.vstack([a, b, *rng.permutation(line)]))
+    path = index.between(0, 1, 10)
+    assert path[0] == 0 and path[-1] == 1 and len(set(path)) == 10
+    towards_b = [float(index.vector("/music/1.flac") @ index.matrix[row].astype(np.float32)) for row in path]
+    assert all(later > earlier - 0.05 for earlier, later in zip(towards_b, towards_b[1:]))
+    assert towards_b[-1] > towards_b[len(path) // 2] > towards_b[0]
+
+
+def test_filters_read_what_the_scan_wrote_else_the_best_label_and_the_duration():
+    tracks = [Track("/m/a.flac", 100.0, {"genre": {"Jazz": 0.9, "Rock": 0.1}}),
+              Track("/m/b.flac", 400.0, {"genre": {"Jazz": 0.2, "Rock": 0.8}}),
+              Track("/m/c.flac", 200.0, {"genre": {"Jazz": 0.9}})]
+    index = EmbeddingIndex(tracks, np.eye(3, dtype=np.float32))
+    written = {"/m/c.flac": {"genre": ["Blues; Soul"]}}
+    assert allowed_rows(index, Filters(genres=("jazz",)), written).tolist() == [True, False, False]
+    assert allowed_rows(index, Filters(genres=("Soul",)), written).tolist() == [False, False, True]
+    assert allowed_rows(index, Filters(max_seconds=300), written).tolist() == [True, False, True]
+    assert like(index, [0], 2, allowed_rows(index, Filters(min_seconds=150), written)) == [0, 2]
+
+
+def test_m3u8_has_extinf_lines_and_paths_that_resolve_from_its_folder(tmp_path):
+    music, lists = tmp_path / "Müsik", tmp_path / "lists"
+    entries = [Entry(str(music / "Björk – Jóga.flac"), 305.4, "Björk", "Jóga"), Entry(str(music / "x.mp3"), None)]
+    text = m3u8(entries, str(lists / "mix.m3u8"))
+    lines = text.splitlines()
+    assert lines[0] == "#EXTM3U" and lines[1] == "#EXTINF:305,Björk - Jóga" and lines[3] == "#EXTINF:-1,x"
+    assert os.path.normpath(lists / lines[2]) == entries[0].path and not os.path.isabs(lines[2])
+    assert m3u8(entries, str(lists / "mix.m3u8"), absolute=True).splitlines()[2] == entries[0].path
+
+
+@pytest.fixture
+def scanned(tmp_path, tiny_checkpoint):
+    lib = tmp_path / "lib"
+    for i in range(24):
+        path = write_track(lib / ("Ünïcode" if i % 2 else "plain") / f"t{i:02d}.flac", seconds=2.0,
+                           freq=150.0 * (1 + i % 6), seed=i)
+        write_fields(path, {"artist": [f"Artist {i % 3}"], "title": [f"Song {i}"]})
+    db = tmp_path / "db.sqlite"
+    result = runner.invoke(app, ["scan", str(lib), "--model", str(tiny_checkpoint), "--db", str(db), "--quiet",
+                                 "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    return lib, db
+
+
+def test_similar_lists_the_closest_tracks_without_loading_the_model(scanned, monkeypatch):
+    import json
+
+    import musictag.api
+
+    lib, db = scanned
+    monkeypatch.setattr(musictag.api, "load_tagger", lambda *a, **k: pytest.fail("the model was loaded"))
+    query = lib / "plain" / "t00.flac"
+    result = runner.invoke(app, ["similar", str(query), "-n", "5", "--json", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 5 and str(query) not in [r["path"] for r in rows]
+    assert [r["similarity"] for r in rows] == sorted((r["similarity"] for r in rows), reverse=True)
+    others = runner.invoke(app, ["similar", str(query), "-n", "5", "--json", "--other-artists", "--db", str(db)])
+    paths = [json.loads(line)["path"] for line in others.output.splitlines()]
+    assert paths and all(int(os.path.basename(p)[1:3]) % 3 != 0 for p in paths)  # Artist 0 is the query's
+
+
+def test_playlist_like_writes_entries_that_resolve_and_skips_a_track_moved_since(scanned, tmp_path):
+    lib, db = scanned
+    moved = lib / "plain" / "t02.flac"
+    moved.rename(lib / "plain" / "renamed.flac")  # moved since the scan: not listed until a scan finds it
+    out = tmp_path / "lists" / "mix.m3u8"
+    out.parent.mkdir()
+    result = runner.invoke(app, ["playlist", "--like", str(lib / "plain" / "t00.flac"), "--size", "20",
+                                 "--out", str(out), "--db", str(db)])
+    assert result.exit_code == 0 and "20 tracks" in result.output, result.output
+    paths = [line for line in out.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    assert len(paths) == 20 and all((out.parent / p).is_file() for p in paths)
+    assert str(moved) not in {os.path.normpath(out.parent / p) for p in paths}
+    assert "#EXTINF:2,Artist 0 - Song 0" in out.read_text(encoding="utf-8")
+
+
+def test_playlist_from_a_to_b_and_its_errors(scanned, tmp_path):
+    lib, db = scanned
+    out = tmp_path / "path.m3u8"
+    a, b = lib / "plain" / "t00.flac", lib / "Ünïcode" / "t05.flac"
+    result = runner.invoke(app, ["playlist", "--from", str(a), "--to", str(b), "--size", "6", "--out", str(out),
+                                 "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    paths = [line for line in out.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    assert len(paths) == 6 and os.path.normpath(tmp_path / paths[0]) == str(a)
+    assert os.path.normpath(tmp_path / paths[-1]) == str(b)
+    both = runner.invoke(app, ["playlist", "--from", str(a), "--out", str(out), "--db", str(db)])
+    assert both.exit_code == 2 and "both --from TRACK and --to TRACK" in both.output
+
+
+def test_a_database_without_embeddings_is_one_clear_line(tmp_path):
+    from musictag.store import Database
+
+    with Database(tmp_path / "db.sqlite") as database:
+        database.put_scores("/m/a.flac", 1, 1, "m", 2.0, {"genre": {"Jazz": 0.5}})
+    track = write_track(tmp_path / "a.flac", seconds=1.0)
+    result = runner.invoke(app, ["similar", str(track), "--db", str(tmp_path / "db.sqlite")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "error: no track in the scan database has an embedding: run musictag scan on your library first"]
