@@ -74,7 +74,10 @@ def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(trained):
     assert checkpoint.training["swa_epochs"] == 10
     assert "\"epoch\": 20" in output and "\"final\": \"SWA of 10 epochs\"" in output
     lines = output.splitlines()
-    assert all(json.loads(line) for line in lines[:-1]) and lines[-1].startswith("wrote ")  # JSON lines, no dict
+    wrote = next(i for i, line in enumerate(lines) if line.startswith("wrote "))
+    assert all(json.loads(line) for line in lines[:wrote])  # JSON lines, no dict
+    assert [line.split(" labels to ")[0] for line in lines[wrote + 1:]] == [
+        "a scan writes its quadrant", "a scan writes its mood"]  # then where the labels go
     # validation clips are whole artists held out
     val = set(checkpoint.training["val_paths"])
     rows = list(csv.DictReader(open(manifest)))
