@@ -205,6 +205,9 @@ def test_parquet_has_a_row_per_track_with_every_score_and_the_embedding(library,
     pq = pytest.importorskip("pyarrow.parquet")
     db = tmp_path / "db.sqlite"
     assert _scan(library, tiny_checkpoint, db, "--no-write").exit_code == 1
+    with Database(db) as database:  # every scan stores embeddings now; an older one's tracks lack them
+        assert len(list(database.embedded())) == 12
+        database._conn.execute("UPDATE tracks SET embedding = NULL")
     result = _scan(library, tiny_checkpoint, db, "--no-write", "--parquet", str(tmp_path / "out"))
     assert _summary(result)["scored"] == 12  # scored before without embeddings: scored again, with them
     table = pq.read_table(tmp_path / "out" / "tracks.parquet").to_pydict()

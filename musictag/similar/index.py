@@ -14,6 +14,7 @@ import numpy as np
 
 # the dtype of the matrix: 20,000 tracks x 128 dimensions are 5 MB; a million, 256 MB
 MATRIX_DTYPE = np.float16
+CHUNK_ROWS = 1 << 16  # rows multiplied at a time (16 MB of float32 at 64 dimensions)
 
 
 @dataclass
@@ -32,8 +33,9 @@ class EmbeddingIndex:
         matrix = np.asarray(embeddings, np.float32)
         self.mean = matrix.mean(axis=0) if len(matrix) else np.zeros(matrix.shape[1:], np.float32)
         self.scale = matrix.std(axis=0) + 1e-6 if len(matrix) > 1 else np.ones_like(self.mean)
-        self.matrix = np.stack([self.normalised(row) for row in matrix]).astype(MATRIX_DTYPE) if len(matrix) \
-            else np.zeros((0, matrix.shape[1] if matrix.ndim == 2 else 0), MATRIX_DTYPE)
+        rows = (matrix - self.mean) / self.scale
+        norms = np.linalg.norm(rows, axis=1, keepdims=True) if rows.size else np.ones((len(rows), 1))
+        self.matrix = (rows / np.where(norms > 0, norms, 1.0)).astype(MATRIX_DTYPE)
 
     @classmethod
     def from_rows(cls, rows) -> "EmbeddingIndex":
@@ -58,8 +60,12 @@ class EmbeddingIndex:
         return self.matrix[self.rows[path]].astype(np.float32)
 
     def similarities(self, vector: np.ndarray) -> np.ndarray:
-        """Cosine similarity of every track's row to `vector` (a row of the matrix, or normalised)."""
-        return self.matrix.astype(np.float32) @ np.asarray(vector, np.float32)
+        """Cosine similarity of every track's row to `vector` (a row of the matrix, or normalised), a chunk
+        of rows at a time in float32 (float16 has no fast product; a whole copy would double the memory)."""
+        vector, out = np.asarray(vector, np.float32), np.empty(len(self.matrix), np.float32)
+        for start in range(0, len(self.matrix), CHUNK_ROWS):
+            out[start:start + CHUNK_ROWS] = self.matrix[start:start + CHUNK_ROWS].astype(np.float32) @ vector
+        return out
 
     def nearest(self, vector: np.ndarray, n: int, exclude: set[int] = frozenset(),
                 allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
