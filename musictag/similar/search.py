@@ -23,8 +23,9 @@ class SimilarityError(MusictagError):
     """Nothing to search (no embeddings), or a track that cannot be placed among them."""
 
 
-def library_index(db: Database) -> EmbeddingIndex:
-    index = EmbeddingIndex.from_rows(db.embedded())
+def library_index(db: Database, scores: bool = True) -> EmbeddingIndex:
+    """Every track with an embedding; `scores` False: without their scores (similar needs none of them)."""
+    index = EmbeddingIndex.from_rows(db.embedded(scores))
     if not len(index):
         raise SimilarityError(NO_EMBEDDINGS)
     return index
@@ -48,7 +49,7 @@ def similar(db: Database, path: str, n: int = 10, other_artists: bool = False,
             score: Callable[[str], np.ndarray] | None = None) -> list[tuple[str, float]]:
     """The n tracks most like `path`, best first, as (path, similarity); `other_artists`: tracks whose
     artist (or album) tag is the query's are left out."""
-    index = library_index(db)
+    index = library_index(db, scores=False)
     vector, real = query_vector(index, path, score), os.path.realpath(path)
     exclude = {index.rows[real]} if real in index.rows else set()
     found = index.nearest(vector, n * (ARTIST_LOOKAHEAD if other_artists else 1), exclude)

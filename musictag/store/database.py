@@ -249,12 +249,13 @@ class Database(FileLocks, WriteRecords, UndoHistory):
             kinds.update(json.loads(heads))
         return kinds
 
-    def embedded(self) -> Iterator[tuple[str, str, float, dict[str, dict[str, float]], np.ndarray]]:
-        """(path, model, duration, scores, embedding) of every track scored with its embedding, by path."""
-        rows = self._conn.execute("SELECT path, model, duration, scores, embedding FROM tracks "
-                                  "WHERE scores IS NOT NULL AND embedding IS NOT NULL ORDER BY path")
-        for path, model, duration, scores, blob in rows:
-            yield _path(path), model, duration, json.loads(scores), np.frombuffer(blob, "<f4")
+    def embedded(self, scores: bool = True) -> Iterator[tuple[str, str, float, dict[str, dict[str, float]], np.ndarray]]:
+        """(path, model, duration, scores, embedding) of every track scored with its embedding, by path;
+        `scores` False: their scores left out ({}), which is most of the time a large library takes."""
+        rows = self._conn.execute(f"SELECT path, model, duration, {'scores' if scores else 'NULL'}, embedding FROM "
+                                  "tracks WHERE scores IS NOT NULL AND embedding IS NOT NULL ORDER BY path")
+        for path, model, duration, stored, blob in rows:
+            yield _path(path), model, duration, json.loads(stored) if stored else {}, np.frombuffer(blob, "<f4")
 
     def tracks(self) -> Iterator[Track]:
         rows = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
