@@ -100,3 +100,13 @@ def test_no_module_class_or_function_is_longer_than_it_can_be_read():
             elif isinstance(node, ast.ClassDef) and lines > MAX_CLASS_LINES:
                 too_long.append(f"class {module}.{node.name}: {lines} lines")
     assert not too_long
+
+
+def test_every_room_is_a_package_the_wheel_ships():
+    """pyproject.toml lists the packages (weights/ is mapped into one): a room missing there installs
+    without it, and only a clean install (CI, pipx) would tell."""
+    import re
+
+    listed = set(re.findall(r'"(musictag(?:\.[a-z_]+)?)"', (PACKAGE.parent / "pyproject.toml").read_text()))
+    rooms = {f"musictag.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    assert rooms <= listed, sorted(rooms - listed)
