@@ -56,6 +56,37 @@ def test_joined_values_are_owned_one_by_one_and_undo_gives_back_the_stored_form(
     assert edited.added == ["Electronic"] and undone(edited, ["Industrial; Electronic"]) == ["Industrial"]
 
 
+def test_a_changed_separator_reads_the_field_as_musictag_joined_it():
+    first = write(None, ["Rock"], None, ["Rock; Jazz"], "; ")  # Jazz is musictag's, joined to the user's Rock
+    second = after_write(restarted(first, ["Rock; Jazz"], ["Rock; Jazz"], ""), ["Rock; Jazz"], ["Rock", "Pop"], "")
+    assert second.added == ["Pop"] and undone(second, ["Rock", "Pop"]) == ["Rock"]
+
+
+def test_a_pending_write_that_failed_is_not_taken_for_the_files_state(tmp_path):
+    """A write recorded as pending that never reached the file (it failed): a later scan reading only other
+    fields must still see that the file does not hold it."""
+    from musictag.scan.writes import _settled
+    from musictag.store import Database
+
+    track = write_track(tmp_path / "a.flac", seconds=1.0)
+    write_fields(track, {"genre": ["Jazz", "Rock"], "mood": ["calm"]})
+    path, st = str(track), track.stat()
+    with Database(tmp_path / "db.sqlite") as db:
+        db.put_scores(path, st.st_size, st.st_mtime_ns, "m", 1.0, {})
+        db.put_written(path, {"genre": ["Jazz", "Rock"], "mood": ["calm"]}, st.st_size, st.st_mtime_ns,
+                       owned={"genre": Owned(["Rock"], [], ["Jazz"])})
+        db.put_pending(path, {"genre": ["Jazz", "Pop"], "mood": ["calm"]}, {"genre": Owned(["Pop"], [], ["Jazz"])},
+                       False)  # ... and the write failed: the file still holds Jazz, Rock
+        held, owned = _settled(db, path, {"genre": ["Jazz", "Rock"], "mood": ["calm"]}, {"mood": ["calm"]})
+    assert held["genre"] == ["Jazz", "Rock"] and owned["genre"].added == ["Rock"]
+
+
+def test_skip_tagged_sees_the_users_genre_in_a_scan_that_writes_only_moods(track, tiny_checkpoint, tmp_path):
+    result = scan([track], tiny_checkpoint, tmp_path / "db.sqlite", "--mode", "skip-tagged", "--fields", "mood")
+    assert result.exit_code == 0 and "skipped: 1" in result.output, result.output
+    assert read_fields(track, ["genre", "mood"]) == {"genre": ["Rock"], "mood": []}
+
+
 def test_a_record_from_an_older_database_is_read_from_its_previous_values():
     record = legacy(["Rock"], ["Rock", "Electronic"])
     assert record.added == ["Electronic"] and undone(record, ["Rock", "Electronic"]) == ["Rock"]

@@ -64,8 +64,11 @@ def choose_terms(vocabulary: tuple[FieldVocabulary, ...], scores: dict[str, dict
 
 def _tagged_by_user(current: dict[str, list[str]], owned: dict[str, Owned], separator: str) -> bool:
     """Whether genre or mood holds a value musictag did not add (skip-tagged leaves such files alone)."""
-    return any(set(split(current.get(name, []), separator)) - ours(owned.get(name), current.get(name, []), separator)
-               for name in USER_FIELDS)
+    def values(name: str) -> set[str]:
+        record = owned.get(name)
+        return set(split(current.get(name, []), record.separator if record else separator))
+
+    return any(values(name) - ours(owned.get(name), current.get(name, [])) for name in USER_FIELDS)
 
 
 @dataclass
@@ -133,8 +136,8 @@ class TagDecision:
         separator = self.separator(name)
         if self.options.mode != "merge" or name not in USER_FIELDS:
             return joined(labels, separator)
-        stale = set(record.added)
-        kept = [v for v in split(current, separator) if v not in stale]  # the user's values, not our stale ones
+        stale = set(record.added)  # the current values split as musictag last joined them, new ones as now
+        kept = [v for v in split(current, record.separator) if v not in stale]  # the user's, not our stale ones
         aliases = self.aliases if name == "genre" else {}
         known = {genre_key(v, aliases) for v in kept}  # "Hip Hop" and "Hip-Hop" are one genre
         return joined(kept + [label for label in labels if genre_key(label, aliases) not in known], separator)

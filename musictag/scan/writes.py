@@ -15,7 +15,7 @@ from ..store import Database
 from ..store.ownership import Owned
 from ..tagfile import Journal, check_writable, file_state, lacks_tag_block, read_fields, write_fields
 from .decide import Outcome
-from .options import Change
+from .options import USER_FIELDS, Change
 from .writepool import WritePool
 
 
@@ -56,7 +56,10 @@ def _settled(db: Database, path: str, written: dict[str, list[str]], current: di
     when the file holds it, the write having replaced the file before a kill kept it from being recorded;
     else what was recorded."""
     pending = db.pending(path)
-    if pending and all(current[name] == values for name, values in pending.written.items() if name in current):
+    missing = [name for name in (pending.written if pending else {}) if name not in current]
+    if missing:  # every field of the pending write is compared: one read for those the caller did not read
+        current = {**current, **read_fields(path, missing, as_stored=True)}
+    if pending and all(current[name] == values for name, values in pending.written.items()):
         if pending.owned is None:  # an older version's: its record of previous values was kept before it
             return pending.written, db.owned(path, pending.written, separator)
         return pending.written, pending.owned
@@ -187,7 +190,8 @@ class WriteTracker:
         read_at = file_state(path)
         if _identity(read_at) != _identity(job.decoded_at):
             raise _Replaced(path)
-        current = read_fields(path, list(job.ours), as_stored=True)
+        # genre and mood always: skip-tagged looks at them even in a scan that writes neither
+        current = read_fields(path, list(dict.fromkeys([*job.ours, *USER_FIELDS])), as_stored=True)
         written, owned = self._held_now(path, current)
         if self.rules.skips(current, owned):
             self.result.skipped += 1

@@ -73,7 +73,7 @@ def restarted(record: Owned | None, current: Values, written: Values | None, sep
         return Owned([], [], list(current), separator)
     if written is not None and current == written:
         return record
-    now = split(current, separator)
+    now = split(current, record.separator)  # as musictag last joined them (the config may have changed since)
     still = [v for v in record.added if v in now]
     return Owned(still, [], joined([v for v in now if v not in still], separator) if still else list(current),
                  separator)
@@ -82,8 +82,9 @@ def restarted(record: Owned | None, current: Values, written: Values | None, sep
 def after_write(record: Owned, current: Values, new: Values, separator: str) -> Owned:
     """The record once the field goes from `current` to `new` (both as stored), `record` being restarted's:
     musictag's values are those it keeps and those it adds now; a value of the user's it removes now is
-    remembered with its place; one it removed before and writes again is the user's again."""
-    now, then = split(current, separator), split(new, separator)
+    remembered with its place; one it removed before and writes again is the user's again. `current` is
+    split as musictag last joined it (record.separator), `new` as it is written now (`separator`)."""
+    now, then = split(current, record.separator), split(new, separator)
     gone = {v for _, v in record.removed}
     added = [v for v in then if v in record.added or (v not in now and v not in gone)]
     removed = [(i, v) for i, v in record.removed if v not in then]
@@ -92,11 +93,11 @@ def after_write(record: Owned, current: Values, new: Values, separator: str) -> 
     return Owned(added, removed, record.before, separator)
 
 
-def ours(record: Owned | None, current: Values, separator: str) -> set[str]:
-    """musictag's values among the field's current ones (each split by the separator)."""
+def ours(record: Owned | None, current: Values) -> set[str]:
+    """musictag's values among the field's current ones (split as musictag last joined them)."""
     if record is None:
         return set()
-    return set(record.added) & set(split(current, separator))
+    return set(record.added) & set(split(current, record.separator))
 
 
 def undone(record: Owned, current: Values) -> Values:
