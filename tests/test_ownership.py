@@ -241,3 +241,43 @@ def test_undo_says_once_that_a_file_is_gone(track, tmp_path, tiny_checkpoint):
     first = runner.invoke(app, ["undo", "--db", str(db)])
     assert first.exit_code == 0 and f"moved or deleted: {track}" in first.output, first.output
     assert "moved or deleted" not in runner.invoke(app, ["undo", "--db", str(db)]).output
+
+
+def test_a_move_is_followed_after_a_dry_run_and_by_a_scan_of_the_new_place_only(tmp_path, tiny_checkpoint):
+    db = tmp_path / "db.sqlite"
+    old_place = write_track(tmp_path / "inbox" / "t.flac", seconds=3.0)
+    write_fields(old_place, {"genre": ["Mine"]})
+    assert scan([old_place], tiny_checkpoint, db, "--threshold", "0").exit_code == 0
+    new_place = tmp_path / "library" / "Artist" / "t.flac"
+    new_place.parent.mkdir(parents=True)
+    old_place.rename(new_place)
+    dry = scan([new_place.parent], tiny_checkpoint, db, "--dry-run")
+    assert dry.exit_code == 0 and f"moved: {old_place} -> {new_place}" in dry.output, dry.output
+    real = scan([new_place.parent], tiny_checkpoint, db, "--threshold", "0")  # the old folder is not scanned
+    assert real.exit_code == 0 and f"moved: {old_place} -> {new_place}" in real.output, real.output
+    undo(db)
+    assert read_fields(new_place, ["genre", "mood"]) == {"genre": ["Mine"], "mood": []}
+
+
+def test_a_path_holding_other_audio_drops_its_record_and_takes_the_record_of_that_audio(tmp_path):
+    """A renumbering tagger put 01's audio at 02: 02's record (another audio's) must not say which of the
+    file's values are musictag's; the record of 01, whose file is gone, comes with its audio."""
+    from musictag.scan.moves import claim
+    from musictag.store import Database
+
+    path, gone = write_track(tmp_path / "02.flac", seconds=1.0), str(tmp_path / "01.flac")
+    st = path.stat()
+    with Database(tmp_path / "db.sqlite") as db:
+        for where, print_ in ((str(path), "audio-of-02"), (gone, "audio-of-01")):
+            db.put_scores(where, st.st_size, st.st_mtime_ns, "m", 1.0, {}, fingerprint=print_)
+        db.put_written(str(path), {"genre": ["Jazz", "Pop"]}, st.st_size, st.st_mtime_ns,
+                       owned={"genre": Owned(["Pop"], [], ["Jazz"])})
+        assert claim(db, str(path), "audio-of-02") is None  # its own audio: nothing happens
+        assert claim(db, str(path), "audio-of-01") == gone
+        assert db.owned(str(path), {"genre": ["Rock"]}) == {} and db.get(gone) is None
+        assert db.fingerprint_of(str(path)) == "audio-of-01"
+        write_track(tmp_path / "03.flac", seconds=1.0)
+        db.put_written(str(path), {"genre": ["Jazz", "Pop"]}, st.st_size, st.st_mtime_ns,
+                       owned={"genre": Owned(["Pop"], [], ["Jazz"])})
+        assert claim(db, str(path), "audio-of-03") is None  # no gone record has it: only dropped
+        assert db.owned(str(path), {"genre": ["Jazz", "Pop"]}) == {} and db.get(str(path)).written is None

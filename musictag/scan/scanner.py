@@ -26,6 +26,7 @@ from ..model.audio import audio_fingerprint
 from ..progress import Progress, no_progress
 from ..store import Database
 from .decide import TagDecision
+from .moves import claim, follow_moves
 from .options import Change, ScanModel, ScanOptions, ScanResult, decision_key
 from .undo import remove_leftovers, repair_interrupted
 from .writepool import WritePool
@@ -54,6 +55,7 @@ class Scanner(WriteTracker):
         self.rescore: list[str] = []  # files replaced between their decode and their write
         self.writes = WritePool(0)  # the run's (_write_pool)
         self.writing: dict[str, _Write] = {}  # the writes under way, each holding its file's lock
+        self.followed: set[str] = set()  # files a record of a moved file follows (_follow_moves)
 
     def run(self, paths: Iterable[str | os.PathLike]) -> ScanResult:
         with self._write_pool():
@@ -89,23 +91,12 @@ class Scanner(WriteTracker):
             self._fail(path, None, "the file kept changing while it was scanned; left as it is")
 
     def _follow_moves(self, files: list[str], known: dict, roots: list[str | os.PathLike]) -> None:
-        """Records of files gone from under the scanned roots: one whose audio a file new to the database
-        has (moved or renamed by another program) goes to it, and is not decoded again; the others are
-        reported once as moved or deleted. A dry run only looks."""
-        gone = self.db.records_gone(within(roots), set(files))
-        by_print = {fingerprint: path for path, fingerprint, _ in gone if fingerprint}
-        new = [path for path in files if path not in known] if by_print else []
-        for path in new:
-            old = by_print.pop(audio_fingerprint(path) or "", None)
-            if old is not None:
-                self.result.moved.append((old, path))
-                if not self.options.dry_run:
-                    st = os.stat(path)
-                    self.db.move_record(old, path, st.st_size, st.st_mtime_ns)
-        known.update(self.db.stats_for([path for _, path in self.result.moved]))
-        moved = {old for old, _ in self.result.moved}
-        self.result.gone = [path for path, _, reported in gone if path not in moved and not reported
-                            and (self.options.dry_run or self.db.mark_gone(path))]
+        """Records of files another program moved follow them (moves.py); in a dry run, a file a record
+        would follow is not decoded (the real run takes the record instead)."""
+        self.result.moved, self.result.gone = follow_moves(self.db, files, set(known), within(roots),
+                                                           self.options.dry_run)
+        self.followed = {new for _, new in self.result.moved}
+        known.update(self.db.stats_for(list(self.followed)))
 
     def _triage(self, files: list[str], roots: list[str | os.PathLike]) -> list[tuple[str, os.stat_result]]:
         """Settle cached files at once (a re-scan is stat + one query, and opens only files whose tags
@@ -120,6 +111,10 @@ class Scanner(WriteTracker):
                 self._fail(path, None, f"cannot stat: {e.strerror}")
                 continue
             record = known.get(path)
+            if record is None and path in self.followed:  # a dry run's: the real run moves its record here
+                self.result.unchanged += 1
+                self._done(path, "would follow its record")
+                continue
             fresh = (record is not None and (record.size, record.mtime_ns, record.model)
                      == (st.st_size, st.st_mtime_ns, self.model_id) and not self.options.force
                      and (record.embedded or not self.options.embeddings))
@@ -169,9 +164,12 @@ class Scanner(WriteTracker):
             return
         scores = {head: {label: round(float(probs[head][j]), 5) for j, label in enumerate(names)}
                   for head, names in self.model.labels.items()}
+        fingerprint = fingerprint or audio_fingerprint(path)
+        if not self.options.dry_run and (old := claim(self.db, path, fingerprint)) is not None:
+            self.result.moved.append((old, path))
         # a dry run stores scores too (docs/commands.md): the real run then decides from them without decoding
         self.db.put_scores(path, st.st_size, st.st_mtime_ns, self.model_id, duration, scores, probs.get(EMBEDDING),
-                           fingerprint or audio_fingerprint(path))
+                           fingerprint)
         if self.deciding:
             self._write(path, scores, st)
         else:

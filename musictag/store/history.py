@@ -24,10 +24,25 @@ class UndoHistory:
 
     def move_record(self, old: str, new: str, size: int, mtime_ns: int) -> None:
         """The record of `old` (its scores, what musictag wrote and its undo record) goes to `new`: the same
-        audio, moved or renamed by another program. Decided again (its tags may have changed)."""
+        audio, moved or renamed by another program, replacing whatever record `new` had (another audio's).
+        Decided again (its tags may have changed)."""
+        for table in ("tracks", "undo"):
+            self._write(f"DELETE FROM {table} WHERE path = ?", (_key(new),))
         self._write("UPDATE tracks SET path = ?, size = ?, mtime_ns = ?, decided = NULL, gone = NULL WHERE path = ?",
                     (_key(new), size, mtime_ns, _key(old)))
         self._write("UPDATE undo SET path = ? WHERE path = ?", (_key(new), _key(old)))
+        self.commit()
+
+    def fingerprint_of(self, path: str) -> str | None:
+        row = self._conn.execute("SELECT audio FROM tracks WHERE path = ?", (_key(path),)).fetchone()
+        return row[0] if row else None
+
+    def detach(self, path: str) -> None:
+        """`path` now holds other audio than its record's (files swapped, renumbered, replaced): what that
+        record says musictag wrote is not this file's, so nothing of it is kept (undo has nothing here)."""
+        self._write("DELETE FROM undo WHERE path = ?", (_key(path),))
+        self._write("UPDATE tracks SET written = NULL, pending = NULL, pending_owned = NULL, decided = NULL "
+                    "WHERE path = ?", (_key(path),))
         self.commit()
 
     def mark_gone(self, path: str) -> bool:
