@@ -134,3 +134,17 @@ def test_a_database_without_embeddings_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["similar", str(track), "--db", str(tmp_path / "db.sqlite")])
     assert result.exit_code == 2 and result.output.strip().splitlines() == [
         "error: no track in the scan database has an embedding: run musictag scan on your library first"]
+
+
+def test_filters_match_genres_loosely_and_split_joined_and_raw_labels():
+    tracks = [Track("/m/a.flac", 100.0, {"genre": {"Pop/Rock": 0.9}}), Track("/m/b.flac", 100.0, {})]
+    index = EmbeddingIndex(tracks, np.eye(2, dtype=np.float32))
+    written = {"/m/b.flac": {"genre": ["Jazz, Hip Hop"]}}
+    assert allowed_rows(index, Filters(genres=("Rock",)), written).tolist() == [True, False]
+    assert allowed_rows(index, Filters(genres=("hip-hop",)), written).tolist() == [False, True]
+
+
+def test_a_library_scored_by_two_models_is_searched_in_one_models_space():
+    rows = [(f"/m/{i}", "big" if i < 3 else "small", 1.0, {}, np.full(4, float(i), np.float32)) for i in range(5)]
+    index = EmbeddingIndex.from_rows(rows)
+    assert index.model == "big" and len(index) == 3 and "/m/4" not in index.rows

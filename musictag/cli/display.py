@@ -83,8 +83,10 @@ def _json_safe(data: dict) -> dict:
         return data
     except UnicodeEncodeError:
         raw = os.fsencode(path)
-        return {**data, "path": raw.decode("utf-8", "replace"), "path_bytes_hex": raw.hex(),
-                "reason": data.get("reason", "").replace(path, raw.decode("utf-8", "replace"))}
+        safe = {**data, "path": raw.decode("utf-8", "replace"), "path_bytes_hex": raw.hex()}
+        if "reason" in data:
+            safe["reason"] = data["reason"].replace(path, safe["path"])
+        return safe
 
 
 def _summary(result, dry_run: bool) -> dict:

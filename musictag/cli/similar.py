@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from .app import _database, _fail, app
-from .display import shown_path
+from .display import _json_safe, shown_path
 from .options import DB_OPTION, MODEL_OPTION
 
 SIMILAR_COUNT = 10  # tracks `similar` lists
@@ -39,7 +39,7 @@ def similar(
         except MusictagError as e:
             _fail(str(e))
     for path, similarity in found:
-        typer.echo(json.dumps({"path": path, "similarity": round(similarity, 4)}) if as_json
+        typer.echo(json.dumps(_json_safe({"path": path, "similarity": round(similarity, 4)})) if as_json
                    else f"{similarity:.3f}  {shown_path(path)}")
 
 

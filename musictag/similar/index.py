@@ -27,8 +27,8 @@ class Track:
 
 
 class EmbeddingIndex:
-    def __init__(self, tracks: list[Track], embeddings: np.ndarray):
-        self.tracks = tracks
+    def __init__(self, tracks: list[Track], embeddings: np.ndarray, model: str = ""):
+        self.tracks, self.model = tracks, model  # the model whose embeddings these are
         self.rows = {track.path: i for i, track in enumerate(tracks)}
         matrix = np.asarray(embeddings, np.float32)
         self.mean = matrix.mean(axis=0) if len(matrix) else np.zeros(matrix.shape[1:], np.float32)
@@ -40,13 +40,15 @@ class EmbeddingIndex:
     @classmethod
     def from_rows(cls, rows) -> "EmbeddingIndex":
         """From (path, model, duration, scores, embedding) rows (Database.embedded); a library scored by
-        several models keeps the rows of its most common embedding width (one model's space)."""
+        several models keeps the rows of the model that scored most of it (embeddings of two models are
+        two spaces, even of one width): `model` names it."""
         rows = list(rows)
-        widths = [len(row[4]) for row in rows]
-        width = max(set(widths), key=widths.count) if widths else 0
-        kept = [row for row in rows if len(row[4]) == width]
+        models = [row[1] for row in rows]
+        model = max(set(models), key=models.count) if models else ""
+        kept = [row for row in rows if row[1] == model]
+        width = len(kept[0][4]) if kept else 0
         tracks = [Track(path, duration, scores) for path, _, duration, scores, _ in kept]
-        return cls(tracks, np.array([row[4] for row in kept], np.float32).reshape(len(kept), width))
+        return cls(tracks, np.array([row[4] for row in kept], np.float32).reshape(len(kept), width), model)
 
     def __len__(self) -> int:
         return len(self.tracks)

@@ -6,10 +6,12 @@ and foobar2000 read it."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import genre_key
 from .index import EmbeddingIndex, Track
 
 
@@ -26,8 +28,8 @@ class Filters:
 
     def admits(self, track: Track, written: dict[str, list[str]]) -> bool:
         wanted = (("genre", self.genres), ("mood", self.moods), ("quadrant", self.quadrants))
-        for name, values in wanted:
-            if values and not {v.casefold() for v in values} & {v.casefold() for v in _values(track, written, name)}:
+        for name, values in wanted:  # "Hip Hop" is "hip-hop" (config.genre_key)
+            if values and not {genre_key(v) for v in values} & {genre_key(v) for v in _values(track, written, name)}:
                 return False
         duration = track.duration or 0.0
         return ((self.min_seconds is None or duration >= self.min_seconds)
@@ -35,11 +37,14 @@ class Filters:
 
 
 def _values(track: Track, written: dict[str, list[str]], name: str) -> list[str]:
-    """What the file holds for a field as the scan left it; the model's best label where nothing was written."""
+    """What the file holds for a field as the scan left it, each joined value split (; , /); where nothing
+    was written, the model's best label for it, split the same way ("Pop/Rock": Pop, Rock)."""
     if written.get(name):
-        return [part.strip() for value in written[name] for part in value.split(";")]
-    scores = track.scores.get(name, {})
-    return [max(scores, key=scores.get)] if scores else []
+        values = written[name]
+    else:
+        scores = track.scores.get(name, {})
+        values = [max(scores, key=scores.get)] if scores else []
+    return [part.strip() for value in values for part in re.split(r"[;,/]", value) if part.strip()]
 
 
 def allowed_rows(index: EmbeddingIndex, filters: Filters, written: dict[str, dict[str, list[str]]]) -> np.ndarray:

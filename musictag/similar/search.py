@@ -31,22 +31,24 @@ def library_index(db: Database, scores: bool = True) -> EmbeddingIndex:
     return index
 
 
-def query_vector(index: EmbeddingIndex, path: str, score: Callable[[str], np.ndarray] | None) -> np.ndarray:
-    """The track's row: from the index when the database knows it, else scored now by `score` (not stored)."""
+def query_vector(index: EmbeddingIndex, path: str, score: Callable[[str], tuple[str, np.ndarray]] | None
+                 ) -> np.ndarray:
+    """The track's row: from the index when the database knows it, else scored now by `score` (path ->
+    (model id, embedding); not stored)."""
     real = os.path.realpath(path)
     if real in index.rows:
         return index.vector(real)
     if score is None:
         raise SimilarityError(f"{path}: not in the scan database (scan it, or let it be scored now)")
-    embedding = score(real)
-    if len(embedding) != index.matrix.shape[1]:
-        raise SimilarityError(f"{path}: scored by a model whose embedding is not the library's (scan it with the "
-                              "model the library was scanned with)")
+    model, embedding = score(real)
+    if model != index.model:
+        raise SimilarityError(f"{path}: scored by model {model}, the library by {index.model}: their embeddings "
+                              "cannot be compared (give --model the file of the library's model, or scan it)")
     return index.normalised(embedding)
 
 
 def similar(db: Database, path: str, n: int = 10, other_artists: bool = False,
-            score: Callable[[str], np.ndarray] | None = None) -> list[tuple[str, float]]:
+            score: Callable[[str], tuple[str, np.ndarray]] | None = None) -> list[tuple[str, float]]:
     """The n tracks most like `path`, best first, as (path, similarity); `other_artists`: tracks whose
     artist (or album) tag is the query's are left out."""
     index = library_index(db, scores=False)
@@ -70,7 +72,7 @@ def _credits(path: str) -> set[str]:
 
 def playlist(db: Database, out: str | Path, size: int, seeds: list[str] = (), start: str | None = None,
              end: str | None = None, filters: Filters = Filters(), absolute: bool = False,
-             score: Callable[[str], np.ndarray] | None = None) -> list[Entry]:
+             score: Callable[[str], tuple[str, np.ndarray]] | None = None) -> list[Entry]:
     """Write an M3U8 playlist of `size` tracks: like the `seeds` (and one another), or leading from `start`'s
     sound to `end`'s; only tracks the filters admit, the seeds and ends excepted. Returns its entries."""
     index = library_index(db)
@@ -83,7 +85,8 @@ def playlist(db: Database, out: str | Path, size: int, seeds: list[str] = (), st
         rows = like(index, [rows_of[p] for p in seeds], size, allowed)
     entries = [_entry(index.tracks[row]) for row in rows]
     try:
-        Path(out).write_text(m3u8(entries, str(out), absolute), encoding="utf-8")
+        # names that are not UTF-8 are written as their own bytes, which players read as the file's name
+        Path(out).write_text(m3u8(entries, str(out), absolute), encoding="utf-8", errors="surrogateescape")
     except OSError as e:
         raise SimilarityError(f"{out}: cannot write the playlist ({e.strerror})") from None
     return entries
