@@ -15,13 +15,14 @@ SHIPPED_NAME = "musictag.pt"
 SHA256_HEX = re.compile("[0-9a-fA-F]{64}")
 
 
-def shipped_path() -> Path:
-    """The model inside the installed package; in a source checkout, the top-level weights/ folder
-    beside the package (located from this file, never from the current directory)."""
+def shipped_path(name: str = SHIPPED_NAME) -> Path:
+    """A file shipped with the models (the model by default) inside the installed package; in a source
+    checkout, the top-level weights/ folder beside the package (located from this file, never from the
+    current directory)."""
     try:
-        return Path(str(resources.files("musictag.weights").joinpath(SHIPPED_NAME)))
+        return Path(str(resources.files("musictag.weights").joinpath(name)))
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[2] / "weights" / SHIPPED_NAME
+        return Path(__file__).resolve().parents[2] / "weights" / name
 
 
 def file_sha256(path: str | os.PathLike) -> str:
