@@ -24,7 +24,7 @@ from .learn.recipes import (TRAIN_FEATURE_DEFAULTS, TRAIN_MODEL_DEFAULTS, calibr
                             calibrate_vocabulary, clip_probabilities, distilled_set, finish_distilled,
                             mel_probabilities, prepare, seeded_model, split, teacher, train, training_configs)
 from .progress import Progress
-from .model.modelfile import model_id, shipped_path, verified_sha256
+from .model.modelfile import model_id, model_path, verified_sha256
 from .engines.local import start_worker_server
 from .scan import ScanModel, ScanOptions, ScanResult, Scanner, undo
 from .similar.playlist import Filters
@@ -89,7 +89,7 @@ def locations(model: str | Path | None = None, db: str | Path | None = None) -> 
     """Where the model, the scan database and the training feature cache are."""
     from .learn.cache import default_cache_dir
 
-    return {"model": Path(model or shipped_path()), "database": Path(db or default_db_path()),
+    return {"model": model_path(model), "database": Path(db or default_db_path()),
             "feature cache": default_cache_dir()}
 
 

@@ -19,7 +19,8 @@ FIELD_OPTION = typer.Option(FOLDER_FIELD, "--field", help="With a folder per cla
 DB_OPTION = typer.Option(None, "--db", help="Database file (default: in the user data dir).")
 
 
-MODEL_OPTION = typer.Option(None, "--model", help="Checkpoint to use (default: the shipped model).")
+MODEL_OPTION = typer.Option(None, "--model", help="Checkpoint to use (default: the shipped model, CP-ResNet + musicnn; "
+                                                  "fast: the shipped CP-ResNet alone, several times faster).")
 
 
 THRESHOLD_OPTION = typer.Option(

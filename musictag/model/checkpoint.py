@@ -20,6 +20,8 @@ import torch
 
 from ..errors import CheckpointError
 from .features import FeatureConfig
+from .joint import JointConfig, JointHeads, MusicnnPair
+from .musicnn_file import NETWORKS, load_musicnn
 from .network import CPResNet, ModelConfig
 from .modelfile import SHIPPED_NAME, file_sha256, model_id, shipped_path, verified_sha256
 
@@ -41,6 +43,9 @@ class Checkpoint:
     training: dict = field(default_factory=dict)  # data, recipe, metrics: free-form, builtins only
     vocabulary: list[dict] = field(default_factory=list)  # what scan writes, with thresholds (vocabulary.py)
     sha256: str = ""  # of the file it was loaded from
+    # the joint model (model/joint.py): {"config": JointConfig.to_dict(), "state_dict": its heads' weights};
+    # empty for a CP-ResNet alone
+    joint: dict = field(default_factory=dict)
 
     def build_model(self) -> CPResNet:
         model = CPResNet(self.model_config)
@@ -50,6 +55,30 @@ class Checkpoint:
         except RuntimeError as e:
             raise CheckpointError("<checkpoint>", f"weights do not fit the stored config: {str(e)[:300]}") from None
         return model.eval()
+
+    @property
+    def joint_config(self) -> JointConfig | None:
+        return JointConfig.from_dict(self.joint["config"]) if self.joint else None
+
+    def build_joint(self) -> tuple[MusicnnPair, JointHeads] | None:
+        """musicnn's networks and the joint heads, for a joint model (None for a CP-ResNet alone)."""
+        config = self.joint_config
+        if config is None:
+            return None
+        weights = load_musicnn()
+        if config.musicnn_sha256 and weights.sha256 != config.musicnn_sha256:
+            raise CheckpointError("<checkpoint>", f"fitted with musicnn weights {config.musicnn_sha256[:12]}, "
+                                                  f"but the installed ones are {weights.sha256[:12]}")
+        outputs = {head: len(self.labels[head]) for head in config.heads}
+        with torch.device("meta"):
+            width = CPResNet(self.model_config).embedding_channels
+        heads = JointHeads(config, width, outputs)
+        try:
+            heads.load_state_dict(self.joint["state_dict"])
+        except RuntimeError as e:
+            raise CheckpointError("<checkpoint>", f"joint heads do not fit their config: {str(e)[:300]}") from None
+        pair = MusicnnPair({name: weights.build(name) for name in NETWORKS}, config.patches)
+        return pair.eval(), heads.eval()
 
     @property
     def model_id(self) -> str:
@@ -70,6 +99,10 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike, half: bool 
         "training": checkpoint.training,
         "vocabulary": checkpoint.vocabulary,
     }
+    if checkpoint.joint:
+        payload["joint"] = {"config": checkpoint.joint["config"],
+                            "state_dict": {k: v.detach().cpu().contiguous() for k, v in
+                                           checkpoint.joint["state_dict"].items()}}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
@@ -157,6 +190,7 @@ def _from_payload(payload, path: Path) -> Checkpoint:
             normalization=dict(payload.get("normalization", {"mean": 0.0, "std": 1.0})),
             training=payload.get("training", {}),
             vocabulary=list(payload.get("vocabulary", [])),
+            joint=dict(payload.get("joint", {})),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(path, f"incompatible checkpoint contents ({type(e).__name__}: {e})") from None

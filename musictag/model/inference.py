@@ -13,6 +13,7 @@ from .checkpoint import Checkpoint
 from ..defaults import EMBEDDING, WINDOW_SECONDS
 from ..errors import DeviceError, WindowError
 from .features import LogMel
+from .musicnn import SAMPLE_RATE as MUSICNN_RATE
 from .network import min_frames, probabilities
 
 
@@ -187,7 +188,8 @@ class Tagger:
         they hold, are freed before the cache is)."""
         try:
             x = self.features(self.staging(windows, indices))
-            passes = [(indices, name, self._to_host(self._network(x if transform is None else transform(x))))
+            heard = self._musicnn(windows, indices)
+            passes = [(indices, name, self._to_host(self._network(x if transform is None else transform(x), heard)))
                       for name, transform in transforms.items()]
             started += passes
             return ""
@@ -204,7 +206,10 @@ class Tagger:
     def staging(self) -> "Staging":
         return Staging(self.device)
 
-    def _network(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _network(self, x: torch.Tensor, heard: dict | None = None) -> dict[str, torch.Tensor]:
+        """Probabilities per head (and the embedding when asked for) of one pass; for a joint model,
+        `heard` is musicnn's output on the same windows: its taggrams are the msd and mtt heads, and the
+        joint heads read them beside the trunk's features."""
         # fp16 for the trunk on a GPU; the heads (and the log-mel) stay fp32, so scores match the CPU's
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
@@ -212,9 +217,28 @@ class Tagger:
         else:
             logits, embedding = self.model.outputs(x.contiguous(memory_format=torch.channels_last))
         out = probabilities(logits, self.checkpoint.model_config)
+        if heard is not None:
+            out.update({network: taggram for network, (taggram, _) in heard.items()})
+            out.update(self.joint[1](embedding.float(), heard))
         if self.embedding:
             out[EMBEDDING] = embedding
         return out
+
+    @cached_property
+    def joint(self) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+        """musicnn's networks and the joint heads on the device (None for a CP-ResNet alone)."""
+        built = self.checkpoint.build_joint()
+        return None if built is None else (built[0].to(self.device), built[1].to(self.device))
+
+    def _musicnn(self, windows: list[np.ndarray], indices: list[int]) -> dict | None:
+        """musicnn's taggrams and penultimate layers for windows[indices] (None for a CP-ResNet alone): the
+        same decoded windows, resampled to its 16 kHz by soxr."""
+        if self.joint is None:
+            return None
+        import soxr
+
+        audio = np.stack([soxr.resample(windows[j], self.sample_rate, MUSICNN_RATE) for j in indices])
+        return self.joint[0](torch.from_numpy(audio.astype(np.float32, copy=False)).to(self.device))
 
     def _to_host(self, out: dict[str, torch.Tensor]) -> Callable[[], dict[str, np.ndarray]]:
         """A pass's outputs on their way to the host; the function returned waits for them. On a GPU the

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 
-SHIPPED_NAME = "musictag.pt"
+SHIPPED_NAME = "musictag.pt"  # the default: CP-ResNet + musicnn (model/joint.py)
+# shipped models chosen by name (--model fast): the CP-ResNet alone, several times faster on a CPU
+SHIPPED_MODELS = {"fast": "musictag-fast.pt"}
 SHA256_HEX = re.compile("[0-9a-fA-F]{64}")
 
 
@@ -23,6 +25,16 @@ def shipped_path(name: str = SHIPPED_NAME) -> Path:
         return Path(str(resources.files("musictag.weights").joinpath(name)))
     except ModuleNotFoundError:
         return Path(__file__).resolve().parents[2] / "weights" / name
+
+
+def model_path(path: str | os.PathLike | None = None) -> Path:
+    """A --model value as a file: None is the shipped default, a name of SHIPPED_MODELS (when no file of
+    that name is here) the shipped model of that name, anything else the path itself."""
+    if path is None:
+        return shipped_path()
+    if str(path) in SHIPPED_MODELS and not Path(path).exists():
+        return shipped_path(SHIPPED_MODELS[str(path)])
+    return Path(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -50,7 +62,7 @@ def expected_sha(path: Path) -> str | None:
 
 def verified_sha256(path: str | os.PathLike | None = None) -> tuple[Path, str]:
     """The model file (the shipped one when None) and its sha256, checked against its .sha256 file."""
-    path = Path(path) if path is not None else shipped_path()
+    path = model_path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such checkpoint file")
     sha = file_sha256(path)

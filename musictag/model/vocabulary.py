@@ -198,7 +198,7 @@ def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None 
 
 def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float | None = None,
               min_positives: int = MIN_POSITIVES, basis: str = VALIDATION, keep_calibrated: bool = False,
-              groups: np.ndarray | None = None) -> FieldVocabulary:
+              groups: np.ndarray | None = None, z: float = 0.0, min_right: int = 0) -> FieldVocabulary:
     """Per term, the lowest threshold at which the precision of "score >= threshold" on these tracks reaches
     `precision` (the terms' own columns of `scores` and `truth`, (tracks, terms)), recorded as calibrated
     on `basis`. A term that reaches it nowhere gets a threshold above its highest score (never written);
@@ -206,7 +206,7 @@ def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precisi
     before or not known not to be (the teacher only fills in what the labels could not). Positives are
     rows, or with `groups` (a group per row: the track a stretch came from) distinct groups, so that
     one long track cannot calibrate a term alone. `precision` None: the field's target
-    (defaults.PRECISION_TARGET)."""
+    (defaults.PRECISION_TARGET). `z` and `min_right`: see precision_threshold."""
     if precision is None:
         precision = PRECISION_TARGET.get(f.name, DEFAULT_PRECISION_TARGET)
     terms = []
@@ -215,7 +215,7 @@ def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precisi
         if positives < min_positives or (keep_calibrated and term.calibrated_on != ""):
             terms.append(term)
             continue
-        threshold = precision_threshold(scores[:, j], truth[:, j], precision)
+        threshold = precision_threshold(scores[:, j], truth[:, j], precision, z, min_right)
         terms.append(replace(term, threshold=threshold, calibrated_on=basis))
     return replace(f, terms=tuple(terms))
 
@@ -235,14 +235,31 @@ def teacher_truth(f: FieldVocabulary, teacher_probs: dict[str, np.ndarray], labe
     return truth
 
 
-def precision_threshold(scores: np.ndarray, truth: np.ndarray, precision: float) -> float:
+def precision_threshold(scores: np.ndarray, truth: np.ndarray, precision: float, z: float = 0.0,
+                        min_right: int = 0) -> float:
+    """The lowest score whose cut-off ("score >= it") is right at least `precision` of the time on these
+    tracks; with z > 0, the Wilson lower bound of that precision (z standard errors) must reach it, and with
+    min_right at least that many written values must be right: a threshold that holds on new tracks, not
+    only on the ones it was chosen on. None reaches it: a threshold above every score (never written)."""
     order = np.argsort(-scores, kind="stable")
     hits = np.cumsum(truth[order])
-    reached = np.nonzero(hits / np.arange(1, len(order) + 1) >= precision)[0]
+    written = np.arange(1, len(order) + 1)
+    reached = np.nonzero((wilson_lower(hits, written, z) >= precision) & (hits >= min_right))[0]
     if len(reached) == 0:
         return float(min(1.0, scores.max() + 1e-6)) if len(scores) else 1.0
     # the largest cut-off that still holds the precision, at a score boundary
     return float(scores[order[reached[-1]]])
+
+
+def wilson_lower(right: np.ndarray, written: np.ndarray, z: float) -> np.ndarray:
+    """Wilson score interval's lower end for right / written (the share itself when z is 0)."""
+    right, written = np.asarray(right, float), np.asarray(written, float)
+    share = right / written
+    if z == 0:
+        return share
+    centre = share + z * z / (2 * written)
+    spread = z * np.sqrt(share * (1 - share) / written + z * z / (4 * written * written))
+    return (centre - spread) / (1 + z * z / written)
 
 
 @dataclass

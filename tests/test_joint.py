@@ -1,0 +1,133 @@
+"""The joint model (CP-ResNet + musicnn, model/joint.py) and its fitting (learn/joint.py) on tiny generated data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_FEATURES, TINY_LABELS
+from musictag.learn.distill import fit_probe
+from musictag.learn.joint import artist_folds, install_joint, joint_inputs, out_of_fold
+from musictag.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from musictag.model.inference import Tagger
+from musictag.model.joint import JointConfig, MusicnnPair, joint_features, patch_starts
+from musictag.model.musicnn import PATCH_FRAMES
+from musictag.model.musicnn_file import NETWORKS, load_musicnn
+from musictag.model.network import CPResNet, ModelConfig
+from musictag.model.vocabulary import precision_threshold, wilson_lower
+
+
+def test_patches_spread_over_a_window():
+    assert patch_starts(626, 1) == [220]  # a 10 s window's middle patch
+    assert patch_starts(626, 3) == [0, 220, 439]
+    assert patch_starts(626, 2) == [0, 439]
+    assert patch_starts(100, 2) == [0, 0]  # too short: padded, one place
+    assert all(s + PATCH_FRAMES <= 626 for s in patch_starts(626, 3))
+
+
+def joint_checkpoint(path, patches=1):
+    torch.manual_seed(0)
+    weights = load_musicnn()
+    heads = {"quadrant": ("single", 4), "genre": ("multi", 5), "mood": ("multi", 6), "msd": ("multi", 50),
+             "mtt": ("multi", 50)}
+    config = ModelConfig(rho=3, width=8, n_mels=TINY_FEATURES.n_mels, heads=heads)
+    labels = {**TINY_LABELS, "msd": weights.labels["msd"], "mtt": weights.labels["mtt"]}
+    checkpoint = Checkpoint(config, TINY_FEATURES, labels, CPResNet(config).eval().state_dict(), {"mean": -40.0,
+                            "std": 20.0})
+    joint = JointConfig(heads={"quadrant": "single", "genre": "multi"}, patches=patches,
+                        musicnn_sha256=weights.sha256)
+    width = joint.width(CPResNet(config).embedding_channels)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, width)).astype(np.float32)
+    probes = {"quadrant": fit_probe(x, np.eye(4)[rng.integers(0, 4, 40)], "single"),
+              "genre": fit_probe(x, (rng.random((40, 5)) > 0.5).astype(np.float32), "multi")}
+    install_joint(checkpoint, probes, joint)
+    save_checkpoint(checkpoint, path)
+    return load_checkpoint(path), probes
+
+
+def test_joint_model_scores_with_musicnns_own_heads_and_folded_probes(tmp_path):
+    checkpoint, probes = joint_checkpoint(tmp_path / "joint.pt")
+    t = np.arange(int(10.0 * 16000)) / 16000
+    windows = [(0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32) for f in (220.0, 880.0)]
+    tagger = Tagger(checkpoint, "cpu", embedding=True)
+    out = tagger.predict(windows)
+    pair, _ = checkpoint.build_joint()
+    with torch.inference_mode():
+        heard = pair(torch.from_numpy(np.stack(windows)))  # the tiny model runs at 16 kHz: no resampling
+    for network in NETWORKS:
+        assert np.allclose(out[network], heard[network][0].numpy(), atol=1e-5)
+    x = joint_features(checkpoint.joint_config, torch.from_numpy(out["embedding"]), heard).numpy()
+    assert np.allclose(out["quadrant"], probes["quadrant"].predict(x), atol=1e-4)
+    assert np.allclose(out["genre"], probes["genre"].predict(x), atol=1e-4)
+    assert np.allclose(out["quadrant"].sum(1), 1, atol=1e-5)
+    # the CP-ResNet's own mood head is kept: the joint model has no mood head here
+    cp_alone = Checkpoint(checkpoint.model_config, checkpoint.feature_config, checkpoint.labels,
+                          checkpoint.state_dict, checkpoint.normalization)
+    assert np.allclose(Tagger(cp_alone, "cpu").predict(windows)["mood"], out["mood"], atol=1e-5)
+    assert not np.allclose(Tagger(cp_alone, "cpu").predict(windows)["msd"], out["msd"], atol=1e-3)
+
+
+def test_joint_heads_fitted_with_other_musicnn_weights_are_refused(tmp_path):
+    checkpoint, _ = joint_checkpoint(tmp_path / "joint.pt")
+    checkpoint.joint["config"]["musicnn_sha256"] = "0" * 64
+    with pytest.raises(Exception, match="musicnn weights"):
+        checkpoint.build_joint()
+
+
+def test_more_patches_average_more_of_the_window():
+    pair = MusicnnPair({"msd": load_musicnn().build("msd")}, patches=3)
+    t = np.arange(160000) / 16000
+    rising = torch.from_numpy((0.4 * np.sin(2 * np.pi * (200 + 60 * t) * t)).astype(np.float32))[None]
+    with torch.inference_mode():
+        three = pair(rising)["msd"][0]
+        pair.patches = 1
+        one = pair(rising)["msd"][0]
+    assert three.shape == one.shape == (1, 50)
+    assert not torch.allclose(three, one, atol=1e-4)
+
+
+def test_artist_folds_keep_artists_whole_and_sizes_even():
+    groups = [f"a{i % 37}" for i in range(300)] + ["big"] * 20
+    folds = artist_folds(groups, 5)
+    for g in set(groups):
+        assert len(set(folds[[i for i, x in enumerate(groups) if x == g]])) == 1
+    sizes = np.bincount(folds)
+    assert len(sizes) == 5 and sizes.max() - sizes.min() <= 20
+
+
+def test_out_of_fold_scores_never_see_their_own_label():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    folds = np.arange(60) % 3
+    first = out_of_fold(x, {"g": y}, {"g": "multi"}, {"g": ["a"]}, folds, 1e-2)["g"]
+    flipped = y.copy()
+    flipped[0] = 1 - flipped[0]
+    second = out_of_fold(x, {"g": flipped}, {"g": "multi"}, {"g": ["a"]}, folds, 1e-2)["g"]
+    assert np.allclose(first[folds == 0], second[folds == 0])
+    assert not np.allclose(first[folds != 0], second[folds != 0])
+
+
+def test_joint_inputs_average_windows_per_clip():
+    rng = np.random.default_rng(2)
+    features = {"trunk": rng.random((5, 3)), "clip": np.array([0, 0, 1, 1, 1]),
+                **{f"{n}_penultimate": rng.random((5, 3, 200)) for n in NETWORKS},
+                **{f"{n}_logits": rng.random((5, 3, 50)) for n in NETWORKS}}
+    inputs = joint_inputs(features, JointConfig(features=["trunk", "msd"], patches=1))
+    assert inputs.x.shape == (2, 203)
+    assert np.allclose(inputs.x[1, :3], features["trunk"][2:].mean(0))
+    assert np.allclose(inputs.x[0, 3:], features["msd_penultimate"][:2, 1].mean(0))
+    assert list(inputs.rows) == [0, 1]
+
+
+def test_confident_thresholds_hold_back_until_enough_are_right():
+    scores = np.linspace(0.99, 0, 40)
+    truth = np.array([True] * 6 + [False, True] * 17)  # the best 12 are right 75% of the time, no cut deeper
+    plain = precision_threshold(scores, truth, 0.75)
+    assert plain == scores[11]
+    assert precision_threshold(scores, truth, 0.75, z=1.0) > plain  # the lower bound asks for more evidence
+    assert precision_threshold(scores, truth, 0.75, min_right=9) == plain  # 9 of the 12 are right
+    assert precision_threshold(scores, truth, 0.75, min_right=10) > scores.max()  # 10 right only below 75%
+    assert wilson_lower(np.array([8]), np.array([10]), 1.0)[0] < 0.8 < wilson_lower(np.array([80]), np.array([90]), 1.0)[0]
