@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from musictag.learn.joint_recipe import ablations, build_joint
+from musictag.learn.joint_recipe import ablations, build_joint, builtins
 from musictag.learn.manifest import read_manifest, with_vocabulary
 from musictag.model.checkpoint import load_checkpoint, save_checkpoint, write_sha_sidecar
 
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--base", default=None, help="the CP-ResNet checkpoint (default: the shipped fast model)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--patches", type=int, default=0, help="musicnn patches per window (default: the best)")
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.base)
     stored = dict(np.load(args.features))
@@ -35,11 +36,12 @@ def main() -> None:
     dataset = with_vocabulary(dataset, {h: checkpoint.labels[h] for h in dataset.heads}, kinds)
     rows = ablations(stored, dataset)
     for row in rows:
-        print(f"{row['features']:>14} patches {row['patches']}  l2 {row['l2']:<6} headline {row['headline']:.4f}  "
+        print(f"{row['features']:>14} patches {row['patches']}  l2 {','.join(f'{v:g}' for v in row['l2'].values())}  headline {row['headline']:.4f}  "
               + "  ".join(f"{k} {v:.3f}" for k, v in row["metrics"].items()))
-    best = max(rows, key=lambda r: r["headline"])
+    chosen = [r for r in rows if r["patches"] == args.patches] if args.patches else rows
+    best = max(chosen, key=lambda r: r["headline"])
     report = build_joint(checkpoint, stored, dataset, best["features"], max(best["patches"], 1), best["l2"])
-    report["ablations"] = rows
+    report["ablations"] = builtins(rows)
     checkpoint.training = {**checkpoint.training, "joint": report}
     save_checkpoint(checkpoint, args.out)
     write_sha_sidecar(args.out)

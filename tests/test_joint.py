@@ -131,3 +131,18 @@ def test_confident_thresholds_hold_back_until_enough_are_right():
     assert precision_threshold(scores, truth, 0.75, min_right=9) == plain  # 9 of the 12 are right
     assert precision_threshold(scores, truth, 0.75, min_right=10) > scores.max()  # 10 right only below 75%
     assert wilson_lower(np.array([8]), np.array([10]), 1.0)[0] < 0.8 < wilson_lower(np.array([80]), np.array([90]), 1.0)[0]
+
+
+def test_reduced_precision_stays_within_its_tolerance():
+    from musictag.model.joint import REDUCED_PRECISION_TOLERANCE
+
+    networks = {n: load_musicnn().build(n) for n in NETWORKS}
+    t = np.arange(160000) / 16000
+    audio = torch.from_numpy(np.stack([(0.3 * np.sin(2 * np.pi * f * t) * (1 + np.sin(3 * t))).astype(np.float32)
+                                       for f in (110.0, 440.0, 1760.0)]))
+    with torch.inference_mode():
+        fast = MusicnnPair(networks, 3)(audio)
+        exact = MusicnnPair(networks, 3, reduced_precision=False)(audio)
+    for n in NETWORKS:
+        gap = (fast[n][0] - exact[n][0]).abs().max().item()
+        assert 0 < gap < REDUCED_PRECISION_TOLERANCE

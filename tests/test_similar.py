@@ -46,12 +46,15 @@ def test_filters_read_what_the_scan_wrote_else_the_best_label_and_the_duration()
     tracks = [Track("/m/a.flac", 100.0, {"genre": {"Jazz": 0.9, "Rock": 0.1}}),
               Track("/m/b.flac", 400.0, {"genre": {"Jazz": 0.2, "Rock": 0.8}}),
               Track("/m/c.flac", 200.0, {"genre": {"Jazz": 0.9}})]
-    index = EmbeddingIndex(tracks, np.eye(3, dtype=np.float32))
+    # b sounds most like a, then c: the duration filter, not a tie, decides who follows a
+    index = EmbeddingIndex(tracks, np.array([[1, 0, 0], [0.9, 0.1, 0], [0.5, 0.5, 0]], dtype=np.float32))
     written = {"/m/c.flac": {"genre": ["Blues; Soul"]}}
     assert allowed_rows(index, Filters(genres=("jazz",)), written).tolist() == [True, False, False]
     assert allowed_rows(index, Filters(genres=("Soul",)), written).tolist() == [False, False, True]
     assert allowed_rows(index, Filters(max_seconds=300), written).tolist() == [True, False, True]
-    assert like(index, [0], 2, allowed_rows(index, Filters(min_seconds=150), written)) == [0, 2]
+    assert like(index, [0], 2) == [0, 1]
+    assert like(index, [0], 2, allowed_rows(index, Filters(max_seconds=300), written)) == [0, 2]
+    assert like(index, [0], 3, allowed_rows(index, Filters(min_seconds=300), written)) == [0, 1]
 
 
 def test_m3u8_has_extinf_lines_and_paths_that_resolve_from_its_folder(tmp_path):

@@ -61,13 +61,14 @@ def artist_folds(groups: list[str], folds: int = FOLDS, seed: int = 0) -> np.nda
 
 
 def out_of_fold(x: np.ndarray, targets: dict[str, np.ndarray], heads: dict[str, str], vocab: dict,
-                folds: np.ndarray, l2: float) -> dict[str, np.ndarray]:
-    """Every row's probabilities from probes fitted without its fold."""
+                folds: np.ndarray, l2: float | dict[str, float]) -> dict[str, np.ndarray]:
+    """Every row's probabilities from probes fitted without its fold (L2 per head, or one for all)."""
     out = {head: np.zeros((len(x), len(vocab[head])), np.float32) for head in heads}
     for fold in np.unique(folds):
         held = folds == fold
-        probes = fit_head_probes(x[~held], {h: t[~held] for h, t in targets.items()}, heads, vocab, l2)
-        for head, probe in probes.items():
+        for head, kind in heads.items():
+            strength = l2[head] if isinstance(l2, dict) else l2
+            probe = fit_head_probes(x[~held], {head: targets[head][~held]}, {head: kind}, vocab, strength)[head]
             out[head][held] = probe.predict(x[held])
     return out
 

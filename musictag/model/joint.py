@@ -19,6 +19,8 @@ from .musicnn import PATCH_FRAMES, SAMPLE_RATE as MUSICNN_RATE, HOP, Musicnn, Mu
 
 TRUNK = "trunk"  # the CP-ResNet's pooled features, as features names them
 PATCHES_PER_WINDOW = 1  # bench/joint_patches.py: quality against tracks/s
+# most a taggram value moves under bf16 against the exact fp32 port (measured 0.0085 on the parity clips)
+REDUCED_PRECISION_TOLERANCE = 0.02
 
 
 @dataclass
@@ -57,8 +59,10 @@ class MusicnnPair(nn.Module):
     """musicnn's networks on windows of 16 kHz audio: per network, the mean over `patches` patches of its
     taggram (the msd / mtt heads) and of its penultimate layer (features for the joint heads)."""
 
-    def __init__(self, networks: dict[str, Musicnn], patches: int = PATCHES_PER_WINDOW):
+    def __init__(self, networks: dict[str, Musicnn], patches: int = PATCHES_PER_WINDOW,
+                 reduced_precision: bool = True):
         super().__init__()
+        self.reduced_precision = reduced_precision
         self.logmel = MusicnnLogMel()
         self.networks = nn.ModuleDict(networks)
         self.patches = patches
@@ -70,12 +74,14 @@ class MusicnnPair(nn.Module):
         mel = self.logmel(audio)
         starts = patch_starts(mel.shape[1], self.patches)
         batch = torch.cat([mel[:, s:s + PATCH_FRAMES] for s in starts])  # patch-major: (patches * windows, ...)
-        out = {}
+        out, n = {}, audio.shape[0]
         for name, network in self.networks.items():
-            logits, penultimate = network(batch)
-            n = audio.shape[0]
-            out[name] = (torch.sigmoid(logits).view(len(starts), n, -1).mean(0),
-                         penultimate.view(len(starts), n, -1).mean(0))
+            # bf16 on a CPU (fp16 on a GPU): 1.7x faster here, taggrams within REDUCED_PRECISION_TOLERANCE
+            with torch.autocast(audio.device.type, dtype=torch.bfloat16 if audio.device.type == "cpu" else torch.float16,
+                                enabled=self.reduced_precision):
+                logits, penultimate = network(batch)
+            out[name] = (torch.sigmoid(logits.float()).view(len(starts), n, -1).mean(0),
+                         penultimate.float().view(len(starts), n, -1).mean(0))
         return out
 
 

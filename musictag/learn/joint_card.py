@@ -1,0 +1,92 @@
+"""The joint model's card, written from what its checkpoint records (training["joint"], learn/joint_recipe.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..model.checkpoint import Checkpoint
+from ..model.joint import REDUCED_PRECISION_TOLERANCE
+from ..model.modelfile import SHIPPED_MODELS
+from ..model.musicnn_file import LICENSE_NAME
+
+NETWORKS_TEXT = """- **CP-ResNet** (the trunk musictag trains and finetunes; `--model fast` runs it alone): its pooled trunk features
+  per 10 s window. Card of the CP-ResNet alone: `MODEL_CARD_FAST.md`.
+- **musicnn** `MSD_musicnn` and `MTT_musicnn` (Pons & Serra, "musicnn: pre-trained convolutional neural networks for
+  music audio tagging", ISMIR 2019 LBD), ported to PyTorch (`musictag/model/musicnn.py`) and converted from the
+  musicnn 0.1.0 wheel by `scripts/convert_musicnn.py` into `musicnn.pt`. ISC licence, shipped beside the weights as
+  `{licence}`. The port matches TF musicnn on generated clips (tests/test_musicnn.py): taggram within 4e-6,
+  penultimate within 3e-5. Scans run it under bf16 on a CPU (fp16 on a GPU); taggrams then move by at most
+  {tolerance} (tests/test_joint.py).
+- The `msd` and `mtt` heads are musicnn's own taggrams; the quadrant, genre and mood heads are logistic regressions
+  on {features}, averaged over {patches} patch(es) of 3 s per window."""
+
+
+def _row(cells: list) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def ablation_table(rows: list[dict]) -> str:
+    names = list(rows[0]["metrics"])
+    lines = [_row(["features", "musicnn patches per window", "L2 per head", *names]), _row(["---"] * (3 + len(names)))]
+    for r in rows:
+        lines.append(_row([r["features"], r["patches"] or "-", ", ".join(f"{v:g}" for v in r["l2"].values()),
+                           *(f"{r['metrics'][n]:.3f}" for n in names)]))
+    return "\n".join(lines)
+
+
+def written_table(written: dict, vocabulary: list[dict]) -> str:
+    thresholds = {(f["name"], t["name"]): t["threshold"] for f in vocabulary for t in f["terms"]}
+    lines = [_row(["field", "value", "written (out of fold)", "right", "precision", "threshold"]),
+             _row(["---"] * 6)]
+    for field, q in written.items():
+        lines.append(_row([f"**{field}**", "all", q["written"], "", f"{q['precision']:.3f} on {q['coverage']:.1%} of "
+                           f"clips (target {q['target']})", ""]))
+        for value, c in sorted(q["per_value"].items(), key=lambda kv: -kv[1]["written"]):
+            threshold = thresholds.get((field, value), float("nan"))
+            never = threshold > 1.0 - 1e-9
+            precision = f"{c['right'] / c['written']:.3f}" if c["written"] else "-"
+            lines.append(_row([field, value, c["written"], c["right"], precision,
+                               "not written (could not be calibrated)" if never else f"{threshold:.3f}"]))
+    return "\n".join(lines)
+
+
+def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", comparison: str = "") -> str:
+    report = checkpoint.training["joint"]
+    config = report["config"]
+    features = " and ".join({"trunk": "the CP-ResNet's trunk features", "msd": "MSD_musicnn's penultimate layer",
+                             "mtt": "MTT_musicnn's penultimate layer"}[f] for f in config["features"])
+    parts = [
+        f"# Model card: {model_name} (CP-ResNet + musicnn), model id {checkpoint.model_id}",
+        "Written by `scripts/build_joint_model.py` from what the checkpoint records; every figure is measured.",
+        "## Networks", NETWORKS_TEXT.format(licence=LICENSE_NAME, tolerance=REDUCED_PRECISION_TOLERANCE,
+                                            features=features, patches=config["patches"]),
+        "## Data",
+        "The 720 4Q clips (Panda, Malheiro & Paiva 2018; AllMusic previews, labels of mood quadrant, genres and moods), "
+        "the same as the CP-ResNet's card names. The heads are refitted on all of them; the figures below are "
+        "measured on clips whose artists the heads were not fitted on.",
+        "## Ablations (validation split: 144 clips by 20% of artists held out, as `musictag train` splits)",
+        "Each feature set at each head's best L2 on that split; the shipped heads use the best row.",
+        ablation_table(report["ablations"]),
+    ]
+    if comparison:
+        parts += ["## Against the musicnn probe", comparison]
+    parts += [
+        f"## Out of fold ({report['folds']} artist-grouped folds over {report['clips']} clips)",
+        ", ".join(f"{k} {v:.3f}" for k, v in report["out_of_fold"].items()),
+        "## What a scan writes (cross-validated)",
+        f"Each value's threshold is the lowest score at which the Wilson lower bound (z = {report['calibration']['z']}) "
+        f"of its out-of-fold precision reaches the field's target, with at least {report['calibration']['min_right']} "
+        "right values; a value that cannot reach it is not written. The precision and coverage below are nested: "
+        "each fold is judged with thresholds chosen on the other folds.",
+        written_table(report["written"], checkpoint.vocabulary),
+    ]
+    if speed:
+        parts += ["## Speed", speed]
+    parts += ["## Licences",
+              f"musicnn's code and models: ISC (`{LICENSE_NAME}`). The CP-ResNet: as its own card states. "
+              f"`--model {next(iter(SHIPPED_MODELS))}` chooses the CP-ResNet alone."]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_joint_card(checkpoint: Checkpoint, out: Path, model_name: str, speed: str = "", comparison: str = "") -> None:
+    out.write_text(joint_card(checkpoint, model_name, speed, comparison))
