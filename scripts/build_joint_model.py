@@ -2,6 +2,7 @@
 the labelled clips' frozen features (scripts/joint_features.py).
 
   python scripts/build_joint_model.py FEATURES.npz MANIFEST.csv OUT.pt [--base FAST.pt] [--json REPORT.json]
+      [--patches N] [--card MODEL_CARD.md [--probe PROBE.json] [--speed SPEED.md]]
 
 Prints the ablations (validation artists), picks the best feature set and patch count by their headline mean,
 then refits on all clips with out-of-fold thresholds.
@@ -14,6 +15,9 @@ import json
 
 import numpy as np
 
+from pathlib import Path
+
+from musictag.learn.joint_card import probe_comparison, write_joint_card
 from musictag.learn.joint_recipe import ablations, build_joint, builtins
 from musictag.learn.manifest import read_manifest, with_vocabulary
 from musictag.model.checkpoint import load_checkpoint, save_checkpoint, write_sha_sidecar
@@ -24,9 +28,12 @@ def main() -> None:
     parser.add_argument("features")
     parser.add_argument("manifest")
     parser.add_argument("out")
-    parser.add_argument("--base", default=None, help="the CP-ResNet checkpoint (default: the shipped fast model)")
+    parser.add_argument("--base", default="fast", help="the CP-ResNet checkpoint (default: the shipped fast model)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--patches", type=int, default=0, help="musicnn patches per window (default: the best)")
+    parser.add_argument("--card", default=None, help="write the model card here")
+    parser.add_argument("--probe", default=None, help="bench/teacher_probe.py --json, for the card's comparison")
+    parser.add_argument("--speed", default=None, help="a Markdown file of speed figures for the card")
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.base)
     stored = dict(np.load(args.features))
@@ -43,8 +50,13 @@ def main() -> None:
     report = build_joint(checkpoint, stored, dataset, best["features"], max(best["patches"], 1), best["l2"])
     report["ablations"] = builtins(rows)
     checkpoint.training = {**checkpoint.training, "joint": report}
-    save_checkpoint(checkpoint, args.out)
+    save_checkpoint(checkpoint, args.out, half=True)
     write_sha_sidecar(args.out)
+    if args.card:
+        comparison = probe_comparison(json.load(open(args.probe)), best) if args.probe else ""
+        speed = Path(args.speed).read_text() if args.speed else ""
+        write_joint_card(load_checkpoint(args.out), Path(args.card), Path(args.out).name, speed, comparison)
+        print(f"wrote {args.card}")
     print("out of fold:", report["out_of_fold"])
     for field, q in report["written"].items():
         print(f"written {field}: {q['precision']:.3f} right on {q['coverage']:.3f} of clips ({q['written']} values)")

@@ -17,7 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest")
     parser.add_argument("out")
-    parser.add_argument("--model", default=None, help="the CP-ResNet checkpoint (default: the shipped one)")
+    parser.add_argument("--model", default="fast", help="the CP-ResNet checkpoint (default: the shipped fast one)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     paths = [e.path for e in read_manifest(args.manifest).examples]

@@ -18,7 +18,12 @@
 #   6. the shipped recipe on an artist-disjoint 80/20 split of ../shared/data/4q: the 20% choose the
 #      written vocabulary's thresholds and give the validation metrics, so the shipped weights are this run;
 #      values they cannot judge are calibrated against the teacher on Debian tracks kept out of training
-#   7. fp16 copy into weights/, sha256 sidecar; teacher agreement on unseen music; model card
+#   7. fp16 copy into weights/musictag-fast.pt (`--model fast`), sha256 sidecar; teacher agreement on
+#      unseen music; its model card (weights/MODEL_CARD_FAST.md)
+#   8. the default model, CP-ResNet + musicnn (learn/joint_recipe.py): musicnn converted from its wheel
+#      (scripts/convert_musicnn.py), both networks' frozen features of the 4Q clips
+#      (scripts/joint_features.py, about 4 min), heads fitted on them with out-of-fold thresholds
+#      (scripts/build_joint_model.py, a few minutes): weights/musictag.pt and weights/MODEL_CARD.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/4q/manifest.csv}
@@ -85,7 +90,7 @@ musictag evaluate --data "$RUNS/distilled.pt.val.csv" --model "$RUNS/distilled.p
 python bench/written_fields.py --data "$RUNS/distilled.pt.val.csv" --model "$RUNS/distilled.pt" \
   --predictions "$RUNS/val_predictions.jsonl" > "$RUNS/written_fields.txt"
 
-python - "$RUNS/distilled.pt" weights/musictag.pt <<'PY'
+python - "$RUNS/distilled.pt" weights/musictag-fast.pt <<'PY'
 import sys
 from musictag.model.checkpoint import load_checkpoint, save_checkpoint, write_sha_sidecar
 save_checkpoint(load_checkpoint(sys.argv[1]), sys.argv[2], half=True)
@@ -102,8 +107,15 @@ if [ "${SKIP_ABLATIONS:-0}" != 1 ]; then
   for f in "$RUNS"/ablation_*.pt; do ablations+=(--ablation "$f"); done
   ablations+=(--ablation "$RUNS/distilled.pt")
 fi
-musictag model-card weights/musictag.pt --out weights/MODEL_CARD.md --evaluation "$RUNS/distilled.eval.json" \
+musictag model-card weights/musictag-fast.pt --out weights/MODEL_CARD_FAST.md --evaluation "$RUNS/distilled.eval.json" \
   --evaluation-title "validation split: 144 clips by artists held out of training ($RUNS/distilled.pt)" \
   --probe "$RUNS/probe.json" --agreement "$RUNS/agreement.txt" --soundtracks "$RUNS/soundtracks.md" --sources "$RUNS/sources.json" \
   --sources "$RUNS/mixes.json" \
   --speed "$RUNS/model_speed.txt" --notes scripts/model_card_notes.md "${ablations[@]}"
+
+python scripts/convert_musicnn.py --teacher-venv "$TEACHER_VENV"
+python scripts/joint_features.py "$DATA" "$RUNS/joint-features.npz" --model weights/musictag-fast.pt \
+  > "$RUNS/joint-features.log"
+python scripts/build_joint_model.py "$RUNS/joint-features.npz" "$DATA" weights/musictag.pt \
+  --base weights/musictag-fast.pt --patches "${JOINT_PATCHES:-2}" --json "$RUNS/joint.json" \
+  --card weights/MODEL_CARD.md --probe "$RUNS/probe.json" > "$RUNS/joint.log"

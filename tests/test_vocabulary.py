@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from musictag.model.vocabulary import (DEFAULT_FIELDS, MOODS, TEACHER, VALIDATION, FieldVocabulary, Term, available,
-                                 calibrate, choose, precision_threshold, teacher_truth, term_matrix,
+from dataclasses import replace
+
+from musictag.model.vocabulary import (DEFAULT_FIELDS, MOODS, NEVER, TEACHER, VALIDATION, FieldVocabulary, Term,
+                                 available, calibrate, calibrate_best, choose, precision_threshold, teacher_truth, term_matrix,
                                  track_term_scores, truth_matrix, vocabulary_from_dict, vocabulary_to_dict,
                                  written_quality)
 
@@ -41,13 +43,38 @@ def test_choose_writes_only_confident_terms_best_first_and_nothing_when_none_is(
     assert choose(GENRE, {"Jazz": 0.45, "Rock": 0.55, "Soundtrack": 0.3}, threshold=0.4) == ["Rock", "Jazz"]
 
 
+def test_the_best_value_is_written_below_its_own_threshold_only_when_the_field_allows_it():
+    scores = {"Jazz": 0.45, "Rock": 0.35, "Soundtrack": 0.2}  # none at its own threshold
+    assert choose(GENRE, scores) == []
+    best_first = replace(GENRE, best_threshold=0.3)
+    assert choose(best_first, scores) == ["Jazz"]
+    assert choose(best_first, {"Jazz": 0.25, "Rock": 0.2, "Soundtrack": 0.1}) == []  # the best is below it too
+    assert choose(best_first, {"Jazz": 0.9, "Rock": 0.65}, top_k=2) == ["Jazz", "Rock"]  # own thresholds first
+    assert choose(best_first, scores, threshold=0.5) == []  # a threshold the user gives replaces both
+    # a value whose calibration never reached its target is never the best written
+    never_jazz = replace(best_first, terms=(replace(GENRE.terms[0], threshold=NEVER), *GENRE.terms[1:]))
+    assert choose(never_jazz, scores) == ["Rock"]
+    assert vocabulary_from_dict(vocabulary_to_dict((best_first,)))[0] == best_first
+
+
+def test_calibrate_best_holds_the_precision_of_each_tracks_best_value():
+    # per track the best of Jazz and Rock (Soundtrack is never written): 0.9, 0.7, 0.6 right, 0.5, 0.3 wrong
+    scores = np.array([[0.9, 0.1, 0.8], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.4, 0.5, 0.1], [0.3, 0.2, 0.1]])
+    truth = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0]], bool)
+    terms = (*GENRE.terms[:2], replace(GENRE.terms[2], threshold=NEVER))
+    out = calibrate_best(replace(GENRE, terms=terms), scores, truth, precision=0.75)
+    assert out.best_threshold == 0.5  # 3 of the top 4 right; Soundtrack's 0.8 on track 0 does not count
+    assert calibrate_best(replace(GENRE, terms=terms), scores, truth, precision=0.8).best_threshold == 0.6
+    assert calibrate_best(replace(GENRE, terms=terms), scores, truth, precision=0.75, min_right=4).best_threshold is None
+
+
 def test_precision_threshold_is_the_lowest_cut_that_holds_the_precision():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     truth = np.array([1, 1, 0, 1, 0, 0], bool)
     assert precision_threshold(scores, truth, 0.75) == 0.6  # top 4: 3 right
     assert precision_threshold(scores, truth, 1.0) == 0.8
     # never reached: a threshold above every score, so the term is never written
-    assert precision_threshold(scores, np.zeros(6, bool), 0.5) > 0.9
+    assert precision_threshold(scores, np.zeros(6, bool), 0.5) == NEVER > 1.0
 
 
 def test_calibrate_keeps_the_prior_for_terms_with_too_few_positives():

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..model.checkpoint import Checkpoint
+from .modelcard import probe_table
 from ..model.joint import REDUCED_PRECISION_TOLERANCE
 from ..model.modelfile import SHIPPED_MODELS
 from ..model.musicnn_file import LICENSE_NAME
+from ..model.vocabulary import NEVER
+from ..defaults import BEST_FIRST_TARGET
 
 NETWORKS_TEXT = """- **CP-ResNet** (the trunk musictag trains and finetunes; `--model fast` runs it alone): its pooled trunk features
   per 10 s window. Card of the CP-ResNet alone: `MODEL_CARD_FAST.md`.
@@ -36,18 +39,28 @@ def ablation_table(rows: list[dict]) -> str:
 
 def written_table(written: dict, vocabulary: list[dict]) -> str:
     thresholds = {(f["name"], t["name"]): t["threshold"] for f in vocabulary for t in f["terms"]}
+    best = {f["name"]: f["best_threshold"] for f in vocabulary if f.get("best_threshold") is not None}
     lines = [_row(["field", "value", "written (out of fold)", "right", "precision", "threshold"]),
              _row(["---"] * 6)]
     for field, q in written.items():
         lines.append(_row([f"**{field}**", "all", q["written"], "", f"{q['precision']:.3f} on {q['coverage']:.1%} of "
-                           f"clips (target {q['target']})", ""]))
+                           f"clips (target {q['target']})", f"best value: {best[field]:.3f}" if field in best else ""]))
         for value, c in sorted(q["per_value"].items(), key=lambda kv: -kv[1]["written"]):
             threshold = thresholds.get((field, value), float("nan"))
-            never = threshold > 1.0 - 1e-9
+            never = threshold >= NEVER
             precision = f"{c['right'] / c['written']:.3f}" if c["written"] else "-"
             lines.append(_row([field, value, c["written"], c["right"], precision,
                                "not written (could not be calibrated)" if never else f"{threshold:.3f}"]))
     return "\n".join(lines)
+
+
+def probe_comparison(probe: dict, chosen: dict) -> str:
+    """The chosen ablation row against bench/teacher_probe.py's probe on the same validation split."""
+    metrics: dict = {}
+    for name, value in chosen["metrics"].items():
+        head, metric = name.split()
+        metrics.setdefault(head, {})[metric] = value
+    return probe_table(probe, metrics)
 
 
 def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", comparison: str = "") -> str:
@@ -76,8 +89,12 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
         "## What a scan writes (cross-validated)",
         f"Each value's threshold is the lowest score at which the Wilson lower bound (z = {report['calibration']['z']}) "
         f"of its out-of-fold precision reaches the field's target, with at least {report['calibration']['min_right']} "
-        "right values; a value that cannot reach it is not written. The precision and coverage below are nested: "
-        "each fold is judged with thresholds chosen on the other folds.",
+        "right values; a value that cannot reach it is not written. "
+        + "".join(f"A clip none of whose {name} values reaches its own threshold gets its best value when that "
+                  f"value's score reaches the field's best-value threshold, chosen so that the lower bound of their "
+                  f"precision reaches {target}. " for name, target in BEST_FIRST_TARGET.items())
+        + "The precision and coverage below are nested: each fold is judged with thresholds chosen on the other "
+        "folds; the thresholds shown are those of the shipped model, chosen on all clips.",
         written_table(report["written"], checkpoint.vocabulary),
     ]
     if speed:

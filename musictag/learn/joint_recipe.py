@@ -19,8 +19,8 @@ import numpy as np
 from ..model.checkpoint import Checkpoint
 from ..model.joint import TRUNK, JointConfig
 from ..model.musicnn_file import load_musicnn
-from ..defaults import DEFAULT_PRECISION_TARGET, PRECISION_TARGET
-from ..model.vocabulary import (FieldVocabulary, available, calibrate,
+from ..defaults import BEST_FIRST_TARGET, DEFAULT_PRECISION_TARGET, PRECISION_TARGET
+from ..model.vocabulary import (FieldVocabulary, available, calibrate, calibrate_best,
                                 term_matrix, truth_matrix, vocabulary_from_dict, vocabulary_to_dict, written_quality)
 from .distill import fit_head_probes
 from .joint import artist_folds, install_joint, joint_inputs, out_of_fold
@@ -96,10 +96,18 @@ def calibrated_vocabulary(checkpoint: Checkpoint, dataset: Dataset, rows: list[i
         scores = term_matrix(usable[0], probs, checkpoint.labels)
         truth = truth_matrix(usable[0], [e.labels[f.truth_head] for e in examples])
         target = PRECISION_TARGET.get(f.name, DEFAULT_PRECISION_TARGET)
-        tuned = calibrate(usable[0], scores, truth, target, z=CONFIDENCE_Z, min_right=MIN_RIGHT)
-        fields.append(tuned)
+        fields.append(confident(usable[0], scores, truth, target))
         quality[f.name] = nested_quality(usable[0], scores, truth, folds, target)
     return vocabulary_to_dict(tuple(fields)), quality
+
+
+def confident(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, target: float) -> FieldVocabulary:
+    """`f` calibrated on these scores: each term's threshold at `target`, then the field's best-first
+    threshold where it has one (defaults.BEST_FIRST_TARGET), each with its lower bound and minimum right."""
+    tuned = calibrate(f, scores, truth, target, z=CONFIDENCE_Z, min_right=MIN_RIGHT)
+    if f.name not in BEST_FIRST_TARGET:
+        return tuned
+    return calibrate_best(tuned, scores, truth, BEST_FIRST_TARGET[f.name], z=CONFIDENCE_Z, min_right=MIN_RIGHT)
 
 
 def nested_quality(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, folds: np.ndarray,
@@ -110,7 +118,7 @@ def nested_quality(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, fo
     per_term: dict[str, dict] = {}
     for fold in np.unique(folds):
         held = folds == fold
-        tuned = calibrate(f, scores[~held], truth[~held], target, z=CONFIDENCE_Z, min_right=MIN_RIGHT)
+        tuned = confident(f, scores[~held], truth[~held], target)
         q = written_quality(tuned, scores[held], truth[held], single=single)
         right, written = right + sum(c["right"] for c in q.per_term.values()), written + q.written
         covered += q.coverage * held.sum()

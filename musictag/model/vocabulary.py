@@ -25,6 +25,7 @@ from ..defaults import DEFAULT_PRECISION_TARGET, OPT_IN_FIELDS, OTHER_TOP_K, PRE
 
 MIN_POSITIVES = 3  # a term with fewer positives than this keeps its threshold (the prior, if nothing else)
 PRIOR_THRESHOLD = 0.5  # terms nobody could calibrate
+NEVER = 1.0 + 1e-6  # the threshold of a term whose calibration reached its target nowhere: above every probability
 # What a threshold was calibrated on: "" nothing (the prior); BASE: a finetuned model's base model (terms
 # of fields it kept); None: not recorded (a checkpoint from before this was)
 VALIDATION, TEACHER, BASE = "validation", "teacher", "base model"
@@ -44,18 +45,24 @@ class FieldVocabulary:
     name: str  # the tag field (tags.FIELDS)
     terms: tuple[Term, ...]
     truth_head: str = ""  # the labelled head its terms are judged against ("" : none, thresholds are priors)
+    # a track none of whose terms reaches its own threshold still gets its best term when that term's score
+    # reaches this (calibrate_best): a field whose every track has some value (a genre) is then written
+    # on more tracks, at a precision calibrated for it. None: only terms at their own thresholds
+    best_threshold: float | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "truth_head": self.truth_head,
+        data = {"name": self.name, "truth_head": self.truth_head,
                 "terms": [{**asdict(t), "sources": list(t.sources), "judged_by": list(t.judged_by)}
                           for t in self.terms]}
+        return data if self.best_threshold is None else {**data, "best_threshold": self.best_threshold}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FieldVocabulary":
         terms = tuple(Term(FORMER_NAMES.get(t["name"], t["name"]), tuple(t["sources"]), tuple(t.get("judged_by", ())),
                            float(t.get("threshold", PRIOR_THRESHOLD)), t.get("calibrated_on"))
                       for t in data["terms"])
-        return cls(data["name"], terms, data.get("truth_head", ""))
+        best = data.get("best_threshold")
+        return cls(data["name"], terms, data.get("truth_head", ""), None if best is None else float(best))
 
 
 def _terms(rows: list[tuple[str, str, str]], truth_head: str) -> tuple[Term, ...]:
@@ -193,7 +200,31 @@ def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None 
         scored = sorted(scored, key=lambda t: -term_scores[t.name])[:1]
         k = 1
     passing = [t.name for t in scored if term_scores[t.name] >= (t.threshold if threshold is None else threshold)]
+    if not passing and threshold is None and f.best_threshold is not None:
+        best = _best_writable(scored, term_scores)
+        passing = [best.name] if best and term_scores[best.name] >= f.best_threshold else []
     return sorted(passing, key=lambda name: -term_scores[name])[:k]
+
+
+def _best_writable(terms: list[Term], term_scores: dict[str, float]) -> Term | None:
+    """The best-scoring term that may be written at all (one whose calibration reached its target)."""
+    writable = [t for t in terms if t.threshold < NEVER]
+    return max(writable, key=lambda t: term_scores[t.name]) if writable else None
+
+
+def calibrate_best(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float, z: float = 0.0,
+                   min_right: int = 0) -> FieldVocabulary:
+    """`f` with the best_threshold at which "each track's best writable term, when it scores at least this"
+    is right `precision` of the time on these tracks (precision_threshold's z and min_right); the terms'
+    own thresholds must be calibrated first (those never written stay so)."""
+    writable = np.array([t.threshold < NEVER for t in f.terms])
+    if not writable.any() or not len(scores):
+        return replace(f, best_threshold=None)
+    masked = np.where(writable, scores, -np.inf)
+    best = masked.argmax(axis=1)
+    right = truth[np.arange(len(truth)), best]
+    threshold = precision_threshold(masked.max(axis=1), right, precision, z, min_right)
+    return replace(f, best_threshold=None if threshold >= NEVER else threshold)
 
 
 def calibrate(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float | None = None,
@@ -240,13 +271,13 @@ def precision_threshold(scores: np.ndarray, truth: np.ndarray, precision: float,
     """The lowest score whose cut-off ("score >= it") is right at least `precision` of the time on these
     tracks; with z > 0, the Wilson lower bound of that precision (z standard errors) must reach it, and with
     min_right at least that many written values must be right: a threshold that holds on new tracks, not
-    only on the ones it was chosen on. None reaches it: a threshold above every score (never written)."""
+    only on the ones it was chosen on. None reaches it: NEVER (above every probability: never written)."""
     order = np.argsort(-scores, kind="stable")
     hits = np.cumsum(truth[order])
     written = np.arange(1, len(order) + 1)
     reached = np.nonzero((wilson_lower(hits, written, z) >= precision) & (hits >= min_right))[0]
     if len(reached) == 0:
-        return float(min(1.0, scores.max() + 1e-6)) if len(scores) else 1.0
+        return NEVER
     # the largest cut-off that still holds the precision, at a score boundary
     return float(scores[order[reached[-1]]])
 
