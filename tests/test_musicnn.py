@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from musicnn_clips import clips
-from musictag.model.musicnn import PATCH_FRAMES, Musicnn, MusicnnLogMel, patches
+from musictag.model.musicnn import (PATCH_FRAMES, LowRankConv, Musicnn, MusicnnLogMel, conv_relu_bn_max_over_mel,
+                                    patches)
 from musictag.model.musicnn_file import NETWORKS, load_musicnn
 
 REFERENCE = Path(__file__).parent / "data" / "musicnn_reference.npz"
@@ -67,3 +68,43 @@ def test_labels_are_musicnns():
     assert weights.labels["msd"][:3] == ["rock", "pop", "alternative"]
     assert weights.labels["mtt"][-1] == "choral" and len(weights.labels["mtt"]) == 50
     assert isinstance(Musicnn(), torch.nn.Module)
+
+
+def random_bn(channels: int, generator: torch.Generator) -> torch.nn.BatchNorm2d:
+    bn = torch.nn.BatchNorm2d(channels, eps=1e-3)
+    bn.weight.data = torch.randn(channels, generator=generator)  # scales of both signs
+    bn.bias.data, bn.running_mean = torch.randn(channels, generator=generator), torch.randn(channels, generator=generator)
+    bn.running_var = torch.rand(channels, generator=generator) + 0.5
+    return bn.eval()
+
+
+@pytest.mark.parametrize("kernel", [(7, 38), (32, 1)])
+def test_pooling_before_relu_and_batchnorm_and_low_rank_filters_give_the_plain_order(kernel):
+    generator = torch.Generator().manual_seed(0)
+    conv, bn = torch.nn.Conv2d(1, 24, kernel), random_bn(24, generator)
+    # filters of rank 5: the low-rank form keeps all of them
+    conv.weight.data = (torch.randn(24, 5, generator=generator) @ torch.randn(5, kernel[0] * kernel[1],
+                        generator=generator)).view(24, 1, *kernel)
+    x = torch.randn(3, 1, 60, 96, generator=generator)
+    with torch.inference_mode():
+        plain = bn(torch.relu(conv(x))).amax(dim=3)
+        low = LowRankConv(conv, 1e-5)
+        assert low.basis.out_channels == 5
+        torch.testing.assert_close(low(x), conv(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(conv_relu_bn_max_over_mel(conv, bn, x), plain, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(conv_relu_bn_max_over_mel(low, bn, x), plain, atol=1e-4, rtol=1e-4)
+        # a rank dropped is a different filter bank
+        assert LowRankConv(conv, 0.9999).basis.out_channels == 1
+        assert not torch.allclose(LowRankConv(conv, 0.9999)(x), conv(x), atol=1e-2)
+
+
+def test_low_rank_musicnn_stays_near_the_exact_port(reference):
+    """musicnn's own filters at LOW_RANK_RTOL, in fp32: MSD_musicnn's are exactly low rank, MTT's nearly."""
+    from musictag.model.joint import LOW_RANK_RTOL
+
+    x = port_input()
+    for network in NETWORKS:
+        exact = load_musicnn().build(network)
+        with torch.inference_mode():
+            gap = (torch.sigmoid(exact.low_rank(LOW_RANK_RTOL)(x)[0]) - torch.sigmoid(exact(x)[0])).abs().max().item()
+        assert gap < (1e-4 if network == "msd" else 5e-3)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..model.checkpoint import Checkpoint
 from .modelcard import probe_table
-from ..model.joint import REDUCED_PRECISION_TOLERANCE
+from ..model.joint import LOW_RANK_RTOL, REDUCED_PRECISION_TOLERANCE
 from ..model.modelfile import SHIPPED_MODELS
 from ..model.musicnn_file import LICENSE_NAME
 from ..model.vocabulary import NEVER
@@ -18,8 +18,10 @@ NETWORKS_TEXT = """- **CP-ResNet** (the trunk musictag trains and finetunes; `--
   music audio tagging", ISMIR 2019 LBD), ported to PyTorch (`musictag/model/musicnn.py`) and converted from the
   musicnn 0.1.0 wheel by `scripts/convert_musicnn.py` into `musicnn.pt`. ISC licence, shipped beside the weights as
   `{licence}`. The port matches TF musicnn on generated clips (tests/test_musicnn.py): taggram within 4e-6,
-  penultimate within 3e-5. Scans run it under bf16 on a CPU (fp16 on a GPU); taggrams then move by at most
-  {tolerance} (tests/test_joint.py).
+  penultimate within 3e-5. Scans run it under bf16 on a CPU (fp16 on a GPU), with its front-end filters in
+  low-rank form (singular values under {rtol} of the largest dropped: MSD_musicnn's are exactly low rank) and
+  pooled before ReLU and BatchNorm (exact); taggrams then stay within {tolerance} of the exact port
+  (tests/test_joint.py, tests/test_musicnn.py).
 - The `msd` and `mtt` heads are musicnn's own taggrams; the quadrant, genre and mood heads are logistic regressions
   on {features}, averaged over {patches} patch(es) of 3 s per window."""
 
@@ -71,7 +73,7 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
     parts = [
         f"# Model card: {model_name} (CP-ResNet + musicnn), model id {checkpoint.model_id}",
         "Written by `scripts/build_joint_model.py` from what the checkpoint records; every figure is measured.",
-        "## Networks", NETWORKS_TEXT.format(licence=LICENSE_NAME, tolerance=REDUCED_PRECISION_TOLERANCE,
+        "## Networks", NETWORKS_TEXT.format(licence=LICENSE_NAME, tolerance=REDUCED_PRECISION_TOLERANCE, rtol=LOW_RANK_RTOL,
                                             features=features, patches=config["patches"]),
         "## Data",
         "The 720 4Q clips (Panda, Malheiro & Paiva 2018; AllMusic previews, labels of mood quadrant, genres and moods), "

@@ -18,8 +18,9 @@ from torch import nn
 from .musicnn import PATCH_FRAMES, SAMPLE_RATE as MUSICNN_RATE, HOP, Musicnn, MusicnnLogMel, BACKEND_UNITS
 
 TRUNK = "trunk"  # the CP-ResNet's pooled features, as features names them
-PATCHES_PER_WINDOW = 1  # bench/joint_patches.py: quality against tracks/s
-# most a taggram value moves under bf16 against the exact fp32 port (measured 0.0085 on the parity clips)
+PATCHES_PER_WINDOW = 2  # the shipped model's: its card's ablations (quality) and bench/scan_speed.py (tracks/s)
+LOW_RANK_RTOL = 1e-3  # front-end filters' singular values kept (musicnn.LowRankConv)
+# most a taggram value moves under bf16 and low rank against the exact fp32 port (tests/test_joint.py)
 REDUCED_PRECISION_TOLERANCE = 0.02
 
 
@@ -61,10 +62,13 @@ class MusicnnPair(nn.Module):
 
     def __init__(self, networks: dict[str, Musicnn], patches: int = PATCHES_PER_WINDOW,
                  reduced_precision: bool = True):
+        """`reduced_precision`: bf16 (fp16 on a GPU) and low-rank front-end filters (musicnn.LowRankConv at
+        LOW_RANK_RTOL), together within REDUCED_PRECISION_TOLERANCE of the exact port; False: the exact port."""
         super().__init__()
         self.reduced_precision = reduced_precision
         self.logmel = MusicnnLogMel()
-        self.networks = nn.ModuleDict(networks)
+        self.networks = nn.ModuleDict({name: network.low_rank(LOW_RANK_RTOL) if reduced_precision else network
+                                       for name, network in networks.items()})
         self.patches = patches
 
     def forward(self, audio: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
