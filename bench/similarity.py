@@ -6,9 +6,10 @@ Quality: the validation artists of the 4Q split (musictag.learn.manifest.split_b
 split `musictag train --val-fraction 0.2` makes, whose clips the shipped model never trained on) are scored
 as a scan scores tracks; for every clip, its 10 nearest clips by other artists under each candidate
 representation; genre-match@10 is the share of those sharing a genre with it, quadrant-match@10 the share
-in its quadrant. Candidates: the CP-ResNet's pooled trunk features as they are and standardised (what
-the index uses), the heads' outputs (logits of every head, standardised), and both side by side; a
-random ranking is the floor. Speed: one query against 20,000 and 1,000,000 synthetic tracks (float16),
+in its quadrant. Candidates: the stored embedding as the index uses it (standardised; a joint model's is
+the trunk features, then both musicnn networks' penultimate layers) and its parts, the trunk features raw,
+the heads' outputs (logits of every head, standardised; the default model's joint heads were fitted on all
+4Q clips, these too, so that row flatters it), and both side by side; a random ranking is the floor. Speed: one query against 20,000 and 1,000,000 synthetic tracks (float16),
 and a whole `musictag similar` command from a cold start on a 20,000-track database.
 All figures come from this one run on this machine.
 """
@@ -36,14 +37,22 @@ def score_clips(examples, model: str | None, workers: int) -> list[dict[str, np.
     tagger.embedding = True
     jobs = [Job(e.path, tagger.sample_rate, False, 5, tagger.min_samples) for e in examples]
     found = {d.path: d.scores for d in score_locally(tagger, jobs, workers, 64, True) if d.scores is not None}
-    return [found[e.path] for e in examples]
+    return [found[e.path] for e in examples], tagger.model.embedding_channels
 
 
-def candidates(outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    trunk = np.stack([o[EMBEDDING] for o in outputs])
+def candidates(outputs: list[dict[str, np.ndarray]], trunk_width: int) -> dict[str, np.ndarray]:
+    """The stored embedding as the index uses it, its parts, the heads' outputs. A joint model's embedding is
+    the CP-ResNet's trunk features, then MSD_musicnn's and MTT_musicnn's penultimate layers."""
+    stored = np.stack([o[EMBEDDING] for o in outputs])
+    trunk = stored[:, :trunk_width]
     heads = np.stack([np.concatenate([_logit(o[h]) for h in sorted(o) if h != EMBEDDING]) for o in outputs])
-    return {"trunk, raw cosine": trunk, "trunk, standardised (the index)": trunk, "heads' logits": heads,
-            "trunk + heads": np.hstack([_standard(trunk), _standard(heads)])}
+    out = {"trunk, raw cosine": trunk, "trunk, standardised": trunk}
+    if stored.shape[1] > trunk_width:
+        out.update({"musicnn (msd + mtt), standardised": stored[:, trunk_width:],
+                    "msd, standardised": stored[:, trunk_width:trunk_width + 200]})
+    out.update({"stored embedding, standardised (the index)": stored, "heads' logits": heads,
+                "stored embedding + heads": np.hstack([_standard(stored), _standard(heads)])})
+    return out
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -127,15 +136,15 @@ def main() -> None:
     args = parser.parse_args()
     dataset = read_manifest(args.data, min_count=30)
     _, val = split_by_group(dataset.examples, 0.2, 0)
-    outputs = score_clips(val, args.model, args.workers)
+    outputs, trunk_width = score_clips(val, args.model, args.workers)
     rows = {"random": matches(None, val, False)}
-    for name, matrix in candidates(outputs).items():
+    for name, matrix in candidates(outputs, trunk_width).items():
         rows[name] = matches(matrix, val, standardise="standardised" in name)
     print(f"{len(val)} validation clips by {len({e.group for e in val})} artists; neighbours by other artists, "
           f"k = {NEIGHBOURS}")
-    print(f"{'embedding':36} genre-match@10  quadrant-match@10")
+    print(f"{'embedding':44} genre-match@10  quadrant-match@10")
     for name, (genre, quadrant) in rows.items():
-        print(f"{name:36} {genre:14.3f}  {quadrant:17.3f}")
+        print(f"{name:44} {genre:14.3f}  {quadrant:17.3f}")
     speed = {tracks: query_seconds(tracks) for tracks in (20_000, 1_000_000)}
     for tracks, seconds in speed.items():
         print(f"one query, {tracks:>9,} tracks: {seconds * 1000:8.1f} ms")

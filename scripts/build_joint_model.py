@@ -2,7 +2,11 @@
 the labelled clips' frozen features (scripts/joint_features.py).
 
   python scripts/build_joint_model.py FEATURES.npz MANIFEST.csv OUT.pt [--base FAST.pt] [--json REPORT.json]
-      [--patches N] [--card MODEL_CARD.md [--probe PROBE.json] [--speed SPEED.md]]
+      [--patches N] [--card MODEL_CARD.md [--probe PROBE.json] [--speed SPEED.txt]] [--validation-split VAL.csv]
+
+--validation-split: fit the heads on the training artists only (the split `musictag train` makes) and write
+the validation clips' manifest, so that `musictag evaluate --data VAL.csv --model OUT.pt` judges the
+model, through the scan pipeline, on artists it never heard.
 
 Prints the ablations (validation artists), picks the best feature set and patch count by their headline mean,
 then refits on all clips with out-of-fold thresholds.
@@ -19,8 +23,17 @@ from pathlib import Path
 
 from musictag.learn.joint_card import probe_comparison, write_joint_card
 from musictag.learn.joint_recipe import ablations, build_joint, builtins
-from musictag.learn.manifest import read_manifest, with_vocabulary
+from musictag.learn.manifest import read_manifest, split_by_group, with_vocabulary, write_manifest
 from musictag.model.checkpoint import load_checkpoint, save_checkpoint, write_sha_sidecar
+
+
+def training_windows(stored: dict, dataset, validation_csv: str) -> dict:
+    """The features of the training artists' clips only; the validation clips' manifest written out."""
+    train, val = split_by_group(dataset.examples, 0.2, 0)
+    write_manifest(val, Path(validation_csv))
+    index = {e.path: i for i, e in enumerate(dataset.examples)}
+    keep = np.isin(stored["clip"], [index[e.path] for e in train])
+    return {name: values[keep] for name, values in stored.items()}
 
 
 def main() -> None:
@@ -33,7 +46,8 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=0, help="musicnn patches per window (default: the best)")
     parser.add_argument("--card", default=None, help="write the model card here")
     parser.add_argument("--probe", default=None, help="bench/teacher_probe.py --json, for the card's comparison")
-    parser.add_argument("--speed", default=None, help="a Markdown file of speed figures for the card")
+    parser.add_argument("--speed", default=None, help="bench/scan_speed.py's output, for the card")
+    parser.add_argument("--validation-split", default=None, help="fit on the training artists; write the rest here")
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.base)
     stored = dict(np.load(args.features))
@@ -47,6 +61,8 @@ def main() -> None:
               + "  ".join(f"{k} {v:.3f}" for k, v in row["metrics"].items()))
     chosen = [r for r in rows if r["patches"] == args.patches] if args.patches else rows
     best = max(chosen, key=lambda r: r["headline"])
+    if args.validation_split:
+        stored = training_windows(stored, dataset, args.validation_split)
     report = build_joint(checkpoint, stored, dataset, best["features"], max(best["patches"], 1), best["l2"])
     report["ablations"] = builtins(rows)
     checkpoint.training = {**checkpoint.training, "joint": report}

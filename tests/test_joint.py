@@ -58,7 +58,13 @@ def test_joint_model_scores_with_musicnns_own_heads_and_folded_probes(tmp_path):
         heard = pair(torch.from_numpy(np.stack(windows)))  # the tiny model runs at 16 kHz: no resampling
     for network in NETWORKS:
         assert np.allclose(out[network], heard[network][0].numpy(), atol=1e-5)
-    x = joint_features(checkpoint.joint_config, torch.from_numpy(out["embedding"]), heard).numpy()
+    # the embedding a scan stores is what the joint heads read: the trunk's features, then musicnn's
+    trunk_width = tagger.model.embedding_channels
+    x = out["embedding"]
+    assert x.shape[1] == tagger.output_widths["embedding"] == trunk_width + 2 * 200
+    for k, network in enumerate(NETWORKS):
+        np.testing.assert_allclose(x[:, trunk_width + 200 * k:trunk_width + 200 * (k + 1)], heard[network][1].numpy(),
+                                   atol=1e-4)
     assert np.allclose(out["quadrant"], probes["quadrant"].predict(x), atol=1e-4)
     assert np.allclose(out["genre"], probes["genre"].predict(x), atol=1e-4)
     assert np.allclose(out["quadrant"].sum(1), 1, atol=1e-5)
@@ -146,3 +152,57 @@ def test_reduced_precision_stays_within_its_tolerance():
     for n in NETWORKS:
         gap = (fast[n][0] - exact[n][0]).abs().max().item()
         assert 0 < gap < REDUCED_PRECISION_TOLERANCE
+
+
+def generated_clips(n_clips=96, artists=16, windows=2, seed=0):
+    """Features of clips whose labels follow a latent class, shared by an artist's clips; as
+    learn/joint_features.py stores them (per window; musicnn's per patch, 3 a window)."""
+    from musictag.learn.manifest import Dataset, Example
+
+    rng = np.random.default_rng(seed)
+    width = CPResNet(ModelConfig(rho=3, width=8, n_mels=TINY_FEATURES.n_mels, heads={})).embedding_channels
+    latent = rng.integers(0, 4, artists)
+    genres, moods = ["Jazz", "Pop/Rock", "Rap", "Blues"], ["calm", "happy", "sad", "tense"]
+    examples, rows = [], []
+    for clip in range(n_clips):
+        k = latent[clip % artists] if rng.random() > 0.15 else rng.integers(0, 4)
+        examples.append(Example(f"/clips/{clip}.mp3", f"{clip}.mp3", {"quadrant": [f"Q{k + 1}"], "genre": [genres[k]],
+                                "mood": [moods[k]]}, group=f"artist {clip % artists}"))
+        rows += [(clip, k)] * windows
+    clip_of, k_of = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+    centre = lambda shape: rng.standard_normal((4, *shape))[k_of] + 1.5 * rng.standard_normal((len(rows), *shape))
+    features = {"clip": clip_of, "trunk": centre((width,)).astype(np.float32)}
+    for net in NETWORKS:
+        features[f"{net}_penultimate"] = centre((3, 200)).astype(np.float32)
+        features[f"{net}_logits"] = centre((3, 50)).astype(np.float32)
+    heads = {"quadrant": "single", "genre": "multi", "mood": "multi"}
+    return features, Dataset(examples, heads, {h: TINY_LABELS[h] for h in heads})
+
+
+def test_the_recipe_builds_a_model_whose_card_reports_what_it_writes(tmp_path):
+    from musictag.learn.joint_card import joint_card
+    from musictag.learn.joint_recipe import ablations, build_joint
+    from musictag.model.vocabulary import DEFAULT_FIELDS, available, vocabulary_from_dict, vocabulary_to_dict
+
+    checkpoint, _ = joint_checkpoint(tmp_path / "base.pt")
+    checkpoint.joint = {}
+    checkpoint.vocabulary = vocabulary_to_dict(available(DEFAULT_FIELDS, checkpoint.labels))
+    features, dataset = generated_clips()
+    rows = ablations(features, dataset, patches=(2,))
+    assert [(r["features"], r["patches"]) for r in rows] == [("trunk", 0), ("musicnn", 2), ("trunk+musicnn", 2)]
+    report = build_joint(checkpoint, features, dataset, "trunk+musicnn", 2, rows[-1]["l2"])
+    assert report["clips"] == 96 and report["folds"] == 5
+    assert report["out_of_fold"]["quadrant macro_f1"] > 0.5  # the latent class is learnable
+    genre = report["written"]["genre"]
+    assert genre["written"] == sum(v["written"] for v in genre["per_value"].values()) > 0
+    fields = {f.name: f for f in vocabulary_from_dict(checkpoint.vocabulary)}
+    assert fields["genre"].expected_precision == round(genre["precision"], 3)  # what the scan summary says
+    checkpoint.training = {"joint": {**report, "ablations": rows}}
+    save_checkpoint(checkpoint, tmp_path / "joint.pt")
+    loaded = load_checkpoint(tmp_path / "joint.pt")  # weights_only: the report is plain data
+    assert loaded.joint_config.patches == 2 and loaded.build_joint() is not None
+    card = joint_card(loaded, "joint.pt")
+    assert "| trunk+musicnn | 2 |" in card and "MUSICNN_LICENSE.md" in card
+    for value, counts in genre["per_value"].items():
+        if counts["written"]:
+            assert f"| genre | {value} | {counts['written']} | {counts['right']} |" in card

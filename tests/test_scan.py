@@ -407,7 +407,7 @@ def test_scan_help_is_light_and_states_the_real_excerpt_default():
     assert f"analysed per track (default {EXCERPT_COUNT})" in " ".join(out.replace("│", "").split())
 
 
-def vocabulary_model(tiny_checkpoint, tmp_path):
+def vocabulary_model(tiny_checkpoint, tmp_path, genre_precision=None):
     """The tiny model with a written vocabulary: Jazz always confident, Blues never, no mood ever."""
     from musictag.model.checkpoint import load_checkpoint, save_checkpoint
     from musictag.model.vocabulary import FieldVocabulary, Term, vocabulary_to_dict
@@ -415,7 +415,8 @@ def vocabulary_model(tiny_checkpoint, tmp_path):
     checkpoint = load_checkpoint(tiny_checkpoint)
     checkpoint.vocabulary = vocabulary_to_dict((
         FieldVocabulary("genre", (Term("Jazz", ("genre:Jazz",), ("Jazz",), 0.0),
-                                  Term("Blues", ("genre:Blues",), ("Blues",), 1.1)), "genre"),
+                                  Term("Blues", ("genre:Blues",), ("Blues",), 1.1)), "genre",
+                        expected_precision=genre_precision),
         FieldVocabulary("mood", (Term("calm", ("mood:calm",), ("calm",), 1.1),
                                  Term("sad", ("mood:sad", "mood:wistful"), ("sad", "wistful"), 1.1)), "mood"),
         FieldVocabulary("quadrant", tuple(Term(q, (f"quadrant:{q}",), (q,), 0.0) for q in ("Q1", "Q2", "Q3", "Q4")),
@@ -425,6 +426,20 @@ def vocabulary_model(tiny_checkpoint, tmp_path):
     path = tmp_path / "vocabulary.pt"
     save_checkpoint(checkpoint, path)
     return path
+
+
+def test_the_summary_says_how_often_what_it_wrote_is_expected_to_be_right(tiny_checkpoint, tmp_path):
+    model = vocabulary_model(tiny_checkpoint, tmp_path, genre_precision=0.761)
+    write_track(tmp_path / "music" / "a.flac", seconds=2.0)
+    first = scan([tmp_path / "music"], model, tmp_path / "db.sqlite")
+    assert "expected right, as cross-validated (model card): genre 76%" in first.output, first.output
+    # nothing written, nothing promised; and a model that measured nothing promises nothing
+    assert "expected right" not in scan([tmp_path / "music"], model, tmp_path / "db.sqlite").output
+    (tmp_path / "plain").mkdir()
+    plain = vocabulary_model(tiny_checkpoint, tmp_path / "plain")
+    write_track(tmp_path / "other" / "b.flac", seconds=2.0)
+    result = scan([tmp_path / "other"], plain, tmp_path / "plain.sqlite")
+    assert "tagged: 1" in result.output and "expected right" not in result.output
 
 
 def test_a_vocabulary_writes_only_confident_terms_and_leaves_other_fields_alone(tiny_checkpoint, tmp_path):

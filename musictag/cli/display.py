@@ -133,6 +133,9 @@ def _print_summary(result, dry_run: bool) -> None:
     scored_label = "would change" if dry_run else "scored (not written)"
     typer.echo(f"tagged: {result.tagged}, {scored_label}: {result.scored}, unchanged: {result.unchanged}, "
                f"skipped: {result.skipped}, failed: {len(result.failed)}, failed before: {len(result.failed_before)}")
+    if result.expected and (result.tagged or (dry_run and result.scored)):
+        typer.echo("expected right, as cross-validated (model card): " + ", ".join(
+            f"{name} {share:.0%}" for name, share in result.expected.items()))
     if result.unconfident:
         typer.echo("left alone, nothing confident: " + ", ".join(
             f"{name} in {count} file{'s' if count != 1 else ''}" for name, count in result.unconfident.items()))

@@ -248,6 +248,10 @@ def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -
         typer.echo(f"  sha256: {checkpoint.sha256}")
         c = checkpoint.model_config
         typer.echo(f"  CP-ResNet {c.architecture()}, n_mels={c.n_mels}")
+        joint = checkpoint.joint_config
+        if joint:
+            typer.echo(f"  beside it: musicnn (MSD_musicnn, MTT_musicnn; ISC licence), {joint.patches} patch(es) of 3 s a "
+                       f"window; the {', '.join(joint.heads)} heads read {' + '.join(joint.features)}")
         for head, names in checkpoint.labels.items():
             typer.echo(f"  {head} ({c.heads[head][0]}-label, {len(names)}): {', '.join(names)}")
         for line in _vocabulary_lines(checkpoint):

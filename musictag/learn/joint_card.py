@@ -100,7 +100,8 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
         written_table(report["written"], checkpoint.vocabulary),
     ]
     if speed:
-        parts += ["## Speed", speed]
+        parts += ["## Speed", "`bench/scan_speed.py`, as it printed (2 cores; the floor: decoding the same excerpts "
+                  "alone; musicnn: its whole-track rate):", "```\n" + speed.strip() + "\n```"]
     parts += ["## Licences",
               f"musicnn's code and models: ISC (`{LICENSE_NAME}`). The CP-ResNet: as its own card states. "
               f"`--model {next(iter(SHIPPED_MODELS))}` chooses the CP-ResNet alone."]

@@ -96,8 +96,10 @@ def calibrated_vocabulary(checkpoint: Checkpoint, dataset: Dataset, rows: list[i
         scores = term_matrix(usable[0], probs, checkpoint.labels)
         truth = truth_matrix(usable[0], [e.labels[f.truth_head] for e in examples])
         target = PRECISION_TARGET.get(f.name, DEFAULT_PRECISION_TARGET)
-        fields.append(confident(usable[0], scores, truth, target))
         quality[f.name] = nested_quality(usable[0], scores, truth, folds, target)
+        expected = quality[f.name]["precision"]
+        fields.append(replace(confident(usable[0], scores, truth, target),
+                              expected_precision=None if np.isnan(expected) else round(float(expected), 3)))
     return vocabulary_to_dict(tuple(fields)), quality
 
 

@@ -13,6 +13,7 @@ from .checkpoint import Checkpoint
 from ..defaults import EMBEDDING, WINDOW_SECONDS
 from ..errors import DeviceError, WindowError
 from .features import LogMel
+from .joint import joint_features
 from .musicnn import SAMPLE_RATE as MUSICNN_RATE
 from .network import min_frames, probabilities
 
@@ -112,7 +113,9 @@ class Tagger:
         """What predict gives per window: each head's labels, and the embedding's width when asked for."""
         widths = {head: len(names) for head, names in self.labels.items()}
         if self.embedding:
-            widths[EMBEDDING] = self.model.embedding_channels
+            joint = self.checkpoint.joint_config
+            widths[EMBEDDING] = (joint.width(self.model.embedding_channels) if joint
+                                 else self.model.embedding_channels)
         return widths
 
     def warm_up(self) -> None:
@@ -220,6 +223,8 @@ class Tagger:
         if heard is not None:
             out.update({network: taggram for network, (taggram, _) in heard.items()})
             out.update(self.joint[1](embedding.float(), heard))
+            # what the joint heads read: both networks' features, for similar, playlist and --parquet
+            embedding = joint_features(self.joint[1].config, embedding, heard)
         if self.embedding:
             out[EMBEDDING] = embedding
         return out

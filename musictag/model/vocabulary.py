@@ -49,20 +49,24 @@ class FieldVocabulary:
     # reaches this (calibrate_best): a field whose every track has some value (a genre) is then written
     # on more tracks, at a precision calibrated for it. None: only terms at their own thresholds
     best_threshold: float | None = None
+    # the cross-validated share of its written values that are right (None: not measured), for the scan summary
+    expected_precision: float | None = None
 
     def to_dict(self) -> dict:
         data = {"name": self.name, "truth_head": self.truth_head,
                 "terms": [{**asdict(t), "sources": list(t.sources), "judged_by": list(t.judged_by)}
                           for t in self.terms]}
-        return data if self.best_threshold is None else {**data, "best_threshold": self.best_threshold}
+        optional = {"best_threshold": self.best_threshold, "expected_precision": self.expected_precision}
+        return {**data, **{k: v for k, v in optional.items() if v is not None}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "FieldVocabulary":
         terms = tuple(Term(FORMER_NAMES.get(t["name"], t["name"]), tuple(t["sources"]), tuple(t.get("judged_by", ())),
                            float(t.get("threshold", PRIOR_THRESHOLD)), t.get("calibrated_on"))
                       for t in data["terms"])
-        best = data.get("best_threshold")
-        return cls(data["name"], terms, data.get("truth_head", ""), None if best is None else float(best))
+        best, expected = data.get("best_threshold"), data.get("expected_precision")
+        return cls(data["name"], terms, data.get("truth_head", ""), None if best is None else float(best),
+                   None if expected is None else float(expected))
 
 
 def _terms(rows: list[tuple[str, str, str]], truth_head: str) -> tuple[Term, ...]:

@@ -108,4 +108,5 @@ class ScanResult:
     moved: list[tuple[str, str]] = field(default_factory=list)  # (from, to): records that followed their file
     gone: list[str] = field(default_factory=list)  # records whose file is gone, reported once (not failures)
     model_id: str = ""  # the model the scan used
+    expected: dict[str, float] = field(default_factory=dict)  # field written -> cross-validated precision
     seen: int = 0  # audio files found under the paths (scan)

@@ -25,7 +25,7 @@ from ..library import walk, within
 from ..model.audio import audio_fingerprint
 from ..progress import Progress, no_progress
 from ..store import Database
-from .decide import TagDecision
+from .decide import TagDecision, writes
 from .moves import claim, follow_moves
 from .options import Change, ScanModel, ScanOptions, ScanResult, decision_key
 from .undo import remove_leftovers, repair_interrupted
@@ -46,7 +46,9 @@ class Scanner(WriteTracker):
         self.db = db
         self.options = options
         self.progress = progress or no_progress
-        self.result = ScanResult(model_id=self.model.model_id)
+        self.result = ScanResult(model_id=self.model.model_id, expected={
+            f["name"]: f["expected_precision"] for f in self.model.vocabulary
+            if f.get("expected_precision") is not None and writes(f["name"], options)})
         self.model_id = self.model.model_id
         self.kinds = self.model.kinds
         self.rules = TagDecision(options, self.model_id, self.kinds, self.model.labels, self.model.vocabulary)
