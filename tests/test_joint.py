@@ -206,3 +206,17 @@ def test_the_recipe_builds_a_model_whose_card_reports_what_it_writes(tmp_path):
     for value, counts in genre["per_value"].items():
         if counts["written"]:
             assert f"| genre | {value} | {counts['written']} | {counts['right']} |" in card
+
+
+def test_finetune_trains_a_cp_resnet_and_refuses_a_joint_model(tmp_path):
+    from musictag.errors import CheckpointError
+    from musictag.learn.finetune_recipe import finetune_base
+
+    joint_checkpoint(tmp_path / "joint.pt")
+    with pytest.raises(CheckpointError, match="finetune trains the CP-ResNet alone"):
+        finetune_base(tmp_path / "joint.pt")
+    base = tmp_path / "cp.pt"
+    checkpoint = load_checkpoint(tmp_path / "joint.pt")
+    checkpoint.joint = {}
+    save_checkpoint(checkpoint, base)
+    assert not finetune_base(base).joint

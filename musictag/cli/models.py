@@ -91,7 +91,8 @@ def _where_labels_go(checkpoint) -> list[str]:
 
 @app.command()
 def finetune(
-    start: Optional[Path] = typer.Option(None, "--from", help="Model to start from (default: shipped)."),
+    start: Optional[Path] = typer.Option(None, "--from", help="CP-ResNet to start from (default: the shipped one, "
+                                         "--model fast)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint to write."),
     data: Optional[Path] = typer.Option(None, "--data", help="Manifest CSV or folder per class."),
     library: Optional[Path] = typer.Option(None, "--library", help="Use a library's own tags as labels (values "

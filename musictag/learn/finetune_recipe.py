@@ -59,12 +59,11 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
     thresholds chosen on the validation split. `device` as for train."""
     import torch
 
-    from ..model.checkpoint import load_checkpoint
     from .finetuning import keep_heads
     from .train import TrainData, train_model
 
     on = _training_device(device, progress)
-    base = load_checkpoint(start)
+    base = finetune_base(start)
     config = config or finetune_config()
     model = base.build_model()
     torch.manual_seed(config.seed)  # the new heads start from the recipe's seed, as seeded_model
@@ -83,6 +82,23 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
     if base.vocabulary:
         _finetuned_vocabulary(checkpoint, base, dataset, val_set, Path(out))
     return checkpoint, report
+
+
+FINETUNE_BASE = "fast"  # the shipped CP-ResNet: the network finetune trains
+
+
+def finetune_base(start: str | Path | None) -> "Checkpoint":
+    """The CP-ResNet to finetune: `start`, or the shipped one (--model fast). A CP-ResNet + musicnn model is
+    refused: its written thresholds were chosen for the joint heads' scores, which a finetuned trunk alone
+    would not give."""
+    from ..errors import CheckpointError
+    from ..model.checkpoint import load_checkpoint
+
+    base = load_checkpoint(FINETUNE_BASE if start is None else start)
+    if base.joint:
+        raise CheckpointError(str(start), f"a CP-ResNet + musicnn model; finetune trains the CP-ResNet alone: "
+                                          f"start from one (--from {FINETUNE_BASE}: the shipped one)")
+    return base
 
 
 def _remember_kept_heads(base: "Checkpoint", train_set: "Prepared", kept: list[str]) -> None:
