@@ -57,12 +57,31 @@ def written_table(written: dict, vocabulary: list[dict]) -> str:
 
 
 def probe_comparison(probe: dict, chosen: dict) -> str:
-    """The chosen ablation row against bench/teacher_probe.py's probe on the same validation split."""
+    """bench/teacher_probe.py's probe on the validation split against this recipe there: with its paired
+    bootstrap (teacher_probe.py --predictions: the model built with --validation-split, through `musictag
+    evaluate`) the differences' intervals; else against the chosen ablation row."""
+    if "paired_bootstrap" in probe:
+        return bootstrap_table(probe)
     metrics: dict = {}
     for name, value in chosen["metrics"].items():
         head, metric = name.split()
         metrics.setdefault(head, {})[metric] = value
     return probe_table(probe, metrics)
+
+
+def bootstrap_table(probe: dict) -> str:
+    lines = [f"The recipe with its heads fitted on the {probe['train']} training clips only "
+             "(`scripts/build_joint_model.py --validation-split`), through `musictag evaluate` on the "
+             f"{probe['val']} validation clips, against musicnn's embeddings + logistic regression (L2 {probe['l2']}, "
+             "chosen on these clips, which flatters it; bench/teacher_probe.py), with the 95% interval of the "
+             "difference over resamples of the same clips for both:", "",
+             _row(["head", "metric", "probe", "this recipe", "difference", "95% interval"]), _row(["---"] * 6)]
+    for name, c in probe["paired_bootstrap"].items():
+        head, metric = name.split()
+        low, high = c["interval"]
+        lines.append(_row([head, metric, f"{c['probe']:.3f}", f"{c['model']:.3f}", f"{c['difference']:+.3f}",
+                           f"[{low:+.3f}, {high:+.3f}]"]))
+    return "\n".join(lines)
 
 
 def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", comparison: str = "") -> str:
