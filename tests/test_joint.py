@@ -220,3 +220,19 @@ def test_finetune_trains_a_cp_resnet_and_refuses_a_joint_model(tmp_path):
     checkpoint.joint = {}
     save_checkpoint(checkpoint, base)
     assert not finetune_base(base).joint
+
+
+def test_a_value_whose_calibration_failed_out_of_fold_is_never_written_not_even_as_the_best():
+    from musictag.learn.joint_recipe import confident
+    from musictag.model.vocabulary import NEVER, FieldVocabulary, Term, choose
+
+    field = FieldVocabulary("genre", (Term("Jazz", ("genre:Jazz",)), Term("Vocal", ("genre:Vocal",))), "genre")
+    rng = np.random.default_rng(0)
+    truth = np.zeros((200, 2), bool)
+    truth[np.arange(200), rng.integers(0, 2, 200)] = True
+    scores = np.clip(truth * 0.6 + rng.random((200, 2)) * 0.4, 0, 1)  # both separable: both calibrate
+    tuned = confident(field, scores, truth, 0.8)
+    assert all(t.threshold < NEVER for t in tuned.terms) and tuned.best_threshold is not None
+    dropped = confident(field, scores, truth, 0.8, never={"Vocal"})
+    assert dropped.terms[1].threshold == NEVER and dropped.terms[0] == tuned.terms[0]
+    assert choose(dropped, {"Jazz": 0.0, "Vocal": 1.0}) == []  # Vocal is best, and still never written

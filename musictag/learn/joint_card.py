@@ -11,6 +11,7 @@ from ..model.modelfile import SHIPPED_MODELS
 from ..model.musicnn_file import LICENSE_NAME
 from ..model.vocabulary import NEVER
 from ..defaults import BEST_FIRST_TARGET
+from .joint_recipe import DEFAULT_VALUE_FLOOR, VALUE_FLOOR
 
 NETWORKS_TEXT = """- **CP-ResNet** (the trunk musictag trains and finetunes; `--model fast` runs it alone): its pooled trunk features
   per 10 s window. Card of the CP-ResNet alone: `MODEL_CARD_FAST.md`.
@@ -24,6 +25,11 @@ NETWORKS_TEXT = """- **CP-ResNet** (the trunk musictag trains and finetunes; `--
   (tests/test_joint.py, tests/test_musicnn.py).
 - The `msd` and `mtt` heads are musicnn's own taggrams; the quadrant, genre and mood heads are logistic regressions
   on {features}, averaged over {patches} patch(es) of 3 s per window."""
+
+
+def _not_written(written: dict) -> str:
+    dropped = [f"{field} {', '.join(q['not_written'])}" for field, q in written.items() if q.get("not_written")]
+    return "; ".join(dropped) or "none"
 
 
 def _row(cells: list) -> str:
@@ -114,8 +120,12 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
         + "".join(f"A clip none of whose {name} values reaches its own threshold gets its best value when that "
                   f"value's score reaches the field's best-value threshold, chosen so that the lower bound of their "
                   f"precision reaches {target}. " for name, target in BEST_FIRST_TARGET.items())
+        + "A value whose thresholds, each chosen without a fold, were right on the folds less often than "
+        f"{DEFAULT_VALUE_FLOOR:.0%} ({', '.join(f'{k} {v:.0%}' for k, v in VALUE_FLOOR.items())}) is not written "
+        f"either: {_not_written(report['written'])}. "
         + "The precision and coverage below are nested: each fold is judged with thresholds chosen on the other "
-        "folds; the thresholds shown are those of the shipped model, chosen on all clips.",
+        "folds (the values dropped so left out; choosing them on the same folds flatters these figures a little); "
+        "the thresholds shown are those of the shipped model, chosen on all clips.",
         written_table(report["written"], checkpoint.vocabulary),
     ]
     if speed:
