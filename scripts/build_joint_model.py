@@ -2,7 +2,8 @@
 the labelled clips' frozen features (scripts/joint_features.py).
 
   python scripts/build_joint_model.py FEATURES.npz MANIFEST.csv OUT.pt [--base FAST.pt] [--json REPORT.json]
-      [--patches N] [--card MODEL_CARD.md [--probe PROBE.json] [--speed SPEED.txt]] [--validation-split VAL.csv]
+      [--patches N] [--card MODEL_CARD.md [--probe PROBE.json] [--speed SPEED.txt] [--agreement AGREEMENT.txt]]
+      [--validation-split VAL.csv]
 
 --validation-split: fit the heads on the training artists only (the split `musictag train` makes) and write
 the validation clips' manifest, so that `musictag evaluate --data VAL.csv --model OUT.pt` judges the
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--card", default=None, help="write the model card here")
     parser.add_argument("--probe", default=None, help="bench/teacher_probe.py --json, for the card's comparison")
     parser.add_argument("--speed", default=None, help="bench/scan_speed.py's output, for the card")
+    parser.add_argument("--agreement", default=None, help="bench/teacher_agreement.py's output, for the card")
     parser.add_argument("--validation-split", default=None, help="fit on the training artists; write the rest here")
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.base)
@@ -71,7 +73,8 @@ def main() -> None:
     if args.card:
         comparison = probe_comparison(json.load(open(args.probe)), best) if args.probe else ""
         speed = Path(args.speed).read_text() if args.speed else ""
-        write_joint_card(load_checkpoint(args.out), Path(args.card), Path(args.out).name, speed, comparison)
+        agreement = Path(args.agreement).read_text() if args.agreement else ""
+        write_joint_card(load_checkpoint(args.out), Path(args.card), Path(args.out).name, speed, comparison, agreement)
         print(f"wrote {args.card}")
     print("out of fold:", report["out_of_fold"])
     for field, q in report["written"].items():

@@ -129,7 +129,11 @@ python bench/scan_speed.py --model weights/musictag-fast.pt --tracks 40 --copies
 python scripts/build_joint_model.py "$RUNS/joint-features.npz" "$DATA" weights/musictag.pt \
   --base weights/musictag-fast.pt --patches "${JOINT_PATCHES:-2}" --json "$RUNS/joint.json" > "$RUNS/joint.log"
 python bench/scan_speed.py --tracks 40 --copies 1 > "$RUNS/scan-speed.txt"
+# shellcheck disable=SC2046
+python bench/teacher_agreement.py --teacher-cache "$WORK/teacher" --excerpts $(cat "$WORK/unseen.txt") \
+  > "$RUNS/agreement-default.txt"
 # the card last: it quotes the speed of the model it describes
 python scripts/build_joint_model.py "$RUNS/joint-features.npz" "$DATA" weights/musictag.pt \
   --base weights/musictag-fast.pt --patches "${JOINT_PATCHES:-2}" --json "$RUNS/joint.json" \
-  --card weights/MODEL_CARD.md --probe "$RUNS/probe-vs-joint.json" --speed "$RUNS/scan-speed.txt" >> "$RUNS/joint.log"
+  --card weights/MODEL_CARD.md --probe "$RUNS/probe-vs-joint.json" --speed "$RUNS/scan-speed.txt" \
+  --agreement "$RUNS/agreement-default.txt" >> "$RUNS/joint.log"

@@ -90,7 +90,8 @@ def bootstrap_table(probe: dict) -> str:
     return "\n".join(lines)
 
 
-def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", comparison: str = "") -> str:
+def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", comparison: str = "",
+               agreement: str = "") -> str:
     report = checkpoint.training["joint"]
     config = report["config"]
     features = " and ".join({"trunk": "the CP-ResNet's trunk features", "msd": "MSD_musicnn's penultimate layer",
@@ -128,6 +129,12 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
         "the thresholds shown are those of the shipped model, chosen on all clips.",
         written_table(report["written"], checkpoint.vocabulary),
     ]
+    if agreement:
+        lines = [line for line in agreement.splitlines() if not line.endswith("skipped")]
+        parts += ["## Agreement with musicnn on unseen music",
+                  "`bench/teacher_agreement.py --excerpts` on Debian game music never trained on: the `msd` and `mtt` "
+                  "heads as a scan hears a track (its excerpts), against whole-track TF musicnn's top 5 tags:",
+                  "```\n" + "\n".join(lines).strip() + "\n```"]
     if speed:
         parts += ["## Speed", "`bench/scan_speed.py`, as it printed (2 cores; the floor: decoding the same excerpts "
                   "alone; musicnn: its whole-track rate):", "```\n" + speed.strip() + "\n```"]
@@ -137,5 +144,6 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
     return "\n\n".join(parts) + "\n"
 
 
-def write_joint_card(checkpoint: Checkpoint, out: Path, model_name: str, speed: str = "", comparison: str = "") -> None:
-    out.write_text(joint_card(checkpoint, model_name, speed, comparison))
+def write_joint_card(checkpoint: Checkpoint, out: Path, model_name: str, speed: str = "", comparison: str = "",
+                     agreement: str = "") -> None:
+    out.write_text(joint_card(checkpoint, model_name, speed, comparison, agreement))
