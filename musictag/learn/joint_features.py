@@ -26,8 +26,9 @@ def _start(checkpoint_path: str | None) -> None:
 
     torch.set_num_threads(1)
     weights = load_musicnn()
-    _worker.update(tagger=Tagger(load_checkpoint(checkpoint_path), "cpu", embedding=True),
-                   networks={n: weights.build(n) for n in NETWORKS})
+    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint.joint = {}  # the CP-ResNet alone gives the trunk's features; musicnn's come from the exact port
+    _worker.update(tagger=Tagger(checkpoint, "cpu", embedding=True), networks={n: weights.build(n) for n in NETWORKS})
 
 
 def _clip(path: str) -> tuple[str, dict | None, str]:
