@@ -22,13 +22,17 @@ def _start(checkpoint_path: str | None) -> None:
 
     from ..model.checkpoint import load_checkpoint
     from ..model.inference import Tagger
+    from ..model.joint import LOW_RANK_RTOL
     from ..model.musicnn_file import NETWORKS, load_musicnn
 
     torch.set_num_threads(1)
     weights = load_musicnn()
     checkpoint = load_checkpoint(checkpoint_path)
-    checkpoint.joint = {}  # the CP-ResNet alone gives the trunk's features; musicnn's come from the exact port
-    _worker.update(tagger=Tagger(checkpoint, "cpu", embedding=True), networks={n: weights.build(n) for n in NETWORKS})
+    checkpoint.joint = {}  # the CP-ResNet alone gives the trunk's features; musicnn's come below
+    # musicnn as a scan runs it (model/joint.MusicnnPair: low-rank filters, bf16), so the heads are fitted on
+    # the features they will read
+    _worker.update(tagger=Tagger(checkpoint, "cpu", embedding=True),
+                   networks={n: weights.build(n).low_rank(LOW_RANK_RTOL) for n in NETWORKS})
 
 
 def _clip(path: str) -> tuple[str, dict | None, str]:
@@ -56,9 +60,10 @@ def _clip(path: str) -> tuple[str, dict | None, str]:
             starts = patch_starts(mel.shape[0], MAX_PATCHES)
             batch = torch.stack([mel[s:s + PATCH_FRAMES] for s in starts])
             for name, network in _worker["networks"].items():
-                logits, penultimate = network(batch)
-                per_network.setdefault(f"{name}_logits", []).append(logits.numpy())
-                per_network.setdefault(f"{name}_penultimate", []).append(penultimate.numpy())
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    logits, penultimate = network(batch)
+                per_network.setdefault(f"{name}_logits", []).append(logits.float().numpy())
+                per_network.setdefault(f"{name}_penultimate", []).append(penultimate.float().numpy())
     row.update({key: np.stack(values) for key, values in per_network.items()})  # (windows, patches, n)
     return path, row, ""
 
