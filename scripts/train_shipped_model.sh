@@ -22,7 +22,7 @@
 #      unseen music; its model card (weights/MODEL_CARD_FAST.md)
 #   8. the default model, CP-ResNet + musicnn (learn/joint_recipe.py): musicnn converted from its wheel
 #      (scripts/convert_musicnn.py), both networks' frozen features of the 4Q clips
-#      (scripts/joint_features.py, about 4 min), heads fitted on them with out-of-fold thresholds
+#      (scripts/joint_features.py, under 2 min), heads fitted on them with out-of-fold thresholds
 #      (scripts/build_joint_model.py, a few minutes): weights/musictag.pt and weights/MODEL_CARD.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
