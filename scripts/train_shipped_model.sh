@@ -97,10 +97,11 @@ save_checkpoint(load_checkpoint(sys.argv[1]), sys.argv[2], half=True)
 print(write_sha_sidecar(sys.argv[2]))
 PY
 # shellcheck disable=SC2046
-python bench/teacher_agreement.py --teacher-cache "$WORK/teacher" $(cat "$WORK/unseen.txt") > "$RUNS/agreement.txt"
+python bench/teacher_agreement.py --teacher-cache "$WORK/teacher" --model weights/musictag-fast.pt \
+  $(cat "$WORK/unseen.txt") > "$RUNS/agreement.txt"
 python bench/teacher_probe.py --data "$DATA" --teacher-cache "$WORK/teacher" \
   --student-eval "$RUNS/distilled.eval.json" > "$RUNS/probe_vs_student.txt"
-python bench/soundtracks.py "$WORK/unseen" --count 20 > "$RUNS/soundtracks.md"
+python bench/soundtracks.py "$WORK/unseen" --count 20 --model weights/musictag-fast.pt > "$RUNS/soundtracks.md"
 python bench/model_speed.py --quick > "$RUNS/model_speed.txt"
 ablations=()
 if [ "${SKIP_ABLATIONS:-0}" != 1 ]; then
@@ -132,7 +133,7 @@ python bench/scan_speed.py --tracks 40 --copies 1 > "$RUNS/scan-speed.txt"
 # shellcheck disable=SC2046
 python bench/teacher_agreement.py --teacher-cache "$WORK/teacher" --excerpts $(cat "$WORK/unseen.txt") \
   > "$RUNS/agreement-default.txt"
-# the card last: it quotes the speed of the model it describes
+# the card last: it quotes the speed of the model it describes (the fit is deterministic: the same file again)
 python scripts/build_joint_model.py "$RUNS/joint-features.npz" "$DATA" weights/musictag.pt \
   --base weights/musictag-fast.pt --patches "${JOINT_PATCHES:-2}" --json "$RUNS/joint.json" \
   --card weights/MODEL_CARD.md --probe "$RUNS/probe-vs-joint.json" --speed "$RUNS/scan-speed.txt" \

@@ -433,6 +433,11 @@ def test_the_summary_says_how_often_what_it_wrote_is_expected_to_be_right(tiny_c
     write_track(tmp_path / "music" / "a.flac", seconds=2.0)
     first = scan([tmp_path / "music"], model, tmp_path / "db.sqlite")
     assert "expected right, as cross-validated (model card): genre 76%" in first.output, first.output
+    # thresholds or top-k of the user's own: not what was measured, so nothing is promised
+    from musictag.cli import app
+    other = runner.invoke(app, ["scan", str(tmp_path / "music"), "--model", str(model), "--db",
+                                str(tmp_path / "other.sqlite"), "--quiet", "--threshold", "0.3"])
+    assert "tagged: 1" in other.output and "expected right" not in other.output, other.output
     # nothing written, nothing promised; and a model that measured nothing promises nothing
     assert "expected right" not in scan([tmp_path / "music"], model, tmp_path / "db.sqlite").output
     (tmp_path / "plain").mkdir()

@@ -92,13 +92,15 @@ def _say_if_nothing_found(result, paths: List[Path]) -> None:
 
 def _vocabulary_lines(checkpoint) -> list[str]:
     """What the model writes, per field: each value with the threshold its score must reach."""
-    from ..model.vocabulary import OPT_IN_FIELDS, available, vocabulary_from_dict
+    from ..model.vocabulary import NEVER, OPT_IN_FIELDS, available, vocabulary_from_dict
 
     fields = available(vocabulary_from_dict(checkpoint.vocabulary), checkpoint.labels) if checkpoint.vocabulary else ()
     lines = ["  writes (value >= threshold):"] if fields else []
     for f in fields:
         opt_in = " (only with --fields)" if f.name in OPT_IN_FIELDS else ""
-        lines.append(f"    {f.name}{opt_in}: " + ", ".join(f"{t.name} >= {t.threshold:.2f}" for t in f.terms))
+        best = f"; else the best value >= {f.best_threshold:.2f}" if f.best_threshold is not None else ""
+        lines.append(f"    {f.name}{opt_in}: " + ", ".join(f"{t.name} >= {t.threshold:.2f}" if t.threshold < NEVER
+                                                        else f"{t.name} never" for t in f.terms) + best)
     return lines
 
 

@@ -27,6 +27,14 @@ NETWORKS_TEXT = """- **CP-ResNet** (the trunk musictag trains and finetunes; `--
   on {features}, averaged over {patches} patch(es) of 3 s per window."""
 
 
+def _best_value_line(quality: dict | None) -> str:
+    counts = (quality or {}).get("best_value") or {}
+    if not counts.get("written"):
+        return "out of fold it wrote nothing"
+    return (f"out of fold it added {counts['written']} values, {counts['right']} right "
+            f"({counts['right'] / counts['written']:.0%})")
+
+
 def _not_written(written: dict) -> str:
     dropped = [f"{field} {', '.join(q['not_written'])}" for field, q in written.items() if q.get("not_written")]
     return "; ".join(dropped) or "none"
@@ -79,7 +87,8 @@ def bootstrap_table(probe: dict) -> str:
     lines = [f"The recipe with its heads fitted on the {probe['train']} training clips only "
              "(`scripts/build_joint_model.py --validation-split`), through `musictag evaluate` on the "
              f"{probe['val']} validation clips, against musicnn's embeddings + logistic regression (L2 {probe['l2']}, "
-             "chosen on these clips, which flatters it; bench/teacher_probe.py), with the 95% interval of the "
+             "chosen on these clips, which flatters it, as the recipe's feature set and L2 per head were chosen on "
+             "them too; bench/teacher_probe.py), with the 95% interval of the "
              "difference over resamples of the same clips for both:", "",
              _row(["head", "metric", "probe", "this recipe", "difference", "95% interval"]), _row(["---"] * 6)]
     for name, c in probe["paired_bootstrap"].items():
@@ -119,8 +128,10 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
         f"of its out-of-fold precision reaches the field's target, with at least {report['calibration']['min_right']} "
         "right values; a value that cannot reach it is not written. "
         + "".join(f"A clip none of whose {name} values reaches its own threshold gets its best value when that "
-                  f"value's score reaches the field's best-value threshold, chosen so that the lower bound of their "
-                  f"precision reaches {target}. " for name, target in BEST_FIRST_TARGET.items())
+                  f"value's score reaches the field's best-value threshold: the score from which a clip's best value "
+                  f"is right {target:.0%} of the time (lower bound) over all clips. The clips only it serves are the "
+                  f"harder ones: {_best_value_line(report['written'].get(name))}. "
+                  for name, target in BEST_FIRST_TARGET.items())
         + "A value whose thresholds, each chosen without a fold, were right on the folds less often than "
         f"{DEFAULT_VALUE_FLOOR:.0%} ({', '.join(f'{k} {v:.0%}' for k, v in VALUE_FLOOR.items())}) is not written "
         f"either: {_not_written(report['written'])}. "

@@ -131,10 +131,15 @@ def nested_quality(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, fo
     single = f.truth_head == "quadrant"
     right = written = covered = 0
     per_term: dict[str, dict] = {}
+    fallback = {"written": 0, "right": 0}  # what the best-value threshold adds to the terms' own
     for fold in np.unique(folds):
         held = folds == fold
         tuned = confident(f, scores[~held], truth[~held], target, never)
         q = written_quality(tuned, scores[held], truth[held], single=single)
+        if tuned.best_threshold is not None:
+            own = written_quality(replace(tuned, best_threshold=None), scores[held], truth[held], single=single)
+            fallback["written"] += q.written - own.written
+            fallback["right"] += sum(c["right"] for c in q.per_term.values()) - sum(c["right"] for c in own.per_term.values())
         right, written = right + sum(c["right"] for c in q.per_term.values()), written + q.written
         covered += q.coverage * held.sum()
         for name, counts in q.per_term.items():
@@ -142,7 +147,7 @@ def nested_quality(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, fo
             total["written"] += counts["written"]
             total["right"] += counts["right"]
     return {"precision": right / written if written else float("nan"), "coverage": covered / len(scores),
-            "written": written, "target": target, "per_value": per_term}
+            "written": written, "target": target, "per_value": per_term, "best_value": fallback}
 
 
 def build_joint(checkpoint: Checkpoint, features: dict, dataset: Dataset, feature_set: str, patches: int,

@@ -69,6 +69,9 @@ class Checkpoint:
         if config.musicnn_sha256 and weights.sha256 != config.musicnn_sha256:
             raise CheckpointError("<checkpoint>", f"fitted with musicnn weights {config.musicnn_sha256[:12]}, "
                                                   f"but the installed ones are {weights.sha256[:12]}")
+        for network in NETWORKS:  # musicnn's taggrams are written under these heads' labels: they must be its
+            if self.labels.get(network) != weights.labels[network]:
+                raise CheckpointError("<checkpoint>", f"its {network} labels are not musicnn's: it cannot carry musicnn")
         outputs = {head: len(self.labels[head]) for head in config.heads}
         with torch.device("meta"):
             width = CPResNet(self.model_config).embedding_channels

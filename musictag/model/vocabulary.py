@@ -219,8 +219,10 @@ def _best_writable(terms: list[Term], term_scores: dict[str, float]) -> Term | N
 def calibrate_best(f: FieldVocabulary, scores: np.ndarray, truth: np.ndarray, precision: float, z: float = 0.0,
                    min_right: int = 0) -> FieldVocabulary:
     """`f` with the best_threshold at which "each track's best writable term, when it scores at least this"
-    is right `precision` of the time on these tracks (precision_threshold's z and min_right); the terms'
-    own thresholds must be calibrated first (those never written stay so)."""
+    is right `precision` of the time on these tracks (precision_threshold's z and min_right): the precision
+    of a top-1 value from that score up, over all tracks. The tracks the fallback alone serves (none of
+    their terms at its own threshold) are the harder ones: it is right less often on them (the joint
+    recipe's nested_quality measures it). The terms' own thresholds must be calibrated first."""
     writable = np.array([t.threshold < NEVER for t in f.terms])
     if not writable.any() or not len(scores):
         return replace(f, best_threshold=None)

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from ..defaults import EMBEDDING, decode_workers
+from ..defaults import EMBEDDING, OTHER_TOP_K, TOP_K, decode_workers
 from ..engines.local import Decoded, Job, score_locally
 from ..library import walk, within
 from ..model.audio import audio_fingerprint
 from ..progress import Progress, no_progress
 from ..store import Database
-from .decide import TagDecision, writes
+from .decide import TagDecision, field_threshold, writes
 from .moves import claim, follow_moves
 from .options import Change, ScanModel, ScanOptions, ScanResult, decision_key
 from .undo import remove_leftovers, repair_interrupted
@@ -34,6 +34,15 @@ from .writes import WriteTracker, _identity, _stat, _Write
 
 if TYPE_CHECKING:
     from ..model.inference import Tagger
+
+
+def expected_precision(vocabulary: list[dict], options: ScanOptions) -> dict[str, float]:
+    """Per field written, its cross-validated precision, where the scan writes it as it was measured: its own
+    thresholds (no --threshold) and its default top-k."""
+    return {f["name"]: f["expected_precision"] for f in vocabulary
+            if f.get("expected_precision") is not None and writes(f["name"], options)
+            and field_threshold(options, f["name"]) is None
+            and options.top_k.get(f["name"], options.default_top_k) == TOP_K.get(f["name"], OTHER_TOP_K)}
 
 
 class Scanner(WriteTracker):
@@ -46,9 +55,8 @@ class Scanner(WriteTracker):
         self.db = db
         self.options = options
         self.progress = progress or no_progress
-        self.result = ScanResult(model_id=self.model.model_id, expected={
-            f["name"]: f["expected_precision"] for f in self.model.vocabulary
-            if f.get("expected_precision") is not None and writes(f["name"], options)})
+        self.result = ScanResult(model_id=self.model.model_id, expected=expected_precision(self.model.vocabulary,
+                                                                                           options))
         self.model_id = self.model.model_id
         self.kinds = self.model.kinds
         self.rules = TagDecision(options, self.model_id, self.kinds, self.model.labels, self.model.vocabulary)
