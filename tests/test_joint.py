@@ -236,3 +236,16 @@ def test_a_value_whose_calibration_failed_out_of_fold_is_never_written_not_even_
     dropped = confident(field, scores, truth, 0.8, never={"Vocal"})
     assert dropped.terms[1].threshold == NEVER and dropped.terms[0] == tuned.terms[0]
     assert choose(dropped, {"Jazz": 0.0, "Vocal": 1.0}) == []  # Vocal is best, and still never written
+
+
+def test_evaluate_gives_a_joint_model_no_low_pass_probe_its_musicnn_would_not_hear(tmp_path):
+    from conftest import write_track
+    from musictag.learn.evaluate import evaluate
+    from musictag.learn.manifest import Dataset, Example
+
+    checkpoint, _ = joint_checkpoint(tmp_path / "joint.pt")
+    examples = [Example(str(write_track(tmp_path / f"{i}.flac", seconds=4.0, freq=220.0 * (i + 1), seed=i)), f"{i}.flac",
+                        {"quadrant": [f"Q{i % 4 + 1}"]}) for i in range(4)]
+    dataset = Dataset(examples, {"quadrant": "single"}, {"quadrant": TINY_LABELS["quadrant"]})
+    report = evaluate(Tagger(checkpoint, "cpu"), dataset, workers=1, robustness=True)
+    assert report["examples"] == 4 and "codec" in report["robustness"] and "lowpass" not in report["robustness"]
