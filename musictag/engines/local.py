@@ -200,7 +200,8 @@ def _worker_context(preload: tuple[str, ...]):
     if not sys.platform.startswith("linux"):
         return get_context("spawn")
     context = get_context("forkserver")
-    context.set_forkserver_preload(["__main__", *preload])  # read only by a server not yet started
+    # read only by a server not yet started; worker_server quiets workers forked after their scan ended
+    context.set_forkserver_preload(["__main__", "musictag.engines.worker_server", *preload])
     return context
 
 
