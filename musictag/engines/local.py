@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Callable, Iterable, Iterator, NamedTuple
@@ -215,13 +216,29 @@ def score_locally(tagger, jobs: Iterable[Job], workers: int, batch_size: int, in
     batcher = WindowBatcher(tagger.predict_later, batch_size, deferred=True,
                             on_failure=lambda track, reason: failed.append(Decoded(track[0], error=reason)))
     init = (tagger.checkpoint if in_workers else None, batch_size, tagger.embedding)
-    with worker_pool(workers, start_worker, init, preload=WORKER_PRELOAD if in_workers else ()) as pool:
+    with worker_pool(workers, start_worker, init, preload=WORKER_PRELOAD if in_workers else ()) as pool, \
+            abandoned_on_ctrl_c(pool):
         for track in bounded_map(pool, analyse_track, jobs, 4 * workers):
             if track.windows is None:
                 yield track
                 continue
             yield from _scored(batcher.add((track.path, track.duration, track.fingerprint), track.windows), failed)
         yield from _scored(batcher.flush(), failed)
+
+
+@contextmanager
+def abandoned_on_ctrl_c(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """On Ctrl-C, the pool is let go without joining its manager thread: a Ctrl-C that lands while the pool
+    starts that thread leaves it never started, and joining it would raise a RuntimeError in place of the
+    KeyboardInterrupt (a traceback instead of the scan's one line). The workers get the Ctrl-C too."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        try:
+            pool.shutdown(wait=False, cancel_futures=True)
+        except RuntimeError:
+            pass
+        raise
 
 
 def _scored(finished: list, failed: list[Decoded]) -> Iterator[Decoded]:
