@@ -2,14 +2,18 @@
 
     python bench/similarity.py --data ../shared/data/4q/manifest.csv [--model PATH] [--json OUT.json]
 
+Judge with a model whose heads never heard the validation artists (`scripts/build_joint_model.py
+--validation-split`): the shipped default model's joint heads were fitted on all 4Q clips, which flatters
+every row that uses them (the index's among them).
+
 Quality: the validation artists of the 4Q split (musictag.learn.manifest.split_by_group, 20%, seed 0: the
 split `musictag train --val-fraction 0.2` makes, whose clips the shipped model never trained on) are scored
 as a scan scores tracks; for every clip, its 10 nearest clips by other artists under each candidate
 representation; genre-match@10 is the share of those sharing a genre with it, quadrant-match@10 the share
-in its quadrant. Candidates: the stored embedding as the index uses it (standardised; a joint model's is
-the trunk features, then both musicnn networks' penultimate layers) and its parts, the trunk features raw,
-the heads' outputs (logits of every head, standardised; the default model's joint heads were fitted on all
-4Q clips, these too, so that row flatters it), and both side by side; a random ranking is the floor. Speed: one query against 20,000 and 1,000,000 synthetic tracks (float16),
+in its quadrant. Candidates: the index `similar` searches (the stored embedding, standardised, beside the
+quadrant and genre probabilities: similar/index.py), the stored embedding alone (a joint model's is the
+trunk features, then both musicnn networks' penultimate layers) and its parts, the trunk features raw, the
+heads' outputs (logits of every head, standardised), and both side by side; a random ranking is the floor. Speed: one query against 20,000 and 1,000,000 synthetic tracks (float16),
 and a whole `musictag similar` command from a cold start on a 20,000-track database.
 All figures come from this one run on this machine.
 """
@@ -29,7 +33,7 @@ from musictag.similar.index import EmbeddingIndex, Track
 NEIGHBOURS = 10
 
 
-def score_clips(examples, model: str | None, workers: int) -> list[dict[str, np.ndarray]]:
+def score_clips(examples, model: str | None, workers: int) -> tuple[list[dict[str, np.ndarray]], int, dict]:
     from musictag.api import load_tagger
     from musictag.engines.local import Job, score_locally
 
@@ -37,7 +41,14 @@ def score_clips(examples, model: str | None, workers: int) -> list[dict[str, np.
     tagger.embedding = True
     jobs = [Job(e.path, tagger.sample_rate, False, 5, tagger.min_samples) for e in examples]
     found = {d.path: d.scores for d in score_locally(tagger, jobs, workers, 64, True) if d.scores is not None}
-    return [found[e.path] for e in examples], tagger.model.embedding_channels
+    return [found[e.path] for e in examples], tagger.model.embedding_channels, tagger.labels
+
+
+def index_matrix(examples, outputs: list[dict[str, np.ndarray]], labels: dict[str, list[str]]) -> np.ndarray:
+    """The rows `musictag similar` compares: the stored embedding and scores, as a scan stores them."""
+    tracks = [Track(e.path, None, {head: dict(zip(names, map(float, o[head]))) for head, names in labels.items()})
+              for e, o in zip(examples, outputs)]
+    return EmbeddingIndex(tracks, np.stack([o[EMBEDDING] for o in outputs])).matrix.astype(np.float32)
 
 
 def candidates(outputs: list[dict[str, np.ndarray]], trunk_width: int) -> dict[str, np.ndarray]:
@@ -50,7 +61,7 @@ def candidates(outputs: list[dict[str, np.ndarray]], trunk_width: int) -> dict[s
     if stored.shape[1] > trunk_width:
         out.update({"musicnn (msd + mtt), standardised": stored[:, trunk_width:],
                     "msd, standardised": stored[:, trunk_width:trunk_width + 200]})
-    out.update({"stored embedding, standardised (the index)": stored, "heads' logits": heads,
+    out.update({"stored embedding alone, standardised": stored, "heads' logits": heads,
                 "stored embedding + heads": np.hstack([_standard(stored), _standard(heads)])})
     return out
 
@@ -64,10 +75,13 @@ def _standard(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
 
 
-def matches(matrix: np.ndarray, examples, standardise: bool, seed: int = 0) -> tuple[float, float]:
-    """genre-match@10 and quadrant-match@10 over clips by other artists (matrix None: a random ranking)."""
+def matches(matrix: np.ndarray, examples, standardise: bool | str, seed: int = 0) -> tuple[float, float]:
+    """genre-match@10 and quadrant-match@10 over clips by other artists (matrix None: a random ranking;
+    standardise "index": the matrix's rows are the index's, compared as they are)."""
     if matrix is None:
         sims = np.random.default_rng(seed).random((len(examples), len(examples)))
+    elif standardise == "index":
+        sims = matrix @ matrix.T
     elif standardise:
         index = EmbeddingIndex([Track(e.path, None, {}) for e in examples], matrix)
         sims = index.matrix.astype(np.float32) @ index.matrix.astype(np.float32).T
@@ -136,15 +150,16 @@ def main() -> None:
     args = parser.parse_args()
     dataset = read_manifest(args.data, min_count=30)
     _, val = split_by_group(dataset.examples, 0.2, 0)
-    outputs, trunk_width = score_clips(val, args.model, args.workers)
-    rows = {"random": matches(None, val, False)}
+    outputs, trunk_width, labels = score_clips(val, args.model, args.workers)
+    rows = {"random": matches(None, val, False),
+            "the index: embedding + quadrant, genre scores": matches(index_matrix(val, outputs, labels), val, "index")}
     for name, matrix in candidates(outputs, trunk_width).items():
         rows[name] = matches(matrix, val, standardise="standardised" in name)
     print(f"{len(val)} validation clips by {len({e.group for e in val})} artists; neighbours by other artists, "
           f"k = {NEIGHBOURS}")
-    print(f"{'embedding':44} genre-match@10  quadrant-match@10")
+    print(f"{'embedding':48} genre-match@10  quadrant-match@10")
     for name, (genre, quadrant) in rows.items():
-        print(f"{name:44} {genre:14.3f}  {quadrant:17.3f}")
+        print(f"{name:48} {genre:14.3f}  {quadrant:17.3f}")
     width = len(outputs[0][EMBEDDING])  # the stored embedding's: synthetic tracks of the same width
     speed = {tracks: query_seconds(tracks, width) for tracks in (20_000, 1_000_000)}
     for tracks, seconds in speed.items():

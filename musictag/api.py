@@ -134,8 +134,8 @@ def _reason(value: str, field, head: dict[str, float], scores: dict) -> str:
 
 
 def embedding_scorer(model: str | Path | None = None, device: str = "auto", workers: int = 0):
-    """path -> (model id, the track's embedding as a scan would store it), for a file the database does not
-    know; the model is loaded (torch imported) on the first call only."""
+    """path -> (model id, the track's embedding, its scores), as a scan would store them, for a file the
+    database does not know; the model is loaded (torch imported) on the first call only."""
     loaded = []
 
     def score(path: str):
@@ -149,7 +149,9 @@ def embedding_scorer(model: str | Path | None = None, device: str = "auto", work
         decoded = decode_track(Job(path, tagger.sample_rate, False, EXCERPT_COUNT, tagger.min_samples))
         if decoded.windows is None:
             raise SimilarityError(f"{path}: {decoded.error}")
-        return tagger.checkpoint.model_id, track_scores(tagger, decoded.windows, BATCH_SIZE)[EMBEDDING]
+        probs = track_scores(tagger, decoded.windows, BATCH_SIZE)
+        scores = {head: dict(zip(names, map(float, probs[head]))) for head, names in tagger.labels.items()}
+        return tagger.checkpoint.model_id, probs[EMBEDDING], scores
     return score
 
 

@@ -15,3 +15,19 @@ def test_a_commit_cut_short_by_an_interrupt_can_be_made_again(tmp_path):
     with Database(tmp_path / "db.sqlite") as db:
         assert db.head_kinds() == {"genre": "multi"} and db.model_info("n") is None  # no labels: not all known
         assert db._conn.execute("SELECT COUNT(*) FROM models").fetchone()[0] == 2
+
+
+def test_embedded_reads_only_the_heads_asked_for_and_leaves_out_those_a_track_lacks(tmp_path):
+    import numpy as np
+
+    scores = {"quadrant": {"Q1": 0.75, "Q2": 0.25}, "genre": {"Jazz": 0.5, "Pop/Rock": 0.125}, "mood": {"calm": 1.0}}
+    with Database(tmp_path / "db.sqlite") as db:
+        db.put_scores("/m/a.flac", 1, 1, "m", 2.0, scores, np.ones(3, np.float32))
+        db.put_scores("/m/b.flac", 1, 1, "m", 2.0, {"genre": {"Jazz": 0.25}}, np.zeros(3, np.float32))
+        db.put_scores("/m/c.flac", 1, 1, "m", 2.0, scores)  # no embedding: not searchable
+        assert [row[3] for row in db.embedded()] == [scores, {"genre": {"Jazz": 0.25}}]
+        assert [row[3] for row in db.embedded(("quadrant", "genre"))] == [
+            {"quadrant": scores["quadrant"], "genre": scores["genre"]}, {"genre": {"Jazz": 0.25}}]
+        assert [row[3] for row in db.embedded(("quadrant",))] == [{"quadrant": scores["quadrant"]}, {}]
+        path, model, duration, _, embedding = next(db.embedded(()))
+        assert (path, model, duration, embedding.tolist()) == ("/m/a.flac", "m", 2.0, [1.0, 1.0, 1.0])

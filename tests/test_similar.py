@@ -46,15 +46,36 @@ def test_filters_read_what_the_scan_wrote_else_the_best_label_and_the_duration()
     tracks = [Track("/m/a.flac", 100.0, {"genre": {"Jazz": 0.9, "Rock": 0.1}}),
               Track("/m/b.flac", 400.0, {"genre": {"Jazz": 0.2, "Rock": 0.8}}),
               Track("/m/c.flac", 200.0, {"genre": {"Jazz": 0.9}})]
-    # b sounds most like a, then c: the duration filter, not a tie, decides who follows a
-    index = EmbeddingIndex(tracks, np.array([[1, 0, 0], [0.9, 0.1, 0], [0.5, 0.5, 0]], dtype=np.float32))
+    embeddings = np.array([[1, 0, 0], [0.9, 0.1, 0], [0.5, 0.5, 0]], dtype=np.float32)
+    index = EmbeddingIndex(tracks, embeddings)
     written = {"/m/c.flac": {"genre": ["Blues; Soul"]}}
     assert allowed_rows(index, Filters(genres=("jazz",)), written).tolist() == [True, False, False]
     assert allowed_rows(index, Filters(genres=("Soul",)), written).tolist() == [False, False, True]
     assert allowed_rows(index, Filters(max_seconds=300), written).tolist() == [True, False, True]
+    # unscored: b sounds most like a, then c; the duration filter, not a tie, decides who follows a
+    index = EmbeddingIndex([Track(t.path, t.duration, {}) for t in tracks], embeddings)
     assert like(index, [0], 2) == [0, 1]
     assert like(index, [0], 2, allowed_rows(index, Filters(max_seconds=300), written)) == [0, 2]
     assert like(index, [0], 3, allowed_rows(index, Filters(min_seconds=300), written)) == [0, 1]
+
+
+def test_tracks_that_share_the_quadrant_and_genre_come_before_ones_that_only_sound_alike():
+    def scores(quadrant, genre):
+        return {"quadrant": {"Q1": quadrant, "Q2": 1 - quadrant}, "genre": {"Jazz": genre, "Rock": 1 - genre},
+                "mood": {"calm": 0.5}}
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(30, 8))
+    near = base[0] + 0.05 * rng.normal(size=8)  # sounds like the query, heard as another quadrant and genre
+    tracks = [Track(f"/m/{i}.flac", 1.0, scores(0.9 if i < 10 else 0.1, 0.9 if i < 10 else 0.1)) for i in range(30)]
+    tracks.append(Track("/m/near.flac", 1.0, scores(0.1, 0.1)))
+    index = EmbeddingIndex(tracks, np.vstack([base, near]))
+    assert list(index.blocks) == ["quadrant", "genre"]  # mood is no block
+    found = [row for row, _ in index.nearest(index.vector("/m/0.flac"), 9, exclude={0})]
+    assert set(found) == set(range(1, 10))
+    unscored = EmbeddingIndex([Track(t.path, 1.0, {}) for t in tracks], np.vstack([base, near]))
+    assert unscored.nearest(unscored.vector("/m/0.flac"), 1, exclude={0})[0][0] == 30
+    # a file scored on the spot gets the row a stored copy of it has
+    assert np.allclose(index.normalised(base[3], tracks[3].scores), index.vector("/m/3.flac"), atol=2e-3)
 
 
 def test_m3u8_has_extinf_lines_and_paths_that_resolve_from_its_folder(tmp_path):

