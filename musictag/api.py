@@ -221,7 +221,7 @@ def evaluate(tagger: "Tagger", data: str | Path, workers: int = DECODE_WORKERS, 
     from .learn.evaluate import evaluate as evaluate_dataset
 
     found = read_manifest(data, min_count=1, folder_field=folder_field)
-    dataset = with_vocabulary(found, tagger.labels, tagger.checkpoint.model_config.kinds)
+    dataset = with_vocabulary(found, tagger.labels, tagger.checkpoint.kinds)
     if not dataset.vocab:
         raise ManifestError(f"none of the model's heads ({', '.join(tagger.labels)}) is labelled in {data} (it has "
                             f"{', '.join(found.heads)}; a folder per class: --field names its head)")

@@ -208,18 +208,50 @@ def test_the_recipe_builds_a_model_whose_card_reports_what_it_writes(tmp_path):
             assert f"| genre | {value} | {counts['written']} | {counts['right']} |" in card
 
 
-def test_finetune_trains_a_cp_resnet_and_refuses_a_joint_model(tmp_path):
-    from musictag.errors import CheckpointError
-    from musictag.learn.finetune_recipe import finetune_base
+def test_finetune_from_a_joint_model_fits_new_heads_on_what_the_scan_stored_and_keeps_the_rest(tmp_path):
+    from conftest import write_track
+    from musictag.engines.local import Job, score_locally
+    from musictag.learn.finetune_recipe import finetune
+    from musictag.learn.manifest import Dataset, Example
+    from musictag.model.inference import Tagger
+    from musictag.store import Database
 
-    joint_checkpoint(tmp_path / "joint.pt")
-    with pytest.raises(CheckpointError, match="finetune trains the CP-ResNet alone"):
-        finetune_base(tmp_path / "joint.pt")
-    base = tmp_path / "cp.pt"
-    checkpoint = load_checkpoint(tmp_path / "joint.pt")
-    checkpoint.joint = {}
-    save_checkpoint(checkpoint, base)
-    assert not finetune_base(base).joint
+    base, _ = joint_checkpoint(tmp_path / "joint.pt")
+    base.vocabulary = []
+    save_checkpoint(base, tmp_path / "joint.pt")
+    base = load_checkpoint(tmp_path / "joint.pt")
+    width = base.joint_config.width(CPResNet(base.model_config).embedding_channels)
+    genres, rng = ["Chiptune", "Drone", "Synthwave"], np.random.default_rng(3)
+    centres = 3 * rng.standard_normal((3, width))
+    examples = []
+    with Database(tmp_path / "db.sqlite") as db:
+        db.put_model(base.model_id, base.kinds, base.labels, [])
+        for i in range(60):  # what scans with the base model stored: features by genre, 12 artists
+            k = i % 3
+            scores = {head: {label: 0.5 for label in names} for head, names in base.labels.items()}
+            db.put_scores(f"/lib/{i}.flac", 1, 1, base.model_id, 200.0, scores,
+                          (centres[k] + rng.standard_normal(width)).astype(np.float32))
+            examples.append(Example(f"/lib/{i}.flac", f"{i}.flac", {"genre": [genres[k]]}, group=f"artist {i % 12}"))
+    new_track = write_track(tmp_path / "lib" / "new.flac", seconds=4.0)  # no scan stored it: scored now
+    examples.append(Example(str(new_track), "new.flac", {"genre": ["Drone"]}, group="artist new"))
+    dataset = Dataset(examples, {"genre": "multi"}, {"genre": genres}, source="the library /lib: its own genre tags")
+    checkpoint, report = finetune(tmp_path / "joint.pt", tmp_path / "mine.pt", dataset, workers=1,
+                                  db=tmp_path / "db.sqlite")
+    assert (report["tracks"], report["stored"], report["folds"]) == (61, 60, 5)
+    assert report["out_of_fold"]["genre roc_auc"] > 0.9  # the genres are learnt from the stored features
+    mine = load_checkpoint(tmp_path / "mine.pt")  # weights_only
+    assert mine.labels["genre"] == genres and mine.labels["quadrant"] == base.labels["quadrant"]
+    assert mine.kinds["genre"] == "multi" and mine.training["finetuned_from"] == base.model_id
+    for key, value in base.state_dict.items():  # the CP-ResNet is untouched ...
+        assert torch.equal(value, mine.state_dict[key])
+    assert torch.equal(base.joint["state_dict"]["maps.quadrant.weight"], mine.joint["state_dict"]["maps.quadrant.weight"])
+    genre = next(f for f in mine.vocabulary if f["name"] == "genre")  # ... the new heads calibrated on their folds
+    assert [t["name"] for t in genre["terms"]] == genres and report["written"]["genre"]["written"] > 0
+    tagger = Tagger(mine)
+    tagger.embedding = True
+    done = next(score_locally(tagger, [Job(str(new_track), tagger.sample_rate)], 1, 8, True))
+    assert done.scores["genre"].shape == (3,) and done.scores["quadrant"].shape == (4,)
+    assert done.scores["embedding"].shape == (width,)
 
 
 def test_a_value_whose_calibration_failed_out_of_fold_is_never_written_not_even_as_the_best():

@@ -76,7 +76,7 @@ def evaluate(tagger: Tagger, dataset: Dataset, workers: int = DECODE_WORKERS, ro
              progress: Progress | None = None) -> dict:
     """The metrics per head on `dataset` (already in the model's vocabulary), per-clip predictions,
     failures, and with `robustness` the codec and low-pass probes."""
-    kinds = tagger.checkpoint.model_config.kinds
+    kinds = tagger.checkpoint.kinds
     heads = {h: kinds[h] for h in dataset.vocab}
     targets = encode_targets(dataset.examples, heads, dataset.vocab)
     paths = [e.path for e in dataset.examples]
@@ -117,7 +117,7 @@ def written_report(checkpoint, examples: list[Example], probs: dict[str, np.ndar
     for f in available(vocabulary_from_dict(checkpoint.vocabulary), checkpoint.labels):
         if not f.truth_head or not kept or f.truth_head not in kept[0].labels:
             continue
-        single = checkpoint.model_config.kinds.get(f.truth_head) == "single"
+        single = checkpoint.kinds.get(f.truth_head) == "single"
         truth = truth_matrix(f, [e.labels[f.truth_head] for e in kept])
         report[f.name] = asdict(written_quality(f, term_matrix(f, probs, checkpoint.labels), truth, single=single))
     return report

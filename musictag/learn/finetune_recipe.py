@@ -52,18 +52,26 @@ def finetune_dataset(data: str | Path | None = None, library: str | Path | None 
 
 def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config: "TrainConfig | None" = None,
              val_fraction: float = VAL_FRACTION, resume: bool = False, workers: int = DECODE_WORKERS,
-             progress: Progress | None = None, device: str = "auto") -> tuple["Checkpoint", dict]:
-    """Adapt a trained model to a new vocabulary: new heads, trunk frozen first, then a lower rate; the
-    base model's other heads are kept and learn its own predictions (finetuning.py). A base model with a
-    vocabulary gives one to the finetuned model: the kept fields, and the new heads' labels with
-    thresholds chosen on the validation split. `device` as for train."""
+             progress: Progress | None = None, device: str = "auto", db: str | Path | None = None
+             ) -> tuple["Checkpoint", dict]:
+    """Adapt a trained model to a new vocabulary. A CP-ResNet: new heads, trunk frozen first, then a lower
+    rate; the base model's other heads are kept and learn its own predictions (finetuning.py). A base
+    model with a vocabulary gives one to the finetuned model: the kept fields, and the new heads' labels
+    with thresholds chosen on the validation split. `device` as for train. A CP-ResNet + musicnn model:
+    new joint heads on both networks' frozen features, from what the scan database `db` stored where it
+    can (joint_finetune.py; the epochs, split, resume and device do not apply)."""
     import torch
 
+    from ..model.checkpoint import load_checkpoint
     from .finetuning import keep_heads
     from .train import TrainData, train_model
 
+    base = load_checkpoint(FINETUNE_BASE if start is None else start)
+    if base.joint:
+        from .joint_finetune import finetune_joint
+
+        return finetune_joint(base, out, dataset, db, workers, progress)
     on = _training_device(device, progress)
-    base = finetune_base(start)
     config = config or finetune_config()
     model = base.build_model()
     torch.manual_seed(config.seed)  # the new heads start from the recipe's seed, as seeded_model
@@ -84,21 +92,7 @@ def finetune(start: str | Path | None, out: str | Path, dataset: Dataset, config
     return checkpoint, report
 
 
-FINETUNE_BASE = "fast"  # the shipped CP-ResNet: the network finetune trains
-
-
-def finetune_base(start: str | Path | None) -> "Checkpoint":
-    """The CP-ResNet to finetune: `start`, or the shipped one (--model fast). A CP-ResNet + musicnn model is
-    refused: its written thresholds were chosen for the joint heads' scores, which a finetuned trunk alone
-    would not give."""
-    from ..errors import CheckpointError
-    from ..model.checkpoint import load_checkpoint
-
-    base = load_checkpoint(FINETUNE_BASE if start is None else start)
-    if base.joint:
-        raise CheckpointError(str(start), f"a CP-ResNet + musicnn model; finetune trains the CP-ResNet alone: "
-                                          f"start from one (--from {FINETUNE_BASE}: the shipped one)")
-    return base
+FINETUNE_BASE = "fast"  # the shipped CP-ResNet: the network finetune trains unless told otherwise
 
 
 def _remember_kept_heads(base: "Checkpoint", train_set: "Prepared", kept: list[str]) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 from ..model.checkpoint import Checkpoint
 from .modelcard import probe_table
 from ..model.joint import LOW_RANK_RTOL, REDUCED_PRECISION_TOLERANCE
-from ..model.modelfile import SHIPPED_MODELS
 from ..model.musicnn_file import LICENSE_NAME
 from ..model.vocabulary import NEVER
 from ..defaults import BEST_FIRST_TARGET
@@ -151,7 +150,7 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
                   "alone; musicnn: its whole-track rate):", "```\n" + speed.strip() + "\n```"]
     parts += ["## Licences",
               f"musicnn's code and models: ISC (`{LICENSE_NAME}`). The CP-ResNet: as its own card states. "
-              f"`--model {next(iter(SHIPPED_MODELS))}` chooses the CP-ResNet alone."]
+              "`--model fast` chooses the CP-ResNet alone."]
     return "\n\n".join(parts) + "\n"
 
 

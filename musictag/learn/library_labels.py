@@ -22,6 +22,7 @@ from ..model.vocabulary import DEFAULT_FIELDS, vocabulary_from_dict
 
 SEPARATORS = re.compile(r"\s*[;,|]\s*")  # "Rock; Pop", "Rock, Pop", "Rock | Pop" ("Pop/Rock", "Drum & Bass" are one genre)
 MARKER = "model"  # the field in which musictag names itself and its model
+ARTIST = "artist"  # what splits and folds keep together
 
 
 def normalise_values(values: list[str]) -> list[str]:
@@ -66,7 +67,7 @@ def library_dataset(root, fields: list[str], min_count: int = FINETUNE_MIN_COUNT
     examples, canonical, left_out = [], {}, 0
     for path in walk([root]):
         try:
-            values = read_fields(path, list(fields) + [MARKER])
+            values = read_fields(path, list(dict.fromkeys([*fields, MARKER, ARTIST])))
         except TagReadError:
             continue  # unreadable tags: the file is just not a training example
         ours = own.of(path, fields, bool(values[MARKER]))
@@ -77,7 +78,9 @@ def library_dataset(root, fields: list[str], min_count: int = FINETUNE_MIN_COUNT
             left_out += len(found) - len(kept)
             labels[f] = [canonical.setdefault((f, v.casefold()), v) for v in kept]
         if any(labels.values()):
-            examples.append(Example(path, path, labels))
+            # an artist's tracks stay on one side of a split (none: the track is its own group)
+            artist = next((v.strip().casefold() for v in values[ARTIST] if v.strip()), "")
+            examples.append(Example(path, path, labels, group=artist))
     if not examples:
         raise ManifestError(f"{root}: no audio files with {'/'.join(fields)} tags"
                             + (f" of your own ({left_out} values musictag wrote are not labels)" if left_out else ""))

@@ -26,7 +26,7 @@ def stack_heads(checkpoint: Checkpoint, clips: Prepared, val: Prepared, candidat
     `checkpoint`; returns what was tried."""
     model = checkpoint.build_model()
     norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
-    kinds = checkpoint.model_config.kinds
+    kinds = checkpoint.kinds
     train_out, val_out = (predict_features(model, data.features, norm, checkpoint.feature_config, WINDOW_SECONDS)
                           for data in (clips, val))
     direct = head_metrics(val_out, val.targets, val.heads, checkpoint.labels)

@@ -57,6 +57,12 @@ class Checkpoint:
         return model.eval()
 
     @property
+    def kinds(self) -> dict[str, str]:
+        """Scored head -> "single" | "multi": the CP-ResNet's, a joint model's joint heads taking the place
+        of the CP-ResNet's of the same name (finetune may give them other labels, or add heads)."""
+        return {**self.model_config.kinds, **(self.joint_config.heads if self.joint else {})}
+
+    @property
     def joint_config(self) -> JointConfig | None:
         return JointConfig.from_dict(self.joint["config"]) if self.joint else None
 
@@ -197,11 +203,11 @@ def _from_payload(payload, path: Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(path, f"incompatible checkpoint contents ({type(e).__name__}: {e})") from None
-    scored = checkpoint.model_config.kinds  # regress heads have no label names
+    scored = checkpoint.kinds  # regress heads have no label names
     if set(checkpoint.labels) != set(scored):
         raise CheckpointError(path, f"label lists {sorted(checkpoint.labels)} do not match the heads "
                                     f"{sorted(scored)}")
-    for head in scored:
+    for head in set(checkpoint.model_config.kinds) - set(checkpoint.joint_config.heads if checkpoint.joint else ()):
         n = checkpoint.model_config.heads[head][1]
         if len(checkpoint.labels[head]) != n:
             raise CheckpointError(path, f"head {head!r} has {n} outputs but {len(checkpoint.labels[head])} labels")

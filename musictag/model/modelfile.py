@@ -12,8 +12,9 @@ from pathlib import Path
 from ..errors import CheckpointError
 
 SHIPPED_NAME = "musictag.pt"  # the default: CP-ResNet + musicnn (model/joint.py)
-# shipped models chosen by name (--model fast): the CP-ResNet alone, several times faster on a CPU
-SHIPPED_MODELS = {"fast": "musictag-fast.pt"}
+# shipped models chosen by name (--model fast): the CP-ResNet alone, several times faster on a CPU; the
+# default by its name too (finetune --from default, whose own default is the CP-ResNet)
+SHIPPED_MODELS = {"fast": "musictag-fast.pt", "default": SHIPPED_NAME}
 SHA256_HEX = re.compile("[0-9a-fA-F]{64}")
 
 

@@ -77,7 +77,7 @@ class ScanModel:
     @classmethod
     def of(cls, tagger: "Tagger") -> "ScanModel":
         c = tagger.checkpoint
-        return cls(c.model_id, c.model_config.kinds, c.labels, c.vocabulary, lambda: tagger)
+        return cls(c.model_id, c.kinds, c.labels, c.vocabulary, lambda: tagger)
 
     @cached_property
     def tagger(self) -> "Tagger":
