@@ -247,6 +247,9 @@ def test_finetune_from_a_joint_model_fits_new_heads_on_what_the_scan_stored_and_
     assert torch.equal(base.joint["state_dict"]["maps.quadrant.weight"], mine.joint["state_dict"]["maps.quadrant.weight"])
     genre = next(f for f in mine.vocabulary if f["name"] == "genre")  # ... the new heads calibrated on their folds
     assert [t["name"] for t in genre["terms"]] == genres and report["written"]["genre"]["written"] > 0
+    from musictag.cli.models import _joint_finetune_lines
+
+    assert _joint_finetune_lines(report)[0].startswith("genre: a scan would write values right ")
     tagger = Tagger(mine)
     tagger.embedding = True
     done = next(score_locally(tagger, [Job(str(new_track), tagger.sample_rate)], 1, 8, True))
