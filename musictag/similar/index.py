@@ -16,11 +16,11 @@ import numpy as np
 # the dtype of the matrix: 20,000 tracks x 128 dimensions are 5 MB; a million, 256 MB
 MATRIX_DTYPE = np.float16
 CHUNK_ROWS = 1 << 16  # rows multiplied at a time (16 MB of float32 at 64 dimensions)
-# chosen by bench/similarity.py on the 4Q validation artists, scored by a model whose heads never saw them:
-# the embedding alone found neighbours sharing a genre / the quadrant 0.605 / 0.549 of the time; beside the
-# quadrant and genre probabilities, at half their weight, 0.617 / 0.606 (over five artist folds, 0.560 / 0.556
-# against 0.588 / 0.659). Probabilities, not logits: the product of two tracks' quadrant rows is the chance
-# that they share the quadrant, which is what a listener hears as the same mood
+# chosen on the 4Q validation artists, scored by a model whose heads never saw them (bench/similarity.py,
+# docs/similar.md): the embedding alone found neighbours sharing a genre / the quadrant 0.605 / 0.549 of the
+# time; at half the weight of the quadrant and genre probabilities beside it, 0.614 / 0.603 (over five artist
+# folds of all 4Q clips, 0.560 / 0.556 against 0.588 / 0.659). Probabilities, not logits: the product of two
+# tracks' quadrant rows is the chance that they share the quadrant, which is what a listener hears as a mood
 SCORE_BLOCKS = ("quadrant", "genre")
 EMBEDDING_WEIGHT = 0.5
 
