@@ -10,6 +10,7 @@ from conftest import write_track
 from musictag.cli import app
 from musictag.similar import EmbeddingIndex, Entry, Filters, allowed_rows, like, m3u8
 from musictag.similar.index import Track
+from musictag.store import Track as StoredTrack
 from musictag.tagfile import write_fields
 
 runner = CliRunner()
@@ -17,7 +18,12 @@ runner = CliRunner()
 
 def index_of(vectors, durations=None):
     tracks = [Track(f"/music/{i}.flac", (durations or [200.0] * len(vectors))[i], {}) for i in range(len(vectors))]
-    return EmbeddingIndex(tracks, np.array(vectors, np.float32))
+    return EmbeddingIndex.build(tracks, np.array(vectors, np.float32))
+
+
+def stored(tracks, written):
+    """The database's records of `tracks` (path -> store Track), with what the scan wrote into some."""
+    return {t.path: StoredTrack(t.path, 1, 1, "m", t.duration, t.scores, None, written.get(t.path)) for t in tracks}
 
 
 def test_nearest_ranks_by_cosine_after_standardising_and_leaves_out_what_it_is_told():
@@ -47,13 +53,13 @@ def test_filters_read_what_the_scan_wrote_else_the_best_label_and_the_duration()
               Track("/m/b.flac", 400.0, {"genre": {"Jazz": 0.2, "Rock": 0.8}}),
               Track("/m/c.flac", 200.0, {"genre": {"Jazz": 0.9}})]
     embeddings = np.array([[1, 0, 0], [0.9, 0.1, 0], [0.5, 0.5, 0]], dtype=np.float32)
-    index = EmbeddingIndex(tracks, embeddings)
-    written = {"/m/c.flac": {"genre": ["Blues; Soul"]}}
+    index = EmbeddingIndex.build(tracks, embeddings)
+    written = stored(tracks, {"/m/c.flac": {"genre": ["Blues; Soul"]}})
     assert allowed_rows(index, Filters(genres=("jazz",)), written).tolist() == [True, False, False]
     assert allowed_rows(index, Filters(genres=("Soul",)), written).tolist() == [False, False, True]
     assert allowed_rows(index, Filters(max_seconds=300), written).tolist() == [True, False, True]
     # unscored: b sounds most like a, then c; the duration filter, not a tie, decides who follows a
-    index = EmbeddingIndex([Track(t.path, t.duration, {}) for t in tracks], embeddings)
+    index = EmbeddingIndex.build([Track(t.path, t.duration, {}) for t in tracks], embeddings)
     assert like(index, [0], 2) == [0, 1]
     assert like(index, [0], 2, allowed_rows(index, Filters(max_seconds=300), written)) == [0, 2]
     assert like(index, [0], 3, allowed_rows(index, Filters(min_seconds=300), written)) == [0, 1]
@@ -68,11 +74,11 @@ def test_tracks_that_share_the_quadrant_and_genre_come_before_ones_that_only_sou
     near = base[0] + 0.05 * rng.normal(size=8)  # sounds like the query, heard as another quadrant and genre
     tracks = [Track(f"/m/{i}.flac", 1.0, scores(0.9 if i < 10 else 0.1, 0.9 if i < 10 else 0.1)) for i in range(30)]
     tracks.append(Track("/m/near.flac", 1.0, scores(0.1, 0.1)))
-    index = EmbeddingIndex(tracks, np.vstack([base, near]))
-    assert list(index.blocks) == ["quadrant", "genre"]  # mood is no block
+    index = EmbeddingIndex.build(tracks, np.vstack([base, near]))
+    assert list(index.space.blocks) == ["quadrant", "genre"]  # mood is no block
     found = [row for row, _ in index.nearest(index.vector("/m/0.flac"), 9, exclude={0})]
     assert set(found) == set(range(1, 10))
-    unscored = EmbeddingIndex([Track(t.path, 1.0, {}) for t in tracks], np.vstack([base, near]))
+    unscored = EmbeddingIndex.build([Track(t.path, 1.0, {}) for t in tracks], np.vstack([base, near]))
     assert unscored.nearest(unscored.vector("/m/0.flac"), 1, exclude={0})[0][0] == 30
     # a file scored on the spot gets the row a stored copy of it has
     assert np.allclose(index.normalised(base[3], tracks[3].scores), index.vector("/m/3.flac"), atol=2e-3)
@@ -162,8 +168,8 @@ def test_a_database_without_embeddings_is_one_clear_line(tmp_path):
 
 def test_filters_match_genres_loosely_and_split_joined_and_raw_labels():
     tracks = [Track("/m/a.flac", 100.0, {"genre": {"Pop/Rock": 0.9}}), Track("/m/b.flac", 100.0, {})]
-    index = EmbeddingIndex(tracks, np.eye(2, dtype=np.float32))
-    written = {"/m/b.flac": {"genre": ["Jazz, Hip Hop"]}}
+    index = EmbeddingIndex.build(tracks, np.eye(2, dtype=np.float32))
+    written = stored(tracks, {"/m/b.flac": {"genre": ["Jazz, Hip Hop"]}})
     assert allowed_rows(index, Filters(genres=("Rock",)), written).tolist() == [True, False]
     assert allowed_rows(index, Filters(genres=("hip-hop",)), written).tolist() == [False, True]
 
@@ -172,3 +178,57 @@ def test_a_library_scored_by_two_models_is_searched_in_one_models_space():
     rows = [(f"/m/{i}", "big" if i < 3 else "small", 1.0, {}, np.full(4, float(i), np.float32)) for i in range(5)]
     index = EmbeddingIndex.from_rows(rows)
     assert index.model == "big" and len(index) == 3 and "/m/4" not in index.rows
+
+
+def _library_db(path, tracks=6, width=4):
+    from musictag.store import Database
+
+    rng = np.random.default_rng(3)
+    with Database(path) as database:
+        for i in range(tracks):
+            database.put_scores(f"/m/{i}.flac", 1, 1, "m", 10.0 + i, {"genre": {"Jazz": 0.5, "Rock": 0.5}},
+                                rng.normal(size=width).astype(np.float32))
+    return path
+
+
+def test_the_index_is_stored_beside_the_database_and_made_anew_when_a_track_changes(tmp_path, monkeypatch):
+    from musictag.similar.search import library_index
+    from musictag.similar.stored import index_folder
+    from musictag.store import Database
+
+    db_path = _library_db(tmp_path / "db.sqlite")
+    with Database(db_path, create=False) as database:
+        made = library_index(database)
+    stored = sorted(p.name for p in index_folder(db_path).iterdir())
+    assert len(stored) == 2 and {p.rsplit(".", 1)[1] for p in stored} == {"npy", "npz"}
+    with Database(db_path, create=False) as database:
+        monkeypatch.setattr(Database, "embedded", lambda *a: pytest.fail("the rows were read again"))
+        loaded = library_index(database)
+        monkeypatch.undo()
+        assert loaded.paths == made.paths and np.array_equal(loaded.matrix, made.matrix)
+        assert loaded.duration(2) == 12.0 and loaded.model == "m" and loaded.space.blocks == made.space.blocks
+        database.put_scores("/m/new.flac", 1, 1, "m", 5.0, {"genre": {"Jazz": 0.9, "Rock": 0.1}},
+                            np.ones(4, np.float32))
+        database.commit()
+        again = library_index(database)
+    assert "/m/new.flac" in again.rows and len(again) == 7
+    assert sorted(p.name for p in index_folder(db_path).iterdir()) != stored  # the old token's files are gone
+    assert len(list(index_folder(db_path).iterdir())) == 2
+
+
+def test_an_unwritable_or_damaged_stored_index_is_made_from_the_database(tmp_path):
+    from musictag.similar.search import library_index
+    from musictag.similar.stored import index_folder
+    from musictag.store import Database
+
+    db_path = _library_db(tmp_path / "db.sqlite")
+    index_folder(db_path).write_text("not a folder")  # nothing can be stored: each run makes it
+    with Database(db_path, create=False) as database:
+        assert len(library_index(database)) == 6 and len(library_index(database)) == 6
+    index_folder(db_path).unlink()
+    with Database(db_path, create=False) as database:
+        library_index(database)
+        for stored in index_folder(db_path).iterdir():
+            stored.write_bytes(b"damaged")
+        assert sorted(library_index(database).paths) == sorted(f"/m/{i}.flac" for i in range(6))
+    assert all(p.stat().st_size > 100 for p in index_folder(db_path).iterdir())  # stored anew

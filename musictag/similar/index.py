@@ -27,33 +27,60 @@ EMBEDDING_WEIGHT = 0.5
 
 @dataclass
 class Track:
-    """What the index knows of a track besides its row: as the scan stored it."""
+    """A track as the scan stored it, for building the index."""
 
     path: str
     duration: float | None
     scores: dict[str, dict[str, float]]
 
 
-class EmbeddingIndex:
-    def __init__(self, tracks: list[Track], embeddings: np.ndarray, model: str = ""):
-        self.tracks, self.model = tracks, model  # the model whose embeddings these are
-        self.rows = {track.path: i for i, track in enumerate(tracks)}
-        embeddings = np.asarray(embeddings, np.float32)
-        self.mean = embeddings.mean(axis=0) if len(embeddings) else np.zeros(embeddings.shape[1:], np.float32)
-        self.scale = embeddings.std(axis=0) + 1e-6 if len(embeddings) > 1 else np.ones_like(self.mean)
-        self.blocks = shared_labels(tracks)
-        self.matrix = np.empty((len(tracks), embeddings.shape[1] + sum(map(len, self.blocks.values()))),
-                               MATRIX_DTYPE)
-        for start in range(0, len(tracks), CHUNK_ROWS):  # float32 a chunk at a time: a million rows stay 1 GB
-            chunk = slice(start, start + CHUNK_ROWS)
-            self.matrix[chunk] = self._rows(embeddings[chunk], [t.scores for t in tracks[chunk]])
+@dataclass
+class RowSpace:
+    """How a track's embedding and scores become its row: the library's mean and spread per dimension of the
+    embedding, and the labels of each head in SCORE_BLOCKS that every track was scored on."""
 
-    def _rows(self, embeddings: np.ndarray, scores: list[dict[str, dict[str, float]]]) -> np.ndarray:
-        parts = [EMBEDDING_WEIGHT * _unit((embeddings - self.mean) / self.scale)]
+    mean: np.ndarray
+    scale: np.ndarray
+    blocks: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, tracks: list[Track], embeddings: np.ndarray) -> "RowSpace":
+        mean = embeddings.mean(axis=0) if len(embeddings) else np.zeros(embeddings.shape[1:], np.float32)
+        scale = embeddings.std(axis=0) + 1e-6 if len(embeddings) > 1 else np.ones_like(mean)
+        return cls(mean.astype(np.float32), scale.astype(np.float32), shared_labels(tracks))
+
+    @property
+    def width(self) -> int:
+        return len(self.mean) + sum(map(len, self.blocks.values()))
+
+    def rows(self, embeddings: np.ndarray, scores: list[dict[str, dict[str, float]]]) -> np.ndarray:
+        parts = [EMBEDDING_WEIGHT * _unit((np.asarray(embeddings, np.float32) - self.mean) / self.scale)]
         for head, labels in self.blocks.items():
             parts.append(_unit(np.array([_in_order(s[head], labels) for s in scores],
                                         np.float32).reshape(len(scores), len(labels))))
         return _unit(np.hstack(parts))
+
+
+class EmbeddingIndex:
+    """The rows of a library's tracks (`matrix`, float16), their paths and durations, and the space that
+    places a track the library does not hold among them."""
+
+    def __init__(self, paths: list[str], durations: np.ndarray, matrix: np.ndarray, space: RowSpace,
+                 model: str = ""):
+        self.paths, self.durations, self.matrix, self.space = paths, durations, matrix, space
+        self.model = model  # the model whose embeddings these are
+        self.rows = {path: i for i, path in enumerate(paths)}
+
+    @classmethod
+    def build(cls, tracks: list[Track], embeddings: np.ndarray, model: str = "") -> "EmbeddingIndex":
+        embeddings = np.asarray(embeddings, np.float32)
+        space = RowSpace.of(tracks, embeddings)
+        matrix = np.empty((len(tracks), space.width), MATRIX_DTYPE)
+        for start in range(0, len(tracks), CHUNK_ROWS):  # float32 a chunk at a time: a million rows stay 1 GB
+            chunk = slice(start, start + CHUNK_ROWS)
+            matrix[chunk] = space.rows(embeddings[chunk], [t.scores for t in tracks[chunk]])
+        durations = np.array([np.nan if t.duration is None else t.duration for t in tracks], np.float64)
+        return cls([t.path for t in tracks], durations, matrix, space, model)
 
     @classmethod
     def from_rows(cls, rows) -> "EmbeddingIndex":
@@ -66,17 +93,21 @@ class EmbeddingIndex:
         kept = [row for row in rows if row[1] == model]
         width = len(kept[0][4]) if kept else 0
         tracks = [Track(path, duration, scores) for path, _, duration, scores, _ in kept]
-        return cls(tracks, np.array([row[4] for row in kept], np.float32).reshape(len(kept), width), model)
+        return cls.build(tracks, np.array([row[4] for row in kept], np.float32).reshape(len(kept), width), model)
 
     def __len__(self) -> int:
-        return len(self.tracks)
+        return len(self.paths)
+
+    def duration(self, row: int) -> float | None:
+        seconds = float(self.durations[row])
+        return None if np.isnan(seconds) else seconds
 
     def normalised(self, embedding: np.ndarray, scores: dict[str, dict[str, float]]) -> np.ndarray:
         """A track's embedding and scores (as a scan stores them) as a row of the matrix."""
-        return self._rows(np.asarray(embedding, np.float32)[None], [scores])[0]
+        return self.space.rows(np.asarray(embedding, np.float32)[None], [scores])[0]
 
     def vector(self, path: str) -> np.ndarray:
-        return self.matrix[self.rows[path]].astype(np.float32)
+        return np.asarray(self.matrix[self.rows[path]], np.float32)
 
     def similarities(self, vector: np.ndarray) -> np.ndarray:
         """Cosine similarity of every track's row to `vector` (a row of the matrix, or normalised), a chunk
@@ -105,7 +136,7 @@ class EmbeddingIndex:
     def between(self, start: int, end: int, n: int, allowed: np.ndarray | None = None) -> list[int]:
         """n rows leading from row `start`'s sound to row `end`'s: start, then at each of the n - 2 steps
         between them the nearest row not yet taken to that point of the line, then end."""
-        a, b = self.matrix[start].astype(np.float32), self.matrix[end].astype(np.float32)
+        a, b = (np.asarray(self.matrix[row], np.float32) for row in (start, end))
         path, taken = [start], {start, end}
         for step in range(1, max(n - 1, 1)):
             point = a + (b - a) * step / (n - 1)

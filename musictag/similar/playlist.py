@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import genre_key
-from .index import EmbeddingIndex, Track
+from ..store.rows import Track as StoredTrack
+from .index import EmbeddingIndex
 
 
 @dataclass(frozen=True)
@@ -26,35 +27,38 @@ class Filters:
     min_seconds: float | None = None
     max_seconds: float | None = None
 
-    def admits(self, track: Track, written: dict[str, list[str]]) -> bool:
+    def admits(self, track: StoredTrack | None) -> bool:
+        """Whether the filters let in a track the database holds as `track` (None: one it does not)."""
+        if track is None:
+            return False
         wanted = (("genre", self.genres), ("mood", self.moods), ("quadrant", self.quadrants))
         for name, values in wanted:  # "Hip Hop" is "hip-hop" (config.genre_key)
-            if values and not {genre_key(v) for v in values} & {genre_key(v) for v in _values(track, written, name)}:
+            if values and not {genre_key(v) for v in values} & {genre_key(v) for v in _values(track, name)}:
                 return False
         duration = track.duration or 0.0
         return ((self.min_seconds is None or duration >= self.min_seconds)
                 and (self.max_seconds is None or duration <= self.max_seconds))
 
 
-def _values(track: Track, written: dict[str, list[str]], name: str) -> list[str]:
+def _values(track: StoredTrack, name: str) -> list[str]:
     """What the file holds for a field as the scan left it, each joined value split (; , /); where nothing
     was written, the model's best label for it, split the same way ("Pop/Rock": Pop, Rock)."""
-    if written.get(name):
-        values = written[name]
+    if (track.written or {}).get(name):
+        values = track.written[name]
     else:
-        scores = track.scores.get(name, {})
+        scores = (track.scores or {}).get(name, {})
         values = [max(scores, key=scores.get)] if scores else []
     return [part.strip() for value in values for part in re.split(r"[;,/]", value) if part.strip()]
 
 
-def allowed_rows(index: EmbeddingIndex, filters: Filters, written: dict[str, dict[str, list[str]]]) -> np.ndarray:
-    """A boolean mask of the index's rows the filters admit (`written`: path -> what the scan wrote)."""
-    return np.array([filters.admits(t, written.get(t.path, {})) for t in index.tracks], bool)
+def allowed_rows(index: EmbeddingIndex, filters: Filters, tracks: dict[str, StoredTrack]) -> np.ndarray:
+    """A boolean mask of the index's rows the filters admit (`tracks`: path -> the database's record)."""
+    return np.array([filters.admits(tracks.get(path)) for path in index.paths], bool)
 
 
 def like(index: EmbeddingIndex, seeds: list[int], size: int, allowed: np.ndarray | None = None) -> list[int]:
     """`size` rows like the seed rows (their mean sound), the seeds first."""
-    centre = index.matrix[seeds].astype(np.float32).mean(axis=0)
+    centre = np.asarray(index.matrix[seeds], np.float32).mean(axis=0)
     centre /= np.linalg.norm(centre) or 1.0
     rest = index.nearest(centre, max(size - len(seeds), 0), set(seeds), allowed)
     return (list(seeds) + [row for row, _ in rest])[:size]

@@ -12,8 +12,9 @@ import numpy as np
 from ..errors import MusictagError, TagReadError
 from ..store import Database
 from ..tagfile import read_fields
-from .index import SCORE_BLOCKS, EmbeddingIndex
+from .index import EmbeddingIndex
 from .playlist import Entry, Filters, allowed_rows, like, m3u8
+from .stored import stored_index
 
 NO_EMBEDDINGS = "no track in the scan database has an embedding: run musictag scan on your library first"
 ARTIST_LOOKAHEAD = 5  # with --other-artists, candidates read per track shown (tags read only for those)
@@ -23,9 +24,9 @@ class SimilarityError(MusictagError):
     """Nothing to search (no embeddings), or a track that cannot be placed among them."""
 
 
-def library_index(db: Database, heads: tuple[str, ...] | None = None) -> EmbeddingIndex:
-    """Every track with an embedding, with its scores (`heads`: only these heads')."""
-    index = EmbeddingIndex.from_rows(db.embedded(heads))
+def library_index(db: Database) -> EmbeddingIndex:
+    """Every track with an embedding: the index stored beside the database while it is current."""
+    index = stored_index(db)
     if not len(index):
         raise SimilarityError(NO_EMBEDDINGS)
     return index
@@ -53,14 +54,14 @@ def similar(db: Database, path: str, n: int = 10, other_artists: bool = False,
             score: Scorer | None = None) -> list[tuple[str, float]]:
     """The n tracks most like `path`, best first, as (path, similarity); `other_artists`: tracks whose
     artist (or album) tag is the query's are left out."""
-    index = library_index(db, SCORE_BLOCKS)
+    index = library_index(db)
     vector, real = query_vector(index, path, score), os.path.realpath(path)
     exclude = {index.rows[real]} if real in index.rows else set()
     found = index.nearest(vector, n * (ARTIST_LOOKAHEAD if other_artists else 1), exclude)
     if other_artists:
         own = _credits(real)
-        found = [(row, s) for row, s in found if not (own & _credits(index.tracks[row].path))]
-    return [(index.tracks[row].path, similarity) for row, similarity in found[:n]]
+        found = [(row, s) for row, s in found if not (own & _credits(index.paths[row]))]
+    return [(index.paths[row], similarity) for row, similarity in found[:n]]
 
 
 def _credits(path: str) -> set[str]:
@@ -78,14 +79,15 @@ def playlist(db: Database, out: str | Path, size: int, seeds: list[str] = (), st
     """Write an M3U8 playlist of `size` tracks: like the `seeds` (and one another), or leading from `start`'s
     sound to `end`'s; only tracks the filters admit, the seeds and ends excepted. Returns its entries."""
     index = library_index(db)
-    allowed = allowed_rows(index, filters, {t.path: t.written or {} for t in db.tracks()})
-    allowed &= np.array([os.path.exists(t.path) for t in index.tracks], bool)  # moved since: the next scan knows
+    allowed = np.array([os.path.exists(path) for path in index.paths], bool)  # moved since: the next scan knows
+    if filters != Filters():  # what the scan wrote and scored: read only for a filter
+        allowed &= allowed_rows(index, filters, {t.path: t for t in db.tracks()})
     rows_of = {p: _row(index, p) for p in [*seeds, *(x for x in (start, end) if x)]}
     if start and end:
         rows = index.between(rows_of[start], rows_of[end], size, allowed)
     else:
         rows = like(index, [rows_of[p] for p in seeds], size, allowed)
-    entries = [_entry(index.tracks[row]) for row in rows]
+    entries = [_entry(index.paths[row], index.duration(row)) for row in rows]
     try:
         # names that are not UTF-8 are written as their own bytes, which players read as the file's name
         Path(out).write_text(m3u8(entries, str(out), absolute), encoding="utf-8", errors="surrogateescape")
@@ -101,9 +103,9 @@ def _row(index: EmbeddingIndex, path: str) -> int:
     return index.rows[real]
 
 
-def _entry(track) -> Entry:
+def _entry(path: str, seconds: float | None) -> Entry:
     try:
-        tags = read_fields(track.path, ["artist", "title"])
+        tags = read_fields(path, ["artist", "title"])
     except (TagReadError, OSError):
         tags = {"artist": [], "title": []}
-    return Entry(track.path, track.duration, "; ".join(tags["artist"]), "; ".join(tags["title"]))
+    return Entry(path, seconds, "; ".join(tags["artist"]), "; ".join(tags["title"]))

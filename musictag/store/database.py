@@ -60,6 +60,16 @@ CREATE TABLE IF NOT EXISTS undo (
     previous TEXT NOT NULL, -- JSON {field: [values]} as they were before musictag first touched them
     bare INTEGER            -- 1: the file had no tag block then (musictag added it; undo removes it when empty)
 );
+-- a new random token whenever a track's scores, embedding, model, duration or path change, by any writer (the
+-- triggers live in the file): what is derived from those (the similarity index beside the database) is
+-- current while the token it was made under is
+CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 0), token BLOB NOT NULL);
+CREATE TRIGGER IF NOT EXISTS tracks_added AFTER INSERT ON tracks
+    BEGIN INSERT OR REPLACE INTO generation VALUES (0, randomblob(8)); END;
+CREATE TRIGGER IF NOT EXISTS tracks_changed AFTER UPDATE OF path, model, duration, scores, embedding ON tracks
+    BEGIN INSERT OR REPLACE INTO generation VALUES (0, randomblob(8)); END;
+CREATE TRIGGER IF NOT EXISTS tracks_removed AFTER DELETE ON tracks
+    BEGIN INSERT OR REPLACE INTO generation VALUES (0, randomblob(8)); END;
 """
 BUSY_SECONDS = 60  # how long a run waits for another run holding the database
 # columns added since the first release: (table, column, type), added to older databases when opened
@@ -269,6 +279,12 @@ class Database(FileLocks, WriteRecords, UndoHistory):
             values = [values] if len(heads) == 1 else values or []
             scores = {head: value for head, value in zip(heads, values) if value is not None}
             yield _path(path), model, duration, scores, np.frombuffer(blob, "<f4")
+
+    def generation(self) -> str:
+        """A token that changes whenever any track's scores, embedding, model, duration or path do ("" for a
+        database not changed since it had the triggers)."""
+        row = self._conn.execute("SELECT hex(token) FROM generation WHERE id = 0").fetchone()
+        return row[0] if row else ""
 
     def tracks(self) -> Iterator[Track]:
         rows = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
