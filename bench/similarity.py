@@ -1,6 +1,7 @@
 """Which embedding should `musictag similar` and `playlist` search, and how fast is the search?
 
     python bench/similarity.py --data ../shared/data/4q/manifest.csv [--model PATH] [--json OUT.json]
+    python bench/similarity.py [--model PATH | --width N]      # speed only: no data set needed
 
 Judge with a model whose heads never heard the validation artists (`scripts/build_joint_model.py
 --validation-split`): the shipped default model's joint heads were fitted on all 4Q clips, which flatters
@@ -13,8 +14,9 @@ representation; genre-match@10 is the share of those sharing a genre with it, qu
 in its quadrant. Candidates: the index `similar` searches (the stored embedding, standardised, beside the
 quadrant and genre probabilities: similar/index.py), the stored embedding alone (a joint model's is the
 trunk features, then both musicnn networks' penultimate layers) and its parts, the trunk features raw, the
-heads' outputs (logits of every head, standardised), and both side by side; a random ranking is the floor. Speed: one query against 20,000 and 1,000,000 synthetic tracks (float16),
-and a whole `musictag similar` command from a cold start on a 20,000-track database (making the index, then
+heads' outputs (logits of every head, standardised), and both side by side; a random ranking is the floor. Speed: one query against 20,000 and 1,000,000 synthetic tracks (float16):
+exact, and with faiss installed the approximate index (approximate.py) too, with its build time and its
+recall@10 against exact search, on structureless and on clustered synthetic tracks; and a whole `musictag similar` command from a cold start on a 20,000-track database (making the index, then
 loading the one stored beside the database).
 All figures come from this one run on this machine.
 """
@@ -32,6 +34,8 @@ from musictag.learn.manifest import read_manifest, split_by_group
 from musictag.similar.index import EmbeddingIndex, Track
 
 NEIGHBOURS = 10
+GROUPS = 3000  # groups of the clustered synthetic library
+QUERIES = 30  # queries timed (and judged for recall) per synthetic library
 
 
 def score_clips(examples, model: str | None, workers: int) -> tuple[list[dict[str, np.ndarray]], int, dict]:
@@ -99,17 +103,47 @@ def matches(matrix: np.ndarray, examples, standardise: bool | str, seed: int = 0
     return genre_hits / n, quadrant_hits / n
 
 
-def query_seconds(tracks: int, width: int = 128, repeats: int = 5) -> float:
-    """Median seconds of one exact query against `tracks` synthetic rows (index built beforehand)."""
+def synthetic_index(tracks: int, width: int, clustered: bool = False) -> EmbeddingIndex:
+    """`tracks` synthetic rows: independent Gaussian vectors (no structure at all: the hardest case for an
+    approximate index), or `clustered`: each the centre of one of GROUPS groups plus twice its spread of noise
+    (a library's albums and styles make groups; how tight they are here is a guess, not a measurement)."""
     rng = np.random.default_rng(0)
-    index = EmbeddingIndex.build([Track(str(i), None, {}) for i in range(tracks)],
-                           rng.normal(size=(tracks, width)).astype(np.float32))
-    times = []
-    for _ in range(repeats):
+    centres = rng.normal(size=(GROUPS, width)).astype(np.float32)
+    embeddings = rng.normal(size=(tracks, width)).astype(np.float32)
+    if clustered:
+        embeddings *= 2.0
+        for start in range(0, tracks, 1 << 16):
+            rows = slice(start, start + (1 << 16))
+            embeddings[rows] += centres[rng.integers(0, GROUPS, len(embeddings[rows]))]
+    return EmbeddingIndex.build([Track(str(i), None, {}) for i in range(tracks)], embeddings)
+
+
+def query_seconds(index: EmbeddingIndex, queries: list[int]) -> tuple[float, list[list[int]]]:
+    """Median seconds of one query (a track's row, itself left out) and what each query found."""
+    times, found = [], []
+    for row in queries:
         start = time.perf_counter()
-        index.nearest(index.vector("0"), NEIGHBOURS)
+        found.append([r for r, _ in index.nearest(np.asarray(index.matrix[row], np.float32), NEIGHBOURS, {row})])
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median(times)), found
+
+
+def speed(tracks: int, width: int, approximate: bool, clustered: bool = False) -> dict[str, float]:
+    """Exact query time on `tracks` synthetic rows; with `approximate`, the approximate index's build time,
+    query time and recall@10 against exact search (the share of the exact 10 nearest it finds)."""
+    index = synthetic_index(tracks, width, clustered)
+    queries = list(np.random.default_rng(1).choice(tracks, QUERIES, replace=False))
+    exact_seconds, exact = query_seconds(index, queries)
+    figures = {"exact_query_seconds": exact_seconds}
+    if approximate:
+        from musictag.similar.approximate import Approximate
+
+        start = time.perf_counter()
+        index.approximate = Approximate.build(index.matrix)
+        figures["approximate_build_seconds"] = time.perf_counter() - start
+        figures["approximate_query_seconds"], found = query_seconds(index, queries)
+        figures["recall_at_10"] = float(np.mean([len(set(a) & set(b)) / NEIGHBOURS for a, b in zip(found, exact)]))
+    return figures
 
 
 def cold_start_seconds(tracks: int = 20_000, width: int = 128) -> tuple[float, float]:
@@ -145,11 +179,22 @@ def cold_start_seconds(tracks: int = 20_000, width: int = 128) -> tuple[float, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", default=None, help="The 4Q manifest (without it: speed only)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--width", type=int, default=None,
+                        help="Dimensions of the synthetic tracks (default: the model's stored embedding's)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    report = quality(args) if args.data else {}
+    width = args.width or report.pop("width", None) or default_width(args.model)
+    report["speed"] = speed_report(width)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def quality(args) -> dict:
     dataset = read_manifest(args.data, min_count=30)
     _, val = split_by_group(dataset.examples, 0.2, 0)
     outputs, trunk_width, labels = score_clips(val, args.model, args.workers)
@@ -162,17 +207,36 @@ def main() -> None:
     print(f"{'embedding':48} genre-match@10  quadrant-match@10")
     for name, (genre, quadrant) in rows.items():
         print(f"{name:48} {genre:14.3f}  {quadrant:17.3f}")
-    width = len(outputs[0][EMBEDDING])  # the stored embedding's: synthetic tracks of the same width
-    speed = {tracks: query_seconds(tracks, width) for tracks in (20_000, 1_000_000)}
-    for tracks, seconds in speed.items():
-        print(f"one query, {tracks:>9,} tracks of {width} dimensions: {seconds * 1000:8.1f} ms")
+    # the stored embedding's width: the synthetic tracks get as many dimensions
+    return {"clips": len(val), "matches": rows, "width": len(outputs[0][EMBEDDING])}
+
+
+def default_width(model: str | None) -> int:
+    from musictag.api import load_tagger
+
+    return load_tagger(model, "cpu", 1).model.embedding_channels
+
+
+def speed_report(width: int) -> dict:
+    from musictag.similar.approximate import available
+
+    figures = {"20,000 tracks": speed(20_000, width, False)}
+    if available():
+        figures["1,000,000 tracks"] = speed(1_000_000, width, True)
+        figures["1,000,000 clustered tracks"] = speed(1_000_000, width, True, clustered=True)
+    else:
+        figures["1,000,000 tracks"] = speed(1_000_000, width, False)
+        print("faiss is not installed (pip install faiss-cpu): no approximate index measured")
+    for name, f in figures.items():
+        line = f"one query, {name} of {width} dimensions: exact {f['exact_query_seconds'] * 1000:.1f} ms"
+        if "recall_at_10" in f:
+            line += (f"; approximate {f['approximate_query_seconds'] * 1000:.1f} ms, recall@10 "
+                     f"{f['recall_at_10']:.3f}, built in {f['approximate_build_seconds']:.0f} s")
+        print(line)
     cold = cold_start_seconds(width=width)
     print(f"`musictag similar` from a cold start, 20,000 tracks (the whole command): {cold[0]:.2f} s making the "
           f"index, {cold[1]:.2f} s loading it from beside the database")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"clips": len(val), "matches": rows, "query_seconds": speed, "cold_start_seconds": cold}, f,
-                      indent=2)
+    return {"queries": figures, "cold_start_seconds": {"making the index": cold[0], "stored index": cold[1]}}
 
 
 if __name__ == "__main__":

@@ -232,3 +232,50 @@ def test_an_unwritable_or_damaged_stored_index_is_made_from_the_database(tmp_pat
             stored.write_bytes(b"damaged")
         assert sorted(library_index(database).paths) == sorted(f"/m/{i}.flac" for i in range(6))
     assert all(p.stat().st_size > 100 for p in index_folder(db_path).iterdir())  # stored anew
+
+
+def _clustered(rows, width=24, groups=40, seed=4):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(groups, width))
+    return (centres[rng.integers(0, groups, rows)] + 0.6 * rng.normal(size=(rows, width))).astype(np.float32)
+
+
+def test_approximate_search_finds_what_exact_search_finds_and_keeps_to_exclusions_and_filters():
+    pytest.importorskip("faiss")
+    from musictag.similar.approximate import Approximate
+
+    index = EmbeddingIndex.build([Track(f"/m/{i}", 1.0, {}) for i in range(4000)], _clustered(4000))
+    queries = [index.vector(f"/m/{i}") for i in range(0, 4000, 200)]
+    exact = [index.nearest(q, 10, exclude={i * 200}) for i, q in enumerate(queries)]
+    index.approximate = Approximate.build(index.matrix)
+    assert len(index.approximate) == 4000 and index.approximate.lists.nlist == 100
+    found = [index.nearest(q, 10, exclude={i * 200}) for i, q in enumerate(queries)]
+    recall = np.mean([len({r for r, _ in a} & {r for r, _ in b}) / 10 for a, b in zip(found, exact)])
+    assert recall > 0.9 and all(i * 200 not in dict(f) for i, f in enumerate(found))
+    assert all(s == sorted(s, reverse=True) for s in ([x for _, x in f] for f in found))
+    # scores are the exact cosines of the rows it found
+    row, similarity = found[0][0]
+    assert similarity == pytest.approx(float(index.matrix[row].astype(np.float32) @ queries[0]), abs=1e-5)
+    few = np.zeros(4000, bool)
+    few[[5, 77, 3001]] = True  # a filter that lets three rows in: the full pass finds all three
+    assert sorted(r for r, _ in index.nearest(queries[0], 10, allowed=few)) == [5, 77, 3001]
+    half = np.arange(4000) % 2 == 0
+    assert all(r % 2 == 0 for r, _ in index.nearest(queries[1], 10, allowed=half))
+
+
+def test_a_large_library_is_searched_approximately_with_its_lists_stored_beside_it(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    from musictag.similar import approximate
+    from musictag.similar.stored import index_folder, stored_index
+    from musictag.store import Database
+
+    db_path = _library_db(tmp_path / "db.sqlite", tracks=300, width=8)
+    with Database(db_path, create=False) as database:
+        assert stored_index(database).approximate is None  # 300 tracks: exact
+        index = stored_index(database, approximate_from=300)
+        assert len(index.approximate) == 300
+        assert [p.suffix for p in sorted(index_folder(db_path).iterdir())] == [".faiss", ".npy", ".npz"]
+        monkeypatch.setattr(approximate.Approximate, "build", lambda *a: pytest.fail("built again"))
+        again = stored_index(database, approximate_from=300)
+        query = again.vector("/m/7.flac")
+        assert again.nearest(query, 5, exclude={7}) == index.nearest(query, 5, exclude={7})

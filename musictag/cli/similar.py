@@ -14,6 +14,8 @@ from .options import DB_OPTION, MODEL_OPTION
 
 SIMILAR_COUNT = 10  # tracks `similar` lists
 PLAYLIST_SIZE = 20  # tracks a playlist holds
+EXACT_OPTION = typer.Option(False, "--exact", help="Compare with every track, even in a library so large that "
+                            "with faiss installed (musictag[ann]) it is searched approximately (docs/similar.md).")
 
 
 @app.command()
@@ -23,6 +25,7 @@ def similar(
     other_artists: bool = typer.Option(False, "--other-artists", help="Leave out tracks whose artist or album "
                                        "tag is TRACK's."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object a line: path, similarity."),
+    exact: bool = EXACT_OPTION,
     model: Optional[Path] = MODEL_OPTION,
     db: Optional[Path] = DB_OPTION,
 ) -> None:
@@ -35,7 +38,8 @@ def similar(
         _fail(f"no such file: {track}")
     with _database(db, create=False) as database:
         try:
-            found = api.similar(database, str(track), n, other_artists, api.embedding_scorer(model, workers=1))
+            found = api.similar(database, str(track), n, other_artists, api.embedding_scorer(model, workers=1),
+                                exact)
         except MusictagError as e:
             _fail(str(e))
     for path, similarity in found:
@@ -56,6 +60,7 @@ def playlist(
     min_seconds: Optional[float] = typer.Option(None, "--min-duration", help="Shortest track, in seconds."),
     max_seconds: Optional[float] = typer.Option(None, "--max-duration", help="Longest track, in seconds."),
     absolute: bool = typer.Option(False, "--absolute", help="Absolute paths (default: relative to its folder)."),
+    exact: bool = EXACT_OPTION,
     db: Optional[Path] = DB_OPTION,
 ) -> None:
     """Write a playlist from the scan database: tracks like --like ones, or a path of --size tracks that moves
@@ -69,7 +74,7 @@ def playlist(
     with _database(db, create=False) as database:
         try:
             entries = api.playlist(database, out, size, [str(p) for p in like or ()], start and str(start),
-                                   end and str(end), filters, absolute)
+                                   end and str(end), filters, absolute, exact)
         except MusictagError as e:
             _fail(str(e))
     typer.echo(f"wrote {shown_path(str(out))}: {len(entries)} tracks")

@@ -23,6 +23,9 @@ CHUNK_ROWS = 1 << 16  # rows multiplied at a time (16 MB of float32 at 64 dimens
 # tracks' quadrant rows is the chance that they share the quadrant, which is what a listener hears as a mood
 SCORE_BLOCKS = ("quadrant", "genre")
 EMBEDDING_WEIGHT = 0.5
+# with an approximate index: rows asked of it per result wanted (the rest of the n best it finds are ranked
+# exactly; a filter that lets a share p of the rows in asks 1 / p times as many)
+CANDIDATES_PER_RESULT = 4
 
 
 @dataclass
@@ -70,6 +73,7 @@ class EmbeddingIndex:
         self.paths, self.durations, self.matrix, self.space = paths, durations, matrix, space
         self.model = model  # the model whose embeddings these are
         self.rows = {path: i for i, path in enumerate(paths)}
+        self.approximate = None  # an approximate.Approximate over the rows, for a library past a million tracks
 
     @classmethod
     def build(cls, tracks: list[Track], embeddings: np.ndarray, model: str = "") -> "EmbeddingIndex":
@@ -120,18 +124,26 @@ class EmbeddingIndex:
     def nearest(self, vector: np.ndarray, n: int, exclude: set[int] = frozenset(),
                 allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """The n rows most like `vector`, best first, as (row, similarity); `exclude`: rows never given;
-        `allowed`: a boolean mask of the rows that may be."""
+        `allowed`: a boolean mask of the rows that may be. With `approximate`, from the rows it finds, unless
+        they leave fewer than n (a filter that lets few rows in): then by a full pass."""
+        vector = np.asarray(vector, np.float32)
+        if self.approximate is not None:
+            share = 1.0 if allowed is None else float(allowed.mean())
+            wanted = int((n + len(exclude)) * CANDIDATES_PER_RESULT / max(share, 1e-9))
+            if wanted < len(self) // 2:
+                rows = self.approximate.candidates(vector, wanted)
+                rows = rows[np.isin(rows, list(exclude), invert=True)] if exclude else rows
+                rows = rows[allowed[rows]] if allowed is not None else rows
+                if len(rows) >= n:
+                    rows = np.sort(rows)  # mapped rows read in order
+                    return _best(rows, np.asarray(self.matrix[rows], np.float32) @ vector, n)
         scores = self.similarities(vector)
         if allowed is not None:
             scores = np.where(allowed, scores, -np.inf)
         if exclude:
             scores[list(exclude)] = -np.inf
-        count = min(n, int(np.isfinite(scores).sum()))
-        if count <= 0:
-            return []
-        best = np.argpartition(-scores, count - 1)[:count]
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return [(int(i), float(scores[i])) for i in best]
+        finite = np.isfinite(scores)
+        return _best(np.flatnonzero(finite), scores[finite], n)
 
     def between(self, start: int, end: int, n: int, allowed: np.ndarray | None = None) -> list[int]:
         """n rows leading from row `start`'s sound to row `end`'s: start, then at each of the n - 2 steps
@@ -146,6 +158,16 @@ class EmbeddingIndex:
             path.append(found[0][0])
             taken.add(found[0][0])
         return path + [end] if n > 1 else path[:n]
+
+
+def _best(rows: np.ndarray, scores: np.ndarray, n: int) -> list[tuple[int, float]]:
+    """The n best of `rows` by `scores`, best first (ties: the earlier row)."""
+    count = min(n, len(rows))
+    if count <= 0:
+        return []
+    best = np.argpartition(-scores, count - 1)[:count]
+    best = best[np.lexsort((rows[best], -scores[best]))]
+    return [(int(rows[i]), float(scores[i])) for i in best]
 
 
 def shared_labels(tracks: list[Track]) -> dict[str, list[str]]:

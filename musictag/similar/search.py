@@ -3,6 +3,7 @@ on the spot (the model loaded only then), artists read from the files' tags only
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -12,6 +13,7 @@ import numpy as np
 from ..errors import MusictagError, TagReadError
 from ..store import Database
 from ..tagfile import read_fields
+from .approximate import APPROXIMATE_FROM
 from .index import EmbeddingIndex
 from .playlist import Entry, Filters, allowed_rows, like, m3u8
 from .stored import stored_index
@@ -24,9 +26,10 @@ class SimilarityError(MusictagError):
     """Nothing to search (no embeddings), or a track that cannot be placed among them."""
 
 
-def library_index(db: Database) -> EmbeddingIndex:
-    """Every track with an embedding: the index stored beside the database while it is current."""
-    index = stored_index(db)
+def library_index(db: Database, exact: bool = False) -> EmbeddingIndex:
+    """Every track with an embedding: the index stored beside the database while it is current; searched
+    approximately past APPROXIMATE_FROM tracks where faiss is installed, unless `exact`."""
+    index = stored_index(db, math.inf if exact else APPROXIMATE_FROM)
     if not len(index):
         raise SimilarityError(NO_EMBEDDINGS)
     return index
@@ -51,10 +54,10 @@ def query_vector(index: EmbeddingIndex, path: str, score: Scorer | None) -> np.n
 
 
 def similar(db: Database, path: str, n: int = 10, other_artists: bool = False,
-            score: Scorer | None = None) -> list[tuple[str, float]]:
+            score: Scorer | None = None, exact: bool = False) -> list[tuple[str, float]]:
     """The n tracks most like `path`, best first, as (path, similarity); `other_artists`: tracks whose
-    artist (or album) tag is the query's are left out."""
-    index = library_index(db)
+    artist (or album) tag is the query's are left out; `exact`: a full pass even over a huge library."""
+    index = library_index(db, exact)
     vector, real = query_vector(index, path, score), os.path.realpath(path)
     exclude = {index.rows[real]} if real in index.rows else set()
     found = index.nearest(vector, n * (ARTIST_LOOKAHEAD if other_artists else 1), exclude)
@@ -75,10 +78,10 @@ def _credits(path: str) -> set[str]:
 
 def playlist(db: Database, out: str | Path, size: int, seeds: list[str] = (), start: str | None = None,
              end: str | None = None, filters: Filters = Filters(), absolute: bool = False,
-             score: Scorer | None = None) -> list[Entry]:
+             exact: bool = False) -> list[Entry]:
     """Write an M3U8 playlist of `size` tracks: like the `seeds` (and one another), or leading from `start`'s
     sound to `end`'s; only tracks the filters admit, the seeds and ends excepted. Returns its entries."""
-    index = library_index(db)
+    index = library_index(db, exact)
     allowed = np.array([os.path.exists(path) for path in index.paths], bool)  # moved since: the next scan knows
     if filters != Filters():  # what the scan wrote and scored: read only for a filter
         allowed &= allowed_rows(index, filters, {t.path: t for t in db.tracks()})

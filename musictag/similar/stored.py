@@ -5,8 +5,9 @@ change of a track's scores, embedding or path renews) and used only while the to
 writer writes a new file and renames it into place, so a reader sees a whole index or none.
 
 The folder `<database>.similar/` holds one index: `index-<token>.npz` (paths, durations, the row space and the
-model, no pickles) and `index-<token>.npy` (the float16 matrix, mapped into memory rather than read: a query for a
-known track touches its own row, an exact search reads the rest as it goes)."""
+model, no pickles), `index-<token>.npy` (the float16 matrix, mapped into memory rather than read: a query for a
+known track touches its own row, an exact search reads the rest as it goes) and, for a library searched
+approximately, `index-<token>.faiss`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store import Database
+from .approximate import APPROXIMATE_FROM, Approximate, available
 from .index import EMBEDDING_WEIGHT, MATRIX_DTYPE, SCORE_BLOCKS, EmbeddingIndex, RowSpace
 
 # what a stored index was made by: an index made with other blocks or weights is made anew
@@ -28,9 +30,10 @@ NAME = "index-"  # then the token: index-<token>.npz, index-<token>.npy; a file 
 STALE_SECONDS = 3600  # a half-written index this old was left by a killed run (a writer takes seconds)
 
 
-def stored_index(db: Database) -> EmbeddingIndex:
+def stored_index(db: Database, approximate_from: float = APPROXIMATE_FROM) -> EmbeddingIndex:
     """The library's index: the stored one while the database has not changed since it was made, else made
-    from the database now and stored (where its folder cannot be written, only made)."""
+    from the database now and stored (where its folder cannot be written, only made). With faiss installed
+    and `approximate_from` tracks or more, with its approximate search (approximate.py), stored beside it."""
     token = db.generation()  # before reading the rows: a change meanwhile makes the next run rebuild
     folder = index_folder(db.path)
     index = _load(folder, token)
@@ -38,7 +41,25 @@ def stored_index(db: Database) -> EmbeddingIndex:
         index = EmbeddingIndex.from_rows(db.embedded(SCORE_BLOCKS))
         if len(index):
             _save(index, folder, token)
+    if len(index) >= approximate_from and available():
+        index.approximate = _approximate(index, folder / f"{NAME}{token}.faiss")
     return index
+
+
+def _approximate(index: EmbeddingIndex, path: Path) -> Approximate:
+    """The approximate search stored at `path`, or built now (minutes at a million tracks) and stored."""
+    with contextlib.suppress(RuntimeError):  # faiss's error for a missing or damaged file
+        approximate = Approximate.load(str(path))
+        if len(approximate) == len(index):
+            return approximate
+    approximate = Approximate.build(index.matrix)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(RuntimeError, OSError):
+        approximate.save(str(temporary))
+        os.replace(temporary, path)
+    with contextlib.suppress(OSError):
+        temporary.unlink()
+    return approximate
 
 
 def index_folder(db_path: str | os.PathLike) -> Path:
@@ -92,6 +113,6 @@ def _remove_others(folder: Path, token: str) -> None:
     with contextlib.suppress(OSError):
         for entry in folder.iterdir():
             written = entry.name.startswith(".") and time.time() - entry.stat().st_mtime > STALE_SECONDS
-            if entry.suffix in (".npy", ".npz") and entry.stem != f"{NAME}{token}" or written:
+            if entry.suffix in (".npy", ".npz", ".faiss") and entry.stem != f"{NAME}{token}" or written:
                 with contextlib.suppress(OSError):  # another run removed it first
                     entry.unlink()
