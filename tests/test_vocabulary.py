@@ -54,6 +54,9 @@ def test_the_best_value_is_written_below_its_own_threshold_only_when_the_field_a
     # a value whose calibration never reached its target is never the best written
     never_jazz = replace(best_first, terms=(replace(GENRE.terms[0], threshold=NEVER), *GENRE.terms[1:]))
     assert choose(never_jazz, scores) == ["Rock"]
+    # nor is it written at a threshold the user gives, however low
+    assert choose(never_jazz, scores, threshold=0.1) == ["Rock", "Soundtrack"]
+    assert choose(never_jazz, {"Jazz": 0.99}, threshold=0.1) == []
     assert vocabulary_from_dict(vocabulary_to_dict((best_first,)))[0] == best_first
 
 

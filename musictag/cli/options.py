@@ -26,7 +26,8 @@ MODEL_OPTION = typer.Option(None, "--model", help="Checkpoint to use (default: t
 THRESHOLD_OPTION = typer.Option(
     None, show_default=False, help="Minimum score for a tag to be written (default: the model's own threshold per "
     "tag, chosen on validation for a precision of " + ", ".join(f"{p:.0%} ({name})" for name, p in PRECISION_TARGET.items())
-    + f"; models without them: {THRESHOLD} for tags after the first).")
+    + f"; models without them: {THRESHOLD} for tags after the first). A value the model could not calibrate "
+    "is not written at any threshold.")
 
 
 MODE_OPTION = typer.Option(MODE, help="One of " + ", ".join(MODES) + ". merge: keep the genres and moods already "

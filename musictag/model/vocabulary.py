@@ -197,13 +197,15 @@ def choose(f: FieldVocabulary, term_scores: dict[str, float], top_k: int | None 
     """The terms worth writing, best first: at or above their threshold (or the one given), at most
     top_k. Nothing when nothing is confident: the field is then left as it is. `single` (a field of one
     value, from a single-label head: the quadrant): the best term when it reaches its threshold, never a
-    runner-up that happens to pass a lower one."""
+    runner-up that happens to pass a lower one. A term whose calibration reached its target nowhere (NEVER)
+    is not written at any threshold: its scores were never right often enough to say how often it would be."""
     k = TOP_K.get(f.name, OTHER_TOP_K) if top_k is None else top_k
     scored = [t for t in f.terms if t.name in term_scores]
     if single:
         scored = sorted(scored, key=lambda t: -term_scores[t.name])[:1]
         k = 1
-    passing = [t.name for t in scored if term_scores[t.name] >= (t.threshold if threshold is None else threshold)]
+    passing = [t.name for t in scored
+               if t.threshold < NEVER and term_scores[t.name] >= (t.threshold if threshold is None else threshold)]
     if not passing and threshold is None and f.best_threshold is not None:
         best = _best_writable(scored, term_scores)
         passing = [best.name] if best and term_scores[best.name] >= f.best_threshold else []
