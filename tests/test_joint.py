@@ -284,3 +284,14 @@ def test_evaluate_gives_a_joint_model_no_low_pass_probe_its_musicnn_would_not_he
     dataset = Dataset(examples, {"quadrant": "single"}, {"quadrant": TINY_LABELS["quadrant"]})
     report = evaluate(Tagger(checkpoint, "cpu"), dataset, workers=1, robustness=True)
     assert report["examples"] == 4 and "codec" in report["robustness"] and "lowpass" not in report["robustness"]
+
+
+def test_log_mel_calibration_refuses_a_joint_model(tmp_path):
+    from musictag.learn.recipes import mel_probabilities
+
+    checkpoint, _ = joint_checkpoint(tmp_path / "joint.pt")
+    mel = np.zeros((TINY_FEATURES.n_mels, 200), np.float32)
+    with pytest.raises(ValueError, match="musicnn's features too"):
+        mel_probabilities(checkpoint, [mel])
+    checkpoint.joint = {}  # its CP-ResNet alone scores log-mels
+    assert set(mel_probabilities(checkpoint, [mel])) >= {"quadrant", "genre"}

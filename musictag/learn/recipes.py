@@ -244,8 +244,14 @@ def clip_probabilities(checkpoint: "Checkpoint", data: "Prepared") -> dict:
 
 
 def mel_probabilities(checkpoint: "Checkpoint", mels: list) -> dict:
-    """clip_probabilities of clips given as log-mels."""
+    """clip_probabilities of clips given as log-mels, by a CP-ResNet checkpoint. A joint model's heads read
+    musicnn's features too, which log-mels of the CP-ResNet's front end do not give: its scores, and the
+    thresholds chosen on them, come from joint_recipe (cross-validated over artists) and joint_finetune."""
     from ..defaults import WINDOW_SECONDS
+
+    if checkpoint.joint:  # a caller's mistake, not a user's: no command gets here with one
+        raise ValueError("a CP-ResNet + musicnn model is scored (and calibrated) from musicnn's features too: "
+                         "see joint_recipe and joint_finetune")
     from .train import predict_features
 
     norm = (checkpoint.normalization["mean"], checkpoint.normalization["std"])
