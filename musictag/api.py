@@ -86,10 +86,12 @@ def load_model(model: str | Path | None = None) -> "Checkpoint":
 
 
 def locations(model: str | Path | None = None, db: str | Path | None = None) -> dict[str, Path]:
-    """Where the model, the scan database and the training feature cache are."""
+    """Where the model, the scan database, the similarity index beside it and the training feature cache are."""
     from .learn.cache import default_cache_dir
+    from .similar.stored import index_folder
 
-    return {"model": model_path(model), "database": Path(db or default_db_path()),
+    database = Path(db or default_db_path())
+    return {"model": model_path(model), "database": database, "similarity index": index_folder(database),
             "feature cache": default_cache_dir()}
 
 

@@ -31,7 +31,8 @@ def test_a_command_that_only_reads_never_makes_a_database(tmp_path, command):
 def test_info_says_the_database_is_not_made_yet_and_makes_none(tmp_path):
     result = runner.invoke(app, ["info", "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 0 and "(none yet: the first scan makes it)" in result.output
-    assert not (tmp_path / "none.db").exists()
+    assert f"similarity index: {tmp_path / 'none.db.similar'} (none yet: the first similar" in result.output
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "none.db.similar").exists()
 
 
 def test_an_empty_folder_says_no_audio_was_found(tmp_path, tiny_checkpoint):

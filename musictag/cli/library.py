@@ -263,6 +263,11 @@ def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -
     typer.echo(f"torch: {_torch_line(api.torch_build())}")
     typer.echo(f"database: {where['database']}" + ("" if where["database"].is_file() else
                                                     " (none yet: the first scan makes it)"))
+    from ..similar.approximate import APPROXIMATE_FROM, available
+
+    search = f"approximate from {APPROXIMATE_FROM:,} tracks (faiss)" if available() else "exact (no faiss installed)"
+    typer.echo(f"similarity index: {where['similarity index']}" + ("" if where["similarity index"].is_dir() else
+               " (none yet: the first similar or playlist makes it)") + f"; search {search}")
     typer.echo(f"feature cache (training): {where['feature cache']}")
 
 
