@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from musicnn_clips import clips
+import musictag.model.musicnn as musicnn_module
 from musictag.model.musicnn import (PATCH_FRAMES, LowRankConv, Musicnn, MusicnnLogMel, conv_relu_bn_max_over_mel,
                                     patches)
 from musictag.model.musicnn_file import NETWORKS, load_musicnn
@@ -93,6 +94,14 @@ def test_pooling_before_relu_and_batchnorm_and_low_rank_filters_give_the_plain_o
         torch.testing.assert_close(low(x), conv(x), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(conv_relu_bn_max_over_mel(conv, bn, x), plain, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(conv_relu_bn_max_over_mel(low, bn, x), plain, atol=1e-4, rtol=1e-4)
+        # rows mixed 256 at a time (a CPU) or all at once (a GPU's step, mix_rows): the same maxima
+        sign, many = torch.where(bn.weight >= 0, 1.0, -1.0), torch.randn(12, 1, 60, 96, generator=generator)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(musicnn_module, "mix_rows", lambda device, per_row: 1 << 30)
+            whole = low.max_over_mel(many, sign)
+        torch.testing.assert_close(whole, low.max_over_mel(many, sign), atol=1e-6, rtol=1e-6)  # 12 x 54 rows: 3 steps
+        assert musicnn_module.mix_rows(torch.device("cpu"), 96 * 32) == musicnn_module.MIX_ROWS
+        assert musicnn_module.mix_rows(torch.device("cuda"), 96 * 32) == (1 << 26) // (96 * 32)
         # a rank dropped is a different filter bank
         assert LowRankConv(conv, 0.9999).basis.out_channels == 1
         assert not torch.allclose(LowRankConv(conv, 0.9999)(x), conv(x), atol=1e-2)

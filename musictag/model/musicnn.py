@@ -159,11 +159,21 @@ class LowRankConv(nn.Module):
         out = len(self.mix)
         # zero columns up to a multiple of 16 outputs: amax over mel vectorises (51 channels pooled 10x slower)
         mix = F.pad((self.mix * sign[:, None]).t(), (0, -out % 16))
-        pooled = torch.cat([(rows[i:i + MIX_ROWS] @ mix).amax(dim=1) for i in range(0, len(rows), MIX_ROWS)])
+        step = mix_rows(x.device, mels * mix.shape[1])
+        pooled = torch.cat([(rows[i:i + step] @ mix).amax(dim=1) for i in range(0, len(rows), step)])
         return (pooled[:, :out] + self.bias * sign).view(batch, frames, -1).transpose(1, 2)
 
 
-MIX_ROWS = 256  # (batch x frame) rows mixed and pooled at a time: their (rows, mel, out) product stays in cache
+MIX_ROWS = 256  # (batch x frame) rows mixed and pooled at a time on a CPU: their (rows, mel, out) product stays in cache
+# on a GPU, as many as keep the product under this many elements (a few hundred MB): there each step is a
+# kernel launch, and a window batch's thousands of rows in steps of 256 are mostly launches (not measured
+# on a GPU yet: the machines that had one measured the scan before this change)
+GPU_MIX_ELEMENTS = 1 << 26
+
+
+def mix_rows(device: torch.device, per_row: int) -> int:
+    """Rows mixed at a time: MIX_ROWS on a CPU; on a GPU, those whose products fit GPU_MIX_ELEMENTS."""
+    return MIX_ROWS if device.type == "cpu" else max(MIX_ROWS, GPU_MIX_ELEMENTS // max(per_row, 1))
 
 
 def conv_relu_bn_max_over_mel(conv: nn.Conv2d | LowRankConv, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
