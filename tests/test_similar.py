@@ -36,6 +36,19 @@ def test_nearest_ranks_by_cosine_after_standardising_and_leaves_out_what_it_is_t
     assert index.matrix.dtype == np.float16 and abs(np.linalg.norm(index.vector("/music/3.flac")) - 1) < 1e-2
 
 
+def test_the_int8_first_pass_finds_the_float16_rows_nearest():
+    rng = np.random.default_rng(5)
+    index = index_of(rng.normal(size=(5000, 64)))  # structureless: neighbours' cosines lie close together
+    dense = index.matrix.astype(np.float32)
+    error = np.abs(index.codes.astype(np.float32) * index.steps - dense)
+    assert index.codes.dtype == np.int8 and (error <= index.steps / 2 + 1e-6).all()  # half a step at most
+    for row in range(0, 5000, 250):
+        truth = np.argsort(-(dense @ dense[row]), kind="stable")[1:11]
+        found = index.nearest(dense[row], 10, exclude={row})
+        assert [r for r, _ in found] == list(truth)
+        assert [x for _, x in found] == pytest.approx(list((dense @ dense[row])[truth]), abs=1e-6)
+
+
 def test_a_path_between_two_sounds_moves_towards_the_second():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=32), rng.normal(size=32)
@@ -200,12 +213,13 @@ def test_the_index_is_stored_beside_the_database_and_made_anew_when_a_track_chan
     with Database(db_path, create=False) as database:
         made = library_index(database)
     stored = sorted(p.name for p in index_folder(db_path).iterdir())
-    assert len(stored) == 2 and {p.rsplit(".", 1)[1] for p in stored} == {"npy", "npz"}
+    assert len(stored) == 3 and {p.split(".", 1)[1] for p in stored} == {"npy", "codes.npy", "npz"}
     with Database(db_path, create=False) as database:
         monkeypatch.setattr(Database, "embedded", lambda *a: pytest.fail("the rows were read again"))
         loaded = library_index(database)
         monkeypatch.undo()
         assert loaded.paths == made.paths and np.array_equal(loaded.matrix, made.matrix)
+        assert np.array_equal(loaded.codes, made.codes) and np.array_equal(loaded.steps, made.steps)
         assert loaded.duration(2) == 12.0 and loaded.model == "m" and loaded.space.blocks == made.space.blocks
         database.put_scores("/m/new.flac", 1, 1, "m", 5.0, {"genre": {"Jazz": 0.9, "Rock": 0.1}},
                             np.ones(4, np.float32))
@@ -213,7 +227,7 @@ def test_the_index_is_stored_beside_the_database_and_made_anew_when_a_track_chan
         again = library_index(database)
     assert "/m/new.flac" in again.rows and len(again) == 7
     assert sorted(p.name for p in index_folder(db_path).iterdir()) != stored  # the old token's files are gone
-    assert len(list(index_folder(db_path).iterdir())) == 2
+    assert len(list(index_folder(db_path).iterdir())) == 3
 
 
 def test_an_unwritable_or_damaged_stored_index_is_made_from_the_database(tmp_path):
@@ -274,7 +288,8 @@ def test_a_large_library_is_searched_approximately_with_its_lists_stored_beside_
         assert stored_index(database).approximate is None  # 300 tracks: exact
         index = stored_index(database, approximate_from=300)
         assert len(index.approximate) == 300
-        assert [p.suffix for p in sorted(index_folder(db_path).iterdir())] == [".faiss", ".npy", ".npz"]
+        assert sorted(p.name.split(".", 1)[1] for p in index_folder(db_path).iterdir()) == [
+            "codes.npy", "faiss", "npy", "npz"]
         monkeypatch.setattr(approximate.Approximate, "build", lambda *a: pytest.fail("built again"))
         again = stored_index(database, approximate_from=300)
         query = again.vector("/m/7.flac")

@@ -5,9 +5,10 @@ change of a track's scores, embedding or path renews) and used only while the to
 writer writes a new file and renames it into place, so a reader sees a whole index or none.
 
 The folder `<database>.similar/` holds one index: `index-<token>.npz` (paths, durations, the row space and the
-model, no pickles), `index-<token>.npy` (the float16 matrix, mapped into memory rather than read: a query for a
-known track touches its own row, an exact search reads the rest as it goes) and, for a library searched
-approximately, `index-<token>.faiss`."""
+model, the int8 codes' steps; no pickles), `index-<token>.npy` (the float16 matrix) and
+`index-<token>.codes.npy` (its int8 codes), both mapped into memory rather than read: a query for a known
+track touches its own row, a search reads the codes as it goes and the float16 rows of its candidates; and
+for a library searched approximately, `index-<token>.faiss`."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .approximate import APPROXIMATE_FROM, Approximate, available
 from .index import EMBEDDING_WEIGHT, MATRIX_DTYPE, SCORE_BLOCKS, EmbeddingIndex, RowSpace
 
 # what a stored index was made by: an index made with other blocks or weights is made anew
-FORMAT = json.dumps({"format": 1, "blocks": SCORE_BLOCKS, "weight": EMBEDDING_WEIGHT, "dtype": str(np.dtype(MATRIX_DTYPE))})
+FORMAT = json.dumps({"format": 2, "blocks": SCORE_BLOCKS, "weight": EMBEDDING_WEIGHT, "dtype": str(np.dtype(MATRIX_DTYPE))})
 NAME = "index-"  # then the token: index-<token>.npz, index-<token>.npy; a file being written starts with "."
 STALE_SECONDS = 3600  # a half-written index this old was left by a killed run (a writer takes seconds)
 
@@ -77,12 +78,14 @@ def _load(folder: Path, token: str) -> EmbeddingIndex | None:
                 parts["paths"]) else []
             space = RowSpace(parts["mean"], parts["scale"], meta["blocks"])
             durations = parts["durations"]
+            steps = parts["steps"]
         matrix = np.load(folder / f"{NAME}{token}.npy", mmap_mode="r", allow_pickle=False)
+        codes = np.load(folder / f"{NAME}{token}.codes.npy", mmap_mode="r", allow_pickle=False)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
-    if matrix.shape != (len(paths), space.width) or len(durations) != len(paths):
+    if not matrix.shape == codes.shape == (len(paths), space.width) or len(durations) != len(paths):
         return None
-    return EmbeddingIndex(paths, durations, matrix, space, meta["model"])
+    return EmbeddingIndex(paths, durations, matrix, space, meta["model"], codes, steps)
 
 
 def _save(index: EmbeddingIndex, folder: Path, token: str) -> None:
@@ -93,13 +96,14 @@ def _save(index: EmbeddingIndex, folder: Path, token: str) -> None:
     temporary = folder / f".{NAME}{token}.{os.getpid()}.tmp"
     try:
         folder.mkdir(exist_ok=True)
-        with open(temporary, "wb") as f:
-            np.save(f, index.matrix)
-        os.replace(temporary, folder / f"{NAME}{token}.npy")
+        for name, rows in ((f"{NAME}{token}.npy", index.matrix), (f"{NAME}{token}.codes.npy", index.codes)):
+            with open(temporary, "wb") as f:
+                np.save(f, rows)
+            os.replace(temporary, folder / name)
         with open(temporary, "wb") as f:
             np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
                      paths=np.frombuffer(paths, np.uint8), durations=index.durations,
-                     mean=index.space.mean, scale=index.space.scale)
+                     mean=index.space.mean, scale=index.space.scale, steps=index.steps)
         os.replace(temporary, folder / f"{NAME}{token}.npz")  # last: its presence says the matrix is there
     except OSError:
         with contextlib.suppress(OSError):
@@ -113,6 +117,7 @@ def _remove_others(folder: Path, token: str) -> None:
     with contextlib.suppress(OSError):
         for entry in folder.iterdir():
             written = entry.name.startswith(".") and time.time() - entry.stat().st_mtime > STALE_SECONDS
-            if entry.suffix in (".npy", ".npz", ".faiss") and entry.stem != f"{NAME}{token}" or written:
+            other = entry.name.split(".", 1)[0] != f"{NAME}{token}"  # index-<token>[.codes].npy, ...
+            if entry.suffix in (".npy", ".npz", ".faiss") and other or written:
                 with contextlib.suppress(OSError):  # another run removed it first
                     entry.unlink()
