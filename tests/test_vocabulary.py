@@ -14,53 +14,6 @@ GENRE = FieldVocabulary("genre", (Term("Jazz", ("genre:Jazz", "msd:jazz"), ("Jaz
                         "genre")
 
 
-FAMILY = FieldVocabulary("genre", (Term("Jazz", ("genre:Jazz",), ("Jazz",), 0.5),
-                                   Term("Rock", ("msd:rock", "msd:hard_rock"), ("Pop/Rock",), 0.3, parent=("genre:Pop/Rock",)),
-                                   Term("Pop", ("msd:pop",), ("Pop/Rock",), 0.3, parent=("genre:Pop/Rock",)),
-                                   Term("Metal", ("msd:metal",), ("Pop/Rock",), 0.3, parent=("genre:Pop/Rock",))),
-                         "genre")
-
-
-def test_a_familys_terms_share_its_probability_by_their_own_evidence():
-    # heard as Pop/Rock at 0.6; rock tags 0.4 on average, metal 0.4, pop nothing: Rock and Metal 0.3 each
-    scores = {"genre": {"Jazz": 0.1, "Pop/Rock": 0.6},
-              "msd": {"rock": 0.5, "hard rock": 0.3, "pop": 0.0, "metal": 0.4}}
-    assert track_term_scores(FAMILY, scores) == pytest.approx({"Jazz": 0.1, "Rock": 0.3, "Pop": 0.0, "Metal": 0.3})
-    labels = {"genre": ["Jazz", "Pop/Rock"], "msd": ["rock", "hard rock", "pop", "metal"]}
-    # an ambient piece: metal tags high-ish, but nothing calls it Pop/Rock, so no Metal (the mean of the
-    # two, as before, gave Metal 0.35 here)
-    probs = {"genre": np.array([[0.1, 0.6], [0.2, 0.05]]), "msd": np.array([[0.5, 0.3, 0.0, 0.4], [0.0, 0.0, 0.0, 0.6]])}
-    matrix = term_matrix(FAMILY, probs, labels)
-    np.testing.assert_allclose(matrix, [[0.1, 0.3, 0.0, 0.3], [0.2, 0.0, 0.0, 0.05]], atol=1e-7)
-    assert choose(FAMILY, dict(zip(["Jazz", "Rock", "Pop", "Metal"], matrix[1]))) == []
-    # no evidence at all: the family's probability in equal shares; the family's terms add up to it
-    flat = term_matrix(FAMILY, {"genre": np.array([[0.0, 0.9]]), "msd": np.zeros((1, 4))}, labels)
-    np.testing.assert_allclose(flat[0, 1:], [0.3, 0.3, 0.3])
-    # it travels with the checkpoint; a model without the family's head scores the terms by their own
-    assert vocabulary_from_dict(vocabulary_to_dict((FAMILY,))) == (FAMILY,)
-    (plain,) = available((FAMILY,), {"msd": ["rock", "pop", "metal"]})
-    assert all(not t.parent for t in plain.terms)
-    assert track_term_scores(plain, {"msd": {"rock": 0.5, "pop": 0.1, "metal": 0.2}}) == pytest.approx(
-        {"Rock": 0.5, "Pop": 0.1, "Metal": 0.2})
-
-
-def test_the_default_genres_gate_rock_pop_and_metal_by_pop_rock():
-    genre = next(f for f in DEFAULT_FIELDS if f.name == "genre")
-    family = [t.name for t in genre.terms if t.parent == ("genre:Pop/Rock",)]
-    assert family == ["Rock", "Pop", "Metal"]
-    assert not any("genre:Pop/Rock" in t.sources for t in genre.terms)  # none inherits the family's score
-
-
-def test_a_stored_vocabulary_is_redefined_with_its_thresholds_kept():
-    from musictag.model.vocabulary import redefined
-
-    stored = replace(GENRE, terms=(replace(GENRE.terms[1], threshold=0.42), GENRE.terms[0]))  # Rock, Jazz
-    now = redefined(stored, (FAMILY,))
-    assert now.terms[0].sources == ("msd:rock", "msd:hard_rock") and now.terms[0].parent == ("genre:Pop/Rock",)
-    assert now.terms[0].threshold == 0.42 and now.terms[1] == replace(FAMILY.terms[0], threshold=0.5)
-    assert redefined(stored, (replace(FAMILY, name="mood"),)) == stored  # only the field of its name
-
-
 def test_mood_groups_name_each_allmusic_mood_once():
     members = [m for term in MOODS for m in term.judged_by]
     assert len(members) == len(set(members)) == 62

@@ -41,10 +41,7 @@ def finetuned_vocabulary(base: list[dict], new: dict[str, list[str]], labels: di
     head replaces, plus one field per new head whose terms are its labels, judged by themselves (their
     thresholds are priors until api.calibrate_vocabulary chooses them on validation)."""
     kept = tuple(f for f in vocabulary_from_dict(base) if f.name not in new and f.truth_head not in new)
-    def unreplaced(sources: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(s for s in sources if s.split(":")[0] not in new)
-
-    kept = tuple(replace(f, terms=tuple(replace(t, sources=unreplaced(t.sources), parent=unreplaced(t.parent),
+    kept = tuple(replace(f, terms=tuple(replace(t, sources=tuple(s for s in t.sources if s.split(":")[0] not in new),
                                                 calibrated_on=BASE if t.calibrated_on else t.calibrated_on)
                                         for t in f.terms)) for f in kept)
     added = tuple(FieldVocabulary(head, tuple(Term(label, (f"{head}:{label.replace(' ', '_')}",), (label,))

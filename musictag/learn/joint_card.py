@@ -69,26 +69,6 @@ def written_table(written: dict, vocabulary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _families_line(vocabulary: list[dict]) -> str:
-    """A sentence per family of values (terms sharing a parent): how they are scored and judged."""
-    lines = []
-    for f in vocabulary:
-        families: dict[tuple, list[dict]] = {}
-        for t in f["terms"]:
-            if t.get("parent"):
-                families.setdefault(tuple(t["parent"]), []).append(t)
-        for parent, terms in families.items():
-            names = [t["name"] for t in terms]
-            evidence = "; ".join(f"{t['name']}: " + ", ".join(s.replace("_", " ").replace(":", " ") for s in t["sources"])
-                                 for t in terms)
-            judged = " or ".join(sorted({j for t in terms for j in t["judged_by"]}))
-            lines.append(f"{', '.join(names[:-1])} and {names[-1]} share the probability of "
-                         f"{' and '.join(p.replace(':', ' ') for p in parent)} in proportion to their own sources' "
-                         f"mean ({evidence}), so none inherits the family's score; each is judged right where the "
-                         f"clip is {judged}, whose labels do not tell them apart. ")
-    return "".join(lines)
-
-
 def probe_comparison(probe: dict, chosen: dict) -> str:
     """bench/teacher_probe.py's probe on the validation split against this recipe there: with its paired
     bootstrap (teacher_probe.py --predictions: the model built with --validation-split, through `musictag
@@ -154,7 +134,6 @@ def joint_card(checkpoint: Checkpoint, model_name: str, speed: str = "", compari
         + "A value whose thresholds, each chosen without a fold, were right on the folds less often than "
         f"{DEFAULT_VALUE_FLOOR:.0%} ({', '.join(f'{k} {v:.0%}' for k, v in VALUE_FLOOR.items())}) is not written "
         f"either: {_not_written(report['written'])}. "
-        + _families_line(checkpoint.vocabulary)
         + "The precision and coverage below are nested: each fold is judged with thresholds chosen on the other "
         "folds (the values dropped so left out; choosing them on the same folds flatters these figures a little); "
         "the thresholds shown are those of the shipped model, chosen on all clips.",

@@ -21,8 +21,7 @@ from ..model.joint import TRUNK, JointConfig
 from ..model.musicnn_file import load_musicnn
 from ..defaults import BEST_FIRST_TARGET, DEFAULT_PRECISION_TARGET, PRECISION_TARGET
 from ..model.vocabulary import (NEVER, FieldVocabulary, available, calibrate, calibrate_best,
-                                redefined, term_matrix, truth_matrix, vocabulary_from_dict, vocabulary_to_dict,
-                                written_quality)
+                                term_matrix, truth_matrix, vocabulary_from_dict, vocabulary_to_dict, written_quality)
 from .distill import fit_head_probes
 from .joint import artist_folds, install_joint, joint_inputs, out_of_fold
 from .manifest import Dataset, encode_targets, split_by_group
@@ -95,10 +94,10 @@ def calibrated_vocabulary(checkpoint: Checkpoint, dataset: Dataset, rows: list[i
     examples = [dataset.examples[r] for r in rows]
     fields, quality = [], {}
     for f in vocabulary_from_dict(checkpoint.vocabulary):
-        if not f.truth_head or f.truth_head not in dataset.heads or not available((f,), checkpoint.labels):
+        usable = available((f,), checkpoint.labels)
+        if not f.truth_head or f.truth_head not in dataset.heads or not usable:
             fields.append(f)
             continue
-        usable = available((redefined(f),), checkpoint.labels)  # its terms scored as they are now defined
         scores = term_matrix(usable[0], probs, checkpoint.labels)
         truth = truth_matrix(usable[0], [e.labels[f.truth_head] for e in examples])
         target = PRECISION_TARGET.get(f.name, DEFAULT_PRECISION_TARGET)

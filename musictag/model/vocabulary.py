@@ -2,8 +2,7 @@
 carry it, each written only above a threshold chosen on validation for a stated precision.
 
 A term is one value a field can hold ("Jazz", "calm"). Its score is the mean of its sources' probabilities
-("genre:Jazz" from the 4Q AllMusic head, "msd:jazz" from musicnn's Last.fm tags), or for a term of a family
-(Rock, Pop, Metal: AllMusic's Pop/Rock) the family's probability shared among its terms by their sources;
+("genre:Jazz" from the 4Q AllMusic head, "msd:jazz" from the head distilled from musicnn's Last.fm tags);
 `judged_by` names the AllMusic labels (of the head `truth_head`) that make it right on labelled data, so
 thresholds can be chosen and the written tags scored. A term too rare in the labelled validation clips to
 calibrate there (instruments and voice have no labels at all) is calibrated against the teacher instead,
@@ -39,10 +38,6 @@ class Term:
     judged_by: tuple[str, ...] = ()  # labels of the truth head that make this term right
     threshold: float = PRIOR_THRESHOLD
     calibrated_on: str | None = ""  # VALIDATION, TEACHER, BASE, "" (the prior) or None (not recorded)
-    # a term of a family (Rock, Pop and Metal in Pop/Rock): the "head:label" sources of the family's
-    # probability, which the field's terms of this parent share in proportion to their own sources' score
-    # (family_scores). Empty: a term of its own, scored by its sources alone
-    parent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,8 +54,7 @@ class FieldVocabulary:
 
     def to_dict(self) -> dict:
         data = {"name": self.name, "truth_head": self.truth_head,
-                "terms": [{**{k: v for k, v in asdict(t).items() if k != "parent"}, "sources": list(t.sources),
-                           "judged_by": list(t.judged_by), **({"parent": list(t.parent)} if t.parent else {})}
+                "terms": [{**asdict(t), "sources": list(t.sources), "judged_by": list(t.judged_by)}
                           for t in self.terms]}
         optional = {"best_threshold": self.best_threshold, "expected_precision": self.expected_precision}
         return {**data, **{k: v for k, v in optional.items() if v is not None}}
@@ -68,31 +62,25 @@ class FieldVocabulary:
     @classmethod
     def from_dict(cls, data: dict) -> "FieldVocabulary":
         terms = tuple(Term(FORMER_NAMES.get(t["name"], t["name"]), tuple(t["sources"]), tuple(t.get("judged_by", ())),
-                           float(t.get("threshold", PRIOR_THRESHOLD)), t.get("calibrated_on"), tuple(t.get("parent", ())))
+                           float(t.get("threshold", PRIOR_THRESHOLD)), t.get("calibrated_on"))
                       for t in data["terms"])
         best, expected = data.get("best_threshold"), data.get("expected_precision")
         return cls(data["name"], terms, data.get("truth_head", ""), None if best is None else float(best),
                    None if expected is None else float(expected))
 
 
-def _terms(rows: list[tuple[str, ...]], truth_head: str) -> tuple[Term, ...]:
-    """(name, sources separated by spaces, judged_by separated by |[, the parent's sources]) rows into Terms."""
-    return tuple(Term(name, tuple(sources.split()), tuple(j for j in judged.split("|") if j),
-                      parent=tuple(parent[0].split()) if parent else ())
-                 for name, sources, judged, *parent in rows)
+def _terms(rows: list[tuple[str, str, str]], truth_head: str) -> tuple[Term, ...]:
+    """(name, sources separated by spaces, judged_by separated by |) rows into Terms."""
+    return tuple(Term(name, tuple(sources.split()), tuple(j for j in judged.split("|") if j))
+                 for name, sources, judged in rows)
 
 
 # Genres a listener recognises, each from the heads that carry it, judged against AllMusic's genres.
 # Source labels use "_" for spaces inside a label ("msd:classic_rock" is the tag "classic rock").
-# Rock, Pop and Metal are one AllMusic genre, Pop/Rock: the family's probability is its head's, shared
-# among the three by musicnn's tags that tell them apart (a track the genre head hears as Pop/Rock at 0.6,
-# whose metal tags score as high as its rock tags and its pop tags not at all, is Rock 0.3 and Metal 0.3).
-# So Metal never inherits Pop/Rock's score on a track nothing calls metal, nor on one nothing calls Pop/Rock.
-POP_ROCK = "genre:Pop/Rock"
 GENRES = _terms([
-    ("Rock", "msd:rock msd:classic_rock msd:hard_rock msd:punk mtt:rock", "Pop/Rock", POP_ROCK),
-    ("Pop", "msd:pop msd:indie_pop mtt:pop", "Pop/Rock", POP_ROCK),
-    ("Metal", "msd:metal msd:heavy_metal mtt:metal", "Pop/Rock", POP_ROCK),
+    ("Rock", "genre:Pop/Rock msd:rock", "Pop/Rock"),
+    ("Pop", "genre:Pop/Rock msd:pop", "Pop/Rock"),
+    ("Metal", "genre:Pop/Rock msd:metal mtt:metal", "Pop/Rock"),
     ("Electronic", "genre:Electronic msd:electronic", "Electronic"),
     ("Hip-Hop", "genre:Rap msd:Hip-Hop", "Rap"),
     ("Jazz", "genre:Jazz msd:jazz", "Jazz"),
@@ -167,67 +155,36 @@ def _source(source: str) -> tuple[str, str]:
 def available(fields: tuple[FieldVocabulary, ...], labels: dict[str, list[str]]) -> tuple[FieldVocabulary, ...]:
     """The vocabulary a model with these heads can score: sources it lacks are dropped, terms left with
     none are dropped, fields left with no terms are dropped."""
-    def scored(sources: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(s for s in sources if _source(s)[1] in labels.get(_source(s)[0], ()))
-
     kept = []
     for f in fields:
         terms = []
         for term in f.terms:
-            sources = scored(term.sources)
+            sources = tuple(s for s in term.sources if _source(s)[1] in labels.get(_source(s)[0], ()))
             if sources:
-                terms.append(replace(term, sources=sources, parent=scored(term.parent)))
+                terms.append(replace(term, sources=sources))
         if terms:
             kept.append(replace(f, terms=tuple(terms)))
     return tuple(kept)
 
 
-def redefined(f: FieldVocabulary, definitions: tuple[FieldVocabulary, ...] = ()) -> FieldVocabulary:
-    """`f` with each term scored as `definitions` (default: DEFAULT_FIELDS) score it now (its sources and
-    family, what judges it), its threshold kept: a model's stored vocabulary may predate the definitions a
-    recipe recalibrates it with."""
-    current = {t.name: t for d in definitions or DEFAULT_FIELDS if d.name == f.name for t in d.terms}
-    return replace(f, terms=tuple(replace(t, sources=current[t.name].sources, parent=current[t.name].parent,
-                                          judged_by=current[t.name].judged_by) if t.name in current else t
-                                  for t in f.terms))
-
-
 def track_term_scores(f: FieldVocabulary, scores: dict[str, dict[str, float]]) -> dict[str, float]:
-    """One track's score per term, from its stored head scores (a term none of whose sources it has: none)."""
-    def mean(sources: tuple[str, ...]) -> float:
-        values = [scores.get(h, {}).get(label) for h, label in map(_source, sources)]
+    """One track's score per term, from its stored head scores."""
+    out = {}
+    for term in f.terms:
+        values = [scores.get(h, {}).get(label) for h, label in map(_source, term.sources)]
         values = [v for v in values if v is not None]
-        return float(np.mean(values)) if values else np.nan
-
-    own = np.array([[mean(t.sources) for t in f.terms]])
-    parents = np.array([[mean(t.parent) if t.parent else np.nan for t in f.terms]])
-    gated = family_scores(f, own, parents)[0]
-    return {t.name: float(v) for t, v in zip(f.terms, gated) if not np.isnan(v)}
+        if values:
+            out[term.name] = float(np.mean(values))
+    return out
 
 
 def term_matrix(f: FieldVocabulary, probs: dict[str, np.ndarray], labels: dict[str, list[str]]) -> np.ndarray:
     """(tracks, terms) scores from per-head probability arrays."""
-    def mean(sources: tuple[str, ...]) -> np.ndarray:
-        return np.mean([probs[h][:, labels[h].index(label)] for h, label in map(_source, sources)], axis=0)
-
-    tracks = len(next(iter(probs.values())))
-    own = np.stack([mean(t.sources) for t in f.terms], axis=1)
-    parents = np.stack([mean(t.parent) if t.parent else np.full(tracks, np.nan) for t in f.terms], axis=1)
-    return family_scores(f, own, parents)
-
-
-def family_scores(f: FieldVocabulary, own: np.ndarray, parents: np.ndarray) -> np.ndarray:
-    """(tracks, terms) scores: a term of its own keeps its sources' mean (`own`); a term of a family gets
-    the family's probability (`parents`, its parent sources' mean) times its share of the `own` scores of
-    the field's terms of that parent, so the family's terms add up to the family's probability."""
-    out = own.copy()
-    for parent in {t.parent for t in f.terms if t.parent}:
-        members = [i for i, t in enumerate(f.terms) if t.parent == parent]
-        evidence = np.nan_to_num(own[:, members])
-        total = evidence.sum(axis=1, keepdims=True)
-        share = np.divide(evidence, total, out=np.full_like(evidence, 1.0 / len(members)), where=total > 0)
-        out[:, members] = np.where(np.isnan(own[:, members]), np.nan, parents[:, members] * share)
-    return out
+    columns = []
+    for term in f.terms:
+        parts = [probs[h][:, labels[h].index(label)] for h, label in map(_source, term.sources)]
+        columns.append(np.mean(parts, axis=0))
+    return np.stack(columns, axis=1)
 
 
 def truth_matrix(f: FieldVocabulary, truth: list[list[str]]) -> np.ndarray:
