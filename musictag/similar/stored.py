@@ -26,8 +26,9 @@ from .approximate import APPROXIMATE_FROM, Approximate, available
 from .index import EMBEDDING_WEIGHT, MATRIX_DTYPE, SCORE_BLOCKS, EmbeddingIndex, RowSpace
 
 # what a stored index was made by: an index made with other blocks or weights is made anew
-FORMAT = json.dumps({"format": 2, "blocks": SCORE_BLOCKS, "weight": EMBEDDING_WEIGHT, "dtype": str(np.dtype(MATRIX_DTYPE))})
-NAME = "index-"  # then the token: index-<token>.npz, index-<token>.npy; a file being written starts with "."
+FORMAT = json.dumps({"format": 2, "blocks": SCORE_BLOCKS, "weight": EMBEDDING_WEIGHT,
+                     "dtype": str(np.dtype(MATRIX_DTYPE))})
+NAME = "index-"  # then the token: index-<token>.npz, .npy, .codes.npy, .faiss; one being written starts with "."
 STALE_SECONDS = 3600  # a half-written index this old was left by a killed run (a writer takes seconds)
 
 
