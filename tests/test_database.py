@@ -31,3 +31,25 @@ def test_embedded_reads_only_the_heads_asked_for_and_leaves_out_those_a_track_la
         assert [row[3] for row in db.embedded(("quadrant",))] == [{"quadrant": scores["quadrant"]}, {}]
         path, model, duration, _, embedding = next(db.embedded(()))
         assert (path, model, duration, embedding.tolist()) == ("/m/a.flac", "m", 2.0, [1.0, 1.0, 1.0])
+
+
+def test_the_generation_token_changes_with_every_change_of_what_the_index_reads(tmp_path):
+    """Scores stored again over a track's old ones (an upsert), a move, a deletion: each renews the token,
+    and none fails (a trigger's statement runs under the conflict policy of the one that fired it). What
+    musictag wrote into a file is not part of the index: recording it leaves the token as it is."""
+    import numpy as np
+
+    with Database(tmp_path / "db.sqlite") as db:
+        assert db.generation() == ""
+        seen = []
+        db.put_scores("/m/a.flac", 1, 1, "m", 2.0, {"genre": {"Jazz": 0.5}}, np.ones(4, np.float32))
+        seen.append(db.generation())
+        db.put_scores("/m/a.flac", 1, 2, "m", 2.0, {"genre": {"Jazz": 0.7}}, np.ones(4, np.float32))
+        seen.append(db.generation())
+        db.put_written("/m/a.flac", {"genre": ["Jazz"]}, 1, 3, "decision")
+        assert db.generation() == seen[-1]
+        db.move_record("/m/a.flac", "/m/b.flac", 1, 3)
+        seen.append(db.generation())
+        db._write("DELETE FROM tracks WHERE path = ?", ("/m/b.flac",))
+        seen.append(db.generation())
+        assert len(set(seen)) == 4 and all(len(token) == 16 for token in seen)

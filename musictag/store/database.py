@@ -60,16 +60,19 @@ CREATE TABLE IF NOT EXISTS undo (
     previous TEXT NOT NULL, -- JSON {field: [values]} as they were before musictag first touched them
     bare INTEGER            -- 1: the file had no tag block then (musictag added it; undo removes it when empty)
 );
--- a new random token whenever a track's scores, embedding, model, duration or path change, by any writer (the
--- triggers live in the file): what is derived from those (the similarity index beside the database) is
--- current while the token it was made under is
+"""
+# A new random token whenever a track's scores, embedding, model, duration or path change, by any writer (the
+# triggers live in the file): what is derived from those (the similarity index beside the database) is
+# current while the token it was made under is. No INSERT OR REPLACE in them: a trigger's statement takes
+# the conflict policy of the statement that fired it, and an upsert's made the replace fail.
+RENEW = ("UPDATE generation SET token = randomblob(8) WHERE id = 0; "
+         "INSERT INTO generation SELECT 0, randomblob(8) WHERE NOT EXISTS (SELECT 1 FROM generation);")
+SCHEMA += f"""
 CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 0), token BLOB NOT NULL);
-CREATE TRIGGER IF NOT EXISTS tracks_added AFTER INSERT ON tracks
-    BEGIN INSERT OR REPLACE INTO generation VALUES (0, randomblob(8)); END;
-CREATE TRIGGER IF NOT EXISTS tracks_changed AFTER UPDATE OF path, model, duration, scores, embedding ON tracks
-    BEGIN INSERT OR REPLACE INTO generation VALUES (0, randomblob(8)); END;
-CREATE TRIGGER IF NOT EXISTS tracks_removed AFTER DELETE ON tracks
-    BEGIN INSERT OR REPLACE INTO generation VALUES (0, randomblob(8)); END;
+CREATE TRIGGER IF NOT EXISTS generation_on_insert AFTER INSERT ON tracks BEGIN {RENEW} END;
+CREATE TRIGGER IF NOT EXISTS generation_on_update AFTER UPDATE OF path, model, duration, scores, embedding ON tracks
+    BEGIN {RENEW} END;
+CREATE TRIGGER IF NOT EXISTS generation_on_delete AFTER DELETE ON tracks BEGIN {RENEW} END;
 """
 BUSY_SECONDS = 60  # how long a run waits for another run holding the database
 # columns added since the first release: (table, column, type), added to older databases when opened
