@@ -408,17 +408,20 @@ def test_scan_help_is_light_and_states_the_real_excerpt_default():
 
 
 def vocabulary_model(tiny_checkpoint, tmp_path, genre_precision=None):
-    """The tiny model with a written vocabulary: Jazz always confident, Blues never, no mood ever."""
+    """The tiny model with a written vocabulary: Jazz always confident, Blues and every mood at thresholds
+    its scores do not reach, Rock never written (its calibration reached its target nowhere)."""
     from musictag.model.checkpoint import load_checkpoint, save_checkpoint
-    from musictag.model.vocabulary import FieldVocabulary, Term, vocabulary_to_dict
+    from musictag.model.vocabulary import NEVER, FieldVocabulary, Term, vocabulary_to_dict
 
     checkpoint = load_checkpoint(tiny_checkpoint)
+    unreached = 0.9999  # above what the tiny model scores
     checkpoint.vocabulary = vocabulary_to_dict((
         FieldVocabulary("genre", (Term("Jazz", ("genre:Jazz",), ("Jazz",), 0.0),
-                                  Term("Blues", ("genre:Blues",), ("Blues",), 1.1)), "genre",
+                                  Term("Blues", ("genre:Blues",), ("Blues",), unreached),
+                                  Term("Rock", ("genre:Pop/Rock",), ("Pop/Rock",), NEVER)), "genre",
                         expected_precision=genre_precision),
-        FieldVocabulary("mood", (Term("calm", ("mood:calm",), ("calm",), 1.1),
-                                 Term("sad", ("mood:sad", "mood:wistful"), ("sad", "wistful"), 1.1)), "mood"),
+        FieldVocabulary("mood", (Term("calm", ("mood:calm",), ("calm",), unreached),
+                                 Term("sad", ("mood:sad", "mood:wistful"), ("sad", "wistful"), unreached)), "mood"),
         FieldVocabulary("quadrant", tuple(Term(q, (f"quadrant:{q}",), (q,), 0.0) for q in ("Q1", "Q2", "Q3", "Q4")),
                         "quadrant"),
         FieldVocabulary("instrument", (Term("piano", ("genre:Vocal",), (), 0.0),)),
@@ -470,8 +473,12 @@ def test_a_vocabulary_writes_only_confident_terms_and_leaves_other_fields_alone(
                                 "--mode", "replace"])
     assert again.exit_code == 0, again.output
     values = read_fields(files[1], ["genre", "mood", "quadrant", "instrument"])
-    assert sorted(values["genre"]) == ["Blues", "Jazz"] and len(values["mood"]) == 1  # top-k: 2 genres, 1 mood
+    # top-k: 2 genres, 1 mood; never Rock, which no threshold the user gives lets in
+    assert sorted(values["genre"]) == ["Blues", "Jazz"] and len(values["mood"]) == 1
     assert values["instrument"] == ["piano"] and len(values["quadrant"]) == 1
+    wide = runner.invoke(app, ["scan", str(tmp_path / "music"), "--model", str(model), "--db", str(tmp_path / "db3"),
+                               "--quiet", "--threshold", "0", "--top-k", "genre=3", "--mode", "replace"])
+    assert wide.exit_code == 0 and sorted(read_fields(files[1], ["genre"])["genre"]) == ["Blues", "Jazz"]
 
 
 def summary(output):
