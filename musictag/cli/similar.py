@@ -15,7 +15,7 @@ from .options import DB_OPTION, MODEL_OPTION
 SIMILAR_COUNT = 10  # tracks `similar` lists
 PLAYLIST_SIZE = 20  # tracks a playlist holds
 EXACT_OPTION = typer.Option(False, "--exact", help="Compare with every track, even in a library so large that "
-                            "with faiss installed (musictag[ann]) it is searched approximately (docs/similar.md).")
+                            "with faiss installed (the ann extra) it is searched approximately (docs/similar.md).")
 
 
 @app.command()
