@@ -31,6 +31,19 @@ def test_a_user_edit_between_writes_is_the_new_start():
     assert undone(second, ["UserEdit", "Electronic"]) == ["UserEdit"]
 
 
+def test_values_of_ours_the_user_took_out_are_declined_until_musictag_writes_them_again():
+    first = write(None, ["Classical"], None, ["Classical", "Jazz", "Ambient"])
+    start = restarted(first, ["Chiptune"], ["Classical", "Jazz", "Ambient"], "")  # the user's correction
+    assert start.declined == ["Jazz", "Ambient"] and start.added == [] and start.before == ["Chiptune"]
+    kept = after_write(start, ["Chiptune"], ["Chiptune", "Rock"], "")
+    assert kept.declined == ["Jazz", "Ambient"] and kept.added == ["Rock"]
+    assert Owned.from_dict(kept.to_dict()) == kept
+    later = restarted(kept, ["Chiptune"], ["Chiptune", "Rock"], "")  # Rock taken out too
+    assert later.declined == ["Jazz", "Ambient", "Rock"]
+    replaced = after_write(later, ["Chiptune"], ["Jazz"], "")  # --mode replace writes Jazz again: ours again
+    assert replaced.declined == ["Ambient", "Rock"] and replaced.added == ["Jazz"]
+
+
 def test_replace_remembers_what_it_removed_with_its_place_and_a_rewrite_gives_it_back_to_the_user():
     first = write(None, ["Rock", "Pop"], None, ["Electronic"])
     assert first.removed == [(0, "Rock"), (1, "Pop")]
@@ -122,7 +135,8 @@ def test_scan_edit_scan_undo_keeps_the_users_edit(track, tiny_checkpoint, tmp_pa
     write_fields(track, {"genre": ["UserEdit"]})  # the user, in another tagger
     assert scan([track], tiny_checkpoint, db, *options).exit_code == 0
     genres = read_fields(track, ["genre"])["genre"]
-    assert ("UserEdit" in genres) == (mode == "merge") and len(genres) > 1
+    # merge: the user took musictag's genres out, and a scan does not put them back; replace: ours again
+    assert genres == ["UserEdit"] if mode == "merge" else "UserEdit" not in genres and len(genres) > 1
     undo(db)
     assert read_fields(track, ["genre"])["genre"] == ["UserEdit"]  # replace put back what it removed: the edit
 
@@ -281,3 +295,19 @@ def test_a_path_holding_other_audio_drops_its_record_and_takes_the_record_of_tha
                        owned={"genre": Owned(["Pop"], [], ["Jazz"])})
         assert claim(db, str(path), "audio-of-03") is None  # no gone record has it: only dropped
         assert db.owned(str(path), {"genre": ["Jazz", "Pop"]}) == {} and db.get(str(path)).written is None
+
+
+def test_a_genre_of_ours_the_user_removed_is_not_written_back_and_one_they_kept_stays_ours(track, tiny_checkpoint,
+                                                                                          tmp_path):
+    db, options = tmp_path / "db.sqlite", ["--threshold", "0", "--top-k", "genre=3"]
+    assert scan([track], tiny_checkpoint, db, *options).exit_code == 0
+    genres = read_fields(track, ["genre"])["genre"]
+    assert genres[0] == "Rock" and len(genres) == 4  # the user's Rock, then three of ours
+    declined, kept = genres[1], genres[2:]
+    write_fields(track, {"genre": ["Rock", *kept]})  # the user takes one of ours out
+    assert scan([track], tiny_checkpoint, db, *options).exit_code == 0
+    assert read_fields(track, ["genre"])["genre"] == ["Rock", *kept]  # not written back
+    assert scan([track], tiny_checkpoint, db, *options, "--force").exit_code == 0
+    assert declined not in read_fields(track, ["genre"])["genre"]  # nor by a forced re-scan
+    undo(db)
+    assert read_fields(track, ["genre"])["genre"] == ["Rock"]  # the ones kept were still ours

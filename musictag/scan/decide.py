@@ -132,12 +132,14 @@ class TagDecision:
 
     def merged(self, name: str, current: list[str], labels: list[str], record: Owned) -> list[str]:
         """The field's new values: ours, and in merge mode the user's first (ours from earlier scans that
-        this one does not write again are dropped; values the user set stay, whatever scanned before)."""
+        this one does not write again are dropped; values the user set stay, whatever scanned before; ours
+        that the user took out of the field are not written again)."""
         separator = self.separator(name)
         if self.options.mode != "merge" or name not in USER_FIELDS:
             return joined(labels, separator)
         stale = set(record.added)  # the current values split as musictag last joined them, new ones as now
         kept = [v for v in split(current, record.separator) if v not in stale]  # the user's, not our stale ones
         aliases = self.aliases if name == "genre" else {}
-        known = {genre_key(v, aliases) for v in kept}  # "Hip Hop" and "Hip-Hop" are one genre
+        # "Hip Hop" and "Hip-Hop" are one genre
+        known = {genre_key(v, aliases) for v in kept + record.declined}
         return joined(kept + [label for label in labels if genre_key(label, aliases) not in known], separator)

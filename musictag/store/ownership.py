@@ -12,6 +12,7 @@ first of musictag's writes since the user last set it (`before`: undo gives back
 values when what it works out equals them, so a joined "Rock; Pop" or an odd spelling comes back as it was).
 When the user changed the field since musictag's last write, the user's state becomes the new start: the
 values the user removed are not put back by undo, and musictag's values the user left are still musictag's.
+musictag's values the user removed are `declined`: a merge scan never writes them into that field again.
 
 Pure: no I/O. Values are as stored; with a separator (config file) one stored value may join several.
 """
@@ -31,15 +32,16 @@ class Owned:
     removed: list[tuple[int, str]] = field(default_factory=list)  # (place, value) musictag took out
     before: Values = field(default_factory=list)  # the field as stored before musictag's writes began
     separator: str = ""  # what joined several values into one stored value when musictag wrote ("": none)
+    declined: Values = field(default_factory=list)  # musictag's values the user took out: not written again
 
     def to_dict(self) -> dict:
         return {"added": self.added, "removed": [list(r) for r in self.removed], "before": self.before,
-                "separator": self.separator}
+                "separator": self.separator, **({"declined": self.declined} if self.declined else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Owned":
         return cls(list(data.get("added", [])), [(int(i), str(v)) for i, v in data.get("removed", [])],
-                   list(data.get("before", [])), data.get("separator", ""))
+                   list(data.get("before", [])), data.get("separator", ""), list(data.get("declined", [])))
 
 
 def split(values: Values, separator: str) -> Values:
@@ -68,29 +70,31 @@ def legacy(previous: Values | None, written: Values, separator: str = "") -> Own
 def restarted(record: Owned | None, current: Values, written: Values | None, separator: str) -> Owned:
     """The record as this write starts from it: a new one when musictag has none; a new start when the
     user changed the field since musictag last wrote it (`written`): the user's state is theirs, musictag's
-    values they left are still musictag's."""
+    values they left are still musictag's, and those they took out are declined."""
     if record is None:
         return Owned([], [], list(current), separator)
     if written is not None and current == written:
         return record
     now = split(current, record.separator)  # as musictag last joined them (the config may have changed since)
     still = [v for v in record.added if v in now]
+    declined = record.declined + [v for v in record.added if v not in now and v not in record.declined]
     return Owned(still, [], joined([v for v in now if v not in still], separator) if still else list(current),
-                 separator)
+                 separator, declined)
 
 
 def after_write(record: Owned, current: Values, new: Values, separator: str) -> Owned:
     """The record once the field goes from `current` to `new` (both as stored), `record` being restarted's:
     musictag's values are those it keeps and those it adds now; a value of the user's it removes now is
-    remembered with its place; one it removed before and writes again is the user's again. `current` is
-    split as musictag last joined it (record.separator), `new` as it is written now (`separator`)."""
+    remembered with its place; one it removed before and writes again is the user's again; a declined one
+    it writes again (replace mode) is declined no more. `current` is split as musictag last joined it
+    (record.separator), `new` as it is written now (`separator`)."""
     now, then = split(current, record.separator), split(new, separator)
     gone = {v for _, v in record.removed}
     added = [v for v in then if v in record.added or (v not in now and v not in gone)]
     removed = [(i, v) for i, v in record.removed if v not in then]
     removed += [(i, v) for i, v in enumerate(now) if v not in then and v not in record.added
                 and v not in {r for _, r in removed}]
-    return Owned(added, removed, record.before, separator)
+    return Owned(added, removed, record.before, separator, [v for v in record.declined if v not in then])
 
 
 def ours(record: Owned | None, current: Values) -> set[str]:
@@ -113,5 +117,6 @@ def undone(record: Owned, current: Values) -> Values:
 
 
 def trivial(record: Owned) -> bool:
-    """Whether the record holds nothing of musictag's: undo would not change the field."""
-    return not record.added and not record.removed
+    """Whether the record holds nothing worth keeping: undo would not change the field, and the user declined
+    none of musictag's values there."""
+    return not record.added and not record.removed and not record.declined
