@@ -136,16 +136,20 @@ def _reason(value: str, field, head: dict[str, float], scores: dict) -> str:
 
 
 def embedding_scorer(model: str | Path | None = None, device: str = "auto", workers: int = 0):
-    """path -> (model id, the track's embedding, its scores), as a scan would store them, for a file the
-    database does not know; the model is loaded (torch imported) on the first call only."""
+    """(path, the library's model id) -> (model id, the track's embedding, its scores), as a scan would
+    store them, for a file the database does not know. Without a `model`, the shipped model the library
+    was scanned with (the default where it was another); loaded (torch imported) on the first call only."""
+    from .model.modelfile import shipped_name
+
     loaded = []
 
-    def score(path: str):
+    def score(path: str, library_model: str = ""):
         from .defaults import BATCH_SIZE, EMBEDDING, EXCERPT_COUNT
         from .engines.local import Job, decode_track, track_scores
 
         if not loaded:
-            loaded.append(load_tagger(model, device, workers))
+            chosen = model if model is not None else shipped_name(library_model)
+            loaded.append(load_tagger(None if chosen == "default" else chosen, device, workers))
         tagger = loaded[0]
         tagger.embedding = True
         decoded = decode_track(Job(path, tagger.sample_rate, False, EXCERPT_COUNT, tagger.min_samples))

@@ -294,3 +294,24 @@ def test_a_large_library_is_searched_approximately_with_its_lists_stored_beside_
         again = stored_index(database, approximate_from=300)
         query = again.vector("/m/7.flac")
         assert again.nearest(query, 5, exclude={7}) == index.nearest(query, 5, exclude={7})
+
+
+def test_a_new_file_is_scored_by_the_librarys_shipped_model_or_the_error_names_it(tmp_path):
+    from musictag.model.modelfile import SHIPPED_MODELS, expected_sha, model_id, shipped_name, shipped_path
+    from musictag.similar.search import SimilarityError, query_vector
+
+    fast = expected_sha(shipped_path(SHIPPED_MODELS["fast"]))
+    if fast is None:
+        pytest.skip("this checkout has no shipped weights")
+    assert shipped_name(model_id(fast)) == "fast" and shipped_name("0123456789ab") is None
+    index = EmbeddingIndex.build([Track(f"/m/{i}", 1.0, {}) for i in range(3)], np.eye(3, dtype=np.float32),
+                                 model_id(fast))
+    asked = []
+
+    def scorer(path, library_model):
+        asked.append(library_model)
+        return "0123456789ab", np.ones(3, np.float32), {}
+
+    with pytest.raises(SimilarityError, match="give --model fast, or scan it"):
+        query_vector(index, str(tmp_path / "new.flac"), scorer)
+    assert asked == [model_id(fast)]  # the scorer is told which model to load when none was chosen

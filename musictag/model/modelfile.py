@@ -3,6 +3,7 @@ against the .sha256 file beside it. No torch here, so a scan with nothing to sco
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -71,6 +72,17 @@ def verified_sha256(path: str | os.PathLike | None = None) -> tuple[Path, str]:
     if expected and expected != sha:
         raise CheckpointError(path, f"sha256 mismatch (file {sha[:12]}, expected {expected[:12]}): damaged install?")
     return path, sha
+
+
+def shipped_name(model: str) -> str | None:
+    """The name (SHIPPED_MODELS, as --model takes it) of the shipped model whose id is `model`, from the
+    weights' .sha256 sidecars (nothing loaded); None for a model of the user's own."""
+    for name, file in SHIPPED_MODELS.items():
+        with contextlib.suppress(CheckpointError):
+            sha = expected_sha(shipped_path(file))
+            if sha and model_id(sha) == model:
+                return name
+    return None
 
 
 def model_id(sha256: str) -> str:

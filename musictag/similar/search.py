@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MusictagError, TagReadError
+from ..model.modelfile import shipped_name
 from ..store import Database
 from ..tagfile import read_fields
 from .approximate import APPROXIMATE_FROM
@@ -35,8 +36,9 @@ def library_index(db: Database, exact: bool = False) -> EmbeddingIndex:
     return index
 
 
-# path -> (model id, embedding, scores) as a scan would store them, for a file the database does not know
-Scorer = Callable[[str], tuple[str, np.ndarray, dict[str, dict[str, float]]]]
+# (path, the library's model id) -> (model id, embedding, scores) as a scan would store them, for a file the
+# database does not know (api.embedding_scorer)
+Scorer = Callable[[str, str], tuple[str, np.ndarray, dict[str, dict[str, float]]]]
 
 
 def query_vector(index: EmbeddingIndex, path: str, score: Scorer | None) -> np.ndarray:
@@ -46,10 +48,12 @@ def query_vector(index: EmbeddingIndex, path: str, score: Scorer | None) -> np.n
         return index.vector(real)
     if score is None:
         raise SimilarityError(f"{path}: not in the scan database (scan it, or let it be scored now)")
-    model, embedding, scores = score(real)
+    model, embedding, scores = score(real, index.model)
     if model != index.model:
+        shipped = shipped_name(index.model)
+        fix = f"give --model {shipped}" if shipped else "give --model the file of the library's model"
         raise SimilarityError(f"{path}: scored by model {model}, the library by {index.model}: their embeddings "
-                              "cannot be compared (give --model the file of the library's model, or scan it)")
+                              f"cannot be compared ({fix}, or scan it)")
     return index.normalised(embedding, scores)
 
 
