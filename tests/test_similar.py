@@ -166,6 +166,17 @@ def test_playlist_from_a_to_b_and_its_errors(scanned, tmp_path):
     assert os.path.normpath(tmp_path / paths[-1]) == str(b)
     both = runner.invoke(app, ["playlist", "--from", str(a), "--out", str(out), "--db", str(db)])
     assert both.exit_code == 2 and "both --from TRACK and --to TRACK" in both.output
+    gone = runner.invoke(app, ["playlist", "--like", str(lib / "nope.flac"), "--out", str(out), "--db", str(db)])
+    assert gone.exit_code == 2 and f"no such file: {lib / 'nope.flac'}" in gone.output
+    backwards = runner.invoke(app, ["playlist", "--like", str(a), "--out", str(out), "--db", str(db),
+                                    "--min-duration", "400", "--max-duration", "300"])
+    assert backwards.exit_code == 2 and "no track is both" in backwards.output
+    for command in (["playlist", "--like", str(a), "--out", str(out), "--size", "0"], ["similar", str(a), "-n", "0"]):
+        assert runner.invoke(app, [*command, "--db", str(db)]).exit_code == 2
+    # a filter nothing passes: the seed alone, and the command says so
+    none = runner.invoke(app, ["playlist", "--like", str(a), "--size", "5", "--out", str(out), "--db", str(db),
+                               "--genre", "Polka"])
+    assert none.exit_code == 0 and "1 tracks of 5 asked: no more tracks in the database pass the filters" in none.output
 
 
 def test_a_database_without_embeddings_is_one_clear_line(tmp_path):

@@ -21,7 +21,7 @@ EXACT_OPTION = typer.Option(False, "--exact", help="Compare with every track, ev
 @app.command()
 def similar(
     track: Path = typer.Argument(..., metavar="TRACK", help="A track the scan database knows, or any audio file."),
-    n: int = typer.Option(SIMILAR_COUNT, "-n", help="How many tracks."),
+    n: int = typer.Option(SIMILAR_COUNT, "-n", min=1, help="How many tracks."),
     other_artists: bool = typer.Option(False, "--other-artists", help="Leave out tracks whose artist or album "
                                        "tag is TRACK's."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object a line: path, similarity."),
@@ -53,7 +53,8 @@ def playlist(
     like: Optional[List[Path]] = typer.Option(None, "--like", help="A track it should sound like (repeatable)."),
     start: Optional[Path] = typer.Option(None, "--from", help="With --to: the track the path starts from."),
     end: Optional[Path] = typer.Option(None, "--to", help="With --from: the track it leads to."),
-    size: int = typer.Option(PLAYLIST_SIZE, "--size", help="Tracks in the playlist."),
+    size: int = typer.Option(PLAYLIST_SIZE, "--size", min=1, help="Tracks in the playlist (the --like or --from "
+                             "and --to tracks among them, whatever the filters)."),
     genre: Optional[List[str]] = typer.Option(None, "--genre", help="Only tracks with this genre (repeatable)."),
     mood: Optional[List[str]] = typer.Option(None, "--mood", help="Only tracks with this mood (repeatable)."),
     quadrant: Optional[List[str]] = typer.Option(None, "--quadrant", help="Only tracks of this quadrant."),
@@ -70,6 +71,11 @@ def playlist(
 
     if bool(start) != bool(end) or bool(like) == bool(start):
         _fail("give --like TRACK (one or more), or both --from TRACK and --to TRACK")
+    for seed in [*(like or ()), *(p for p in (start, end) if p)]:
+        if not seed.exists():
+            _fail(f"no such file: {seed}")
+    if min_seconds is not None and max_seconds is not None and min_seconds > max_seconds:
+        _fail(f"--min-duration {min_seconds:g} is longer than --max-duration {max_seconds:g}: no track is both")
     filters = api.Filters(tuple(genre or ()), tuple(mood or ()), tuple(quadrant or ()), min_seconds, max_seconds)
     with _database(db, create=False) as database:
         try:
@@ -77,5 +83,6 @@ def playlist(
                                    end and str(end), filters, absolute, exact)
         except MusictagError as e:
             _fail(str(e))
-    typer.echo(f"wrote {shown_path(str(out))}: {len(entries)} tracks")
+    short = f" of {size} asked: no more tracks in the database pass the filters" if len(entries) < size else ""
+    typer.echo(f"wrote {shown_path(str(out))}: {len(entries)} tracks{short}")
 
