@@ -33,6 +33,13 @@ def test_info_says_the_database_is_not_made_yet_and_makes_none(tmp_path):
     assert result.exit_code == 0 and "(none yet: the first scan makes it)" in result.output
     assert f"similarity index: {tmp_path / 'none.db.similar'} (none yet: the first similar" in result.output
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "none.db.similar").exists()
+    from musictag.store import Database
+
+    with Database(tmp_path / "some.db") as database:
+        for i, model in enumerate(["aaaaaaaaaaaa", "aaaaaaaaaaaa", "bbbbbbbbbbbb"]):
+            database.put_scores(f"/m/{i}.flac", 1, 1, model, 2.0, {"genre": {"Jazz": 0.5}})
+    result = runner.invoke(app, ["info", "--db", str(tmp_path / "some.db")])
+    assert "(3 tracks scored: 2 by aaaaaaaaaaaa, 1 by bbbbbbbbbbbb)" in result.output
 
 
 def test_an_empty_folder_says_no_audio_was_found(tmp_path, tiny_checkpoint):

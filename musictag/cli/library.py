@@ -104,6 +104,22 @@ def _vocabulary_lines(checkpoint) -> list[str]:
     return lines
 
 
+def _scored_line(path: Path) -> str:
+    """" (N tracks scored: by the shipped fast model M, ...)" for the database at `path` (read, not changed)."""
+    from .. import api
+    from ..errors import DatabaseError
+    from ..model.modelfile import shipped_name
+
+    try:
+        with api.Database(path, create=False) as database:
+            counts = database.scored_by()
+    except DatabaseError as e:
+        return f" (unreadable: {e})"
+    models = [f"{count} by {model}" + (f" (the shipped {name} model)" if (name := shipped_name(model)) else "")
+              for model, count in counts.items()]
+    return f" ({sum(counts.values())} tracks scored" + (f": {', '.join(models)})" if models else ")")
+
+
 def _torch_line(build: dict) -> str:
     """The torch build, with a hint when a CUDA build runs where no GPU is (the CPU recipe was missed)."""
     if build["cuda"] is None:
@@ -261,8 +277,8 @@ def info(model: Optional[Path] = MODEL_OPTION, db: Optional[Path] = DB_OPTION) -
     except CheckpointError as e:
         typer.echo(f"  unusable: {e}")
     typer.echo(f"torch: {_torch_line(api.torch_build())}")
-    typer.echo(f"database: {where['database']}" + ("" if where["database"].is_file() else
-                                                    " (none yet: the first scan makes it)"))
+    typer.echo(f"database: {where['database']}" + (_scored_line(where["database"]) if where["database"].is_file()
+                                                    else " (none yet: the first scan makes it)"))
     from ..similar.approximate import APPROXIMATE_FROM, available
 
     search = f"approximate from {APPROXIMATE_FROM:,} tracks (faiss)" if available() else "exact (no faiss installed)"

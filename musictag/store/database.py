@@ -262,6 +262,12 @@ class Database(FileLocks, WriteRecords, UndoHistory):
             kinds.update(json.loads(heads))
         return kinds
 
+    def scored_by(self) -> dict[str, int]:
+        """model id -> how many tracks it scored (the tracks with scores), most first."""
+        rows = self._conn.execute("SELECT model, count(*) FROM tracks WHERE scores IS NOT NULL GROUP BY model "
+                                  "ORDER BY count(*) DESC").fetchall()
+        return dict(rows)
+
     def embedded(self, heads: Sequence[str] | None = None
                  ) -> Iterator[tuple[str, str, float, dict[str, dict[str, float]], np.ndarray]]:
         """(path, model, duration, scores, embedding) of every track scored with its embedding, by path;
