@@ -12,12 +12,13 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
 from ..errors import DatabaseError
 from .history import UndoHistory
+from .library import LibraryReads
 from .locks import FileLocks
 from .rows import Known, Track, _key, _path, _track
 from .writes import WriteRecords
@@ -96,9 +97,9 @@ def default_db_path() -> Path:
     return Path(platformdirs.user_data_dir("musictag")) / "musictag.sqlite3"
 
 
-class Database(FileLocks, WriteRecords, UndoHistory):
+class Database(FileLocks, WriteRecords, UndoHistory, LibraryReads):
     """One connection to the scan database; its tables' concerns live in the mixins (file locks, the
-    records of writes under way, the undo history)."""
+    records of writes under way, the undo history, what the similarity index and info read)."""
 
     def __init__(self, path: str | os.PathLike | None = None, commit_every: float = 2.0, create: bool = True):
         """The database at `path` (default_db_path when None); `create` False: one that must exist already
@@ -261,39 +262,6 @@ class Database(FileLocks, WriteRecords, UndoHistory):
         for (heads,) in self._conn.execute("SELECT heads FROM models"):
             kinds.update(json.loads(heads))
         return kinds
-
-    def scored_by(self) -> dict[str, int]:
-        """model id -> how many tracks it scored (the tracks with scores), most first."""
-        rows = self._conn.execute("SELECT model, count(*) FROM tracks WHERE scores IS NOT NULL GROUP BY model "
-                                  "ORDER BY count(*) DESC").fetchall()
-        return dict(rows)
-
-    def embedded(self, heads: Sequence[str] | None = None
-                 ) -> Iterator[tuple[str, str, float, dict[str, dict[str, float]], np.ndarray]]:
-        """(path, model, duration, scores, embedding) of every track scored with its embedding, by path;
-        `heads`: only these heads' scores, read out of the JSON by SQLite (parsing all of a large library's
-        scores would be most of what loading it takes)."""
-        # several paths: SQLite gives a JSON array of their values (null where a track lacks the head)
-        column = "scores" if heads is None else f"json_extract(scores, {', '.join('?' * len(heads))})" if heads else "NULL"
-        rows = self._conn.execute(f"SELECT path, model, duration, embedding, {column} FROM tracks WHERE scores IS NOT "
-                                  "NULL AND embedding IS NOT NULL ORDER BY path", [f'$."{head}"' for head in heads or ()])
-        if heads is None:
-            for path, model, duration, blob, stored in rows:
-                yield _path(path), model, duration, json.loads(stored), np.frombuffer(blob, "<f4")
-            return
-        rows = rows.fetchall()
-        # one parse for all rows, not one a row: 20,000 tracks' scores parse in 70 ms instead of 120
-        found = json.loads(f"[{','.join(row[4] or 'null' for row in rows)}]")
-        for (path, model, duration, blob, _), values in zip(rows, found):
-            values = [values] if len(heads) == 1 else values or []
-            scores = {head: value for head, value in zip(heads, values) if value is not None}
-            yield _path(path), model, duration, scores, np.frombuffer(blob, "<f4")
-
-    def generation(self) -> str:
-        """A token that changes whenever any track's scores, embedding, model, duration or path do ("" for a
-        database not changed since it had the triggers)."""
-        row = self._conn.execute("SELECT hex(token) FROM generation WHERE id = 0").fetchone()
-        return row[0] if row else ""
 
     def tracks(self) -> Iterator[Track]:
         rows = self._conn.execute("SELECT path, size, mtime_ns, model, duration, scores, error, written "
