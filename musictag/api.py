@@ -148,8 +148,7 @@ def embedding_scorer(model: str | Path | None = None, device: str = "auto", work
         from .engines.local import Job, decode_track, track_scores
 
         if not loaded:
-            chosen = model if model is not None else shipped_name(library_model)
-            loaded.append(load_tagger(None if chosen == "default" else chosen, device, workers))
+            loaded.append(load_tagger(model if model is not None else shipped_name(library_model), device, workers))
         tagger = loaded[0]
         tagger.embedding = True
         decoded = decode_track(Job(path, tagger.sample_rate, False, EXCERPT_COUNT, tagger.min_samples))

@@ -75,8 +75,8 @@ def _load(folder: Path, token: str) -> EmbeddingIndex | None:
             meta = json.loads(parts["meta"].tobytes())
             if meta["format"] != FORMAT:
                 return None
-            paths = parts["paths"].tobytes().decode("utf-8", "surrogateescape").split("\0") if len(
-                parts["paths"]) else []
+            joined = parts["paths"].tobytes()
+            paths = joined.decode("utf-8", "surrogateescape").split("\0") if joined else []
             space = RowSpace(parts["mean"], parts["scale"], meta["blocks"])
             durations = parts["durations"]
             steps = parts["steps"]
